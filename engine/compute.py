@@ -1,0 +1,185 @@
+"""What one chunk task does on a worker: read, run the fused chain, write.
+
+Plain functions over zarr and numpy, no dask: the executor ships them to
+workers, and tests call them directly. A task writes only its own box of its
+own chunk, so no two tasks of a run ever write the same chunk.
+
+Work-space arrays have an optional leading time axis; ops only ever see one
+spatial block (one time point).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+
+from engine.geometry import Roi, chunk_roi
+from engine.plan import Link, Source, Stage, chain_boxes
+from tasks import OPS, Context
+from tasks.label import crossing_pairs
+
+
+def open_array(root: str, path: str, mode: str = "r") -> zarr.Array:
+    return zarr.open_array(f"{root}/{path}", mode=mode)
+
+
+def read_source(root: str, source: Source, box: Roi) -> np.ndarray:
+    """A work-space box of a source; for the image, its one channel is selected."""
+    array = open_array(root, source.path)
+    slices = list(box.to_slices())
+    if source.channel_axis is not None:
+        slices.insert(source.channel_axis, source.channel)
+    return np.asarray(array[tuple(slices)])
+
+
+def write_target(root: str, path: str, box: Roi, data: np.ndarray) -> None:
+    array = open_array(root, path, "r+")
+    array[box.to_slices()] = data.astype(array.dtype, copy=False)
+
+
+def time_slices(box: Roi, spatial: Sequence[int]) -> Iterator[tuple[int | None, tuple[Any, ...]]]:
+    """(time point, index into a work-space block) for each time point of a box."""
+    if len(spatial) == box.ndim:
+        yield None, ()
+        return
+    for i, t in enumerate(range(int(box.start[0]), int(box.stop[0]))):
+        yield t, (i,)
+
+
+def spatial_part(slices: tuple[slice, ...], spatial: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slices[i] for i in spatial)
+
+
+def apply_chain(
+    data: np.ndarray,
+    boxes: Sequence[Roi],
+    chain: Sequence[Link],
+    spatial: Sequence[int],
+    ctx: Context,
+    values: dict[str, dict[Any, Any]],
+    t: int | None,
+) -> np.ndarray:
+    """Run a fused chain on one spatial block covering boxes[0]; return the block of boxes[-1]."""
+    block = data
+    for i, link in enumerate(chain):
+        op = OPS[link.op]
+        params = op.params.model_validate(link.params)
+        value = values[link.value_from][t] if link.value_from else None
+        out = op.apply(block, params, ctx, value)
+        block = out[spatial_part(boxes[i + 1].relative_to(boxes[i]), spatial)]
+    return block
+
+
+def chain_output(
+    root: str, stage: Stage, read: Roi, write: Roi, spatial: Sequence[int], ctx: Context,
+    values: dict[str, dict[Any, Any]],
+) -> Iterator[tuple[int | None, np.ndarray]]:
+    """The chain's result for each time point of `write`."""
+    assert stage.source is not None
+    boxes = chain_boxes(write, stage.chain, stage.source.bounds)
+    assert boxes[0] == read, f"plan read box {read} differs from {boxes[0]}"
+    data = read_source(root, stage.source, read)
+    for t, index in time_slices(read, spatial):
+        yield t, apply_chain(data[index], boxes, stage.chain, spatial, ctx, values, t)
+
+
+def run_blockwise(root: str, stage: Stage, read: Roi, write: Roi, spatial, ctx, values) -> int:
+    parts = [block for _, block in chain_output(root, stage, read, write, spatial, ctx, values)]
+    result = parts[0] if len(parts) == 1 and len(spatial) == write.ndim else np.stack(parts)
+    assert stage.target is not None
+    write_target(root, stage.target, write, result)
+    return write.size
+
+
+def run_reduce(root: str, stage: Stage, read: Roi, write: Roi, spatial, ctx, values) -> dict:
+    """Partials of one reduction pass, per time point."""
+    *chain, last = stage.chain
+    op = OPS[last.op]
+    params = op.params.model_validate(last.params)
+    reduction = op.reduction(params)
+    prefix = Stage(**{**stage.__dict__, "chain": tuple(chain)})
+    previous = values.get(f"{last.step}/reduce-{stage.pass_no - 1}", {})
+    partials = {}
+    for t, block in chain_output(root, prefix, read, write, spatial, ctx, values):
+        partials[t] = reduction.map(block, params, stage.pass_no, previous.get(t))
+    return partials
+
+
+def run_label(root: str, stage: Stage, read: Roi, write: Roi, spatial, ctx, values) -> int:
+    """Local labels 1..n of one chunk (unique across its time points); returns n."""
+    parts, count = [], 0
+    for _, labels in chain_output(root, stage, read, write, spatial, ctx, values):
+        labels = labels.astype(np.uint32, copy=False)
+        n = int(labels.max(initial=0))
+        labels[labels > 0] += np.uint32(count)
+        parts.append(labels)
+        count += n
+    result = parts[0] if len(spatial) == write.ndim else np.stack(parts)
+    assert stage.target is not None
+    write_target(root, stage.target, write, result)
+    return count
+
+
+def run_faces(
+    root: str, stage: Stage, read: Roi, write: Roi, spatial: Sequence[int], chunks: Sequence[int],
+    bases: dict[tuple[int, ...], int],
+) -> np.ndarray:
+    """Pairs of provisional ids touching across this chunk's upper faces."""
+    assert stage.source is not None
+    region = read_source(root, stage.source, read).astype(np.uint64)
+    for index in bases:
+        box = chunk_roi(index, chunks, stage.source.bounds).intersect(read)
+        if box.empty():
+            continue
+        view = region[box.relative_to(read)]
+        view[view > 0] += np.uint64(bases[index])
+    found = [np.zeros((0, 2), dtype=np.uint64)]
+    for _, index in time_slices(read, spatial):
+        block = region[index]
+        for d, axis in enumerate(spatial):
+            if write.stop[axis] >= read.stop[axis]:
+                continue
+            plane = int(write.stop[axis] - read.start[axis])
+            owned = [
+                (int(write.start[a] - read.start[a]), int(write.stop[a] - read.start[a]))
+                for a in spatial if a != axis
+            ]
+            found.append(crossing_pairs(block, d, plane, owned, stage.connectivity))
+    return np.unique(np.concatenate(found), axis=0)
+
+
+def run_relabel(root: str, stage: Stage, write: Roi, table: np.ndarray) -> int:
+    assert stage.source is not None and stage.target is not None
+    local = read_source(root, stage.source, write)
+    write_target(root, stage.target, write, table[local])
+    return write.size
+
+
+def run_pyramid(root: str, stage: Stage, read: Roi, write: Roi, factors: Sequence[int]) -> int:
+    assert stage.source is not None and stage.target is not None
+    data = read_source(root, stage.source, read)
+    if stage.connectivity == 0:
+        result = data[tuple(slice(None, None, f) for f in factors)]
+    else:
+        result = block_mean(data, factors)
+    write_target(root, stage.target, write, result[tuple(slice(0, int(s)) for s in write.shape)])
+    return write.size
+
+
+def block_mean(data: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Mean over blocks of `factors`; a partial block at the edge averages what it has."""
+    out = data.astype(np.float64)
+    for axis, f in enumerate(factors):
+        if f == 1:
+            continue
+        starts = np.arange(0, out.shape[axis], f)
+        counts = np.minimum(starts + f, out.shape[axis]) - starts
+        shape = [1] * out.ndim
+        shape[axis] = len(starts)
+        out = np.add.reduceat(out, starts, axis=axis) / counts.reshape(shape)
+    if np.issubdtype(data.dtype, np.integer) or data.dtype == np.bool_:
+        return np.rint(out).astype(data.dtype)
+    return out.astype(data.dtype)

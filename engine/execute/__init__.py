@@ -1,0 +1,1 @@
+"""Execution: the only layer that knows dask.distributed."""

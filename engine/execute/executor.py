@@ -1,0 +1,225 @@
+"""Driving a Plan on dask.distributed through futures.
+
+Stages run in plan order; within a stage, chunk tasks are grouped into batches
+(neighbouring chunks together, since plan order is C order) so that the
+scheduler's per-task cost is paid per batch, not per chunk. Reductions and the
+label merge are combined here, on the driver, from small per-chunk results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from distributed import Client, as_completed
+
+from engine import compute
+from engine.errors import EngineError
+from engine.geometry import Roi, chunks_touching
+from engine.plan import ChunkTask, Plan, Stage, downsample_factors
+from tasks import OPS
+from tasks.label import resolve_components
+
+BATCHES_PER_WORKER = 4
+
+
+@dataclass(frozen=True)
+class StageStats:
+    name: str
+    kind: str
+    tasks: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """What a label merge produced: how many objects, and the dtype they need."""
+
+    count: int
+    dtype: str
+
+
+class TaskFailed(EngineError):
+    pass
+
+
+def _run_batch(kind: str, root: str, stage: Stage, items: list, common: dict) -> list:
+    results = []
+    for task, extra in items:
+        try:
+            results.append(_run_one(kind, root, stage, task, extra, common))
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise TaskFailed(
+                f"step '{stage.step}' ({stage.name}) failed on chunk {task.write}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    return results
+
+
+def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> Any:
+    spatial, ctx, values = common["spatial"], common["context"], common["values"]
+    if kind == "blockwise":
+        return compute.run_blockwise(root, stage, task.read, task.write, spatial, ctx, values)
+    if kind == "reduce":
+        return compute.run_reduce(root, stage, task.read, task.write, spatial, ctx, values)
+    if kind == "label":
+        return compute.run_label(root, stage, task.read, task.write, spatial, ctx, values)
+    if kind == "faces":
+        return compute.run_faces(root, stage, task.read, task.write, spatial, common["chunks"], extra)
+    if kind == "relabel":
+        return compute.run_relabel(root, stage, task.write, extra)
+    if kind == "pyramid":
+        return compute.run_pyramid(root, stage, task.read, task.write, common["factors"])
+    raise ValueError(f"unknown stage kind {kind}")
+
+
+class Executor:
+    """Runs one plan. `prepare_output(step, dtype, count)` is called before a stage writes
+    an output, so the run decides where and how outputs are created."""
+
+    def __init__(
+        self,
+        client: Client,
+        root: str,
+        plan: Plan,
+        prepare_output: Callable[[str, str | None, int | None], int],
+        progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    ) -> None:
+        self.client = client
+        self.root = root
+        self.plan = plan
+        self.prepare_output = prepare_output
+        self.progress = progress
+        self.values: dict[str, dict[Any, Any]] = {}
+        self.counts: dict[str, list[int]] = {}
+        self.pairs: dict[str, np.ndarray] = {}
+        self.tables: dict[str, tuple[np.ndarray, list[int]]] = {}
+        self.labels: dict[str, LabelResult] = {}
+        self.workers = max(1, len(client.scheduler_info().get("workers", {})))
+
+    def run(self) -> list[StageStats]:
+        stats = []
+        for stage in self.plan.stages:
+            started = time.perf_counter()
+            getattr(self, f"_{stage.kind}")(stage)
+            stats.append(
+                StageStats(stage.name, stage.kind, len(stage.tasks), time.perf_counter() - started)
+            )
+        return stats
+
+    def _common(self, stage: Stage, **extra: Any) -> dict[str, Any]:
+        needed = {link.value_from for link in stage.chain if link.value_from}
+        if stage.kind == "reduce":
+            needed.add(f"{stage.step}/reduce-{stage.pass_no - 1}")
+        values = {k: v for k, v in self.values.items() if k in needed}
+        return {
+            "spatial": self.plan.spatial,
+            "context": self.plan.context,
+            "values": values,
+            "chunks": self.plan.chunks,
+            **extra,
+        }
+
+    def _map(self, stage: Stage, extras: Sequence[Any] | None = None, **common: Any) -> list[Any]:
+        """Run every task of a stage in batches; results in task order."""
+        tasks = stage.tasks
+        if not tasks:
+            return []
+        extras = extras if extras is not None else [None] * len(tasks)
+        size = max(1, math.ceil(len(tasks) / (self.workers * BATCHES_PER_WORKER)))
+        shipped = dataclasses.replace(stage, tasks=())
+        shared = self._common(stage, **common)
+        futures = {}
+        for start in range(0, len(tasks), size):
+            items = list(zip(tasks[start : start + size], extras[start : start + size], strict=True))
+            future = self.client.submit(
+                _run_batch, stage.kind, self.root, shipped, items, shared, pure=False
+            )
+            futures[future] = (start, len(items))
+        advance = self.progress(stage.name, len(tasks)) if self.progress else None
+        results: list[Any] = [None] * len(tasks)
+        for future in as_completed(futures):
+            start, n = futures[future]
+            try:
+                results[start : start + n] = future.result()
+            except EngineError:
+                for other in futures:
+                    other.cancel()
+                raise
+            if advance:
+                advance(n)
+        return results
+
+    def _reduce(self, stage: Stage) -> None:
+        link = stage.chain[-1]
+        op = OPS[link.op]
+        params = op.params.model_validate(link.params)
+        reduction = op.reduction(params)
+        combined: dict[Any, Any] = {}
+        for partials in self._map(stage):
+            for t, partial in partials.items():
+                combined[t] = reduction.combine(combined[t], partial) if t in combined else partial
+        previous = self.values.get(f"{stage.step}/reduce-{stage.pass_no - 1}", {})
+        try:
+            self.values[stage.name] = {
+                t: reduction.finish(c, params, stage.pass_no, previous.get(t))
+                for t, c in combined.items()
+            }
+        except ValueError as exc:
+            raise EngineError(f"step '{stage.step}': {exc}") from None
+
+    def _blockwise(self, stage: Stage) -> None:
+        self.prepare_output(stage.step, stage.target_dtype, None)
+        self._map(stage)
+
+    def _label(self, stage: Stage) -> None:
+        self.prepare_output(f"{stage.step}/local", "uint32", None)
+        self.counts[stage.step] = self._map(stage)
+
+    def _bases(self, stage: Stage) -> dict[tuple[int, ...], int]:
+        counts = self.counts[stage.step]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return {t.index: int(offsets[i]) for i, t in enumerate(stage.tasks)}
+
+    def _faces(self, stage: Stage) -> None:
+        bases = self._bases(stage)
+        bounds = Roi.from_shape(tuple(int(b) for b in self.plan.roi.stop), self.plan.level)
+        extras = [
+            {idx: bases[idx] for idx, _ in chunks_touching(t.read, self.plan.chunks, bounds) if idx in bases}
+            for t in stage.tasks
+        ]
+        found = self._map(stage, extras)
+        self.pairs[stage.step] = (
+            np.concatenate(found) if found else np.zeros((0, 2), dtype=np.uint64)
+        )
+
+    def _merge(self, stage: Stage) -> None:
+        counts = self.counts[stage.step]
+        final = resolve_components(int(sum(counts)), self.pairs.pop(stage.step)).astype(np.uint64)
+        count = int(final.max(initial=0))
+        offset = self.prepare_output(stage.step, "uint64" if count >= 2**32 else "uint32", count)
+        final[final > 0] += np.uint64(offset)
+        dtype = "uint32" if count + offset < 2**32 else "uint64"
+        self.tables[stage.step] = (final.astype(dtype), counts)
+        self.labels[stage.step] = LabelResult(count, dtype)
+
+    def _relabel(self, stage: Stage) -> None:
+        final, counts = self.tables.pop(stage.step)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        extras = [
+            np.concatenate([final[:1], final[offsets[i] + 1 : offsets[i] + counts[i] + 1]])
+            for i in range(len(stage.tasks))
+        ]
+        self._map(stage, extras)
+
+    def _pyramid(self, stage: Stage) -> None:
+        out = next(o for o in self.plan.outputs if o.step == stage.step)
+        factors = downsample_factors(out.levels[stage.level - 1], out.levels[stage.level])
+        self._map(stage, factors=factors)

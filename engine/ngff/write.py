@@ -1,0 +1,145 @@
+"""Creating OME-Zarr images, label images and result images, and listing them.
+
+Outputs are written in the same NGFF version as their source: 0.4 on Zarr v2
+(`.zattrs`), 0.5 on Zarr v3 (`zarr.json` with `ome`). Engine-specific facts
+(provenance) live beside the NGFF metadata under the key `ngff_engine`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+
+from engine.ngff.metadata import Axis, Version
+
+ENGINE_KEY = "ngff_engine"
+OutputKind = Literal["label", "image"]
+GROUP_OF_KIND: dict[OutputKind, str] = {"label": "labels", "image": "results"}
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    path: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    scale: tuple[float, ...]
+    translation: tuple[float, ...]
+    shards: tuple[int, ...] | None = None
+
+
+def zarr_format(version: Version) -> Literal[2, 3]:
+    return 3 if version == "0.5" else 2
+
+
+def multiscales_json(
+    version: Version, axes: Sequence[Axis], levels: Sequence[LevelSpec], name: str, method: str
+) -> dict[str, Any]:
+    multiscale: dict[str, Any] = {
+        "name": name,
+        "axes": [a.to_json() for a in axes],
+        "datasets": [
+            {
+                "path": lv.path,
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": list(lv.scale)},
+                    {"type": "translation", "translation": list(lv.translation)},
+                ],
+            }
+            for lv in levels
+        ],
+        "type": method,
+    }
+    if version == "0.4":
+        multiscale = {"version": "0.4", **multiscale}
+    return multiscale
+
+
+def ome_attrs(version: Version, ome: dict[str, Any]) -> dict[str, Any]:
+    """NGFF keys go top-level in 0.4 and under `ome` (with the version) in 0.5."""
+    if version == "0.5":
+        return {"ome": {"version": "0.5", **ome}}
+    return dict(ome)
+
+
+def read_ome(version: Version, attrs: dict[str, Any]) -> dict[str, Any]:
+    return dict(attrs.get("ome", {})) if version == "0.5" else dict(attrs)
+
+
+def create_image(
+    root: zarr.Group,
+    path: str,
+    *,
+    version: Version,
+    axes: Sequence[Axis],
+    levels: Sequence[LevelSpec],
+    dtype: np.dtype | str,
+    name: str,
+    method: str = "mean",
+    extra_ome: dict[str, Any] | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> zarr.Group:
+    """Create (replacing anything at `path`) an empty multiscale image with its metadata."""
+    group = root.create_group(path, overwrite=True) if path else root
+    for lv in levels:
+        kwargs: dict[str, Any] = {}
+        if version == "0.5":
+            kwargs["dimension_names"] = [a.name for a in axes]
+            if lv.shards is not None:
+                kwargs["shards"] = lv.shards
+        group.create_array(
+            lv.path,
+            shape=lv.shape,
+            chunks=lv.chunks,
+            dtype=dtype,
+            fill_value=0,
+            overwrite=True,
+            **kwargs,
+        )
+    ome = {"multiscales": [multiscales_json(version, axes, levels, name, method)], **(extra_ome or {})}
+    group.attrs.update({**ome_attrs(version, ome), **(attrs or {})})
+    return group
+
+
+def list_in_parent(root: zarr.Group, kind: OutputKind, name: str, version: Version) -> None:
+    """Add `name` to the listing in `labels/` or `results/` attributes (idempotent)."""
+    parent_path = GROUP_OF_KIND[kind]
+    parent = root.require_group(parent_path)
+    attrs = parent.attrs.asdict()
+    key = "labels" if kind == "label" else "results"
+    listed = read_ome(version, attrs).get(key, []) if kind == "label" else attrs.get(key, [])
+    if name in listed:
+        return
+    listed = [*listed, name]
+    if kind == "label":
+        parent.attrs.update(ome_attrs(version, {key: listed}))
+    else:
+        parent.attrs.update({key: listed})
+
+
+def image_label_json(version: Version) -> dict[str, Any]:
+    label: dict[str, Any] = {"source": {"image": "../../"}}
+    if version == "0.4":
+        label["version"] = "0.4"
+    return {"image-label": label}
+
+
+def engine_attrs(group: zarr.Group) -> dict[str, Any]:
+    return dict(group.attrs.asdict().get(ENGINE_KEY, {}))
+
+
+def set_engine_attrs(group: zarr.Group, value: dict[str, Any]) -> None:
+    group.attrs.update({ENGINE_KEY: value})
+
+
+def output_path(kind: OutputKind, name: str) -> str:
+    return f"{GROUP_OF_KIND[kind]}/{name}"
+
+
+def exists(root_path: str | Path, path: str) -> bool:
+    root = Path(root_path) / path
+    return (root / "zarr.json").exists() or (root / ".zattrs").exists() or (root / ".zgroup").exists()

@@ -1,0 +1,243 @@
+"""Pipelines as data: steps, their inputs and outputs, and named ROIs.
+
+One model serves YAML and Python: `Pipeline.from_yaml(path)` and building it in
+code give the same object, and `to_yaml()` round-trips. Everything that can be
+checked without the image is checked here, so a broken config fails before
+anything runs and the message names the step and field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import networkx as nx
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.errors import ConfigError
+from tasks import OPS
+
+IMAGE = "image"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+AXES = ("t", "c", "z", "y", "x")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoiSpec(_Model):
+    """A box by axis name, in pixels of `level` or in a physical unit; absent axes are whole."""
+
+    units: str = "pixel"
+    level: int = Field(default=0, ge=0)
+    t: tuple[float, float] | None = None
+    c: tuple[float, float] | None = None
+    z: tuple[float, float] | None = None
+    y: tuple[float, float] | None = None
+    x: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RoiSpec:
+        for axis in AXES:
+            bounds = getattr(self, axis)
+            if bounds is not None and bounds[1] <= bounds[0]:
+                raise ValueError(f"{axis}: stop {bounds[1]} is not after start {bounds[0]}")
+        if all(getattr(self, a) is None for a in AXES):
+            raise ValueError("an ROI needs at least one axis range")
+        return self
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        return {a: getattr(self, a) for a in AXES if getattr(self, a) is not None}
+
+
+class InputRef(_Model):
+    source: str
+    channel: int | None = Field(default=None, ge=0)
+    level: int = Field(default=0, ge=0)
+
+
+class OutputSpec(_Model):
+    kind: Literal["label", "image"]
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not NAME.match(name):
+            raise ValueError(f"'{name}' is not a plain name (letters, digits, '_', '.', '-')")
+        return name
+
+
+class Step(_Model):
+    name: str
+    op: str
+    input: str | InputRef = IMAGE
+    params: dict[str, Any] = Field(default_factory=dict)
+    output: OutputSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not NAME.match(name) or name == IMAGE:
+            raise ValueError(f"'{name}' is not a usable step name")
+        return name
+
+    @field_validator("op")
+    @classmethod
+    def _known_op(cls, op: str) -> str:
+        if op not in OPS:
+            raise ValueError(f"unknown op '{op}' (known: {', '.join(sorted(OPS))})")
+        return op
+
+    @model_validator(mode="after")
+    def _params_fit_op(self) -> Step:
+        try:
+            OPS[self.op].params.model_validate(self.params)
+        except ValidationError as exc:
+            raise ValueError(_first_error(exc, prefix="params")) from None
+        return self
+
+    @property
+    def source(self) -> str:
+        return self.input if isinstance(self.input, str) else self.input.source
+
+    @property
+    def input_ref(self) -> InputRef:
+        return self.input if isinstance(self.input, InputRef) else InputRef(source=self.input)
+
+    def typed_params(self) -> Any:
+        return OPS[self.op].params.model_validate(self.params)
+
+
+class Pipeline(_Model):
+    input: str | None = None
+    rois: dict[str, RoiSpec] = Field(default_factory=dict)
+    steps: tuple[Step, ...] = ()
+
+    @model_validator(mode="after")
+    def _graph_is_sound(self) -> Pipeline:
+        names = [s.name for s in self.steps]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"step names must be unique; repeated: {', '.join(duplicates)}")
+        known = set(names) | {IMAGE}
+        for step in self.steps:
+            if step.source not in known:
+                raise ValueError(f"step '{step.name}': input '{step.source}' is no step and not 'image'")
+            if step.source != IMAGE and isinstance(step.input, InputRef):
+                if step.input.channel is not None or step.input.level != 0:
+                    raise ValueError(
+                        f"step '{step.name}': channel and level apply to 'image' inputs only"
+                    )
+        graph = self.graph()
+        if not nx.is_directed_acyclic_graph(graph):
+            cycle = " -> ".join(a for a, _ in nx.find_cycle(graph))
+            raise ValueError(f"steps form a cycle: {cycle}")
+        outputs = [(s.output.kind, s.output.name) for s in self.steps if s.output]
+        repeated = sorted({f"{k}/{n}" for k, n in outputs if outputs.count((k, n)) > 1})
+        if repeated:
+            raise ValueError(f"two steps write the same output: {', '.join(repeated)}")
+        return self
+
+    def check_complete(self) -> None:
+        """A pipeline ready to run: it has steps, and every step's result is used.
+
+        Not a validator, so that a pipeline can be built one `add` at a time.
+        """
+        if not self.steps:
+            raise ConfigError("the pipeline has no steps")
+        graph = self.graph()
+        for step in self.steps:
+            if step.output is None and graph.out_degree(step.name) == 0:
+                raise ConfigError(f"step '{step.name}': has no output and no step uses it")
+
+    def graph(self) -> nx.DiGraph:
+        graph = nx.DiGraph()
+        graph.add_node(IMAGE)
+        for step in self.steps:
+            graph.add_node(step.name)
+        for step in self.steps:
+            graph.add_edge(step.source, step.name)
+        return graph
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def ordered_steps(self) -> list[Step]:
+        order = [n for n in nx.topological_sort(self.graph()) if n != IMAGE]
+        return [self.step(n) for n in order]
+
+    def upstream(self, name: str) -> list[Step]:
+        """The step and every step it depends on, in execution order."""
+        needed = nx.ancestors(self.graph(), name) | {name}
+        return [s for s in self.ordered_steps() if s.name in needed]
+
+    def add(
+        self,
+        name: str,
+        op: str,
+        input: str | InputRef = IMAGE,
+        output: OutputSpec | dict[str, str] | None = None,
+        **params: Any,
+    ) -> Pipeline:
+        """A new pipeline with one more step: the Python way to build what YAML declares."""
+        step = {"name": name, "op": op, "input": input, "params": params, "output": output}
+        return Pipeline.build({**self.model_dump(), "steps": [*self.model_dump()["steps"], step]})
+
+    def with_roi(self, name: str, **spec: Any) -> Pipeline:
+        return Pipeline.build({**self.model_dump(), "rois": {**self.model_dump()["rois"], name: spec}})
+
+    @classmethod
+    def build(cls, data: Any, source: str = "pipeline") -> Pipeline:
+        """Validate plain data into a Pipeline, turning pydantic errors into one clear line."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping with 'steps', got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {_first_error(exc, data=data)}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Pipeline:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        return cls.build(data, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _first_error(exc: ValidationError, prefix: str = "", data: Any = None) -> str:
+    """One line from pydantic's list: where (step name where there is one) and what."""
+    error = exc.errors()[0]
+    loc = list(error.get("loc", ()))
+    where = []
+    if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+        index = loc[1]
+        steps = data.get("steps") if isinstance(data, dict) else None
+        name = steps[index].get("name") if isinstance(steps, list | tuple) and index < len(steps) and isinstance(steps[index], dict) else None
+        where.append(f"step '{name}'" if name else f"steps[{index}]")
+        loc = loc[2:]
+    elif len(loc) >= 2 and loc[0] == "rois":
+        where.append(f"roi '{loc[1]}'")
+        loc = loc[2:]
+    field = ".".join(str(p) for p in ([prefix] if prefix else []) + loc)
+    message = error["msg"].removeprefix("Value error, ")
+    head = " ".join(where + ([field] if field else []))
+    return f"{head}: {message}" if head else message

@@ -1,0 +1,476 @@
+"""The compiler: (pipeline, image metadata, ROI) -> a Plan of chunk tasks.
+
+A plan is plain, frozen data. It says, per stage, which chunk tasks run, the
+box each reads (its chunk plus the halo its fused chain needs, clipped to the
+data's extent) and the box it writes, and which stages it waits for. It is
+built from metadata alone, in time proportional to the chunks the ROI touches.
+
+Work space: the image's axes without the channel axis. Every op sees one
+spatial block (one time point, one channel); time is iterated, never mixed.
+
+Fusion: a chain of blockwise steps runs inside one task per output chunk,
+reading from the nearest materialised source (the image, or the output of a
+global step). Reductions (e.g. Otsu) become their own stages whose value the
+chain receives. Labels (global) take four stages: local labels, face pairs,
+one merge, relabel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from engine.errors import ConfigError
+from engine.geometry import Roi, chunks_touching, count_chunks
+from engine.ngff.metadata import Axis, ImageMeta
+from engine.ngff.write import LevelSpec, OutputKind, output_path
+from engine.pipeline import IMAGE, Pipeline, Step
+from tasks import OPS, Context
+
+StageKind = Literal["reduce", "blockwise", "label", "faces", "merge", "relabel", "pyramid"]
+ENGINE_GROUP = "_engine"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a chain starts: an image level (one channel) or an array the run wrote."""
+
+    path: str
+    dtype: str
+    bounds: Roi
+    channel_axis: int | None = None
+    channel: int | None = None
+
+
+@dataclass(frozen=True)
+class Link:
+    """One step of a fused chain."""
+
+    step: str
+    op: str
+    params: dict[str, Any]
+    halo: tuple[int, ...]
+    dtype: str
+    value_from: str | None = None
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    index: tuple[int, ...]
+    read: Roi
+    write: Roi
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    step: str
+    kind: OutputKind
+    name: str
+    dtype: str | None
+    axes: tuple[Axis, ...]
+    levels: tuple[LevelSpec, ...]
+    provenance: dict[str, Any]
+    config_hash: str
+
+    @property
+    def path(self) -> str:
+        return output_path(self.kind, self.name)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    step: str
+    kind: StageKind
+    source: Source | None
+    chain: tuple[Link, ...]
+    tasks: tuple[ChunkTask, ...]
+    after: tuple[str, ...] = ()
+    target: str | None = None
+    target_dtype: str | None = None
+    pass_no: int = 0
+    level: int = 0
+    connectivity: int = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    image: str
+    level: int
+    roi: Roi
+    axes: tuple[str, ...]
+    spatial: tuple[int, ...]
+    chunks: tuple[int, ...]
+    context: Context
+    stages: tuple[Stage, ...]
+    outputs: tuple[OutputPlan, ...]
+    scratch: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stage(self, name: str) -> Stage:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)
+
+    @property
+    def task_count(self) -> int:
+        return sum(len(s.tasks) for s in self.stages)
+
+
+def chain_boxes(write: Roi, chain: Sequence[Link], bounds: Roi) -> list[Roi]:
+    """Boxes each link's input must cover, first link first; the last entry is `write`.
+
+    Going backwards from the box written, each link widens the box by its halo,
+    clipped to the data's extent, where boundary modes then apply as on the whole.
+    """
+    boxes = [write]
+    for link in reversed(chain):
+        boxes.append(boxes[-1].grow(link.halo).intersect(bounds))
+    return boxes[::-1]
+
+
+def config_hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def compile_plan(
+    pipeline: Pipeline, meta: ImageMeta, roi: Roi, run_id: str = "plan", engine_version: str = ""
+) -> Plan:
+    """Compile a validated pipeline against an image and an index-space ROI (image axes)."""
+    return _Compiler(pipeline, meta, roi, run_id, engine_version).compile()
+
+
+class _Compiler:
+    def __init__(
+        self, pipeline: Pipeline, meta: ImageMeta, roi: Roi, run_id: str, engine_version: str
+    ) -> None:
+        self.pipeline = pipeline
+        self.meta = meta
+        self.level = _processing_level(pipeline)
+        self.roi_full = roi
+        self.c_axis = meta.channel_axis
+        keep = [i for i in range(len(meta.axes)) if i != self.c_axis]
+        self.axes = tuple(meta.axes[i] for i in keep)
+        self.axis_names = tuple(a.name for a in self.axes)
+        lv = meta.level(self.level)
+        self.shape = tuple(lv.shape[i] for i in keep)
+        self.chunks = tuple(lv.chunks[i] for i in keep)
+        self.roi = Roi(
+            tuple(roi.start[i] for i in keep), tuple(roi.stop[i] for i in keep), self.level
+        )
+        self.bounds = Roi.from_shape(self.shape, self.level)
+        self.spatial = tuple(
+            i for i, a in enumerate(self.axes) if meta.axes.index(a) in meta.spatial_axes
+        )
+        self.context = Context(spacing=meta.spacing_um(self.level))
+        self.run_id = run_id
+        self.scratch = f"{ENGINE_GROUP}/runs/{run_id}"
+        self.engine_version = engine_version
+        self.stages: dict[str, Stage] = {}
+        self.materialised: dict[str, tuple[Source, str]] = {}
+        self.outputs: list[OutputPlan] = []
+
+    def compile(self) -> Plan:
+        for step in self.pipeline.ordered_steps():
+            op = OPS[step.op]
+            kind = op.kind(step.typed_params())
+            if kind == "global":
+                self._global(step)
+            elif step.output is not None:
+                self._blockwise_output(step)
+        return Plan(
+            image=self.meta.path,
+            level=self.level,
+            roi=self.roi,
+            axes=self.axis_names,
+            spatial=self.spatial,
+            chunks=self.chunks,
+            context=self.context,
+            stages=tuple(self.stages.values()),
+            outputs=tuple(self.outputs),
+            scratch=self.scratch,
+        )
+
+    def _halo(self, step: Step) -> tuple[int, ...]:
+        try:
+            spatial_halo = OPS[step.op].halo(step.typed_params(), self.context)
+        except ValueError as exc:
+            raise ConfigError(f"step '{step.name}': {exc}") from None
+        halo = [0] * len(self.axes)
+        for axis, h in zip(self.spatial, spatial_halo, strict=True):
+            halo[axis] = int(h)
+        return tuple(halo)
+
+    def _chain(self, last: Step, include_last: bool) -> tuple[Source, tuple[Link, ...], list[str]]:
+        """Walk upstream from `last` to the nearest materialised source.
+
+        Returns the source, the links in execution order, and the stages the chain
+        must wait for (reductions it uses, global steps it reads).
+        """
+        steps: list[Step] = [last] if include_last else []
+        current = last.source
+        while current != IMAGE and current not in self.materialised:
+            step = self.pipeline.step(current)
+            steps.append(step)
+            current = step.source
+        steps.reverse()
+        if current == IMAGE:
+            source = self._image_source(steps[0] if steps else last)
+            after: list[str] = []
+        else:
+            source, done_stage = self.materialised[current]
+            after = [done_stage]
+        links: list[Link] = []
+        dtype = np.dtype(source.dtype)
+        for step in steps:
+            params = step.typed_params()
+            op = OPS[step.op]
+            value_from = None
+            if op.kind(params) == "reduction":
+                value_from = self._reduction(step)
+                after.append(value_from)
+            try:
+                dtype = np.dtype(op.dtype(params, dtype))
+            except ValueError as exc:
+                raise ConfigError(f"step '{step.name}': {exc}") from None
+            links.append(
+                Link(step.name, step.op, step.params, self._halo(step), str(dtype), value_from)
+            )
+        return source, tuple(links), after
+
+    def _image_source(self, first: Step) -> Source:
+        ref = first.input_ref
+        lv = self.meta.level(self.level)
+        channel = None
+        if self.c_axis is not None:
+            channel = ref.channel
+            if channel is None:
+                channel = int(self.roi_full.start[self.c_axis])
+            n_channels = lv.shape[self.c_axis]
+            if not 0 <= channel < n_channels:
+                raise ConfigError(
+                    f"step '{first.name}': input.channel {channel} is out of range "
+                    f"(the image has {n_channels} channels)"
+                )
+        elif ref.channel is not None:
+            raise ConfigError(f"step '{first.name}': input.channel is set but the image has no c axis")
+        return Source(lv.path, lv.dtype, self.bounds, self.c_axis, channel)
+
+    def _tasks(self, chain: Sequence[Link], bounds: Roi, region: Roi) -> tuple[ChunkTask, ...]:
+        tasks = []
+        for index, chunk in chunks_touching(region, self.chunks, self.bounds):
+            write = chunk.intersect(region)
+            tasks.append(ChunkTask(index, chain_boxes(write, chain, bounds)[0], write))
+        return tuple(tasks)
+
+    def _reduction(self, step: Step) -> str:
+        """Stages for a reduction step; returns the name of the stage holding its value."""
+        reduction = OPS[step.op].reduction(step.typed_params())
+        last = f"{step.name}/reduce-{reduction.passes - 1}"
+        if last in self.stages:
+            return last
+        source, links, after = self._chain(step, include_last=False)
+        tasks = self._tasks(links, source.bounds, self.roi)
+        link = Link(step.name, step.op, step.params, (0,) * len(self.axes), "", None)
+        for pass_no in range(reduction.passes):
+            name = f"{step.name}/reduce-{pass_no}"
+            self.stages[name] = Stage(
+                name, step.name, "reduce", source, (*links, link), tasks, tuple(after), pass_no=pass_no
+            )
+            after = [*after, name]
+        return last
+
+    def _blockwise_output(self, step: Step) -> None:
+        source, links, after = self._chain(step, include_last=True)
+        out = self._output(step, links[-1].dtype)
+        target = f"{out.path}/{out.levels[0].path}"
+        name = step.name
+        self.stages[name] = Stage(
+            name, step.name, "blockwise", source, links,
+            self._tasks(links, source.bounds, self.roi), tuple(after), target, out.dtype,
+        )
+        self._pyramid(step, out, name)
+
+    def _global(self, step: Step) -> None:
+        source, links, after = self._chain(step, include_last=False)
+        params = step.typed_params()
+        ndim = len(self.spatial)
+        if params.connectivity > ndim:
+            raise ConfigError(
+                f"step '{step.name}': params.connectivity {params.connectivity} is more than "
+                f"the {ndim} spatial axes"
+            )
+        label_link = Link(step.name, step.op, step.params, (0,) * len(self.axes), "uint32")
+        chain = (*links, label_link)
+        local = f"{self.scratch}/{step.name}/local"
+        n = step.name
+        tasks = self._tasks(chain, source.bounds, self.roi)
+        self.stages[f"{n}/label"] = Stage(
+            f"{n}/label", n, "label", source, chain, tasks, tuple(after), local, "uint32",
+            connectivity=params.connectivity,
+        )
+        face_tasks = tuple(
+            ChunkTask(t.index, t.write.grow(self._face_halo()).intersect(self.roi), t.write)
+            for t in tasks
+        )
+        local_source = Source(local, "uint32", self.roi)
+        self.stages[f"{n}/faces"] = Stage(
+            f"{n}/faces", n, "faces", local_source, (), face_tasks, (f"{n}/label",),
+            connectivity=params.connectivity,
+        )
+        self.stages[f"{n}/merge"] = Stage(f"{n}/merge", n, "merge", None, (), (), (f"{n}/faces",))
+        if step.output is not None:
+            out = self._output(step, None)
+            target = f"{out.path}/{out.levels[0].path}"
+        else:
+            out, target = None, f"{self.scratch}/{step.name}/final"
+        relabel = f"{n}/relabel"
+        self.stages[relabel] = Stage(
+            relabel, n, "relabel", local_source, (), tasks, (f"{n}/merge",), target, None
+        )
+        self.materialised[step.name] = (Source(target, "uint64", self.roi), relabel)
+        if out is not None:
+            self._pyramid(step, out, relabel)
+
+    def _face_halo(self) -> tuple[int, ...]:
+        return tuple(1 if i in self.spatial else 0 for i in range(len(self.axes)))
+
+    def _output(self, step: Step, dtype: str | None) -> OutputPlan:
+        assert step.output is not None
+        kind, name = step.output.kind, step.output.name
+        if dtype is not None:
+            np_dtype = np.dtype(dtype)
+            if np_dtype == np.bool_:
+                dtype = "uint8"
+            elif kind == "label" and not np.issubdtype(np_dtype, np.integer):
+                raise ConfigError(
+                    f"step '{step.name}': output kind 'label' needs integer data, "
+                    f"but this step makes {np_dtype}"
+                )
+        provenance = {
+            "step": step.name,
+            "chain": [s.model_dump(mode="json") for s in self.pipeline.upstream(step.name)],
+            "input": str(self.meta.path),
+            "level": self.level,
+            "ops": {s.op: OPS[s.op].version for s in self.pipeline.upstream(step.name)},
+        }
+        out = OutputPlan(
+            step=step.name,
+            kind=kind,
+            name=name,
+            dtype=dtype,
+            axes=self.axes,
+            levels=self._output_levels(),
+            provenance=provenance,
+            config_hash=config_hash(provenance),
+        )
+        self.outputs.append(out)
+        return out
+
+    def _output_levels(self) -> tuple[LevelSpec, ...]:
+        keep = [i for i in range(len(self.meta.axes)) if i != self.c_axis]
+        levels = []
+        for k, lv in enumerate(self.meta.levels[self.level :]):
+            levels.append(
+                LevelSpec(
+                    path=f"s{k}",
+                    shape=tuple(lv.shape[i] for i in keep),
+                    chunks=tuple(lv.chunks[i] for i in keep),
+                    scale=tuple(lv.scale[i] for i in keep),
+                    translation=tuple(lv.translation[i] for i in keep),
+                )
+            )
+        return tuple(levels)
+
+    def _pyramid(self, step: Step, out: OutputPlan, after: str) -> None:
+        region = self.roi
+        previous = after
+        for k in range(1, len(out.levels)):
+            lower, upper = out.levels[k - 1], out.levels[k]
+            factors = downsample_factors(lower, upper)
+            region = Roi(
+                tuple(a // f for a, f in zip(region.start, factors, strict=True)),
+                tuple(min(-(-b // f), s) for b, f, s in zip(region.stop, factors, upper.shape, strict=True)),
+                self.level + k,
+            )
+            bounds = Roi.from_shape(upper.shape, self.level + k)
+            lower_bounds = Roi.from_shape(lower.shape, self.level + k - 1)
+            tasks = []
+            for index, chunk in chunks_touching(region, upper.chunks, bounds):
+                write = chunk.intersect(region)
+                read = Roi(
+                    tuple(a * f for a, f in zip(write.start, factors, strict=True)),
+                    tuple(b * f for b, f in zip(write.stop, factors, strict=True)),
+                    self.level + k - 1,
+                ).intersect(lower_bounds)
+                tasks.append(ChunkTask(index, read, write))
+            name = f"{step.name}/pyramid-{k}"
+            self.stages[name] = Stage(
+                name, step.name, "pyramid",
+                Source(f"{out.path}/{lower.path}", out.dtype or "uint64", lower_bounds),
+                (), tuple(tasks), (previous,), f"{out.path}/{upper.path}", out.dtype,
+                level=k, connectivity=0 if out.kind == "label" else 1,
+            )
+            previous = name
+
+
+def downsample_factors(lower: LevelSpec, upper: LevelSpec) -> tuple[int, ...]:
+    """Integer factors between two pyramid levels, from their scales (1 where unchanged)."""
+    return tuple(max(1, round(u / lo)) for lo, u in zip(lower.scale, upper.scale, strict=True))
+
+
+def _processing_level(pipeline: Pipeline) -> int:
+    levels = {s.input_ref.level for s in pipeline.steps if s.source == IMAGE}
+    if len(levels) > 1:
+        raise ConfigError(f"steps read the image at different levels {sorted(levels)}; use one level")
+    return levels.pop() if levels else 0
+
+
+def summarize(plan: Plan, itemsize: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """Per stage: tasks, chunks and bytes read and written, halo. For `plan` and run stats."""
+    rows = []
+    for stage in plan.stages:
+        halo = [sum(link.halo[i] for link in stage.chain) for i in range(len(plan.axes))]
+        read_bytes = write_bytes = read_chunks = 0
+        if stage.source is not None:
+            src_size = np.dtype(stage.source.dtype).itemsize
+            bounds = stage.source.bounds
+            grid = plan.chunks if stage.kind != "pyramid" else None
+            for task in stage.tasks:
+                read_bytes += task.read.size * src_size
+                if grid is not None:
+                    read_chunks += count_chunks(task.read, grid, bounds)
+            if stage.target is not None:
+                out_size = np.dtype(stage.target_dtype or "uint32").itemsize
+                write_bytes = sum(t.write.size for t in stage.tasks) * out_size
+        rows.append(
+            {
+                "stage": stage.name,
+                "kind": stage.kind,
+                "tasks": len(stage.tasks),
+                "chunks_read": read_chunks,
+                "chunks_written": len(stage.tasks) if stage.target else 0,
+                "bytes_read": read_bytes,
+                "bytes_written": write_bytes,
+                "halo": dict(zip(plan.axes, halo, strict=True)),
+            }
+        )
+    return rows
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+__all__ = ["ChunkTask", "Link", "Plan", "Stage", "Source", "compile_plan", "chain_boxes", "math"]

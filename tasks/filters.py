@@ -1,0 +1,85 @@
+"""Local smoothing filters. Output equals scipy on the whole array (mode 'reflect')
+as long as the engine gives each block its halo."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+from scipy import ndimage
+
+from tasks.spec import LENGTH_UNITS_IN_MICROMETER, Context, OpSpec, Params, per_axis
+
+
+class GaussianParams(Params):
+    sigma: float | list[float] = Field(gt=0)
+    units: str = "pixel"
+    truncate: float = Field(default=4.0, gt=0)
+
+
+def gaussian_sigma_pixels(params: GaussianParams, ctx: Context) -> tuple[float, ...]:
+    sigma = per_axis(params.sigma, len(ctx.spacing), "sigma")
+    if params.units == "pixel":
+        return sigma
+    if params.units not in LENGTH_UNITS_IN_MICROMETER:
+        known = ", ".join(["pixel", *LENGTH_UNITS_IN_MICROMETER])
+        raise ValueError(f"units '{params.units}' is not one of {known}")
+    factor = LENGTH_UNITS_IN_MICROMETER[params.units]
+    return tuple(s * factor / sp for s, sp in zip(sigma, ctx.spacing, strict=True))
+
+
+def _gaussian_halo(params: GaussianParams, ctx: Context) -> tuple[int, ...]:
+    # scipy's kernel radius: int(truncate * sigma + 0.5)
+    return tuple(int(params.truncate * s + 0.5) for s in gaussian_sigma_pixels(params, ctx))
+
+
+def gaussian(block: np.ndarray, params: GaussianParams, ctx: Context, value: None = None):
+    sigma = gaussian_sigma_pixels(params, ctx)
+    return ndimage.gaussian_filter(
+        block.astype(np.float32, copy=False), sigma, mode="reflect", truncate=params.truncate
+    )
+
+
+GAUSSIAN = OpSpec(
+    name="gaussian",
+    version="1",
+    params=GaussianParams,
+    kind=lambda p: "blockwise",
+    halo=_gaussian_halo,
+    dtype=lambda p, dtype: np.dtype(np.float32),
+    apply=gaussian,
+    doc="Gaussian smoothing in float32; sigma in pixels or in a length unit.",
+)
+
+
+class MedianParams(Params):
+    size: int | list[int] = Field(default=3)
+    mode: Literal["reflect"] = "reflect"
+
+
+def _median_size(params: MedianParams, ndim: int) -> tuple[int, ...]:
+    size = tuple(int(s) for s in per_axis(params.size, ndim, "size"))
+    if any(s < 1 for s in size):
+        raise ValueError("size must be at least 1")
+    return size
+
+
+def _median_halo(params: MedianParams, ctx: Context) -> tuple[int, ...]:
+    return tuple(s // 2 for s in _median_size(params, len(ctx.spacing)))
+
+
+def median(block: np.ndarray, params: MedianParams, ctx: Context, value: None = None):
+    return ndimage.median_filter(block, size=_median_size(params, block.ndim), mode="reflect")
+
+
+MEDIAN = OpSpec(
+    name="median",
+    version="1",
+    params=MedianParams,
+    kind=lambda p: "blockwise",
+    halo=_median_halo,
+    dtype=lambda p, dtype: np.dtype(dtype),
+    apply=median,
+    doc="Median filter over a box of `size` voxels per axis.",
+)

@@ -1,0 +1,82 @@
+"""What an op is: a pure numpy function plus the facts the compiler needs.
+
+Ops never see dask, zarr or engine code. The engine reads the spec to know how
+far an op reaches beyond its output box (halo), what it produces (dtype), and
+whether it needs a value computed over the whole ROI first (reduction) or a
+pass over the whole ROI after (global).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+Kind = Literal["blockwise", "reduction", "global"]
+
+LENGTH_UNITS_IN_MICROMETER: dict[str, float] = {
+    "angstrom": 1e-4,
+    "nanometer": 1e-3,
+    "micrometer": 1.0,
+    "millimeter": 1e3,
+    "centimeter": 1e4,
+    "meter": 1e6,
+}
+
+
+class Params(BaseModel):
+    """Base of every op's parameter schema: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an op may know about where its block lives.
+
+    spacing: physical voxel size of each spatial axis, in micrometers (1.0 where the
+    image gives no unit), so ops can take parameters in physical units.
+    """
+
+    spacing: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """A map-reduce over the ROI in one or more passes.
+
+    Pass k maps each block to a partial (knowing the value of pass k-1), partials are
+    combined pairwise, and ``finish`` turns the combined partial into the pass value.
+    The last pass value is what ``OpSpec.apply`` receives.
+    """
+
+    passes: int
+    map: Callable[[np.ndarray, Any, int, Any], Any]
+    combine: Callable[[Any, Any], Any]
+    finish: Callable[[Any, Any, int, Any], Any]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    version: str
+    params: type[Params]
+    kind: Callable[[Any], Kind]
+    halo: Callable[[Any, Context], tuple[int, ...]]
+    dtype: Callable[[Any, np.dtype], np.dtype]
+    apply: Callable[..., np.ndarray]
+    reduction: Callable[[Any], Reduction | None] = field(default=lambda params: None)
+    doc: str = ""
+
+
+def per_axis(value: float | Sequence[float], ndim: int, what: str) -> tuple[float, ...]:
+    """Broadcast a scalar parameter to every spatial axis, or check a per-axis list."""
+    if isinstance(value, int | float):
+        return (float(value),) * ndim
+    values = tuple(float(v) for v in value)
+    if len(values) != ndim:
+        raise ValueError(f"{what} has {len(values)} values but the image has {ndim} spatial axes")
+    return values
