@@ -74,7 +74,12 @@ def apply_chain(
 
 
 def chain_output(
-    root: str, stage: Stage, read: Roi, write: Roi, spatial: Sequence[int], ctx: Context,
+    root: str,
+    stage: Stage,
+    read: Roi,
+    write: Roi,
+    spatial: Sequence[int],
+    ctx: Context,
     values: dict[str, dict[Any, Any]],
 ) -> Iterator[tuple[int | None, np.ndarray]]:
     """The chain's result for each time point of `write`."""
@@ -124,7 +129,12 @@ def run_label(root: str, stage: Stage, read: Roi, write: Roi, spatial, ctx, valu
 
 
 def run_faces(
-    root: str, stage: Stage, read: Roi, write: Roi, spatial: Sequence[int], chunks: Sequence[int],
+    root: str,
+    stage: Stage,
+    read: Roi,
+    write: Roi,
+    spatial: Sequence[int],
+    chunks: Sequence[int],
     bases: dict[tuple[int, ...], int],
 ) -> np.ndarray:
     """Pairs of provisional ids touching across this chunk's upper faces."""
@@ -145,7 +155,8 @@ def run_faces(
             plane = int(write.stop[axis] - read.start[axis])
             owned = [
                 (int(write.start[a] - read.start[a]), int(write.stop[a] - read.start[a]))
-                for a in spatial if a != axis
+                for a in spatial
+                if a != axis
             ]
             found.append(crossing_pairs(block, d, plane, owned, stage.connectivity))
     return np.unique(np.concatenate(found), axis=0)

@@ -126,7 +126,9 @@ class Pipeline(_Model):
         known = set(names) | {IMAGE}
         for step in self.steps:
             if step.source not in known:
-                raise ValueError(f"step '{step.name}': input '{step.source}' is no step and not 'image'")
+                raise ValueError(
+                    f"step '{step.name}': input '{step.source}' is no step and not 'image'"
+                )
             if step.source != IMAGE and isinstance(step.input, InputRef):
                 if step.input.channel is not None or step.input.level != 0:
                     raise ValueError(
@@ -191,13 +193,17 @@ class Pipeline(_Model):
         return Pipeline.build({**self.model_dump(), "steps": [*self.model_dump()["steps"], step]})
 
     def with_roi(self, name: str, **spec: Any) -> Pipeline:
-        return Pipeline.build({**self.model_dump(), "rois": {**self.model_dump()["rois"], name: spec}})
+        return Pipeline.build(
+            {**self.model_dump(), "rois": {**self.model_dump()["rois"], name: spec}}
+        )
 
     @classmethod
     def build(cls, data: Any, source: str = "pipeline") -> Pipeline:
         """Validate plain data into a Pipeline, turning pydantic errors into one clear line."""
         if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping with 'steps', got {type(data).__name__}")
+            raise ConfigError(
+                f"{source}: expected a mapping with 'steps', got {type(data).__name__}"
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -231,7 +237,13 @@ def _first_error(exc: ValidationError, prefix: str = "", data: Any = None) -> st
     if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
         index = loc[1]
         steps = data.get("steps") if isinstance(data, dict) else None
-        name = steps[index].get("name") if isinstance(steps, list | tuple) and index < len(steps) and isinstance(steps[index], dict) else None
+        name = (
+            steps[index].get("name")
+            if isinstance(steps, list | tuple)
+            and index < len(steps)
+            and isinstance(steps[index], dict)
+            else None
+        )
         where.append(f"step '{name}'" if name else f"steps[{index}]")
         loc = loc[2:]
     elif len(loc) >= 2 and loc[0] == "rois":

@@ -260,7 +260,9 @@ class _Compiler:
                     f"(the image has {n_channels} channels)"
                 )
         elif ref.channel is not None:
-            raise ConfigError(f"step '{first.name}': input.channel is set but the image has no c axis")
+            raise ConfigError(
+                f"step '{first.name}': input.channel is set but the image has no c axis"
+            )
         return Source(lv.path, lv.dtype, self.bounds, self.c_axis, channel)
 
     def _tasks(self, chain: Sequence[Link], bounds: Roi, region: Roi) -> tuple[ChunkTask, ...]:
@@ -282,7 +284,14 @@ class _Compiler:
         for pass_no in range(reduction.passes):
             name = f"{step.name}/reduce-{pass_no}"
             self.stages[name] = Stage(
-                name, step.name, "reduce", source, (*links, link), tasks, tuple(after), pass_no=pass_no
+                name,
+                step.name,
+                "reduce",
+                source,
+                (*links, link),
+                tasks,
+                tuple(after),
+                pass_no=pass_no,
             )
             after = [*after, name]
         return last
@@ -293,8 +302,15 @@ class _Compiler:
         target = f"{out.path}/{out.levels[0].path}"
         name = step.name
         self.stages[name] = Stage(
-            name, step.name, "blockwise", source, links,
-            self._tasks(links, source.bounds, self.roi), tuple(after), target, out.dtype,
+            name,
+            step.name,
+            "blockwise",
+            source,
+            links,
+            self._tasks(links, source.bounds, self.roi),
+            tuple(after),
+            target,
+            out.dtype,
         )
         self._pyramid(step, out, name)
 
@@ -313,7 +329,15 @@ class _Compiler:
         n = step.name
         tasks = self._tasks(chain, source.bounds, self.roi)
         self.stages[f"{n}/label"] = Stage(
-            f"{n}/label", n, "label", source, chain, tasks, tuple(after), local, "uint32",
+            f"{n}/label",
+            n,
+            "label",
+            source,
+            chain,
+            tasks,
+            tuple(after),
+            local,
+            "uint32",
             connectivity=params.connectivity,
         )
         face_tasks = tuple(
@@ -322,7 +346,13 @@ class _Compiler:
         )
         local_source = Source(local, "uint32", self.roi)
         self.stages[f"{n}/faces"] = Stage(
-            f"{n}/faces", n, "faces", local_source, (), face_tasks, (f"{n}/label",),
+            f"{n}/faces",
+            n,
+            "faces",
+            local_source,
+            (),
+            face_tasks,
+            (f"{n}/label",),
             connectivity=params.connectivity,
         )
         self.stages[f"{n}/merge"] = Stage(f"{n}/merge", n, "merge", None, (), (), (f"{n}/faces",))
@@ -397,7 +427,10 @@ class _Compiler:
             factors = downsample_factors(lower, upper)
             region = Roi(
                 tuple(a // f for a, f in zip(region.start, factors, strict=True)),
-                tuple(min(-(-b // f), s) for b, f, s in zip(region.stop, factors, upper.shape, strict=True)),
+                tuple(
+                    min(-(-b // f), s)
+                    for b, f, s in zip(region.stop, factors, upper.shape, strict=True)
+                ),
                 self.level + k,
             )
             bounds = Roi.from_shape(upper.shape, self.level + k)
@@ -413,10 +446,17 @@ class _Compiler:
                 tasks.append(ChunkTask(index, read, write))
             name = f"{step.name}/pyramid-{k}"
             self.stages[name] = Stage(
-                name, step.name, "pyramid",
+                name,
+                step.name,
+                "pyramid",
                 Source(f"{out.path}/{lower.path}", out.dtype or "uint64", lower_bounds),
-                (), tuple(tasks), (previous,), f"{out.path}/{upper.path}", out.dtype,
-                level=k, connectivity=0 if out.kind == "label" else 1,
+                (),
+                tuple(tasks),
+                (previous,),
+                f"{out.path}/{upper.path}",
+                out.dtype,
+                level=k,
+                connectivity=0 if out.kind == "label" else 1,
             )
             previous = name
 
@@ -429,7 +469,9 @@ def downsample_factors(lower: LevelSpec, upper: LevelSpec) -> tuple[int, ...]:
 def _processing_level(pipeline: Pipeline) -> int:
     levels = {s.input_ref.level for s in pipeline.steps if s.source == IMAGE}
     if len(levels) > 1:
-        raise ConfigError(f"steps read the image at different levels {sorted(levels)}; use one level")
+        raise ConfigError(
+            f"steps read the image at different levels {sorted(levels)}; use one level"
+        )
     return levels.pop() if levels else 0
 
 

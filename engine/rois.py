@@ -53,7 +53,9 @@ def resolve_roi(spec: RoiSpec | None, meta: ImageMeta, level: int, name: str = "
     names = meta.axis_names
     for axis in ranges:
         if axis not in names:
-            raise ConfigError(f"roi '{name}': axis '{axis}' is not an axis of the image {list(names)}")
+            raise ConfigError(
+                f"roi '{name}': axis '{axis}' is not an axis of the image {list(names)}"
+            )
     if spec.units == "pixel":
         box = _pixel_box(spec, meta, whole, name)
     else:
@@ -85,7 +87,9 @@ def _pixel_box(spec: RoiSpec, meta: ImageMeta, whole: Roi, name: str) -> Roi:
         return box
     src = meta.level(spec.level)
     dst = meta.level(whole.level)
-    return box.to_physical(src.scale, src.translation).to_index(whole.level, dst.scale, dst.translation)
+    return box.to_physical(src.scale, src.translation).to_index(
+        whole.level, dst.scale, dst.translation
+    )
 
 
 def _physical_box(spec: RoiSpec, meta: ImageMeta, level: int, whole: Roi, name: str) -> Roi:
@@ -101,7 +105,10 @@ def _physical_box(spec: RoiSpec, meta: ImageMeta, level: int, whole: Roi, name: 
             continue
         a, b = spec.ranges()[axis.name]
         if axis.type in ("channel", "time") or axis.name in ("c", "t"):
-            start[i], stop[i] = lv.translation[i] + a * lv.scale[i], lv.translation[i] + b * lv.scale[i]
+            start[i], stop[i] = (
+                lv.translation[i] + a * lv.scale[i],
+                lv.translation[i] + b * lv.scale[i],
+            )
             continue
         if axis.unit not in LENGTH_UNITS_IN_MICROMETER:
             raise ConfigError(
@@ -114,9 +121,11 @@ def _physical_box(spec: RoiSpec, meta: ImageMeta, level: int, whole: Roi, name: 
 
 
 def _describe(box: Roi, names: tuple[str, ...]) -> str:
-    return "{" + ", ".join(
-        f"{n}: {a}..{b}" for n, a, b in zip(names, box.start, box.stop, strict=True)
-    ) + "}"
+    return (
+        "{"
+        + ", ".join(f"{n}: {a}..{b}" for n, a, b in zip(names, box.start, box.stop, strict=True))
+        + "}"
+    )
 
 
 def named_roi(pipeline: Pipeline, name: str) -> RoiSpec:

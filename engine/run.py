@@ -54,7 +54,11 @@ class RunResult:
         return {
             "run_id": self.run_id,
             "image": self.image,
-            "roi": {"start": list(self.roi.start), "stop": list(self.roi.stop), "level": self.roi.level},
+            "roi": {
+                "start": list(self.roi.start),
+                "stop": list(self.roi.stop),
+                "level": self.roi.level,
+            },
             "outputs": self.outputs,
             "objects": self.labels,
             "seconds": round(self.seconds, 3),
@@ -127,7 +131,9 @@ def run(
         for step, r in executor.labels.items()
         if any(o.step == step for o in plan.outputs)
     }
-    return RunResult(run_id, meta.path, plan.roi, outputs, stages, time.perf_counter() - started, labels)
+    return RunResult(
+        run_id, meta.path, plan.roi, outputs, stages, time.perf_counter() - started, labels
+    )
 
 
 def check_output(meta: ImageMeta, out: OutputPlan, overwrite: bool, update: bool) -> Mode:
@@ -176,7 +182,9 @@ def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
             diffs.append(f"{where}: {a!r} -> {b!r}")
 
     walk(old, new, "")
-    return "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "") if diffs else "unknown difference"
+    return (
+        "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "") if diffs else "unknown difference"
+    )
 
 
 class _OutputWriter:
@@ -250,7 +258,11 @@ class _OutputWriter:
 
     def finish(self, executor: Executor) -> None:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        roi = {"start": list(self.plan.roi.start), "stop": list(self.plan.roi.stop), "level": self.plan.level}
+        roi = {
+            "start": list(self.plan.roi.start),
+            "stop": list(self.plan.roi.stop),
+            "level": self.plan.level,
+        }
         for out in self.plan.outputs:
             group = self.root[out.path]
             record = engine_attrs(group) if self.modes[out.step] == "update" else {}

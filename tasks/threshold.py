@@ -71,7 +71,10 @@ def _finish(combined: Any, params: ThresholdParams, pass_no: int, prev: Any) -> 
         if combined is None:
             raise ValueError("the ROI is empty: nothing to compute a threshold from")
         lo, hi = combined
-        if np.issubdtype(np.asarray(lo).dtype, np.integer) and int(hi) - int(lo) >= MAX_INTEGER_BINS:
+        if (
+            np.issubdtype(np.asarray(lo).dtype, np.integer)
+            and int(hi) - int(lo) >= MAX_INTEGER_BINS
+        ):
             raise ValueError(f"integer range {lo}..{hi} is too wide for an exact histogram")
         return combined
     lo, hi = prev

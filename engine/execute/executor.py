@@ -72,7 +72,9 @@ def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, co
     if kind == "label":
         return compute.run_label(root, stage, task.read, task.write, spatial, ctx, values)
     if kind == "faces":
-        return compute.run_faces(root, stage, task.read, task.write, spatial, common["chunks"], extra)
+        return compute.run_faces(
+            root, stage, task.read, task.write, spatial, common["chunks"], extra
+        )
     if kind == "relabel":
         return compute.run_relabel(root, stage, task.write, extra)
     if kind == "pyramid":
@@ -138,7 +140,9 @@ class Executor:
         shared = self._common(stage, **common)
         futures = {}
         for start in range(0, len(tasks), size):
-            items = list(zip(tasks[start : start + size], extras[start : start + size], strict=True))
+            items = list(
+                zip(tasks[start : start + size], extras[start : start + size], strict=True)
+            )
             future = self.client.submit(
                 _run_batch, stage.kind, self.root, shipped, items, shared, pure=False
             )
@@ -192,7 +196,11 @@ class Executor:
         bases = self._bases(stage)
         bounds = Roi.from_shape(tuple(int(b) for b in self.plan.roi.stop), self.plan.level)
         extras = [
-            {idx: bases[idx] for idx, _ in chunks_touching(t.read, self.plan.chunks, bounds) if idx in bases}
+            {
+                idx: bases[idx]
+                for idx, _ in chunks_touching(t.read, self.plan.chunks, bounds)
+                if idx in bases
+            }
             for t in stage.tasks
         ]
         found = self._map(stage, extras)

@@ -84,7 +84,9 @@ class ImageMeta:
 
     def level(self, index: int) -> Level:
         if not 0 <= index < len(self.levels):
-            raise NgffError(f"{self.path}: level {index} does not exist (it has {len(self.levels)})")
+            raise NgffError(
+                f"{self.path}: level {index} does not exist (it has {len(self.levels)})"
+            )
         return self.levels[index]
 
     def spacing_um(self, level: int) -> tuple[float, ...]:
@@ -115,7 +117,9 @@ def read_image(path: str | Path) -> ImageMeta:
         raise NgffError(f"{path}: not an OME-Zarr image (no 'multiscales' in its attributes)")
     multiscale = multiscales[0]
     axes = _axes(path, multiscale)
-    levels = tuple(_level(path, group, ds, multiscale, len(axes)) for ds in _datasets(path, multiscale))
+    levels = tuple(
+        _level(path, group, ds, multiscale, len(axes)) for ds in _datasets(path, multiscale)
+    )
     _validate(path, group, version)
     return ImageMeta(str(path), version, axes, levels, multiscale.get("name"))
 
@@ -160,7 +164,11 @@ def _transform(transforms: list[dict[str, Any]] | None, kind: str, ndim: int) ->
 
 
 def _level(
-    path: str | Path, group: zarr.Group, dataset: dict[str, Any], multiscale: dict[str, Any], ndim: int
+    path: str | Path,
+    group: zarr.Group,
+    dataset: dict[str, Any],
+    multiscale: dict[str, Any],
+    ndim: int,
 ) -> Level:
     level_path = dataset.get("path")
     if not isinstance(level_path, str):
@@ -168,7 +176,9 @@ def _level(
     try:
         array = group[level_path]
     except KeyError:
-        raise NgffError(f"{path}: level array '{level_path}' listed in multiscales is missing") from None
+        raise NgffError(
+            f"{path}: level array '{level_path}' listed in multiscales is missing"
+        ) from None
     if not isinstance(array, zarr.Array):
         raise NgffError(f"{path}: '{level_path}' is a group, not an array")
     if array.ndim != ndim:
@@ -198,6 +208,8 @@ def _validate(path: str | Path, group: zarr.Group, version: Version) -> None:
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise NgffError(f"{path}: invalid OME-Zarr {version} metadata at {where}: {first['msg']}") from exc
+        raise NgffError(
+            f"{path}: invalid OME-Zarr {version} metadata at {where}: {first['msg']}"
+        ) from exc
     except (ValueError, RuntimeError, KeyError) as exc:
         raise NgffError(f"{path}: invalid OME-Zarr {version} image: {exc}") from exc

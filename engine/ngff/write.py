@@ -100,7 +100,10 @@ def create_image(
             overwrite=True,
             **kwargs,
         )
-    ome = {"multiscales": [multiscales_json(version, axes, levels, name, method)], **(extra_ome or {})}
+    ome = {
+        "multiscales": [multiscales_json(version, axes, levels, name, method)],
+        **(extra_ome or {}),
+    }
     group.attrs.update({**ome_attrs(version, ome), **(attrs or {})})
     return group
 
@@ -142,4 +145,6 @@ def output_path(kind: OutputKind, name: str) -> str:
 
 def exists(root_path: str | Path, path: str) -> bool:
     root = Path(root_path) / path
-    return (root / "zarr.json").exists() or (root / ".zattrs").exists() or (root / ".zgroup").exists()
+    return (
+        (root / "zarr.json").exists() or (root / ".zattrs").exists() or (root / ".zgroup").exists()
+    )

@@ -1,0 +1,220 @@
+"""The `ngff-engine` command: parse, call the API, print. No logic of its own.
+
+Errors the user can fix print one line and exit 2; anything else prints one
+line and exits 1; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from engine.errors import ConfigError, EngineError
+from engine.ngff.metadata import read_image
+from engine.pipeline import Pipeline
+from engine.plan import human_bytes, summarize
+from engine.rois import parse_cli_roi
+from engine.run import make_plan, resolve_input, run
+from engine.version import __version__
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ngff-engine", description="ROI-scoped pipelines over OME-Zarr images on dask."
+    )
+    parser.add_argument("--version", action="version", version=f"ngff-engine {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="write a synthetic 3D nuclei image with true labels")
+    p.add_argument("out", help="path of the new .zarr")
+    p.add_argument("--shape", type=_ints, default=(128, 512, 512), help="Z,Y,X or Y,X")
+    p.add_argument("--chunks", type=_ints, default=None, help="chunk sizes, as --shape")
+    p.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("info", help="describe an OME-Zarr image and its outputs")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("validate", help="check a pipeline config (and its image, if present)")
+    p.add_argument("config")
+    p.add_argument("--input", default=None)
+
+    for name, text in (("plan", "show the chunk tasks a run would do"), ("run", "run a pipeline")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config")
+        p.add_argument("--input", default=None, help="image path (overrides the config)")
+        p.add_argument("--roi", default=None, help="ROI name from the config, or z0:z1,y0:y1,x0:x1")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
+    p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    mode.add_argument("--update", action="store_true", help="write this ROI into existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except EngineError as exc:
+        if args.debug:
+            raise
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        console.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from engine.sample_zarr import write_sample
+
+    path = write_sample(args.out, args.shape, args.chunks, args.ngff, args.seed)
+    out.print(f"wrote {path} (shape {','.join(map(str, args.shape))}, NGFF {args.ngff}, labels/truth)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from engine.inventory import describe
+
+    info = describe(args.path)
+    if args.json:
+        out.print_json(json.dumps(info))
+        return 0
+    meta = info["image"]
+    out.print(f"[bold]{args.path}[/]  OME-Zarr {meta['version']}  axes {meta['axes']}")
+    table = Table("level", "shape", "chunks", "dtype", "scale")
+    for lv in meta["levels"]:
+        table.add_row(lv["path"], str(lv["shape"]), str(lv["chunks"]), lv["dtype"], str(lv["scale"]))
+    out.print(table)
+    for kind in ("labels", "results"):
+        for item in info[kind]:
+            runs = item.get("runs", 0)
+            out.print(f"{kind}/{item['name']}: {item['dtype']} {item['levels']} levels, {runs} run(s)")
+    return 0
+
+
+def _load(args: argparse.Namespace) -> Pipeline:
+    return Pipeline.from_yaml(args.config)
+
+
+def _roi(args: argparse.Namespace, pipeline: Pipeline) -> Any:
+    if args.roi is None or args.roi in pipeline.rois:
+        return args.roi
+    if ":" in args.roi:
+        return parse_cli_roi(args.roi, read_image(resolve_input(pipeline, args.input)))
+    return args.roi
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    pipeline = _load(args)
+    pipeline.check_complete()
+    path = args.input or pipeline.input
+    checked = "config"
+    if path is not None and Path(path).exists():
+        for roi in [None, *pipeline.rois]:
+            make_plan(pipeline, path, roi)
+        checked = f"config, image {path} and {len(pipeline.rois)} ROI(s)"
+    outputs = [f"{s.output.kind}/{s.output.name}" for s in pipeline.steps if s.output]
+    out.print(f"ok: {checked}; {len(pipeline.steps)} steps; outputs {', '.join(outputs)}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import time
+
+    pipeline = _load(args)
+    started = time.perf_counter()
+    _, plan = make_plan(pipeline, args.input, _roi(args, pipeline))
+    seconds = time.perf_counter() - started
+    rows = summarize(plan)
+    if args.json:
+        out.print_json(json.dumps({"roi": str(plan.roi), "plan_seconds": seconds, "stages": rows}))
+        return 0
+    table = Table(title=f"plan for ROI {plan.roi} ({plan.task_count} tasks, {seconds:.3f} s)")
+    for col in ("stage", "kind", "tasks", "chunks read", "chunks written", "read", "written", "halo"):
+        table.add_column(col)
+    for r in rows:
+        halo = ",".join(f"{k}{v}" for k, v in r["halo"].items() if v) or "-"
+        table.add_row(
+            r["stage"], r["kind"], str(r["tasks"]), str(r["chunks_read"]), str(r["chunks_written"]),
+            human_bytes(r["bytes_read"]), human_bytes(r["bytes_written"]), halo,
+        )
+    out.print(table)
+    return 0
+
+
+def _progress_callback(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:
+    def start(stage: str, total: int) -> Callable[[int], None]:
+        task = progress.add_task(stage, total=total)
+        return lambda n: progress.advance(task, n)
+
+    return start
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    pipeline = _load(args)
+    roi = _roi(args, pipeline)
+    kwargs = dict(
+        input=args.input, roi=roi, workers=args.workers, overwrite=args.overwrite,
+        update=args.update, scheduler=args.scheduler,
+    )
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    if args.quiet or args.json:
+        result = run(pipeline, **kwargs)
+    else:
+        columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            result = run(pipeline, progress=_progress_callback(progress), **kwargs)
+    if args.json:
+        out.print_json(json.dumps(result.to_json()))
+        return 0
+    out.print(f"run {result.run_id} on {result.image} ROI {result.roi} in {result.seconds:.1f} s")
+    for name, path in result.outputs.items():
+        objects = f" ({result.labels[name]} objects)" if name in result.labels else ""
+        out.print(f"  {name}: {path}{objects}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "sample": cmd_sample,
+    "info": cmd_info,
+    "validate": cmd_validate,
+    "plan": cmd_plan,
+    "run": cmd_run,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

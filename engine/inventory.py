@@ -1,0 +1,56 @@
+"""What an image's zarr holds: its levels, and the label and result outputs beside it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from engine.ngff.metadata import read_image
+from engine.ngff.write import engine_attrs, read_ome
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    meta = read_image(path)
+    root = zarr.open_group(str(path), mode="r")
+    info: dict[str, Any] = {
+        "image": {
+            "path": str(path),
+            "version": meta.version,
+            "axes": [a.to_json() for a in meta.axes],
+            "levels": [
+                {
+                    "path": lv.path,
+                    "shape": list(lv.shape),
+                    "chunks": list(lv.chunks),
+                    "dtype": lv.dtype,
+                    "scale": list(lv.scale),
+                    "translation": list(lv.translation),
+                }
+                for lv in meta.levels
+            ],
+        },
+        "labels": [],
+        "results": [],
+    }
+    for kind in ("labels", "results"):
+        if kind not in root:
+            continue
+        attrs = root[kind].attrs.asdict()
+        names = read_ome(meta.version, attrs).get(kind, []) if kind == "labels" else attrs.get(kind, [])
+        for name in names:
+            group = root[f"{kind}/{name}"]
+            levels = read_ome(meta.version, group.attrs.asdict())["multiscales"][0]["datasets"]
+            record = engine_attrs(group)
+            info[kind].append(
+                {
+                    "name": name,
+                    "dtype": str(group[levels[0]["path"]].dtype),
+                    "levels": len(levels),
+                    "runs": len(record.get("runs", [])),
+                    "config_hash": record.get("config_hash"),
+                    "max_label": record.get("max_label"),
+                }
+            )
+    return info
