@@ -33,7 +33,9 @@ def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a comma-separated list of integers"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +103,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from engine.sample_zarr import write_sample
 
     path = write_sample(args.out, args.shape, args.chunks, args.ngff, args.seed)
-    out.print(f"wrote {path} (shape {','.join(map(str, args.shape))}, NGFF {args.ngff}, labels/truth)")
+    out.print(
+        f"wrote {path} (shape {','.join(map(str, args.shape))}, NGFF {args.ngff}, labels/truth)"
+    )
     return 0
 
 
@@ -116,12 +120,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     out.print(f"[bold]{args.path}[/]  OME-Zarr {meta['version']}  axes {meta['axes']}")
     table = Table("level", "shape", "chunks", "dtype", "scale")
     for lv in meta["levels"]:
-        table.add_row(lv["path"], str(lv["shape"]), str(lv["chunks"]), lv["dtype"], str(lv["scale"]))
+        table.add_row(
+            lv["path"], str(lv["shape"]), str(lv["chunks"]), lv["dtype"], str(lv["scale"])
+        )
     out.print(table)
     for kind in ("labels", "results"):
         for item in info[kind]:
             runs = item.get("runs", 0)
-            out.print(f"{kind}/{item['name']}: {item['dtype']} {item['levels']} levels, {runs} run(s)")
+            out.print(
+                f"{kind}/{item['name']}: {item['dtype']} {item['levels']} levels, {runs} run(s)"
+            )
     return 0
 
 
@@ -163,13 +171,28 @@ def cmd_plan(args: argparse.Namespace) -> int:
         out.print_json(json.dumps({"roi": str(plan.roi), "plan_seconds": seconds, "stages": rows}))
         return 0
     table = Table(title=f"plan for ROI {plan.roi} ({plan.task_count} tasks, {seconds:.3f} s)")
-    for col in ("stage", "kind", "tasks", "chunks read", "chunks written", "read", "written", "halo"):
+    for col in (
+        "stage",
+        "kind",
+        "tasks",
+        "chunks read",
+        "chunks written",
+        "read",
+        "written",
+        "halo",
+    ):
         table.add_column(col)
     for r in rows:
         halo = ",".join(f"{k}{v}" for k, v in r["halo"].items() if v) or "-"
         table.add_row(
-            r["stage"], r["kind"], str(r["tasks"]), str(r["chunks_read"]), str(r["chunks_written"]),
-            human_bytes(r["bytes_read"]), human_bytes(r["bytes_written"]), halo,
+            r["stage"],
+            r["kind"],
+            str(r["tasks"]),
+            str(r["chunks_read"]),
+            str(r["chunks_written"]),
+            human_bytes(r["bytes_read"]),
+            human_bytes(r["bytes_written"]),
+            halo,
         )
     out.print(table)
     return 0
@@ -187,15 +210,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline = _load(args)
     roi = _roi(args, pipeline)
     kwargs = dict(
-        input=args.input, roi=roi, workers=args.workers, overwrite=args.overwrite,
-        update=args.update, scheduler=args.scheduler,
+        input=args.input,
+        roi=roi,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        update=args.update,
+        scheduler=args.scheduler,
     )
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     if args.quiet or args.json:
         result = run(pipeline, **kwargs)
     else:
-        columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        columns = (
+            TextColumn("{task.description:<24}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=console, transient=False) as progress:
             result = run(pipeline, progress=_progress_callback(progress), **kwargs)
     if args.json:

@@ -22,6 +22,15 @@ from tasks import OPS, Context
 from tasks.label import crossing_pairs
 
 
+class StepFailed(Exception):
+    """An op raised: carries the step it belongs to, since a fused task runs several."""
+
+    def __init__(self, step: str, error: Exception) -> None:
+        super().__init__(f"step '{step}': {type(error).__name__}: {error}")
+        self.step = step
+        self.error = error
+
+
 def open_array(root: str, path: str, mode: str = "r") -> zarr.Array:
     return zarr.open_array(f"{root}/{path}", mode=mode)
 
@@ -68,7 +77,10 @@ def apply_chain(
         op = OPS[link.op]
         params = op.params.model_validate(link.params)
         value = values[link.value_from][t] if link.value_from else None
-        out = op.apply(block, params, ctx, value)
+        try:
+            out = op.apply(block, params, ctx, value)
+        except Exception as exc:
+            raise StepFailed(link.step, exc) from exc
         block = out[spatial_part(boxes[i + 1].relative_to(boxes[i]), spatial)]
     return block
 

@@ -38,7 +38,9 @@ def describe(path: str | Path) -> dict[str, Any]:
         if kind not in root:
             continue
         attrs = root[kind].attrs.asdict()
-        names = read_ome(meta.version, attrs).get(kind, []) if kind == "labels" else attrs.get(kind, [])
+        names = (
+            read_ome(meta.version, attrs).get(kind, []) if kind == "labels" else attrs.get(kind, [])
+        )
         for name in names:
             group = root[f"{kind}/{name}"]
             levels = read_ome(meta.version, group.attrs.asdict())["multiscales"][0]["datasets"]

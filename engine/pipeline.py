@@ -97,7 +97,7 @@ class Step(_Model):
         try:
             OPS[self.op].params.model_validate(self.params)
         except ValidationError as exc:
-            raise ValueError(_first_error(exc, prefix="params")) from None
+            raise ValueError(_params_error(exc, self.op)) from None
         return self
 
     @property
@@ -219,7 +219,7 @@ class Pipeline(_Model):
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
         return cls.build(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,6 +227,34 @@ class Pipeline(_Model):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _params_error(exc: ValidationError, op: str) -> str:
+    """An unknown parameter is named first (a typo also makes its real name 'missing')."""
+    unknown = [e for e in exc.errors() if e["type"] == "extra_forbidden"]
+    if unknown:
+        names = ", ".join(".".join(str(p) for p in e["loc"]) for e in unknown)
+        known = ", ".join(sorted(OPS[op].params.model_fields))
+        return f"params.{names}: unknown parameter for op '{op}' (known: {known})"
+    return _first_error(exc, prefix="params")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: where, then what."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    context = getattr(exc, "context", None)
+    if problem is None:
+        return " ".join(str(exc).split())
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + " ".join(f"{problem}{f' ({context})' if context else ''}".split())
+
+
+def _union_tag(part: Any) -> bool:
+    """pydantic names the member of a union in `loc` ('float', 'list[float]', ...): not a field."""
+    return isinstance(part, str) and (
+        not part.isidentifier() or part in ("float", "int", "str", "bool", "dict", "list")
+    )
 
 
 def _first_error(exc: ValidationError, prefix: str = "", data: Any = None) -> str:
@@ -249,7 +277,8 @@ def _first_error(exc: ValidationError, prefix: str = "", data: Any = None) -> st
     elif len(loc) >= 2 and loc[0] == "rois":
         where.append(f"roi '{loc[1]}'")
         loc = loc[2:]
+    loc = [p for i, p in enumerate(loc) if i == 0 or not _union_tag(p)]
     field = ".".join(str(p) for p in ([prefix] if prefix else []) + loc)
     message = error["msg"].removeprefix("Value error, ")
-    head = " ".join(where + ([field] if field else []))
+    head = ": ".join(where + ([field] if field else []))
     return f"{head}: {message}" if head else message

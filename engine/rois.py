@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 
+from pydantic import ValidationError
+
 from engine.errors import ConfigError
 from engine.geometry import Roi
 from engine.ngff.metadata import ImageMeta
-from engine.pipeline import Pipeline, RoiSpec
+from engine.pipeline import AXES, Pipeline, RoiSpec
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER
 
 _CLI_RANGE = re.compile(r"^\s*(?:([a-z])\s*=\s*)?(-?\d+)\s*:\s*(-?\d+)\s*$")
@@ -20,7 +22,7 @@ _CLI_RANGE = re.compile(r"^\s*(?:([a-z])\s*=\s*)?(-?\d+)\s*:\s*(-?\d+)\s*$")
 
 def parse_cli_roi(text: str, meta: ImageMeta) -> RoiSpec:
     """`z0:z1,y0:y1,x0:x1` (spatial axes in order) or `t=0:1,x=5:9` (named), in pixels."""
-    parts = [p for p in text.split(",") if p.strip()]
+    parts = text.split(",")
     ranges: dict[str, tuple[float, float]] = {}
     spatial_names = [meta.axes[i].name for i in meta.spatial_axes]
     positional = 0
@@ -36,11 +38,16 @@ def parse_cli_roi(text: str, meta: ImageMeta) -> RoiSpec:
                 )
             axis = spatial_names[positional]
             positional += 1
+        if axis not in AXES:
+            raise ConfigError(f"--roi '{text}': axis '{axis}' is not one of {', '.join(AXES)}")
+        if axis in ranges:
+            raise ConfigError(f"--roi '{text}': axis '{axis}' is given twice")
         ranges[axis] = (start, stop)
     try:
         return RoiSpec(units="pixel", **ranges)
-    except ValueError as exc:
-        raise ConfigError(f"--roi '{text}': {exc}") from None
+    except ValidationError as exc:
+        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"--roi '{text}': {message}") from None
 
 
 def resolve_roi(spec: RoiSpec | None, meta: ImageMeta, level: int, name: str = "roi") -> Roi:
@@ -51,6 +58,11 @@ def resolve_roi(spec: RoiSpec | None, meta: ImageMeta, level: int, name: str = "
         return whole
     ranges = spec.ranges()
     names = meta.axis_names
+    if spec.units == "pixel" and not 0 <= spec.level < len(meta.levels):
+        raise ConfigError(
+            f"roi '{name}': level {spec.level} does not exist (the image has "
+            f"{len(meta.levels)} levels, 0..{len(meta.levels) - 1})"
+        )
     for axis in ranges:
         if axis not in names:
             raise ConfigError(
@@ -65,7 +77,8 @@ def resolve_roi(spec: RoiSpec | None, meta: ImageMeta, level: int, name: str = "
     if not whole.contains(box):
         extent = ", ".join(f"{n}: 0..{s}" for n, s in zip(names, lv.shape, strict=True))
         raise ConfigError(
-            f"roi '{name}': {_describe(box, names)} lies outside the image (level {level}: {extent})"
+            f"roi '{name}': {_describe(box, names)} lies outside the image "
+            f"(level {level}: {extent})"
         )
     return box
 

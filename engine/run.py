@@ -145,11 +145,11 @@ def check_output(meta: ImageMeta, out: OutputPlan, overwrite: bool, update: bool
         return "overwrite"
     try:
         existing = engine_attrs(zarr.open_group(str(path), mode="r"))
-    except (FileNotFoundError, ValueError, zarr.errors.ZarrError):
+    except (OSError, ValueError, zarr.errors.BaseZarrError):
         existing = {}
-    if not existing:
+    if "config_hash" not in existing:
         raise OutputConflict(
-            f"output {out.path} exists and was not written by ngff-engine; "
+            f"output {out.path} exists and was not written by an ngff-engine run; "
             "use --overwrite to replace it"
         )
     old = existing.get("provenance", {})

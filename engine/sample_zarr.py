@@ -63,7 +63,9 @@ def write_sample(
         raise EngineError(f"{path} already exists; choose a new path for the sample")
     if len(shape) not in (2, 3):
         raise EngineError(f"--shape needs 2 or 3 sizes (Y,X or Z,Y,X), got {len(shape)}")
-    chunks = chunks or tuple(min(s, c) for s, c in zip(shape, (64, 256, 256)[-len(shape) :], strict=True))
+    chunks = chunks or tuple(
+        min(s, c) for s, c in zip(shape, (64, 256, 256)[-len(shape) :], strict=True)
+    )
     if len(chunks) != len(shape) or any(c < 1 for c in chunks):
         raise EngineError(f"--chunks {chunks} does not fit --shape {shape}")
     try:

@@ -6,16 +6,25 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 from scipy import ndimage
 
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER, Context, OpSpec, Params, per_axis
 
 
 class GaussianParams(Params):
-    sigma: float | list[float] = Field(gt=0)
+    sigma: float | list[float]
     units: str = "pixel"
     truncate: float = Field(default=4.0, gt=0)
+
+    @field_validator("sigma")
+    @classmethod
+    def _positive(cls, sigma: float | list[float]) -> float | list[float]:
+        # a constraint on the union itself cannot apply to the list form
+        values = sigma if isinstance(sigma, list) else [sigma]
+        if not values or any(not s > 0 for s in values):
+            raise ValueError(f"sigma must be greater than 0 (got {sigma})")
+        return sigma
 
 
 def gaussian_sigma_pixels(params: GaussianParams, ctx: Context) -> tuple[float, ...]:

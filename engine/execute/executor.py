@@ -55,6 +55,11 @@ def _run_batch(kind: str, root: str, stage: Stage, items: list, common: dict) ->
             results.append(_run_one(kind, root, stage, task, extra, common))
         except EngineError:
             raise
+        except compute.StepFailed as exc:
+            raise TaskFailed(
+                f"step '{exc.step}' failed on chunk {task.write} (stage {stage.name}): "
+                f"{type(exc.error).__name__}: {exc.error}"
+            ) from exc
         except Exception as exc:
             raise TaskFailed(
                 f"step '{stage.step}' ({stage.name}) failed on chunk {task.write}: "

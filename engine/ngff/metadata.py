@@ -104,7 +104,7 @@ def open_group(path: str | Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
         raise NgffError(f"{path}: no such file or directory")
     try:
         return zarr.open_group(str(path), mode=mode)
-    except (FileNotFoundError, ValueError, zarr.errors.ZarrError) as exc:
+    except (OSError, ValueError, zarr.errors.BaseZarrError) as exc:
         raise NgffError(f"{path}: not a zarr group ({exc})") from exc
 
 

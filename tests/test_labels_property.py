@@ -1,0 +1,67 @@
+"""Connected components across chunks equal scipy's on the whole ROI, for random cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+from conftest import same_partition, write_image
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from engine import Pipeline, run
+
+
+@st.composite
+def cases(draw):
+    ndim = draw(st.sampled_from([2, 3]))
+    shape = tuple(draw(st.integers(4, 30 if ndim == 3 else 60)) for _ in range(ndim))
+    chunks = tuple(draw(st.integers(1, s)) for s in shape)
+    start = tuple(draw(st.integers(0, s - 1)) for s in shape)
+    stop = tuple(draw(st.integers(a + 1, s)) for a, s in zip(start, shape))
+    connectivity = draw(st.integers(1, ndim))
+    density = draw(st.floats(0.2, 0.7))
+    seed = draw(st.integers(0, 2**16))
+    return shape, chunks, start, stop, connectivity, density, seed
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(cases())
+def test_label_equals_scipy(tmp_path_factory, scheduler, case):
+    shape, chunks, start, stop, connectivity, density, seed = case
+    mask = np.random.default_rng(seed).random(shape) < density
+    path = write_image(
+        tmp_path_factory.mktemp("cc") / "m.zarr", mask.astype(np.uint8), chunks, levels=1
+    )
+    p = (
+        Pipeline()
+        .add("mask", "threshold", method="value", value=0)
+        .add("cc", "label", "mask", {"kind": "label", "name": "cc"}, connectivity=connectivity)
+    )
+    names = ("z", "y", "x")[-len(shape) :]
+    roi = {n: (a, b) for n, a, b in zip(names, start, stop)}
+    result = run(p, input=path, roi=roi, scheduler=scheduler)
+    window = tuple(slice(a, b) for a, b in zip(start, stop))
+    ref, n = ndimage.label(
+        mask[window], ndimage.generate_binary_structure(len(shape), connectivity)
+    )
+    got = zarr.open_array(str(path / "labels/cc/s0"))[...]
+    assert same_partition(got[window], ref)
+    assert result.labels["cc"] == n == got.max()
+    assert set(np.unique(got[window])) == set(range(n + 1))
+
+
+def test_one_object_spanning_every_chunk(tmp_path, scheduler):
+    mask = np.zeros((24, 40, 40), dtype=np.uint8)
+    mask[:, 20, :] = 1  # a plane crossing every chunk in z and x
+    mask[12, :, 5] = 1  # and a line joining it along y
+    path = write_image(tmp_path / "m.zarr", mask, (5, 7, 6), levels=1)
+    p = (
+        Pipeline()
+        .add("mask", "threshold", method="value", value=0)
+        .add("cc", "label", "mask", {"kind": "label", "name": "cc"})
+    )
+    result = run(p, input=path, scheduler=scheduler)
+    got = zarr.open_array(str(path / "labels/cc/s0"))[...]
+    assert result.labels["cc"] == 1
+    assert np.array_equal(got, mask.astype(np.uint32))
