@@ -155,7 +155,8 @@ def check_output(meta: ImageMeta, out: OutputPlan, overwrite: bool, update: bool
     old = existing.get("provenance", {})
     if existing.get("config_hash") != out.config_hash:
         raise OutputConflict(
-            f"output {out.path} exists with a different step config ({describe_change(old, out.provenance)}); "
+            f"output {out.path} exists with a different step config "
+            f"({describe_change(old, out.provenance)}); "
             "use --overwrite to replace it"
         )
     if not update:
