@@ -17,7 +17,7 @@ import numpy as np
 import zarr
 
 from engine.geometry import Roi, chunk_roi
-from engine.plan import Link, Source, Stage, chain_boxes
+from engine.plan import ChunkTask, Link, Source, Stage, chain_boxes, face_array_path, face_box
 from tasks import OPS, Context
 from tasks.label import crossing_pairs
 
@@ -103,11 +103,15 @@ def chain_output(
         yield t, apply_chain(data[index], boxes, stage.chain, spatial, ctx, values, t)
 
 
+def _stack(parts: list[np.ndarray], spatial: Sequence[int], box: Roi) -> np.ndarray:
+    """Per-time-point blocks back into one work-space block."""
+    return parts[0] if len(spatial) == box.ndim else np.stack(parts)
+
+
 def run_blockwise(root: str, stage: Stage, read: Roi, write: Roi, spatial, ctx, values) -> int:
     parts = [block for _, block in chain_output(root, stage, read, write, spatial, ctx, values)]
-    result = parts[0] if len(parts) == 1 and len(spatial) == write.ndim else np.stack(parts)
     assert stage.target is not None
-    write_target(root, stage.target, write, result)
+    write_target(root, stage.target, write, _stack(parts, spatial, write))
     return write.size
 
 
@@ -119,14 +123,22 @@ def run_reduce(root: str, stage: Stage, read: Roi, write: Roi, spatial, ctx, val
     reduction = op.reduction(params)
     prefix = Stage(**{**stage.__dict__, "chain": tuple(chain)})
     previous = values.get(f"{last.step}/reduce-{stage.pass_no - 1}", {})
-    partials = {}
+    partials, blocks = {}, []
     for t, block in chain_output(root, prefix, read, write, spatial, ctx, values):
         partials[t] = reduction.map(block, params, stage.pass_no, previous.get(t))
+        blocks.append(block)
+    if stage.target is not None:
+        write_target(root, stage.target, write, _stack(blocks, spatial, write))
     return partials
 
 
-def run_label(root: str, stage: Stage, read: Roi, write: Roi, spatial, ctx, values) -> int:
-    """Local labels 1..n of one chunk (unique across its time points); returns n."""
+def run_label(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) -> int:
+    """Local labels 1..n of one chunk (unique across its time points); returns n.
+
+    Besides the labels, the chunk's first and last plane along each spatial axis go to
+    the face arrays, where the face pass finds them cheaply.
+    """
+    read, write = task.read, task.write
     parts, count = [], 0
     for _, labels in chain_output(root, stage, read, write, spatial, ctx, values):
         labels = labels.astype(np.uint32, copy=False)
@@ -134,43 +146,56 @@ def run_label(root: str, stage: Stage, read: Roi, write: Roi, spatial, ctx, valu
         labels[labels > 0] += np.uint32(count)
         parts.append(labels)
         count += n
-    result = parts[0] if len(spatial) == write.ndim else np.stack(parts)
     assert stage.target is not None
-    write_target(root, stage.target, write, result)
+    block = _stack(parts, spatial, write)
+    write_target(root, stage.target, write, block)
+    for axis in spatial:
+        path = face_array_path(stage.target, axis)
+        write_target(root, path, face_box(write, task.index, axis, 0), block.take([0], axis))
+        write_target(root, path, face_box(write, task.index, axis, 1), block.take([-1], axis))
     return count
 
 
 def run_faces(
     root: str,
     stage: Stage,
-    read: Roi,
-    write: Roi,
+    task: ChunkTask,
     spatial: Sequence[int],
     chunks: Sequence[int],
     bases: dict[tuple[int, ...], int],
 ) -> np.ndarray:
-    """Pairs of provisional ids touching across this chunk's upper faces."""
+    """Pairs of provisional ids touching across this chunk's upper faces.
+
+    Reads, per axis, the chunk's last plane and the next chunks' first planes (widened by
+    one voxel along the other axes, for diagonal neighbours) from the face arrays.
+    """
     assert stage.source is not None
-    region = read_source(root, stage.source, read).astype(np.uint64)
-    for index in bases:
-        box = chunk_roi(index, chunks, stage.source.bounds).intersect(read)
-        if box.empty():
-            continue
-        view = region[box.relative_to(read)]
-        view[view > 0] += np.uint64(bases[index])
+    read, write, index = task.read, task.write, task.index
     found = [np.zeros((0, 2), dtype=np.uint64)]
-    for _, index in time_slices(read, spatial):
-        block = region[index]
-        for d, axis in enumerate(spatial):
-            if write.stop[axis] >= read.stop[axis]:
+    for d, axis in enumerate(spatial):
+        if write.stop[axis] >= read.stop[axis]:
+            continue
+        slab_box = face_box(read, index, axis, 1, planes=2)
+        slab = np.asarray(
+            open_array(root, face_array_path(stage.source.path, axis))[slab_box.to_slices()]
+        ).astype(np.uint64)
+        for other, base in bases.items():
+            side = other[axis] - index[axis]
+            if side not in (0, 1) or base == 0:
                 continue
-            plane = int(write.stop[axis] - read.start[axis])
-            owned = [
-                (int(write.start[a] - read.start[a]), int(write.stop[a] - read.start[a]))
-                for a in spatial
-                if a != axis
-            ]
-            found.append(crossing_pairs(block, d, plane, owned, stage.connectivity))
+            box = chunk_roi(other, chunks, stage.source.bounds).intersect(read)
+            box = face_box(box, other, axis, 0) if side else face_box(box, index, axis, 1)
+            box = box.intersect(slab_box)
+            if not box.empty():
+                view = slab[box.relative_to(slab_box)]
+                view[view > 0] += np.uint64(base)
+        owned = [
+            (int(write.start[a] - read.start[a]), int(write.stop[a] - read.start[a]))
+            for a in spatial
+            if a != axis
+        ]
+        for _, t_index in time_slices(slab_box, spatial):
+            found.append(crossing_pairs(slab[t_index], d, 1, owned, stage.connectivity))
     return np.unique(np.concatenate(found), axis=0)
 
 

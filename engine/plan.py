@@ -136,6 +136,33 @@ def chain_boxes(write: Roi, chain: Sequence[Link], bounds: Roi) -> list[Roi]:
     return boxes[::-1]
 
 
+def face_array_path(local: str, axis: int) -> str:
+    """Where a label stage keeps the boundary planes of its chunks along one axis."""
+    return f"{local}-faces-{axis}"
+
+
+def face_array_layout(
+    shape: Sequence[int], chunks: Sequence[int], axis: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shape and chunks of a face array: two planes (low, high) per chunk along `axis`.
+
+    With one plane per zarr chunk, reading the two planes that meet at a chunk border
+    decodes only those planes, never the chunks they came from.
+    """
+    n = -(-shape[axis] // chunks[axis])
+    face_shape = tuple(2 * n if i == axis else s for i, s in enumerate(shape))
+    face_chunks = tuple(1 if i == axis else c for i, c in enumerate(chunks))
+    return face_shape, face_chunks
+
+
+def face_box(box: Roi, index: Sequence[int], axis: int, first: int, planes: int = 1) -> Roi:
+    """`box` in face-array coordinates: planes `first`.. of chunk `index` along `axis`."""
+    start, stop = list(box.start), list(box.stop)
+    start[axis] = 2 * index[axis] + first
+    stop[axis] = start[axis] + planes
+    return Roi(tuple(start), tuple(stop), box.level)
+
+
 def config_hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -174,13 +201,17 @@ class _Compiler:
         self.scratch = f"{ENGINE_GROUP}/runs/{run_id}"
         self.engine_version = engine_version
         self.stages: dict[str, Stage] = {}
-        self.materialised: dict[str, tuple[Source, str]] = {}
+        # step name -> (array holding its result, stage that writes it, usable only by
+        # chains that need no halo beyond it: true for ROI-only scratch of exact values)
+        self.materialised: dict[str, tuple[Source, str, bool]] = {}
         self.outputs: list[OutputPlan] = []
 
     def compile(self) -> Plan:
         for step in self.pipeline.ordered_steps():
             op = OPS[step.op]
             kind = op.kind(step.typed_params())
+            if kind == "reduction":
+                self._reduction(step)
             if kind == "global":
                 self._global(step)
             elif step.output is not None:
@@ -215,17 +246,19 @@ class _Compiler:
         must wait for (reductions it uses, global steps it reads).
         """
         steps: list[Step] = [last] if include_last else []
+        halo = sum(sum(self._halo(s)) for s in steps)
         current = last.source
-        while current != IMAGE and current not in self.materialised:
+        while current != IMAGE and not self._usable(current, halo):
             step = self.pipeline.step(current)
             steps.append(step)
+            halo += sum(self._halo(step))
             current = step.source
         steps.reverse()
         if current == IMAGE:
             source = self._image_source(steps[0] if steps else last)
             after: list[str] = []
         else:
-            source, done_stage = self.materialised[current]
+            source, done_stage, _ = self.materialised[current]
             after = [done_stage]
         links: list[Link] = []
         dtype = np.dtype(source.dtype)
@@ -244,6 +277,12 @@ class _Compiler:
                 Link(step.name, step.op, step.params, self._halo(step), str(dtype), value_from)
             )
         return source, tuple(links), after
+
+    def _usable(self, name: str, halo: int) -> bool:
+        if name not in self.materialised:
+            return False
+        _, _, exact_only = self.materialised[name]
+        return not exact_only or halo == 0
 
     def _image_source(self, first: Step) -> Source:
         ref = first.input_ref
@@ -281,6 +320,11 @@ class _Compiler:
         source, links, after = self._chain(step, include_last=False)
         tasks = self._tasks(links, source.bounds, self.roi)
         link = Link(step.name, step.op, step.params, (0,) * len(self.axes), "", None)
+        target = target_dtype = None
+        if links:
+            # The first pass also stores its input (e.g. the smoothed image) for the ROI,
+            # so later passes and zero-halo chains read it instead of recomputing it.
+            target, target_dtype = f"{self.scratch}/{step.name}/input", links[-1].dtype
         for pass_no in range(reduction.passes):
             name = f"{step.name}/reduce-{pass_no}"
             self.stages[name] = Stage(
@@ -291,9 +335,16 @@ class _Compiler:
                 (*links, link),
                 tasks,
                 tuple(after),
+                target,
+                target_dtype,
                 pass_no=pass_no,
             )
             after = [*after, name]
+            if target is not None:
+                stored = Source(target, target_dtype, self.roi)
+                self.materialised[step.source] = (stored, name, True)
+                source, links, target, target_dtype = stored, (), None, None
+                tasks = self._tasks(links, source.bounds, self.roi)
         return last
 
     def _blockwise_output(self, step: Step) -> None:
@@ -365,7 +416,7 @@ class _Compiler:
         self.stages[relabel] = Stage(
             relabel, n, "relabel", local_source, (), tasks, (f"{n}/merge",), target, None
         )
-        self.materialised[step.name] = (Source(target, "uint64", self.roi), relabel)
+        self.materialised[step.name] = (Source(target, "uint64", self.roi), relabel, False)
         if out is not None:
             self._pyramid(step, out, relabel)
 

@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 
 from engine.errors import ConfigError, OutputConflict
-from engine.execute.cluster import connect
+from engine.execute.cluster import ClusterArg, connect
 from engine.execute.executor import Executor, StageStats
 from engine.geometry import Roi
 from engine.ngff.metadata import ImageMeta, open_group, read_image
@@ -33,7 +33,7 @@ from engine.ngff.write import (
     zarr_format,
 )
 from engine.pipeline import Pipeline, RoiSpec
-from engine.plan import OutputPlan, Plan, compile_plan
+from engine.plan import OutputPlan, Plan, compile_plan, face_array_layout, face_array_path
 from engine.rois import named_roi, resolve_roi
 from engine.version import __version__
 
@@ -109,8 +109,13 @@ def run(
     update: bool = False,
     scheduler: str | None = None,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    cluster: ClusterArg = None,
 ) -> RunResult:
-    """Run a pipeline on an image (or an ROI of it) and write its outputs into the image's zarr."""
+    """Run a pipeline on an image (or an ROI of it) and write its outputs into the image's zarr.
+
+    `cluster` ("local", "slurm", a dict of ClusterSpec fields or a ClusterSpec) overrides
+    the pipeline's `cluster:` section; see engine/execute/cluster.py.
+    """
     if overwrite and update:
         raise ConfigError("--overwrite and --update exclude each other")
     started = time.perf_counter()
@@ -119,7 +124,7 @@ def run(
     modes = {out.step: check_output(meta, out, overwrite, update) for out in plan.outputs}
     writer = _OutputWriter(meta, plan, modes, run_id)
     try:
-        with connect(workers, scheduler) as client:
+        with connect(workers, scheduler, cluster, pipeline.cluster) as client:
             executor = Executor(client, meta.path, plan, writer.prepare, progress)
             stages = executor.run()
         writer.finish(executor)
@@ -204,8 +209,8 @@ class _OutputWriter:
     def prepare(self, key: str, dtype: str | None, count: int | None) -> int:
         """Create the array a stage writes; for label outputs return the id offset."""
         step, _, part = key.partition("/")
-        if part == "local":
-            self._scratch(f"{self.plan.scratch}/{step}/local", "uint32")
+        if part in ("local", "input"):
+            self._scratch(f"{self.plan.scratch}/{step}/{part}", dtype)
             return 0
         out = self.by_step.get(step)
         if out is None:
@@ -232,13 +237,24 @@ class _OutputWriter:
     def _scratch(self, path: str, dtype: str) -> None:
         level = self.meta.level(self.plan.level)
         keep = [i for i in range(len(self.meta.axes)) if i != self.meta.channel_axis]
+        shape = tuple(level.shape[i] for i in keep)
+        self._scratch_array(path, dtype, shape, self.plan.chunks)
+        if path.endswith("/local"):
+            for axis in self.plan.spatial:
+                face_shape, face_chunks = face_array_layout(shape, self.plan.chunks, axis)
+                self._scratch_array(face_array_path(path, axis), dtype, face_shape, face_chunks)
+
+    def _scratch_array(
+        self, path: str, dtype: str, shape: tuple[int, ...], chunks: tuple[int, ...]
+    ) -> None:
         self.root.create_array(
             path,
-            shape=tuple(level.shape[i] for i in keep),
-            chunks=self.plan.chunks,
+            shape=shape,
+            chunks=chunks,
             dtype=dtype,
             fill_value=0,
             overwrite=True,
+            compressors=None if np.dtype(dtype).kind == "f" else "auto",
         )
 
     def _create(self, out: OutputPlan, dtype: str) -> None:
