@@ -1,0 +1,218 @@
+"""Benchmark: the standard pipeline through the engine next to scipy on the whole array.
+
+Not a test (pytest does not collect it). Prints a table and writes JSON:
+
+    python tests/bench_pipeline.py [--shape 256,1024,1024] [--workers 2] [--out bench.json]
+
+Measured in one run, on the same sample: plan time for a 64^3 ROI in a metadata-only
+2048x65536x65536 image; the engine's wall time for configs/nuclei.yaml on a local
+cluster, with peak memory of the driver and of the largest worker; scipy/scikit-image
+on the whole array in one process with its peak memory; whether the labels are equal
+as a partition; and the ratio engine / scipy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import zarr
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def plan_time_huge(tmp: Path) -> dict:
+    from test_plan import NUCLEI, huge_image
+
+    from engine.geometry import Roi
+    from engine.ngff.metadata import read_image
+    from engine.plan import compile_plan
+
+    meta = read_image(huge_image(tmp / "huge.zarr"))
+    roi = Roi((1000, 30000, 40000), (1064, 30064, 40064))
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        plan = compile_plan(NUCLEI, meta, roi)
+        times.append(time.perf_counter() - started)
+    return {"plan_seconds_min": min(times), "plan_tasks": plan.task_count}
+
+
+def scipy_child(path: str, labels_path: str) -> None:
+    """Whole array in memory, as a user would without the engine; prints JSON."""
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    t0 = time.perf_counter()
+    image = zarr.open_array(f"{path}/s0")[...]
+    t1 = time.perf_counter()
+    smooth = ndimage.gaussian_filter(image.astype(np.float32), 2.0)
+    t2 = time.perf_counter()
+    mask = smooth > threshold_otsu(smooth)
+    labels, n = ndimage.label(mask)
+    t3 = time.perf_counter()
+    engine = zarr.open_array(labels_path)[...]
+    equal = partition_equal(labels, engine)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(
+        json.dumps(
+            {
+                "read_s": t1 - t0,
+                "gaussian_s": t2 - t1,
+                "otsu_label_s": t3 - t2,
+                "compute_s": t3 - t1,
+                "total_s": t3 - t0,
+                "objects": int(n),
+                "peak_rss_bytes": peak,
+                "labels_equal": bool(equal),
+            }
+        )
+    )
+
+
+def partition_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """Same objects, any ids, in O(voxels)."""
+    if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
+        return False
+    fg = a != 0
+    x, y = a[fg].astype(np.int64), b[fg].astype(np.int64)
+    forward = np.zeros(x.max(initial=0) + 1, dtype=np.int64)
+    forward[x] = y
+    backward = np.zeros(y.max(initial=0) + 1, dtype=np.int64)
+    backward[y] = x
+    return bool((forward[x] == y).all() and (backward[y] == x).all())
+
+
+def run_engine(sample: str, workers: int) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "run",
+        str(REPO / "configs/nuclei.yaml"),
+        "--input",
+        sample,
+        "--workers",
+        str(workers),
+        "--overwrite",
+        "--json",
+    ]
+    peaks: dict[int, int] = {}
+    started = time.perf_counter()
+    proc = psutil.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    done = threading.Event()
+
+    def sample_memory() -> None:
+        while not done.is_set():
+            try:
+                for p in [proc, *proc.children(recursive=True)]:
+                    rss = p.memory_info().rss
+                    peaks[p.pid] = max(peaks.get(p.pid, 0), rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=sample_memory, daemon=True)
+    watcher.start()
+    out, _ = proc.communicate()
+    done.set()
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"engine run failed with exit {proc.returncode}")
+    result = json.loads(out)
+    driver = peaks.pop(proc.pid, 0)
+    return {
+        "wall_s": wall,
+        "engine_reported_s": result["seconds"],
+        "objects": result["objects"]["nuclei"],
+        "stages": result["stages"],
+        "driver_peak_rss_bytes": driver,
+        "max_worker_peak_rss_bytes": max(peaks.values(), default=0),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="256,1024,1024")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--sample", default=None, help="reuse this sample zarr")
+    parser.add_argument("--out", default="bench-results/pipeline.json")
+    parser.add_argument("--scipy-child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.scipy_child:
+        scipy_child(*args.scipy_child)
+        return
+
+    from engine.sample_zarr import write_sample
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shape = tuple(int(s) for s in args.shape.split(","))
+        sample = args.sample or str(tmp / "sample.zarr")
+        if not Path(sample).exists():
+            write_sample(sample, shape)
+        plan = plan_time_huge(tmp)
+        engine = run_engine(sample, args.workers)
+        child = subprocess.run(
+            [sys.executable, __file__, "--scipy-child", sample, f"{sample}/labels/nuclei/s0"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        scipy = json.loads(child.stdout)
+
+    report = {
+        "shape": list(shape),
+        "workers": args.workers,
+        "cores": psutil.cpu_count(),
+        "plan": plan,
+        "engine": engine,
+        "scipy": scipy,
+        "ratio_engine_over_scipy_compute": engine["wall_s"] / scipy["compute_s"],
+        "ratio_engine_over_scipy_total": engine["wall_s"] / scipy["total_s"],
+    }
+    gib = 1024**3
+    rows = [
+        ("plan, 64^3 ROI in 2048x65536x65536", f"{plan['plan_seconds_min'] * 1000:.1f} ms", ""),
+        (
+            "engine wall (local cluster)",
+            f"{engine['wall_s']:.1f} s",
+            f"worker peak {engine['max_worker_peak_rss_bytes'] / gib:.2f} GiB, "
+            f"driver {engine['driver_peak_rss_bytes'] / gib:.2f} GiB",
+        ),
+        (
+            "scipy whole array, read+compute",
+            f"{scipy['total_s']:.1f} s",
+            f"peak {scipy['peak_rss_bytes'] / gib:.2f} GiB; gaussian {scipy['gaussian_s']:.1f} s, "
+            f"otsu+label {scipy['otsu_label_s']:.1f} s, read {scipy['read_s']:.1f} s",
+        ),
+        ("engine / scipy (compute only)", f"{report['ratio_engine_over_scipy_compute']:.2f}x", ""),
+        ("engine / scipy (read+compute)", f"{report['ratio_engine_over_scipy_total']:.2f}x", ""),
+        (
+            "labels equal as a partition",
+            str(scipy["labels_equal"]),
+            f"{engine['objects']} objects (scipy {scipy['objects']})",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value:>10}  {note}")
+    for stage in engine["stages"]:
+        print(f"  {stage['name']:<{width - 2}}  {stage['seconds']:>9.2f}s  {stage['tasks']} tasks")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
