@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from engine.chunk_cache import read_cached
 from engine.geometry import Roi, chunk_roi
 from engine.plan import ChunkTask, Link, Source, Stage, chain_boxes, face_array_path, face_box
 from tasks import OPS, Context
@@ -36,12 +37,21 @@ def open_array(root: str, path: str, mode: str = "r") -> zarr.Array:
 
 
 def read_source(root: str, source: Source, box: Roi) -> np.ndarray:
-    """A work-space box of a source; for the image, its one channel is selected."""
+    """A work-space box of a source; for the image, its one channel is selected.
+
+    The input image (a source with a cache key) is read through the decoded-chunk cache.
+    """
     array = open_array(root, source.path)
     slices = list(box.to_slices())
     if source.channel_axis is not None:
-        slices.insert(source.channel_axis, source.channel)
-    return np.asarray(array[tuple(slices)])
+        slices.insert(source.channel_axis, slice(source.channel, source.channel + 1))
+    if source.cache_key is not None:
+        data = read_cached(array, slices, (root, source.cache_key))
+    else:
+        data = np.asarray(array[tuple(slices)])
+    if source.channel_axis is not None:
+        data = data[tuple(0 if i == source.channel_axis else slice(None) for i in range(data.ndim))]
+    return data
 
 
 def write_target(root: str, path: str, box: Roi, data: np.ndarray) -> None:

@@ -46,6 +46,7 @@ class Source:
     bounds: Roi
     channel_axis: int | None = None
     channel: int | None = None
+    cache_key: str | None = None  # set for the input image: reads may share decoded chunks
 
 
 @dataclass(frozen=True)
@@ -302,7 +303,7 @@ class _Compiler:
             raise ConfigError(
                 f"step '{first.name}': input.channel is set but the image has no c axis"
             )
-        return Source(lv.path, lv.dtype, self.bounds, self.c_axis, channel)
+        return Source(lv.path, lv.dtype, self.bounds, self.c_axis, channel, self.scratch)
 
     def _tasks(self, chain: Sequence[Link], bounds: Roi, region: Roi) -> tuple[ChunkTask, ...]:
         tasks = []

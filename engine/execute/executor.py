@@ -75,16 +75,24 @@ def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, co
     if kind == "reduce":
         return compute.run_reduce(root, stage, task.read, task.write, spatial, ctx, values)
     if kind == "label":
-        return compute.run_label(root, stage, task.read, task.write, spatial, ctx, values)
+        return compute.run_label(root, stage, task, spatial, ctx, values)
     if kind == "faces":
-        return compute.run_faces(
-            root, stage, task.read, task.write, spatial, common["chunks"], extra
-        )
+        return compute.run_faces(root, stage, task, spatial, common["chunks"], extra)
     if kind == "relabel":
         return compute.run_relabel(root, stage, task.write, extra)
     if kind == "pyramid":
         return compute.run_pyramid(root, stage, task.read, task.write, common["factors"])
     raise ValueError(f"unknown stage kind {kind}")
+
+
+def morton_key(index: Sequence[int]) -> int:
+    """Z-order of a chunk index: consecutive keys are spatially compact groups of chunks,
+    so a batch shares its neighbours' decoded chunks instead of a thin row of them."""
+    key = 0
+    for bit in range(max((int(i).bit_length() for i in index), default=0)):
+        for axis, i in enumerate(index):
+            key |= ((int(i) >> bit) & 1) << (bit * len(index) + axis)
+    return key
 
 
 class Executor:
@@ -143,30 +151,34 @@ class Executor:
         size = max(1, math.ceil(len(tasks) / (self.workers * BATCHES_PER_WORKER)))
         shipped = dataclasses.replace(stage, tasks=())
         shared = self._common(stage, **common)
+        order = sorted(range(len(tasks)), key=lambda i: morton_key(tasks[i].index))
         futures = {}
-        for start in range(0, len(tasks), size):
-            items = list(
-                zip(tasks[start : start + size], extras[start : start + size], strict=True)
-            )
+        for start in range(0, len(order), size):
+            members = order[start : start + size]
+            items = [(tasks[i], extras[i]) for i in members]
             future = self.client.submit(
                 _run_batch, stage.kind, self.root, shipped, items, shared, pure=False
             )
-            futures[future] = (start, len(items))
+            futures[future] = members
         advance = self.progress(stage.name, len(tasks)) if self.progress else None
         results: list[Any] = [None] * len(tasks)
         for future in as_completed(futures):
-            start, n = futures[future]
+            members = futures[future]
             try:
-                results[start : start + n] = future.result()
+                batch_results = future.result()
             except EngineError:
                 for other in futures:
                     other.cancel()
                 raise
+            for i, result in zip(members, batch_results, strict=True):
+                results[i] = result
             if advance:
-                advance(n)
+                advance(len(members))
         return results
 
     def _reduce(self, stage: Stage) -> None:
+        if stage.target is not None:
+            self.prepare_output(f"{stage.step}/input", stage.target_dtype, None)
         link = stage.chain[-1]
         op = OPS[link.op]
         params = op.params.model_validate(link.params)
