@@ -1,16 +1,18 @@
 """ngff-engine: ROI-scoped pipelines over OME-Zarr, compiled to chunk tasks, run on dask.
 
-The public API: build or load a `Pipeline`, `run` it; `make_plan` to inspect
-what would run without running it.
+The public API: build or load a `Pipeline`, `run` it (or `submit` it and get a handle
+at once); `make_plan` to inspect what would run without running it.
 """
 
 from engine.errors import ConfigError, EngineError, NgffError, OutputConflict
 from engine.geometry import Roi
-from engine.pipeline import InputRef, OutputSpec, Pipeline, RoiSpec, Step
+from engine.pipeline import ClusterSpec, InputRef, OutputSpec, Pipeline, RoiSpec, Step
 from engine.run import RunResult, make_plan, run
+from engine.submit import RunHandle, submit
 from engine.version import __version__
 
 __all__ = [
+    "ClusterSpec",
     "ConfigError",
     "EngineError",
     "InputRef",
@@ -20,9 +22,11 @@ __all__ = [
     "Pipeline",
     "Roi",
     "RoiSpec",
+    "RunHandle",
     "RunResult",
     "Step",
     "__version__",
     "make_plan",
     "run",
+    "submit",
 ]

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from engine.errors import ConfigError, EngineError
+from engine.execute.cluster import resolve_cluster
 from engine.ngff.metadata import read_image
 from engine.pipeline import Pipeline
 from engine.plan import human_bytes, summarize
@@ -69,11 +70,93 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
+    _output_mode(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--cluster",
+        choices=["local", "slurm"],
+        default=None,
+        help="where workers run (default: the config's cluster.kind, else local)",
+    )
+    _cluster_flags(p)
+
+    p = sub.add_parser("submit", help="submit a run as one SLURM batch job")
+    p.add_argument("config")
+    p.add_argument("--input", default=None, help="image path (overrides the config)")
+    p.add_argument("--roi", default=None, help="ROI name from the config, or z0:z1,y0:y1,x0:x1")
+    _output_mode(p)
+    p.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")
+    p.add_argument("--wait", action="store_true", help="wait for the job; exit with its state")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--template", default=None, help="sbatch template (default slurm/)")
+    _cluster_flags(p)
+
+    p = sub.add_parser("table", help="export a measurement table (tables/NAME) as CSV")
+    p.add_argument("path", help="the image (.zarr)")
+    p.add_argument("name", help="table name, as in tables/NAME")
+    p.add_argument("--csv", required=True, help="CSV file to write ('-' for standard output)")
+
+    p = sub.add_parser("status", help="state and progress of a submitted batch run")
+    p.add_argument("run", help="the run folder, or the SLURM job id")
+    p.add_argument("--shared-dir", default=None, help="where runs are (default ~/.ngff-engine)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _output_mode(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     mode.add_argument("--update", action="store_true", help="write this ROI into existing outputs")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
+
+
+# CLI flag -> ClusterSpec field; they override the config's `cluster:` section.
+CLUSTER_FLAGS = {
+    "partition": "partition",
+    "account": "account",
+    "jobs": "jobs",
+    "min_jobs": "min_jobs",
+    "max_jobs": "max_jobs",
+    "cores": "cores",
+    "processes": "processes",
+    "memory": "memory",
+    "walltime": "walltime",
+    "log_dir": "log_directory",
+    "shared_dir": "shared_directory",
+    "template": "template",
+}
+
+
+def _cluster_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("SLURM (override the config's cluster: section)")
+    g.add_argument("--partition", "--queue", dest="partition", default=None, help="partition")
+    g.add_argument("--account", default=None, help="account to charge (-A)")
+    g.add_argument("--jobs", type=int, default=None, help="worker jobs (fixed size)")
+    g.add_argument("--min-jobs", type=int, default=None, help="adaptive: fewest worker jobs")
+    g.add_argument("--max-jobs", type=int, default=None, help="adaptive: most worker jobs")
+    g.add_argument("--cores", type=int, default=None, help="CPUs per worker job")
+    g.add_argument("--processes", type=int, default=None, help="dask workers per job")
+    g.add_argument("--memory", default=None, help="memory per worker job, e.g. 4GiB")
+    g.add_argument("--walltime", default=None, help="time limit per job, e.g. 01:00:00")
+    g.add_argument("--log-dir", default=None, help="SLURM log folder")
+    g.add_argument(
+        "--shared-dir", default=None, help="folder the compute nodes see (default ~/.ngff-engine)"
+    )
+    g.add_argument(
+        "--no-tls", action="store_true", help="plain TCP between scheduler and workers (unsafe)"
+    )
+
+
+def _cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = {
+        field: getattr(args, flag)
+        for flag, field in CLUSTER_FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
+    if getattr(args, "no_tls", False):
+        overrides["tls"] = False
+    if getattr(args, "cluster", None):
+        overrides["kind"] = args.cluster
+    return overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -209,6 +292,13 @@ def _progress_callback(progress: Progress) -> Callable[[str, int], Callable[[int
 def cmd_run(args: argparse.Namespace) -> int:
     pipeline = _load(args)
     roi = _roi(args, pipeline)
+    overrides = _cluster_overrides(args)
+    cluster = resolve_cluster(pipeline.cluster, overrides)
+    if cluster.kind != "slurm" and set(overrides) - {"kind"}:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(set(overrides) - {"kind"}))
+        raise ConfigError(f"{flags}: SLURM options need --cluster slurm (or cluster.kind: slurm)")
+    if cluster.kind == "slurm" and args.workers is not None and args.scheduler is None:
+        raise ConfigError("--workers is for --cluster local; SLURM runs use --jobs")
     kwargs = dict(
         input=args.input,
         roi=roi,
@@ -216,6 +306,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         update=args.update,
         scheduler=args.scheduler,
+        cluster=overrides or None,
     )
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
@@ -233,10 +324,102 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(json.dumps(result.to_json()))
         return 0
+    _print_result(result)
+    return 0
+
+
+def _print_result(result: Any) -> None:
     out.print(f"run {result.run_id} on {result.image} ROI {result.roi} in {result.seconds:.1f} s")
     for name, path in result.outputs.items():
         objects = f" ({result.labels[name]} objects)" if name in result.labels else ""
         out.print(f"  {name}: {path}{objects}")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from engine.submit import submit_batch
+
+    pipeline = _load(args)
+    roi = _roi(args, pipeline)
+    spec = resolve_cluster(pipeline.cluster, {**_cluster_overrides(args), "kind": "slurm"})
+    handle = submit_batch(
+        pipeline,
+        spec,
+        args.input,
+        roi,
+        overwrite=args.overwrite,
+        update=args.update,
+        dry_run=args.dry_run,
+        config=args.config,
+    )
+    if isinstance(handle, str):
+        out.print(handle, end="", highlight=False, markup=False, soft_wrap=True)
+        return 0
+    if args.json and not args.wait:
+        out.print_json(
+            json.dumps({"job_id": handle.job_id, "log": handle.log, "run": str(handle.run_dir)})
+        )
+        return 0
+    if not args.json:
+        out.print(f"submitted batch job {handle.job_id}", highlight=False)
+        out.print(f"  log: {handle.log}", highlight=False, soft_wrap=True)
+        out.print(f"  run: {handle.run_dir}", highlight=False, soft_wrap=True)
+    if not args.wait:
+        return 0
+    try:
+        result = handle.wait()
+    except EngineError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return handle.exit_code or 1
+    if args.json:
+        out.print_json(json.dumps({"job_id": handle.job_id, **result.to_json()}))
+        return 0
+    _print_result(result)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from engine.submit import find_run
+
+    handle = find_run(args.run, args.shared_dir)
+    state = handle.status()
+    progress = handle.progress()
+    if args.json:
+        data = {
+            "job_id": handle.job_id,
+            "state": state,
+            "log": handle.log,
+            "run": str(handle.run_dir),
+            "progress": progress,
+            "outputs": handle.outputs,
+        }
+        if state in ("failed", "cancelled"):
+            data["error"] = handle.error()
+        out.print_json(json.dumps(data))
+        return 0
+    out.print(f"batch job {handle.job_id}: {state}", highlight=False)
+    for stage, (done, total) in progress.items():
+        out.print(f"  {stage:<24} {done}/{total}", highlight=False)
+    if state in ("failed", "cancelled"):
+        out.print(f"  error: {handle.error()}", highlight=False, soft_wrap=True)
+    out.print(f"  log: {handle.log}", highlight=False, soft_wrap=True)
+    for name, path in handle.outputs.items():
+        out.print(f"  {name}: {path}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    import os
+
+    from engine.ngff.tables import export_csv
+
+    if args.csv == "-":
+        try:
+            export_csv(args.path, args.name, sys.stdout)
+        except BrokenPipeError:  # e.g. piped into `head`: stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    rows = export_csv(args.path, args.name, args.csv)
+    out.print(f"wrote {args.csv} ({rows} rows)", highlight=False, soft_wrap=True)
     return 0
 
 
@@ -246,6 +429,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": cmd_validate,
     "plan": cmd_plan,
     "run": cmd_run,
+    "submit": cmd_submit,
+    "status": cmd_status,
+    "table": cmd_table,
 }
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from engine.geometry import Roi, chunk_roi
 from engine.plan import ChunkTask, Link, Source, Stage, chain_boxes, face_array_path, face_box
 from tasks import OPS, Context
 from tasks.label import crossing_pairs
+from tasks.measure import combine_partials, measure_block
 
 
 class StepFailed(Exception):
@@ -214,6 +215,29 @@ def run_relabel(root: str, stage: Stage, write: Roi, table: np.ndarray) -> int:
     local = read_source(root, stage.source, write)
     write_target(root, stage.target, write, table[local])
     return write.size
+
+
+def run_measure(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) -> dict:
+    """Partial measurements of one chunk: per label, count, coordinate sums, bbox and
+    intensity sum/min/max (tasks/measure.py), in global pixel coordinates of the level.
+
+    Labels are read from the label step's output within the chunk's write box; the
+    intensity (image channel or a step's chain) over the same box. With a time axis,
+    each time point is measured and the rows combined (label ids never repeat across
+    time points in a label output of op 'label').
+    """
+    assert stage.labels is not None
+    write = task.write
+    labels = read_source(root, stage.labels, write)
+    intensity: dict[int | None, np.ndarray] = {}
+    if stage.source is not None:
+        intensity = dict(chain_output(root, stage, task.read, write, spatial, ctx, values))
+    offset = [int(write.start[a]) for a in spatial]
+    parts = [
+        measure_block(labels[index], intensity.get(t), offset)
+        for t, index in time_slices(write, spatial)
+    ]
+    return combine_partials(parts)
 
 
 def run_pyramid(root: str, stage: Stage, read: Roi, write: Roi, factors: Sequence[int]) -> int:

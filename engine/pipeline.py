@@ -14,7 +14,15 @@ from typing import Any, Literal
 
 import networkx as nx
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from engine.errors import ConfigError
 from tasks import OPS
@@ -60,7 +68,7 @@ class InputRef(_Model):
 
 
 class OutputSpec(_Model):
-    kind: Literal["label", "image"]
+    kind: Literal["label", "image", "table"]
     name: str
 
     @field_validator("name")
@@ -112,10 +120,84 @@ class Step(_Model):
         return OPS[self.op].params.model_validate(self.params)
 
 
+MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*([kmgtp]i?b?|b)?\s*$", re.IGNORECASE)
+WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+
+
+class ClusterSpec(_Model):
+    """Where a run's dask workers come from: the YAML `cluster:` section and the CLI flags.
+
+    `kind: local` is a LocalCluster on this machine; `kind: slurm` runs each dask worker
+    in a SLURM job (dask-jobqueue's SLURMCluster), `jobs` of them, or between `min_jobs`
+    and `max_jobs` adaptively. `cores`, `memory`, `processes` are per job. The same fields
+    describe the one allocation of `ngff-engine submit` (batch mode): `jobs` worker tasks
+    of `cores` CPUs and `memory` each, plus one task for the scheduler and one for the driver.
+    """
+
+    kind: Literal["local", "slurm"] = "local"
+    partition: str | None = Field(default=None, validation_alias=AliasChoices("partition", "queue"))
+    account: str | None = None
+    cores: int = Field(default=1, ge=1)
+    memory: str = "2GiB"
+    processes: int = Field(default=1, ge=1)
+    walltime: str = "01:00:00"
+    job_extra_directives: tuple[str, ...] = ()
+    python: str | None = None
+    job_name: str = "ngff-engine"
+    log_directory: str | None = None
+    jobs: int | None = Field(default=None, ge=1)
+    min_jobs: int | None = Field(default=None, ge=0)
+    max_jobs: int | None = Field(default=None, ge=1)
+    interface: str | None = None
+    tls: bool = True
+    shared_directory: str | None = None
+    template: str | None = None
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, memory: str) -> str:
+        if not MEMORY.match(memory):
+            raise ValueError(f"'{memory}' is not a memory size such as 4GiB or 500MB")
+        return memory.strip()
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime(cls, walltime: str) -> str:
+        if not WALLTIME.match(walltime.strip()):
+            raise ValueError(f"'{walltime}' is not a SLURM time such as 01:00:00 or 1-00:00:00")
+        return walltime.strip()
+
+    @field_validator("job_name")
+    @classmethod
+    def _job_name(cls, name: str) -> str:
+        if not NAME.match(name):
+            raise ValueError(f"'{name}' is not a plain name (letters, digits, '_', '.', '-')")
+        return name
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ClusterSpec:
+        if self.processes > self.cores:
+            raise ValueError(f"processes ({self.processes}) cannot exceed cores ({self.cores})")
+        adaptive = self.min_jobs is not None or self.max_jobs is not None
+        if self.jobs is not None and adaptive:
+            raise ValueError("give either jobs (fixed size) or min_jobs/max_jobs (adaptive)")
+        low, high = self.min_jobs or 0, self.max_jobs
+        if self.min_jobs is not None and high is None:
+            raise ValueError("min_jobs needs max_jobs (adaptive mode scales between them)")
+        if high is not None and low > high:
+            raise ValueError(f"min_jobs ({low}) is above max_jobs ({high})")
+        return self
+
+    @property
+    def adaptive(self) -> bool:
+        return self.min_jobs is not None or self.max_jobs is not None
+
+
 class Pipeline(_Model):
     input: str | None = None
     rois: dict[str, RoiSpec] = Field(default_factory=dict)
     steps: tuple[Step, ...] = ()
+    cluster: ClusterSpec | None = None
 
     @model_validator(mode="after")
     def _graph_is_sound(self) -> Pipeline:

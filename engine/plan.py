@@ -12,7 +12,10 @@ Fusion: a chain of blockwise steps runs inside one task per output chunk,
 reading from the nearest materialised source (the image, or the output of a
 global step). Reductions (e.g. Otsu) become their own stages whose value the
 chain receives. Labels (global) take four stages: local labels, face pairs,
-one merge, relabel.
+one merge, relabel. A measurement table (`op: measure`) is one "measure" stage
+after everything else: per chunk of the ROI, partial sums per label of the label
+step's materialised output (and of the intensity chain, read with the same box),
+combined on the driver.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from engine.ngff.write import LevelSpec, OutputKind, output_path
 from engine.pipeline import IMAGE, Pipeline, Step
 from tasks import OPS, Context
 
-StageKind = Literal["reduce", "blockwise", "label", "faces", "merge", "relabel", "pyramid"]
+StageKind = Literal[
+    "reduce", "blockwise", "label", "faces", "merge", "relabel", "pyramid", "measure"
+]
 ENGINE_GROUP = "_engine"
 
 
@@ -71,7 +76,7 @@ class ChunkTask:
 @dataclass(frozen=True)
 class OutputPlan:
     step: str
-    kind: OutputKind
+    kind: OutputKind | Literal["table"]
     name: str
     dtype: str | None
     axes: tuple[Axis, ...]
@@ -81,6 +86,8 @@ class OutputPlan:
 
     @property
     def path(self) -> str:
+        if self.kind == "table":
+            return f"tables/{self.name}"
         return output_path(self.kind, self.name)
 
 
@@ -98,6 +105,7 @@ class Stage:
     pass_no: int = 0
     level: int = 0
     connectivity: int = 1
+    labels: Source | None = None  # measure: the label image, read per chunk in the ROI
 
 
 @dataclass(frozen=True)
@@ -208,7 +216,15 @@ class _Compiler:
         self.outputs: list[OutputPlan] = []
 
     def compile(self) -> Plan:
+        tables = []
         for step in self.pipeline.ordered_steps():
+            if step.op == "measure":
+                tables.append(step)  # after every other step: whatever it reads is then planned
+                continue
+            if step.output is not None and step.output.kind == "table":
+                raise ConfigError(
+                    f"step '{step.name}': output kind 'table' is made by op 'measure' only"
+                )
             op = OPS[step.op]
             kind = op.kind(step.typed_params())
             if kind == "reduction":
@@ -217,6 +233,8 @@ class _Compiler:
                 self._global(step)
             elif step.output is not None:
                 self._blockwise_output(step)
+        for step in tables:
+            self._measure(step)
         return Plan(
             image=self.meta.path,
             level=self.level,
@@ -285,24 +303,24 @@ class _Compiler:
         _, _, exact_only = self.materialised[name]
         return not exact_only or halo == 0
 
-    def _image_source(self, first: Step) -> Source:
-        ref = first.input_ref
+    def _image_source(
+        self, first: Step, channel: int | None = None, field: str = "input.channel"
+    ) -> Source:
+        requested = first.input_ref.channel if channel is None else channel
         lv = self.meta.level(self.level)
         channel = None
         if self.c_axis is not None:
-            channel = ref.channel
+            channel = requested
             if channel is None:
                 channel = int(self.roi_full.start[self.c_axis])
             n_channels = lv.shape[self.c_axis]
             if not 0 <= channel < n_channels:
                 raise ConfigError(
-                    f"step '{first.name}': input.channel {channel} is out of range "
+                    f"step '{first.name}': {field} {channel} is out of range "
                     f"(the image has {n_channels} channels)"
                 )
-        elif ref.channel is not None:
-            raise ConfigError(
-                f"step '{first.name}': input.channel is set but the image has no c axis"
-            )
+        elif requested is not None:
+            raise ConfigError(f"step '{first.name}': {field} is set but the image has no c axis")
         return Source(lv.path, lv.dtype, self.bounds, self.c_axis, channel, self.scratch)
 
     def _tasks(self, chain: Sequence[Link], bounds: Roi, region: Roi) -> tuple[ChunkTask, ...]:
@@ -421,10 +439,96 @@ class _Compiler:
         if out is not None:
             self._pyramid(step, out, relabel)
 
+    def _measure(self, step: Step) -> None:
+        """One "measure" stage: per chunk of the ROI, partials of the label step's output
+        (and of the intensity chain over the same box); the driver combines them."""
+        n = step.name
+        if step.output is None or step.output.kind != "table":
+            raise ConfigError(f"step '{n}': op 'measure' needs output: {{kind: table, name: ...}}")
+        users = [s.name for s in self.pipeline.steps if s.source == n]
+        if users:
+            raise ConfigError(f"step '{users[0]}': input '{n}' is a table, not an image")
+        labels, label_name, after = self._label_input(step)
+        params = step.typed_params()
+        source: Source | None = None
+        links: tuple[Link, ...] = ()
+        extra: dict[str, Any] = {}
+        if params.intensity is None:
+            if params.channel is not None:
+                raise ConfigError(f"step '{n}': params.channel needs params.intensity: image")
+        elif params.intensity == IMAGE:
+            source = self._image_source(step, params.channel, "params.channel")
+        else:
+            if params.channel is not None:
+                raise ConfigError(
+                    f"step '{n}': params.channel applies to params.intensity: image only"
+                )
+            source, links, more = self._intensity_chain(step, params.intensity)
+            after += more
+            extra["intensity_chain"] = [
+                s.model_dump(mode="json") for s in self.pipeline.upstream(params.intensity)
+            ]
+        tasks = []
+        for index, chunk in chunks_touching(self.roi, self.chunks, self.bounds):
+            write = chunk.intersect(self.roi)
+            read = chain_boxes(write, links, source.bounds)[0] if source is not None else write
+            tasks.append(ChunkTask(index, read, write))
+        out = self._output(step, None, {**extra, "labels": f"labels/{label_name}"})
+        name = f"{n}/measure"
+        self.stages[name] = Stage(
+            name,
+            n,
+            "measure",
+            source,
+            links,
+            tuple(tasks),
+            tuple(dict.fromkeys(after)),
+            out.path,
+            "float64",
+            labels=labels,
+        )
+
+    def _label_input(self, step: Step) -> tuple[Source, str, list[str]]:
+        """The label image a measure step reads (the label output of its input step)."""
+        n, src = step.name, step.source
+        label_step = None if src == IMAGE else self.pipeline.step(src)
+        if label_step is None or label_step.output is None or label_step.output.kind != "label":
+            raise ConfigError(
+                f"step '{n}': input '{src}' must be a step that writes a label output "
+                "(output: {kind: label, name: ...}), so the table can point at it"
+            )
+        if src in self.materialised:
+            labels, stage, _ = self.materialised[src]
+        else:  # a blockwise step writing integer labels
+            out = next(o for o in self.outputs if o.step == src)
+            labels = Source(f"{out.path}/{out.levels[0].path}", out.dtype or "uint32", self.roi)
+            stage = src
+        return labels, label_step.output.name, [stage]
+
+    def _intensity_chain(self, step: Step, name: str) -> tuple[Source, tuple[Link, ...], list]:
+        """The chain computing an intensity step over a chunk box, as a blockwise output's."""
+        try:
+            istep = self.pipeline.step(name)
+        except KeyError:
+            raise ConfigError(
+                f"step '{step.name}': params.intensity '{name}' is no step and not 'image'"
+            ) from None
+        if istep.op == "measure":
+            raise ConfigError(f"step '{step.name}': params.intensity '{name}' is a table")
+        if name in self.materialised and self._usable(name, 0):
+            source, stage, _ = self.materialised[name]
+            return source, (), [stage]
+        if OPS[istep.op].kind(istep.typed_params()) == "global":
+            raise ConfigError(f"step '{step.name}': params.intensity '{name}' cannot be read")
+        source, links, after = self._chain(istep, include_last=True)
+        return source, links, after
+
     def _face_halo(self) -> tuple[int, ...]:
         return tuple(1 if i in self.spatial else 0 for i in range(len(self.axes)))
 
-    def _output(self, step: Step, dtype: str | None) -> OutputPlan:
+    def _output(
+        self, step: Step, dtype: str | None, extra: dict[str, Any] | None = None
+    ) -> OutputPlan:
         assert step.output is not None
         kind, name = step.output.kind, step.output.name
         if dtype is not None:
@@ -442,6 +546,7 @@ class _Compiler:
             "input": str(self.meta.path),
             "level": self.level,
             "ops": {s.op: OPS[s.op].version for s in self.pipeline.upstream(step.name)},
+            **(extra or {}),
         }
         out = OutputPlan(
             step=step.name,
@@ -533,6 +638,11 @@ def summarize(plan: Plan, itemsize: dict[str, int] | None = None) -> list[dict[s
     for stage in plan.stages:
         halo = [sum(link.halo[i] for link in stage.chain) for i in range(len(plan.axes))]
         read_bytes = write_bytes = read_chunks = 0
+        if stage.labels is not None:
+            label_size = np.dtype(stage.labels.dtype).itemsize
+            for task in stage.tasks:
+                read_bytes += task.write.size * label_size
+                read_chunks += count_chunks(task.write, plan.chunks, stage.labels.bounds)
         if stage.source is not None:
             src_size = np.dtype(stage.source.dtype).itemsize
             bounds = stage.source.bounds
@@ -541,7 +651,7 @@ def summarize(plan: Plan, itemsize: dict[str, int] | None = None) -> list[dict[s
                 read_bytes += task.read.size * src_size
                 if grid is not None:
                     read_chunks += count_chunks(task.read, grid, bounds)
-            if stage.target is not None:
+            if stage.target is not None and stage.kind != "measure":
                 out_size = np.dtype(stage.target_dtype or "uint32").itemsize
                 write_bytes = sum(t.write.size for t in stage.tasks) * out_size
         rows.append(
@@ -550,7 +660,7 @@ def summarize(plan: Plan, itemsize: dict[str, int] | None = None) -> list[dict[s
                 "kind": stage.kind,
                 "tasks": len(stage.tasks),
                 "chunks_read": read_chunks,
-                "chunks_written": len(stage.tasks) if stage.target else 0,
+                "chunks_written": len(stage.tasks) if write_bytes else 0,
                 "bytes_read": read_bytes,
                 "bytes_written": write_bytes,
                 "halo": dict(zip(plan.axes, halo, strict=True)),

@@ -24,6 +24,7 @@ from engine.execute.cluster import ClusterArg, connect
 from engine.execute.executor import Executor, StageStats
 from engine.geometry import Roi
 from engine.ngff.metadata import ImageMeta, open_group, read_image
+from engine.ngff.tables import merge_rows, read_table, table_attrs, write_table
 from engine.ngff.write import (
     create_image,
     engine_attrs,
@@ -36,6 +37,7 @@ from engine.pipeline import Pipeline, RoiSpec
 from engine.plan import OutputPlan, Plan, compile_plan, face_array_layout, face_array_path
 from engine.rois import named_roi, resolve_roi
 from engine.version import __version__
+from tasks.measure import table_columns
 
 Mode = Literal["create", "overwrite", "update"]
 
@@ -280,9 +282,17 @@ class _OutputWriter:
             "stop": list(self.plan.roi.stop),
             "level": self.plan.level,
         }
+        previous = {
+            out.step: self._write_table(out, executor)
+            for out in self.plan.outputs
+            if out.kind == "table"
+        }
         for out in self.plan.outputs:
             group = self.root[out.path]
-            record = engine_attrs(group) if self.modes[out.step] == "update" else {}
+            if out.step in previous:
+                record = previous[out.step]
+            else:
+                record = engine_attrs(group) if self.modes[out.step] == "update" else {}
             runs = [*record.get("runs", []), {"run_id": self.run_id, "roi": roi, "time": now}]
             record = {
                 "engine_version": __version__,
@@ -293,7 +303,35 @@ class _OutputWriter:
             }
             if out.step in self.max_labels:
                 record["max_label"] = self.max_labels[out.step]
+            if out.kind == "table":
+                record["units"] = self._table_units(out)
             set_engine_attrs(group, record)
+
+    def _write_table(self, out: OutputPlan, executor: Executor) -> dict[str, Any]:
+        """Write a measurement table (merging rows into it on --update); return the
+        provenance record it had before, for the run list."""
+        spatial = self.plan.spatial
+        level = out.levels[0]
+        new = table_columns(
+            executor.measurements[out.step],
+            [level.scale[a] for a in spatial],
+            [level.translation[a] for a in spatial],
+        )
+        record: dict[str, Any] = {}
+        if self.modes[out.step] == "update":
+            record = engine_attrs(self.root[out.path])
+            new = merge_rows(read_table(Path(self.meta.path) / out.path), new)
+        label = str(out.provenance["labels"]).removeprefix("labels/")
+        write_table(self.root, out.name, *new, table_attrs(label))
+        return record
+
+    def _table_units(self, out: OutputPlan) -> dict[str, Any]:
+        units = [out.axes[a].unit for a in self.plan.spatial]
+        same = units[0] if len(set(units)) == 1 else None
+        return {
+            "centroid_physical": units,
+            "volume": f"{same}^{len(units)}" if same else "*".join(str(u) for u in units),
+        }
 
     def drop_scratch(self) -> None:
         scratch = Path(self.meta.path) / self.plan.scratch

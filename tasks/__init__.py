@@ -3,9 +3,12 @@
 from tasks.filters import GAUSSIAN, MEDIAN
 from tasks.function import FUNCTION
 from tasks.label import LABEL
+from tasks.measure import MEASURE
 from tasks.spec import Context, OpSpec, Params, Reduction
-from tasks.threshold import THRESHOLD
+from tasks.threshold import NORMALIZE, THRESHOLD
 
-OPS: dict[str, OpSpec] = {op.name: op for op in (GAUSSIAN, MEDIAN, THRESHOLD, LABEL, FUNCTION)}
+OPS: dict[str, OpSpec] = {
+    op.name: op for op in (GAUSSIAN, MEDIAN, THRESHOLD, NORMALIZE, LABEL, FUNCTION, MEASURE)
+}
 
 __all__ = ["OPS", "Context", "OpSpec", "Params", "Reduction"]

@@ -191,7 +191,7 @@ CONFIG_CASES = {
     ),
     "threshold unknown method": (
         _edit(1, params={"method": "triangle"}),
-        ["step 'mask'", "params.method", "'value' or 'otsu'"],
+        ["step 'mask'", "params.method", "'otsu', 'li' or 'percentile'"],
     ),
     "missing required param": (
         _edit(0, params={}),

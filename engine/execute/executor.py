@@ -2,8 +2,9 @@
 
 Stages run in plan order; within a stage, chunk tasks are grouped into batches
 (neighbouring chunks together, since plan order is C order) so that the
-scheduler's per-task cost is paid per batch, not per chunk. Reductions and the
-label merge are combined here, on the driver, from small per-chunk results.
+scheduler's per-task cost is paid per batch, not per chunk. Reductions, the
+label merge and measurement tables are combined here, on the driver, from small
+per-chunk results.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from engine.geometry import Roi, chunks_touching
 from engine.plan import ChunkTask, Plan, Stage, downsample_factors
 from tasks import OPS
 from tasks.label import resolve_components
+from tasks.measure import Partial, combine_partials
 
 BATCHES_PER_WORKER = 4
 
@@ -82,6 +84,8 @@ def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, co
         return compute.run_relabel(root, stage, task.write, extra)
     if kind == "pyramid":
         return compute.run_pyramid(root, stage, task.read, task.write, common["factors"])
+    if kind == "measure":
+        return compute.run_measure(root, stage, task, spatial, ctx, values)
     raise ValueError(f"unknown stage kind {kind}")
 
 
@@ -117,6 +121,8 @@ class Executor:
         self.pairs: dict[str, np.ndarray] = {}
         self.tables: dict[str, tuple[np.ndarray, list[int]]] = {}
         self.labels: dict[str, LabelResult] = {}
+        self.measurements: dict[str, Partial] = {}
+        self.merge_stats: dict[str, dict[str, float]] = {}
         self.workers = max(1, len(client.scheduler_info().get("workers", {})))
 
     def run(self) -> list[StageStats]:
@@ -243,6 +249,23 @@ class Executor:
             for i in range(len(stage.tasks))
         ]
         self._map(stage, extras)
+
+    def _measure(self, stage: Stage) -> None:
+        """Per-chunk partials combined into one row per object; the run writes the table."""
+        parts = self._map(stage)
+        started = time.perf_counter()
+        rows = sum(len(p["label"]) for p in parts)
+        combined = combine_partials(parts) if parts else None
+        if combined is None:
+            raise EngineError(f"step '{stage.step}': the ROI is empty: nothing to measure")
+        self.measurements[stage.step] = combined
+        self.merge_stats[stage.step] = {
+            "partial_rows": rows,
+            "objects": len(combined["label"]),
+            "seconds": time.perf_counter() - started,
+            "partial_bytes": sum(v.nbytes for p in parts for v in p.values()),
+            "table_bytes": sum(v.nbytes for v in combined.values()),
+        }
 
     def _pyramid(self, stage: Stage) -> None:
         out = next(o for o in self.plan.outputs if o.step == stage.step)
