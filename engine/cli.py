@@ -213,6 +213,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             out.print(
                 f"{kind}/{item['name']}: {item['dtype']} {item['levels']} levels, {runs} run(s)"
             )
+    for item in info["tables"]:
+        out.print(
+            f"tables/{item['name']}: {item['type']} of {item['region']}, {item['rows']} rows, "
+            f"{item['runs']} run(s)"
+        )
     return 0
 
 

@@ -33,6 +33,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         },
         "labels": [],
         "results": [],
+        "tables": _tables(root),
     }
     for kind in ("labels", "results"):
         if kind not in root:
@@ -56,3 +57,23 @@ def describe(path: str | Path) -> dict[str, Any]:
                 }
             )
     return info
+
+
+def _tables(root: zarr.Group) -> list[dict[str, Any]]:
+    if "tables" not in root:
+        return []
+    found = []
+    for name in root["tables"].attrs.asdict().get("tables", []):
+        group = root[f"tables/{name}"]
+        attrs = group.attrs.asdict()
+        rows = group["X"].shape[0] if "X" in group else 0
+        found.append(
+            {
+                "name": name,
+                "type": attrs.get("type"),
+                "region": attrs.get("region", {}).get("path"),
+                "rows": int(rows),
+                "runs": len(engine_attrs(group).get("runs", [])),
+            }
+        )
+    return found

@@ -116,6 +116,11 @@ class Step(_Model):
     def input_ref(self) -> InputRef:
         return self.input if isinstance(self.input, InputRef) else InputRef(source=self.input)
 
+    def extra_inputs(self) -> list[str]:
+        """Steps read through parameters (a measure step's `intensity`), as graph edges."""
+        intensity = self.params.get("intensity")
+        return [intensity] if isinstance(intensity, str) and intensity != IMAGE else []
+
     def typed_params(self) -> Any:
         return OPS[self.op].params.model_validate(self.params)
 
@@ -211,6 +216,11 @@ class Pipeline(_Model):
                 raise ValueError(
                     f"step '{step.name}': input '{step.source}' is no step and not 'image'"
                 )
+            for name in step.extra_inputs():
+                if name not in known:
+                    raise ValueError(
+                        f"step '{step.name}': params.intensity '{name}' is no step and not 'image'"
+                    )
             if step.source != IMAGE and isinstance(step.input, InputRef):
                 if step.input.channel is not None or step.input.level != 0:
                     raise ValueError(
@@ -245,6 +255,8 @@ class Pipeline(_Model):
             graph.add_node(step.name)
         for step in self.steps:
             graph.add_edge(step.source, step.name)
+            for name in step.extra_inputs():
+                graph.add_edge(name, step.name)
         return graph
 
     def step(self, name: str) -> Step:

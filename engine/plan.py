@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -632,7 +631,7 @@ def _processing_level(pipeline: Pipeline) -> int:
     return levels.pop() if levels else 0
 
 
-def summarize(plan: Plan, itemsize: dict[str, int] | None = None) -> list[dict[str, Any]]:
+def summarize(plan: Plan) -> list[dict[str, Any]]:
     """Per stage: tasks, chunks and bytes read and written, halo. For `plan` and run stats."""
     rows = []
     for stage in plan.stages:
@@ -675,6 +674,3 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
-
-
-__all__ = ["ChunkTask", "Link", "Plan", "Stage", "Source", "compile_plan", "chain_boxes", "math"]

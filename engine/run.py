@@ -31,7 +31,6 @@ from engine.ngff.write import (
     image_label_json,
     list_in_parent,
     set_engine_attrs,
-    zarr_format,
 )
 from engine.pipeline import Pipeline, RoiSpec
 from engine.plan import OutputPlan, Plan, compile_plan, face_array_layout, face_array_path
@@ -341,6 +340,3 @@ class _OutputWriter:
 
 def _label_dtype(count: int) -> str:
     return "uint32" if count < 2**32 else "uint64"
-
-
-__all__ = ["RunResult", "run", "make_plan", "zarr_format"]

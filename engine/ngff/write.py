@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -141,10 +140,3 @@ def set_engine_attrs(group: zarr.Group, value: dict[str, Any]) -> None:
 
 def output_path(kind: OutputKind, name: str) -> str:
     return f"{GROUP_OF_KIND[kind]}/{name}"
-
-
-def exists(root_path: str | Path, path: str) -> bool:
-    root = Path(root_path) / path
-    return (
-        (root / "zarr.json").exists() or (root / ".zattrs").exists() or (root / ".zgroup").exists()
-    )
