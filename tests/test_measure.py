@@ -234,12 +234,13 @@ def test_config_errors_name_the_step(tmp_path):
             Pipeline().add("g", "gaussian", output={"kind": "table", "name": "t"}, sigma=1),
             "step 'g': output kind 'table' is made by op 'measure' only",
         ),
-        (pipeline(intensity="nothing"), "params.intensity 'nothing' is no step"),
         (pipeline(channel=3), "step .stats.: params.channel is set but the image has no c axis"),
     ]
     for p, message in bad:
         with pytest.raises(ConfigError, match=message):
             run(p, input=path, scheduler="tcp://127.0.0.1:1")
+    with pytest.raises(ConfigError, match="step 'stats': params.intensity 'nothing' is no step"):
+        pipeline(intensity="nothing")
 
 
 @settings(max_examples=30, deadline=None)
