@@ -11,19 +11,16 @@ Runs that get past validation use one shared dask cluster (`--scheduler`).
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 import zarr
-from distributed import LocalCluster
 
 from engine import Pipeline, run
 from engine.cli import main
@@ -52,18 +49,6 @@ def base_steps() -> list[dict[str, Any]]:
 
 
 # --- fixtures and helpers ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> Iterator[str]:
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    ) as cluster:
-        yield cluster.scheduler_address
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ must raise `NgffError` naming the path and the problem.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from distributed import LocalCluster
 from ome_zarr.format import FormatV04, FormatV05
 from scipy import ndimage as ndi
 
@@ -32,18 +30,6 @@ with warnings.catch_warnings():  # its own deprecated default argument, at impor
     from ome_zarr.writer import write_image
 
 THRESHOLD = 500.0
-
-
-@pytest.fixture(scope="module")
-def scheduler() -> str:
-    with LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    ) as cluster:
-        yield cluster.scheduler_address
 
 
 # --- helpers -----------------------------------------------------------------------------
