@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     _output_mode(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the latest killed or failed run of these outputs, skipping done chunks",
+    )
+    p.add_argument(
         "--cluster",
         choices=["local", "slurm"],
         default=None,
@@ -96,8 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="table name, as in tables/NAME")
     p.add_argument("--csv", required=True, help="CSV file to write ('-' for standard output)")
 
-    p = sub.add_parser("status", help="state and progress of a submitted batch run")
-    p.add_argument("run", help="the run folder, or the SLURM job id")
+    p = sub.add_parser("preview", help="PNG of an ROI with label outlines, to look at")
+    p.add_argument("path", help="the image (.zarr)")
+    p.add_argument(
+        "--roi", default=None, help="ROI name from the image, or z0:z1,y0:y1,x0:x1 (at --level)"
+    )
+    p.add_argument("--labels", default=None, help="label image to outline, as in labels/NAME")
+    p.add_argument("--out", default="preview.png", help="PNG to write (default preview.png)")
+    p.add_argument("--level", type=int, default=0, help="resolution level (default 0)")
+    view = p.add_mutually_exclusive_group()
+    view.add_argument("--plane", type=int, default=None, help="one z plane (index at --level)")
+    view.add_argument("--max", action="store_true", help="maximum projection over z (default)")
+
+    p = sub.add_parser(
+        "status", help="runs of an image (.zarr), or state and progress of a submitted batch run"
+    )
+    p.add_argument("run", help="an image (.zarr): its runs; or a batch run folder or SLURM job id")
     p.add_argument("--shared-dir", default=None, help="where runs are (default ~/.ngff-engine)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -166,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EngineError as exc:
         if args.debug:
             raise
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[bold red]interrupted[/]")
@@ -214,10 +234,14 @@ def cmd_info(args: argparse.Namespace) -> int:
                 f"{kind}/{item['name']}: {item['dtype']} {item['levels']} levels, {runs} run(s)"
             )
     for item in info["tables"]:
+        region = f" of {item['region']}" if item["region"] else ""
         out.print(
-            f"tables/{item['name']}: {item['type']} of {item['region']}, {item['rows']} rows, "
+            f"tables/{item['name']}: {item['type']}{region}, {item['rows']} rows, "
             f"{item['runs']} run(s)"
         )
+    for roi in info["rois"]:
+        box = ", ".join(f"{a}: {r[0]:g}..{r[1]:g}" for a, r in roi["micrometer"].items())
+        out.print(f"roi {roi['name']} (tables/{roi['table']}): {box} micrometer", highlight=False)
     return 0
 
 
@@ -312,6 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         update=args.update,
         scheduler=args.scheduler,
         cluster=overrides or None,
+        resume=args.resume,
     )
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
@@ -373,7 +398,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     try:
         result = handle.wait()
     except EngineError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return handle.exit_code or 1
     if args.json:
         out.print_json(json.dumps({"job_id": handle.job_id, **result.to_json()}))
@@ -382,8 +407,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup"))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from engine.submit import find_run
+
+    if _is_zarr(Path(args.run)):
+        return _image_status(args)
 
     handle = find_run(args.run, args.shared_dir)
     state = handle.status()
@@ -412,6 +444,58 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    from engine.preview import preview
+
+    result = preview(args.path, args.out, args.roi, args.labels, args.plane, args.level)
+    height, width = result.rgb.shape[:2]
+    outlines = f", {result.n_labels} label(s) of {result.labels}" if result.labels else ""
+    out.print(
+        f"wrote {args.out} ({width}x{height} px, ROI {result.roi}, {result.mode}{outlines})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
+def _image_status(args: argparse.Namespace) -> int:
+    """The run records in an image's `_engine/runs`, oldest first."""
+    from engine.records import list_runs
+
+    runs = list_runs(args.run)
+    if args.json:
+        out.print_json(json.dumps({"image": args.run, "runs": runs}))
+        return 0
+    if not runs:
+        out.print(f"{args.run}: no runs recorded", highlight=False, markup=False)
+        return 0
+    for r in runs:
+        counts = (
+            f"{r.get('chunks_done', 0)} done, {r.get('chunks_skipped', 0)} skipped, "
+            f"{r.get('chunks_failed', 0)} failed of {r.get('tasks', '?')} chunk tasks"
+        )
+        out.print(
+            f"{r.get('run_id', '?')}  {r.get('state', '?')}  {', '.join(r.get('outputs', []))}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        ended = f" -> {r['ended']}" if r.get("ended") else ""
+        out.print(
+            f"  {r.get('started')}{ended}; {counts}", highlight=False, markup=False, soft_wrap=True
+        )
+        for name, row in r.get("stages", {}).items():
+            out.print(
+                f"  {name:<24} {row.get('done', 0) + row.get('skipped', 0)}/{row.get('tasks')} "
+                f"({row.get('skipped', 0)} skipped) {row.get('seconds', 0):.1f} s",
+                highlight=False,
+                markup=False,
+            )
+        if r.get("error"):
+            out.print(f"  error: {r['error']}", highlight=False, markup=False, soft_wrap=True)
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     import os
 
@@ -437,6 +521,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": cmd_submit,
     "status": cmd_status,
     "table": cmd_table,
+    "preview": cmd_preview,
 }
 
 if __name__ == "__main__":

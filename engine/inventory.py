@@ -1,4 +1,5 @@
-"""What an image's zarr holds: its levels, and the label and result outputs beside it."""
+"""What an image's zarr holds: its levels, the label and result outputs and tables beside
+it, and its named ROIs (from its ROI tables, in micrometers)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import zarr
 
 from engine.ngff.metadata import read_image
+from engine.ngff.roi_tables import read_rois
 from engine.ngff.write import engine_attrs, read_ome
 
 
@@ -34,6 +36,14 @@ def describe(path: str | Path) -> dict[str, Any]:
         "labels": [],
         "results": [],
         "tables": _tables(root),
+        "rois": [
+            {
+                "name": name,
+                "table": table,
+                "micrometer": {a: list(box[a]) for a in meta.axis_names if a in box},
+            }
+            for name, (table, box) in read_rois(path).items()
+        ],
     }
     for kind in ("labels", "results"):
         if kind not in root:

@@ -674,3 +674,27 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def layout_hash(plan: Plan) -> str:
+    """A hash of what a run's chunk results depend on: per stage its kind, chain (step
+    configs), source, target and every task's boxes; the chunking; the ROI; the outputs'
+    config hashes. The run id (in scratch paths) is left out, so a resumed run matches.
+
+    Per-chunk done markers carry it: a marker is only trusted by a plan with the same hash.
+    """
+    digest = hashlib.sha256()
+
+    def add(value: Any) -> None:
+        digest.update(str(value).replace(plan.scratch, "<scratch>").encode())
+        digest.update(b"\0")
+
+    add((plan.level, plan.roi, plan.axes, plan.spatial, plan.chunks))
+    add(sorted((o.path, o.config_hash, o.dtype) for o in plan.outputs))
+    for stage in plan.stages:
+        add((stage.name, stage.kind, stage.source, stage.target, stage.target_dtype))
+        add((stage.chain, stage.after, stage.pass_no, stage.level, stage.connectivity))
+        add(stage.labels)
+        for task in stage.tasks:
+            add((task.index, task.read.start, task.read.stop, task.write.start, task.write.stop))
+    return digest.hexdigest()[:16]

@@ -11,9 +11,16 @@ import re
 
 from pydantic import ValidationError
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, NgffError
 from engine.geometry import Roi
-from engine.ngff.metadata import ImageMeta
+from engine.ngff.metadata import ImageMeta, open_group, read_image
+from engine.ngff.roi_tables import (
+    DEFAULT_TABLE,
+    PhysicalBox,
+    box_to_micrometer,
+    read_rois,
+    write_rois,
+)
 from engine.pipeline import AXES, Pipeline, RoiSpec
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER
 
@@ -141,8 +148,44 @@ def _describe(box: Roi, names: tuple[str, ...]) -> str:
     )
 
 
-def named_roi(pipeline: Pipeline, name: str) -> RoiSpec:
-    if name not in pipeline.rois:
-        known = ", ".join(sorted(pipeline.rois)) or "none defined"
-        raise ConfigError(f"roi '{name}' is not defined in the config (known: {known})")
-    return pipeline.rois[name]
+def named_roi(pipeline: Pipeline, name: str, image: str | None = None) -> RoiSpec:
+    """An ROI by name: the config's `rois:` first, then the image's ROI tables."""
+    if name in pipeline.rois:
+        return pipeline.rois[name]
+    stored = read_rois(image) if image is not None else {}
+    if name in stored:
+        return spec_from_table(stored[name][1], read_image(image).axis_names)
+    known = ", ".join(sorted(pipeline.rois)) or "none defined"
+    where = "the config"
+    if image is not None:
+        where = f"the config or the ROI tables of {image}"
+        known += f"; in the image: {', '.join(sorted(stored)) or 'none'}"
+    raise ConfigError(f"roi '{name}' is not defined in {where} (known: {known})")
+
+
+def image_roi(image: str, name: str) -> RoiSpec:
+    """An ROI by name from the image's ROI tables (for commands without a config)."""
+    stored = read_rois(image)
+    if name not in stored:
+        known = ", ".join(sorted(stored)) or "none"
+        raise ConfigError(f"roi '{name}' is not in the ROI tables of {image} (known: {known})")
+    return spec_from_table(stored[name][1], read_image(image).axis_names)
+
+
+def spec_from_table(box: PhysicalBox, axes: tuple[str, ...]) -> RoiSpec:
+    """A micrometer RoiSpec from an ROI-table row, for the image's spatial axes only
+    (a 2D image ignores the table's z)."""
+    return RoiSpec(units="micrometer", **{a: r for a, r in box.items() if a in axes})
+
+
+def save_config_roi(
+    pipeline: Pipeline, roi: object, meta: ImageMeta, box: Roi, table: str = DEFAULT_TABLE
+) -> None:
+    """After a run on a config-defined ROI: store it (as run, in um) in `tables/<table>`."""
+    if not isinstance(roi, str) or roi not in pipeline.rois:
+        return
+    try:
+        physical = box_to_micrometer(meta, box)
+        write_rois(open_group(meta.path, mode="r+"), {roi: physical}, table)
+    except (NgffError, OSError):
+        return  # no physical units, `tables/<table>` is another kind, or read-only: config only

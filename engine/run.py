@@ -19,10 +19,12 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from engine.errors import ConfigError, OutputConflict
+from engine.errors import ConfigError, EngineError, OutputConflict
 from engine.execute.cluster import ClusterArg, connect
-from engine.execute.executor import Executor, StageStats
+from engine.execute.executor import Executor, StageStats, TaskFailed
 from engine.geometry import Roi
+from engine.lock import OutputLocks
+from engine.markers import Markers
 from engine.ngff.metadata import ImageMeta, open_group, read_image
 from engine.ngff.tables import merge_rows, read_table, table_attrs, write_table
 from engine.ngff.write import (
@@ -33,12 +35,23 @@ from engine.ngff.write import (
     set_engine_attrs,
 )
 from engine.pipeline import Pipeline, RoiSpec
-from engine.plan import OutputPlan, Plan, compile_plan, face_array_layout, face_array_path
-from engine.rois import named_roi, resolve_roi
+from engine.plan import (
+    OutputPlan,
+    Plan,
+    compile_plan,
+    face_array_layout,
+    face_array_path,
+    layout_hash,
+)
+from engine.records import RunRecord, find_resumable, now, process_info
+from engine.rois import named_roi, resolve_roi, save_config_roi
 from engine.version import __version__
 from tasks.measure import table_columns
 
 Mode = Literal["create", "overwrite", "update"]
+
+RETRIES = 2  # a failing chunk task is tried this many more times before the run fails
+BACKOFF = 0.2  # seconds before the first retry; doubled for each further one
 
 
 @dataclass(frozen=True)
@@ -77,11 +90,14 @@ def resolve_input(pipeline: Pipeline, input: str | Path | None) -> str:
     return str(Path(path))
 
 
-def roi_spec(pipeline: Pipeline, roi: str | RoiSpec | dict | None) -> tuple[str, RoiSpec | None]:
+def roi_spec(
+    pipeline: Pipeline, roi: str | RoiSpec | dict | None, image: str | None = None
+) -> tuple[str, RoiSpec | None]:
+    """A name is looked up in the config's `rois:`, then in the image's ROI tables."""
     if roi is None:
         return "whole image", None
     if isinstance(roi, str):
-        return roi, named_roi(pipeline, roi)
+        return roi, named_roi(pipeline, roi, image)
     if isinstance(roi, dict):
         return "roi", RoiSpec.model_validate(roi)
     return "roi", roi
@@ -95,7 +111,7 @@ def make_plan(
 ) -> tuple[ImageMeta, Plan]:
     pipeline.check_complete()
     meta = read_image(resolve_input(pipeline, input))
-    name, spec = roi_spec(pipeline, roi)
+    name, spec = roi_spec(pipeline, roi, meta.path)
     level = {s.input_ref.level for s in pipeline.steps if s.source == "image"} or {0}
     box = resolve_roi(spec, meta, min(level), name)
     return meta, compile_plan(pipeline, meta, box, run_id, __version__)
@@ -111,26 +127,90 @@ def run(
     scheduler: str | None = None,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     cluster: ClusterArg = None,
+    resume: bool = False,
+    retries: int = RETRIES,
 ) -> RunResult:
     """Run a pipeline on an image (or an ROI of it) and write its outputs into the image's zarr.
 
     `cluster` ("local", "slurm", a dict of ClusterSpec fields or a ClusterSpec) overrides
     the pipeline's `cluster:` section; see engine/execute/cluster.py.
+
+    Every chunk task marks its chunk done in `_engine/runs/<run_id>/markers` once written;
+    `resume=True` continues the latest killed or failed run of the same outputs (its run
+    id and scratch), skipping the chunks it marked, and refuses if the config, ROI or
+    chunking differ. Outputs are locked for the run (`_engine/locks/`), and the run record
+    (`_engine/runs/<run_id>` attributes) follows it; scratch is removed on success only.
     """
     if overwrite and update:
         raise ConfigError("--overwrite and --update exclude each other")
+    if resume and (overwrite or update):
+        raise ConfigError("--resume continues a run with its own --overwrite/--update choice")
     started = time.perf_counter()
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     meta, plan = make_plan(pipeline, input, roi, run_id)
-    modes = {out.step: check_output(meta, out, overwrite, update) for out in plan.outputs}
-    writer = _OutputWriter(meta, plan, modes, run_id)
+    old: dict[str, Any] | None = None
+    if resume:
+        old = find_resumable(meta.path, [o.path for o in plan.outputs])
+        run_id = old["run_id"]
+        meta, plan = make_plan(pipeline, input, roi, run_id)
+        overwrite, update = bool(old.get("overwrite")), bool(old.get("update"))
+    layout = layout_hash(plan)
+    config = pipeline.to_dict()
+    if old is not None:
+        check_resumable(old, config, plan, layout)
+    created = set(old.get("created", [])) if old else set()
+
+    def decide() -> dict[str, Mode]:
+        modes: dict[str, Mode] = {}
+        for out in plan.outputs:
+            before = old["modes"].get(out.step) if old else None
+            if before in ("create", "update") or out.step in created:
+                # a resumed run: its outputs are its own (the lock kept others away);
+                # "create" also when it was killed between making one and recording that
+                modes[out.step] = before if before == "update" else "create"
+            else:
+                modes[out.step] = check_output(meta, out, overwrite, update)
+        return modes
+
+    decide()  # refuse before writing anything, even a lock
+    locks = OutputLocks(meta.path, [o.path for o in plan.outputs], run_id).acquire()
     try:
-        with connect(workers, scheduler, cluster, pipeline.cluster) as client:
-            executor = Executor(client, meta.path, plan, writer.prepare, progress)
-            stages = executor.run()
-        writer.finish(executor)
-    finally:
+        modes = decide()  # again, under the locks: another run may have finished meanwhile
+        record = _start_record(meta, plan, run_id, config, layout, modes, overwrite, update, old)
+        writer = _OutputWriter(meta, plan, modes, run_id, record, created, old)
+        executor = None
+        stage_rows = record.data["stages"]
+
+        def on_stage(stat: StageStats) -> None:
+            row = stage_rows.setdefault(stat.name, {"kind": stat.kind, "tasks": stat.tasks})
+            row["seconds"] = round(row.get("seconds", 0.0) + stat.seconds, 3)
+            row["done"], row["skipped"] = stat.done, stat.skipped
+            record.update(stages=stage_rows, **_totals(stage_rows))
+
+        try:
+            with connect(workers, scheduler, cluster, pipeline.cluster) as client:
+                markers = Markers(meta.path, plan, layout)
+                executor = Executor(
+                    client,
+                    meta.path,
+                    plan,
+                    writer.prepare,
+                    progress,
+                    markers=markers,
+                    retries=retries,
+                    backoff=BACKOFF,
+                    on_stage=on_stage,
+                )
+                stages = executor.run()
+            writer.finish(executor)
+            save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
+        except BaseException as exc:
+            _fail_record(record, plan, meta.path, layout, stage_rows, executor, exc)
+            raise
+        record.update(state="completed", ended=now(), **_totals(stage_rows))
         writer.drop_scratch()
+    finally:
+        locks.release()
     outputs = {out.name: str(Path(meta.path) / out.path) for out in plan.outputs}
     labels = {
         next(o.name for o in plan.outputs if o.step == step): r.count
@@ -140,6 +220,133 @@ def run(
     return RunResult(
         run_id, meta.path, plan.roi, outputs, stages, time.perf_counter() - started, labels
     )
+
+
+def _roi_json(plan: Plan) -> dict[str, Any]:
+    return {"start": list(plan.roi.start), "stop": list(plan.roi.stop), "level": plan.level}
+
+
+def check_resumable(old: dict[str, Any], config: dict[str, Any], plan: Plan, layout: str) -> None:
+    """Refuse to continue a run whose markers mean something else now, naming what changed."""
+    run = old["run_id"]
+    steps_old, steps_new = old.get("config", {}).get("steps"), config.get("steps")
+    if steps_old != steps_new:
+        change = describe_change({"steps": steps_old}, {"steps": steps_new})
+        raise EngineError(
+            f"--resume: run {run} had another step config ({change}); run without --resume "
+            "(with --overwrite) to start over"
+        )
+    if old.get("roi") != _roi_json(plan):
+        raise EngineError(
+            f"--resume: run {run} was on ROI {old.get('roi')}, this run is on {_roi_json(plan)}"
+        )
+    if old.get("chunks") != list(plan.chunks):
+        raise EngineError(
+            f"--resume: run {run} used chunks {old.get('chunks')}, the image now has "
+            f"{list(plan.chunks)}: chunking changed"
+        )
+    if old.get("layout_hash") != layout:
+        raise EngineError(
+            f"--resume: run {run} had plan layout {old.get('layout_hash')}, this plan has "
+            f"{layout} (stages, chunk boxes or op versions changed)"
+        )
+
+
+def _start_record(
+    meta: ImageMeta,
+    plan: Plan,
+    run_id: str,
+    config: dict[str, Any],
+    layout: str,
+    modes: dict[str, Mode],
+    overwrite: bool,
+    update: bool,
+    old: dict[str, Any] | None,
+) -> RunRecord:
+    if old is not None:
+        # stages and chunk counts are the current attempt's; earlier ones go to `attempts`
+        keys = ("started", "ended", "state", "error", "stages", "process")
+        keys += ("chunks_done", "chunks_skipped", "chunks_failed")
+        attempt = {k: old.get(k) for k in keys}
+        data = dict(old)
+        data.update(
+            state="running",
+            error=None,
+            started=now(),
+            ended=None,
+            process=process_info(),
+            stages={},
+            attempts=[*old.get("attempts", []), attempt],
+            chunks_done=0,
+            chunks_skipped=0,
+            chunks_failed=0,
+        )
+    else:
+        data = {
+            "run_id": run_id,
+            "state": "running",
+            "engine_version": __version__,
+            "input": str(meta.path),
+            "config": config,
+            "roi": _roi_json(plan),
+            "chunks": list(plan.chunks),
+            "layout_hash": layout,
+            "outputs": [o.path for o in plan.outputs],
+            "modes": modes,
+            "overwrite": overwrite,
+            "update": update,
+            "created": [],
+            "offsets": {},
+            "started": now(),
+            "ended": None,
+            "process": process_info(),
+            "stages": {},
+            "tasks": plan.task_count,
+            "error": None,
+            "attempts": [],
+        }
+    record = RunRecord(str(meta.path), run_id, data)
+    record.save()
+    return record
+
+
+def _totals(stage_rows: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {
+        "chunks_done": sum(r.get("done", 0) for r in stage_rows.values()),
+        "chunks_skipped": sum(r.get("skipped", 0) for r in stage_rows.values()),
+        "chunks_failed": sum(r.get("failed", 0) for r in stage_rows.values()),
+    }
+
+
+def _fail_record(
+    record: RunRecord,
+    plan: Plan,
+    root: str,
+    layout: str,
+    stage_rows: dict[str, dict[str, Any]],
+    executor: Executor | None,
+    exc: BaseException,
+) -> None:
+    """The record of a run that stopped: its error, and per stage the chunks marked done."""
+    try:
+        current = executor.current if executor is not None else None
+        if current is not None and current[0] not in {
+            s for s, r in stage_rows.items() if "done" in r
+        }:
+            name, _, skipped = current
+            stage = plan.stage(name)
+            marked = len(Markers(root, plan, layout).done(stage)) if stage.tasks else 0
+            row = stage_rows.setdefault(name, {"kind": stage.kind, "tasks": len(stage.tasks)})
+            row["skipped"], row["done"] = skipped, max(0, marked - skipped)
+            row["failed"] = 1 if isinstance(exc, TaskFailed) else 0
+        message = str(exc) or type(exc).__name__
+        if not isinstance(exc, EngineError):
+            message = f"{type(exc).__name__}: {message}"
+        record.update(
+            state="failed", error=message, ended=now(), stages=stage_rows, **_totals(stage_rows)
+        )
+    except Exception:  # never hide the run's own error behind one writing its record
+        pass
 
 
 def check_output(meta: ImageMeta, out: OutputPlan, overwrite: bool, update: bool) -> Mode:
@@ -197,13 +404,25 @@ def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
 class _OutputWriter:
     """Creates outputs when their first stage starts and records provenance at the end."""
 
-    def __init__(self, meta: ImageMeta, plan: Plan, modes: dict[str, Mode], run_id: str) -> None:
+    def __init__(
+        self,
+        meta: ImageMeta,
+        plan: Plan,
+        modes: dict[str, Mode],
+        run_id: str,
+        record: RunRecord | None = None,
+        created: set[str] | None = None,
+        resumed: dict[str, Any] | None = None,
+    ) -> None:
         self.meta = meta
         self.plan = plan
         self.modes = modes
         self.run_id = run_id
+        self.record = record
+        self.created = set(created or ())  # outputs this run already made (before a resume)
+        self.resumed = resumed is not None
         self.by_step = {out.step: out for out in plan.outputs}
-        self.offsets: dict[str, int] = {}
+        self.offsets: dict[str, int] = dict((resumed or {}).get("offsets", {}))
         self.max_labels: dict[str, int] = {}
         self.root = open_group(meta.path, mode="r+")
 
@@ -220,8 +439,13 @@ class _OutputWriter:
             return 0
         offset = 0
         if out.kind == "label" and count is not None:
-            if self.modes[step] == "update":
+            if step in self.offsets:  # a resumed run keeps the offset it started with
+                offset = int(self.offsets[step])
+            elif self.modes[step] == "update":
                 offset = int(engine_attrs(self.root[out.path]).get("max_label", 0))
+            if self.record is not None and step not in self.offsets:
+                self.offsets[step] = offset
+                self.record.update(offsets=self.offsets)
             dtype = _label_dtype(count + offset)
             self.max_labels[step] = count + offset
         if self.modes[step] == "update":
@@ -232,7 +456,11 @@ class _OutputWriter:
                     f"{dtype}: use --overwrite"
                 )
             return offset
-        self._create(out, dtype)
+        if step not in self.created:
+            self._create(out, dtype)
+            self.created.add(step)
+            if self.record is not None:
+                self.record.update(created=sorted(self.created))
         return offset
 
     def _scratch(self, path: str, dtype: str) -> None:
@@ -248,6 +476,8 @@ class _OutputWriter:
     def _scratch_array(
         self, path: str, dtype: str, shape: tuple[int, ...], chunks: tuple[int, ...]
     ) -> None:
+        if self.resumed and (Path(self.meta.path) / path).exists():
+            return  # made by the run being resumed: its chunks are marked done or redone
         self.root.create_array(
             path,
             shape=shape,
@@ -292,7 +522,8 @@ class _OutputWriter:
                 record = previous[out.step]
             else:
                 record = engine_attrs(group) if self.modes[out.step] == "update" else {}
-            runs = [*record.get("runs", []), {"run_id": self.run_id, "roi": roi, "time": now}]
+            runs = [r for r in record.get("runs", []) if r.get("run_id") != self.run_id]
+            runs = [*runs, {"run_id": self.run_id, "roi": roi, "time": now}]
             record = {
                 "engine_version": __version__,
                 "config_hash": out.config_hash,
@@ -333,9 +564,13 @@ class _OutputWriter:
         }
 
     def drop_scratch(self) -> None:
+        """Remove the run's arrays and markers; keep its record (the group's metadata)."""
         scratch = Path(self.meta.path) / self.plan.scratch
-        if scratch.exists():
-            shutil.rmtree(scratch)
+        if not scratch.exists():
+            return
+        for child in scratch.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
 
 
 def _label_dtype(count: int) -> str:

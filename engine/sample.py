@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["NucleiSample", "make_nuclei"]
+__all__ = ["NucleiSample", "make_annotations", "make_nuclei", "sample_rois"]
 
 # --- appearance ------------------------------------------------------------
 _BG_BASE = 105.0  # background = base + span * smooth field in [0, 1]
@@ -405,3 +405,91 @@ def _add_background_and_noise(rng: np.random.Generator, image: np.ndarray) -> No
         s += 0.5  # round to nearest on the truncating cast below
         np.clip(s, 0.0, 65535.0, out=s)
         np.copyto(out, s, casting="unsafe")
+
+
+# --- ROIs and scribble annotations -------------------------------------------------
+
+BACKGROUND, NUCLEUS = 1, 2  # scribble classes in `labels/annotations`
+_STROKE_SHARE = 0.2  # share of the nuclei in the train ROI that get a stroke ...
+_MIN_STROKES = 3  # ... at least this many (if there are) ...
+_MAX_STROKES = 200  # ... at most this many
+_BG_PER_NUCLEUS = 2  # background strokes per nucleus stroke (background varies more)
+_BG_STROKE = (12, 32)  # background stroke length in px
+_BG_MARGIN = 3  # background strokes keep this many px (y/x; 1 in z) from any nucleus
+
+
+def sample_rois(shape: tuple[int, ...]) -> dict[str, tuple[slice, ...]]:
+    """Disjoint `train` and `test` boxes: the top-left and the bottom-right quarter in
+    y/x, every z plane. Each holds a quarter of the voxels."""
+    dims = _check_shape(shape)
+    ny, nx = dims[-2:]
+    zs = (slice(0, dims[0]),) if len(dims) == 3 else ()
+    return {
+        "train": (*zs, slice(0, ny // 2), slice(0, nx // 2)),
+        "test": (*zs, slice(ny // 2, ny), slice(nx // 2, nx)),
+    }
+
+
+def make_annotations(truth: np.ndarray, box: tuple[slice, ...], seed: int = 0) -> np.ndarray:
+    """Sparse scribbles as a person would draw them, inside ``box`` only (uint8).
+
+    NUCLEUS (2): a cross of two 1 px lines through the centre of a random fifth (at
+    least 3, at most 200) of the nuclei lying wholly in the box (in y/x), in the
+    nucleus's middle z plane, axis-aligned or diagonal, kept to voxels at least 1 px
+    inside that nucleus. BACKGROUND (1): twice as many 12..32 px lines at random places
+    and z planes, kept to voxels at least 3 px (1 plane in z) from every nucleus.
+    Integers only (Bresenham lines), so the result depends only on (truth, box, seed).
+    """
+    from scipy import ndimage
+    from skimage.draw import line
+
+    seed = _check_seed(seed)
+    rng = np.random.Generator(np.random.PCG64([seed, 6]))
+    out = _zeros(truth.shape, np.uint8)
+    t3, o3 = (truth, out) if truth.ndim == 3 else (truth[None], out[None])  # views
+    if truth.ndim == 2:
+        box = (slice(0, 1), *box)
+    sub = t3[box]
+    origin = [b.start for b in box]
+    objects = ndimage.find_objects(sub)
+    ids = [
+        i + 1
+        for i, sl in enumerate(objects)
+        if sl is not None
+        and sub[tuple((s.start + s.stop - 1) // 2 for s in sl)] == i + 1  # centre inside
+        and all(s.start > 0 and s.stop < n for s, n in zip(sl[1:], sub.shape[1:], strict=True))
+    ]
+    count = min(len(ids), _MAX_STROKES, max(_MIN_STROKES, round(_STROKE_SHARE * len(ids))))
+    chosen = sorted(rng.choice(len(ids), size=count, replace=False).tolist()) if count else []
+    directions = ((0, 1), (1, 0), (1, 1), (1, -1))
+    for k in chosen:
+        label = ids[k]
+        sl = objects[label - 1]
+        z = (sl[0].start + sl[0].stop - 1) // 2
+        cy = (sl[1].start + sl[1].stop - 1) // 2
+        cx = (sl[2].start + sl[2].stop - 1) // 2
+        first = 2 * int(rng.integers(2))  # a cross: (0, 1) + (1, 0), or the diagonals
+        reach = max(sl[1].stop - sl[1].start, sl[2].stop - sl[2].start)
+        inside = ndimage.binary_erosion(np.pad(sub[z] == label, 1))[1:-1, 1:-1]
+        for dy, dx in directions[first : first + 2]:
+            rr, cc = line(cy - dy * reach, cx - dx * reach, cy + dy * reach, cx + dx * reach)
+            keep = (rr >= 0) & (rr < sub.shape[1]) & (cc >= 0) & (cc < sub.shape[2])
+            rr, cc = rr[keep], cc[keep]
+            keep = inside[rr, cc]
+            o3[origin[0] + z, origin[1] + rr[keep], origin[2] + cc[keep]] = NUCLEUS
+    m = _BG_MARGIN
+    nz, ny, nx = sub.shape
+    for _ in range(_BG_PER_NUCLEUS * len(chosen)):
+        z = int(rng.integers(nz))
+        y0, x0 = int(rng.integers(ny)), int(rng.integers(nx))
+        length = int(rng.integers(_BG_STROKE[0], _BG_STROKE[1] + 1))
+        dy, dx = directions[int(rng.integers(4))]
+        y1 = min(max(y0 + dy * length, 0), ny - 1)
+        x1 = min(max(x0 + dx * length, 0), nx - 1)
+        rr, cc = line(y0, x0, y1, x1)
+        lo_y, lo_x = max(min(y0, y1) - m, 0), max(min(x0, x1) - m, 0)
+        window = sub[max(z - 1, 0) : z + 2, lo_y : max(y0, y1) + m + 1, lo_x : max(x0, x1) + m + 1]
+        near = ndimage.maximum_filter(window.max(axis=0) > 0, size=2 * m + 1, mode="constant")
+        keep = ~near[rr - lo_y, cc - lo_x]
+        o3[origin[0] + z, origin[1] + rr[keep], origin[2] + cc[keep]] = BACKGROUND
+    return out

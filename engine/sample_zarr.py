@@ -1,7 +1,9 @@
 """Writing the synthetic nuclei sample as a real OME-Zarr image on disk.
 
 The image gets a small pyramid and its true instance labels as `labels/truth`,
-so every command and test has a realistic input without downloads.
+so every command and test has a realistic input without downloads. It also holds
+the ROIs `train` and `test` (an ROI table, `tables/rois`) and sparse scribbles
+inside `train` as `labels/annotations` (1 = background, 2 = nucleus).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import zarr
 
 from engine.compute import block_mean
 from engine.errors import EngineError
-from engine.ngff.metadata import Axis, Version
+from engine.geometry import Roi
+from engine.ngff.metadata import Axis, Version, read_image
+from engine.ngff.roi_tables import box_to_micrometer, write_rois
 from engine.ngff.write import (
     LevelSpec,
     create_image,
@@ -22,7 +26,7 @@ from engine.ngff.write import (
     set_engine_attrs,
     zarr_format,
 )
-from engine.sample import make_nuclei
+from engine.sample import make_annotations, make_nuclei, sample_rois
 
 SPACING_UM = {"z": 1.0, "y": 0.5, "x": 0.5}
 
@@ -90,6 +94,24 @@ def write_sample(
     )
     list_in_parent(root, "label", "truth", version)
     set_engine_attrs(truth, {"sample": {"seed": seed, "shape": list(shape)}})
+    boxes = sample_rois(shape)
+    annotations = create_image(
+        root,
+        "labels/annotations",
+        version=version,
+        axes=axes,
+        levels=levels,
+        dtype="uint8",
+        name="annotations",
+        method="nearest",
+        extra_ome=image_label_json(version),
+    )
+    list_in_parent(root, "label", "annotations", version)
+    set_engine_attrs(
+        annotations,
+        {"sample": {"seed": seed, "roi": "train", "classes": {"background": 1, "nucleus": 2}}},
+    )
+    scribbles = make_annotations(sample.truth, boxes["train"], seed)
     image, labels = sample.image, sample.truth
     for k, level in enumerate(levels):
         if k:
@@ -98,6 +120,18 @@ def write_sample(
             )
             image = block_mean(image, factors)
             labels = labels[tuple(slice(None, None, f) for f in factors)]
+            scribbles = scribbles[tuple(slice(None, None, f) for f in factors)]
         root[level.path][...] = image
         truth[level.path][...] = np.ascontiguousarray(labels)
+        annotations[level.path][...] = np.ascontiguousarray(scribbles)
+    meta = read_image(path)
+    write_rois(
+        root,
+        {
+            name: box_to_micrometer(
+                meta, Roi(tuple(s.start for s in box), tuple(s.stop for s in box), 0)
+            )
+            for name, box in boxes.items()
+        },
+    )
     return str(path)

@@ -25,6 +25,7 @@ import zarr
 from engine import Pipeline, run
 from engine.cli import main
 from engine.errors import ConfigError
+from engine.records import list_runs
 from engine.sample_zarr import write_sample
 
 TESTS = Path(__file__).resolve().parent
@@ -539,8 +540,10 @@ def test_user_function_that_raises(
     assert "Traceback" not in output
     assert tree_hash(image, skip=("_engine",)) == before
     assert not (image / "labels" / "nuclei").exists()
-    runs = image / "_engine" / "runs"
-    assert not runs.exists() or not [p for p in runs.iterdir() if p.is_dir()], "scratch left"
+    # the failed run keeps its scratch and done markers for --resume, and says why it failed
+    (record,) = list_runs(image)
+    assert record["state"] == "failed" and "failed on chunk" in record["error"]
+    assert not (image / "_engine" / "locks").exists(), "lock left"
     (line,) = [line for line in output.splitlines() if line.startswith("error: ")]
     for word in ("failed on chunk [", "ValueError", "cannot handle a block"):
         assert word in line, line

@@ -22,6 +22,7 @@ from distributed import Client, as_completed
 from engine import compute
 from engine.errors import EngineError
 from engine.geometry import Roi, chunks_touching
+from engine.markers import KEEP_RESULTS, ChunkMarker, Markers
 from engine.plan import ChunkTask, Plan, Stage, downsample_factors
 from tasks import OPS
 from tasks.label import resolve_components
@@ -36,6 +37,8 @@ class StageStats:
     kind: str
     tasks: int
     seconds: float
+    done: int = 0  # chunk tasks this run computed
+    skipped: int = 0  # chunk tasks marked done by an earlier attempt (--resume)
 
 
 @dataclass(frozen=True)
@@ -47,26 +50,49 @@ class LabelResult:
 
 
 class TaskFailed(EngineError):
-    pass
+    """A chunk task kept failing; `stage` and `index` say which one."""
+
+    def __init__(self, message: str, stage: str = "", index: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TaskFailed, (str(self), self.stage, self.index))
 
 
 def _run_batch(kind: str, root: str, stage: Stage, items: list, common: dict) -> list:
+    """Run a batch of chunk tasks on a worker. Each is tried `retries` more times after a
+    failure (with backoff); each is marked done (markers.py) right after it succeeds."""
+    marker = ChunkMarker(root, common["marker"]) if common.get("marker") else None
+    retries, backoff = common.get("retries", 0), common.get("backoff", 0.2)
     results = []
     for task, extra in items:
-        try:
-            results.append(_run_one(kind, root, stage, task, extra, common))
-        except EngineError:
-            raise
-        except compute.StepFailed as exc:
-            raise TaskFailed(
-                f"step '{exc.step}' failed on chunk {task.write} (stage {stage.name}): "
-                f"{type(exc.error).__name__}: {exc.error}"
-            ) from exc
-        except Exception as exc:
-            raise TaskFailed(
-                f"step '{stage.step}' ({stage.name}) failed on chunk {task.write}: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+        for attempt in range(retries + 1):
+            try:
+                result = _run_one(kind, root, stage, task, extra, common)
+                break
+            except EngineError:
+                raise
+            except Exception as exc:
+                if attempt < retries:
+                    time.sleep(backoff * 2**attempt)
+                    continue
+                tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                if isinstance(exc, compute.StepFailed):
+                    message = (
+                        f"step '{exc.step}' failed on chunk {task.write} (stage {stage.name})"
+                        f"{tries}: {type(exc.error).__name__}: {exc.error}"
+                    )
+                else:
+                    message = (
+                        f"step '{stage.step}' ({stage.name}) failed on chunk {task.write}"
+                        f"{tries}: {type(exc).__name__}: {exc}"
+                    )
+                raise TaskFailed(message, stage.name, tuple(task.index)) from exc
+        if marker is not None:
+            marker.mark(task.index, result)
+        results.append(result if marker is None or kind in KEEP_RESULTS else None)
     return results
 
 
@@ -110,8 +136,17 @@ class Executor:
         plan: Plan,
         prepare_output: Callable[[str, str | None, int | None], int],
         progress: Callable[[str, int], Callable[[int], None]] | None = None,
+        markers: Markers | None = None,
+        retries: int = 0,
+        backoff: float = 0.2,
+        on_stage: Callable[[StageStats], None] | None = None,
     ) -> None:
         self.client = client
+        self.markers = markers
+        self.retries = retries
+        self.backoff = backoff
+        self.on_stage = on_stage
+        self.current: tuple[str, int, int] | None = None  # stage, computed, skipped
         self.root = root
         self.plan = plan
         self.prepare_output = prepare_output
@@ -129,10 +164,20 @@ class Executor:
         stats = []
         for stage in self.plan.stages:
             started = time.perf_counter()
+            self.current = (stage.name, 0, 0)
             getattr(self, f"_{stage.kind}")(stage)
-            stats.append(
-                StageStats(stage.name, stage.kind, len(stage.tasks), time.perf_counter() - started)
+            _, done, skipped = self.current
+            stat = StageStats(
+                stage.name,
+                stage.kind,
+                len(stage.tasks),
+                time.perf_counter() - started,
+                done,
+                skipped,
             )
+            stats.append(stat)
+            if self.on_stage is not None:
+                self.on_stage(stat)
         return stats
 
     def _common(self, stage: Stage, **extra: Any) -> dict[str, Any]:
@@ -154,10 +199,22 @@ class Executor:
         if not tasks:
             return []
         extras = extras if extras is not None else [None] * len(tasks)
-        size = max(1, math.ceil(len(tasks) / (self.workers * BATCHES_PER_WORKER)))
+        results: list[Any] = [None] * len(tasks)
         shipped = dataclasses.replace(stage, tasks=())
         shared = self._common(stage, **common)
-        order = sorted(range(len(tasks)), key=lambda i: morton_key(tasks[i].index))
+        todo = range(len(tasks))
+        if self.markers is not None:
+            done = self.markers.prepare(stage)
+            todo = [i for i in todo if tasks[i].index not in done]
+            for i in range(len(tasks)):
+                if tasks[i].index in done:
+                    results[i] = self.markers.load_result(stage, tasks[i].index)
+            shared["marker"] = self.markers.worker_info(stage)
+        shared["retries"], shared["backoff"] = self.retries, self.backoff
+        skipped = len(tasks) - len(todo)
+        self.current = (stage.name, 0, skipped)
+        size = max(1, math.ceil(len(todo) / (self.workers * BATCHES_PER_WORKER)))
+        order = sorted(todo, key=lambda i: morton_key(tasks[i].index))
         futures = {}
         for start in range(0, len(order), size):
             members = order[start : start + size]
@@ -167,17 +224,22 @@ class Executor:
             )
             futures[future] = members
         advance = self.progress(stage.name, len(tasks)) if self.progress else None
-        results: list[Any] = [None] * len(tasks)
+        if advance and skipped:
+            advance(skipped)
         for future in as_completed(futures):
             members = futures[future]
             try:
                 batch_results = future.result()
-            except EngineError:
+            except EngineError as exc:
                 for other in futures:
                     other.cancel()
+                if isinstance(exc, TaskFailed):
+                    raise TaskFailed(f"{exc}; ROI {self.plan.roi}", exc.stage, exc.index) from None
                 raise
             for i, result in zip(members, batch_results, strict=True):
                 results[i] = result
+            name, computed, skipped = self.current
+            self.current = (name, computed + len(members), skipped)
             if advance:
                 advance(len(members))
         return results

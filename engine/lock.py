@@ -1,0 +1,131 @@
+"""One writer per output: a lock file `_engine/locks/<output path>` per output a run writes.
+
+The file holds the run id, host and pid. It is created atomically (written under a
+temporary name, then hard-linked into place: the link fails if the lock exists), and
+removed at the end of the run. A lock whose pid is gone on this host is stale (its run was
+killed) and is taken over; a lock from another host is never broken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from engine.errors import OutputConflict
+from engine.plan import ENGINE_GROUP
+
+LOCKS = f"{ENGINE_GROUP}/locks"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def is_stale(owner: dict[str, Any]) -> bool:
+    return (
+        owner.get("host") == socket.gethostname()
+        and isinstance(owner.get("pid"), int)
+        and not _alive(owner["pid"])
+    )
+
+
+class OutputLocks:
+    """Locks on every output of a run, taken all or none (in sorted order)."""
+
+    def __init__(self, root: str | Path, outputs: Iterable[str], run_id: str) -> None:
+        self.base = Path(root) / LOCKS
+        self.outputs = sorted(set(outputs))
+        self.owner = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid()}
+        self.held: list[Path] = []
+        self.taken_over: list[dict[str, Any]] = []
+
+    def path(self, output: str) -> Path:
+        return self.base / output
+
+    def acquire(self) -> OutputLocks:
+        try:
+            for output in self.outputs:
+                self._acquire(output)
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def _acquire(self, output: str) -> None:
+        path = self.path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        tmp.write_text(json.dumps(self.owner))
+        try:
+            for _ in range(3):
+                try:
+                    os.link(tmp, path)
+                    self.held.append(path)
+                    return
+                except FileExistsError:
+                    pass
+                owner = _read(path)
+                if owner is None:
+                    continue  # released meanwhile: try again
+                if owner and is_stale(owner):
+                    self._break(path, owner)
+                    continue
+                who = owner.get("run_id", "an unknown run")
+                where = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "?"
+                raise OutputConflict(
+                    f"output {output} is being written by run {who} ({where}); wait for it to "
+                    f"finish, or remove {path} if that run is gone"
+                )
+            raise OutputConflict(f"output {output}: could not take its lock {path}")
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _break(self, path: Path, owner: dict[str, Any]) -> None:
+        """Remove a stale lock, and only that one: move it aside first, check it is
+        the lock judged stale, and put back a lock another run took in between."""
+        aside = path.with_name(f".{path.name}.stale.{uuid.uuid4().hex}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return
+        if _read(aside) != owner:
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass
+        else:
+            self.taken_over.append(owner)
+        aside.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        for path in self.held:
+            if _read(path) == self.owner:
+                path.unlink(missing_ok=True)
+            parent = path.parent
+            while parent != self.base.parent.parent:  # up to `_engine/`, if empty
+                try:
+                    parent.rmdir()  # only if empty
+                except OSError:
+                    break
+                parent = parent.parent
+        self.held = []
