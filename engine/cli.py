@@ -207,7 +207,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     path = write_sample(args.out, args.shape, args.chunks, args.ngff, args.seed)
     out.print(
-        f"wrote {path} (shape {','.join(map(str, args.shape))}, NGFF {args.ngff}, labels/truth)"
+        f"wrote {path} (shape {','.join(map(str, args.shape))}, NGFF {args.ngff}; "
+        "labels/truth, labels/annotations, ROIs train and test)"
     )
     return 0
 

@@ -81,32 +81,26 @@ def write_sample(
     levels = sample_levels(shape, chunks, names)
     root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format(version))
     create_image(root, "", version=version, axes=axes, levels=levels, dtype="uint16", name="nuclei")
-    truth = create_image(
-        root,
-        "labels/truth",
-        version=version,
-        axes=axes,
-        levels=levels,
-        dtype="uint32",
-        name="truth",
-        method="nearest",
-        extra_ome=image_label_json(version),
-    )
-    list_in_parent(root, "label", "truth", version)
+
+    def label_image(name: str, dtype: str) -> zarr.Group:
+        group = create_image(
+            root,
+            f"labels/{name}",
+            version=version,
+            axes=axes,
+            levels=levels,
+            dtype=dtype,
+            name=name,
+            method="nearest",
+            extra_ome=image_label_json(version),
+        )
+        list_in_parent(root, "label", name, version)
+        return group
+
+    truth = label_image("truth", "uint32")
     set_engine_attrs(truth, {"sample": {"seed": seed, "shape": list(shape)}})
     boxes = sample_rois(shape)
-    annotations = create_image(
-        root,
-        "labels/annotations",
-        version=version,
-        axes=axes,
-        levels=levels,
-        dtype="uint8",
-        name="annotations",
-        method="nearest",
-        extra_ome=image_label_json(version),
-    )
-    list_in_parent(root, "label", "annotations", version)
+    annotations = label_image("annotations", "uint8")
     set_engine_attrs(
         annotations,
         {"sample": {"seed": seed, "roi": "train", "classes": {"background": 1, "nucleus": 2}}},

@@ -18,7 +18,6 @@ to a temporary group and moved into place, so a failure never leaves half a tabl
 
 from __future__ import annotations
 
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import zarr
 from engine.errors import NgffError
 from engine.geometry import Roi
 from engine.ngff.metadata import ImageMeta
-from engine.ngff.tables import TABLES
+from engine.ngff.tables import TABLES, write_anndata
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER
 
 ROI_COLUMNS = (
@@ -101,7 +100,6 @@ def write_rois(root: zarr.Group, rois: dict[str, PhysicalBox], table: str = DEFA
     others; list the table in `tables/` attributes."""
     import anndata
     import pandas as pd
-    from anndata.io import write_elem
 
     folder = _tables_folder(root)
     existing: dict[str, PhysicalBox] = {}
@@ -114,18 +112,7 @@ def write_rois(root: zarr.Group, rois: dict[str, PhysicalBox], table: str = DEFA
     obs = pd.DataFrame(index=pd.Index(list(merged), name="FieldIndex"))
     var = pd.DataFrame(index=pd.Index(list(ROI_COLUMNS)))
     data = anndata.AnnData(X=_rows(merged), obs=obs, var=var)
-    tables = root.require_group(TABLES)
-    temporary = f"_writing-{table}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zarr's note on future sharding defaults
-        write_elem(tables, temporary, data)
-    tables[temporary].attrs.update(roi_table_attrs())
-    if (folder / table).exists():
-        shutil.rmtree(folder / table)
-    (folder / temporary).rename(folder / table)
-    listed = list(tables.attrs.get("tables", []))
-    if table not in listed:
-        tables.attrs.update({"tables": [*listed, table]})
+    write_anndata(root, table, data, roi_table_attrs())
 
 
 def read_roi_table(path: str | Path) -> dict[str, PhysicalBox]:

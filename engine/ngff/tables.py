@@ -54,16 +54,23 @@ def write_table(
     """Write (replacing) `tables/<name>` and list it in `tables/` attributes."""
     import anndata
     import pandas as pd
-    from anndata.io import write_elem
 
     obs = pd.DataFrame(index=pd.Index([str(int(v)) for v in labels], name="label"))
     var = pd.DataFrame(index=pd.Index(list(columns)))
     table = anndata.AnnData(X=np.asarray(values, dtype=np.float64), obs=obs, var=var)
+    return write_anndata(root, name, table, attrs)
+
+
+def write_anndata(root: zarr.Group, name: str, data: Any, attrs: dict[str, Any]) -> zarr.Group:
+    """Write an AnnData as `tables/<name>` (replacing it whole: written beside, then renamed
+    into place) and list it in `tables/` attributes."""
+    from anndata.io import write_elem
+
     tables = root.require_group(TABLES)
     temporary = f"_writing-{name}"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr's note on future sharding defaults
-        write_elem(tables, temporary, table)
+        write_elem(tables, temporary, data)
     tables[temporary].attrs.update(attrs)
     folder = Path(str(root.store.root)) / root.path / TABLES
     if (folder / name).exists():
