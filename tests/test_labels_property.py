@@ -66,3 +66,21 @@ def test_one_object_spanning_every_chunk(tmp_path, scheduler):
     got = zarr.open_array(str(path / "labels/cc/s0"))[...]
     assert result.labels["cc"] == 1
     assert np.array_equal(got, mask.astype(np.uint32))
+
+
+def test_more_objects_than_uint16_holds(tmp_path, scheduler):
+    mask = np.zeros((600, 600), dtype=np.uint8)
+    mask[::2, ::2] = 1  # 90,000 isolated pixels, split over 6 x 5 chunks
+    path = write_image(tmp_path / "m.zarr", mask, (100, 120), levels=1)
+    p = (
+        Pipeline()
+        .add("mask", "threshold", method="value", value=0)
+        .add("cc", "label", "mask", {"kind": "label", "name": "cc"})
+    )
+    result = run(p, input=path, scheduler=scheduler)
+    got = zarr.open_array(str(path / "labels/cc/s0"))[...]
+    ref, n = ndimage.label(mask)
+    assert n == 90_000 > np.iinfo(np.uint16).max
+    assert result.labels["cc"] == n and got.dtype == np.uint32
+    assert same_partition(got, ref)
+    assert np.array_equal(np.unique(got), np.arange(n + 1))
