@@ -85,7 +85,7 @@ def connect(
             n_workers=n,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             silence_logs=logging.CRITICAL,
         ) as cluster_,
         Client(cluster_) as client,
