@@ -18,7 +18,6 @@ to a temporary group and moved into place, so a failure never leaves half a tabl
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import zarr
 from engine.errors import NgffError
 from engine.geometry import Roi
 from engine.ngff.metadata import ImageMeta
-from engine.ngff.tables import TABLES, write_anndata
+from engine.ngff.tables import TABLES, read_anndata, write_anndata
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER
 
 ROI_COLUMNS = (
@@ -117,14 +116,7 @@ def write_rois(root: zarr.Group, rois: dict[str, PhysicalBox], table: str = DEFA
 
 def read_roi_table(path: str | Path) -> dict[str, PhysicalBox]:
     """name -> {x, y, z: (start, stop) in um} of one ROI table group."""
-    import anndata
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data = anndata.read_zarr(str(path))
-    except Exception as exc:
-        raise NgffError(f"{path}: not an AnnData table ({type(exc).__name__}: {exc})") from None
+    data = read_anndata(path)
     columns = [str(v) for v in data.var_names]
     missing = [c for c in ROI_COLUMNS if c not in columns]
     if missing:

@@ -82,16 +82,21 @@ def write_anndata(root: zarr.Group, name: str, data: Any, attrs: dict[str, Any])
     return zarr.open_group(str(folder / name), mode="r+")
 
 
-def read_table(path: str | Path) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(labels, column names, values) of a table group."""
+def read_anndata(path: str | Path) -> Any:
+    """An AnnData table group, or one line saying why it is not one."""
     import anndata
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            table = anndata.read_zarr(str(path))
+            return anndata.read_zarr(str(path))
     except Exception as exc:
         raise NgffError(f"{path}: not an AnnData table ({type(exc).__name__}: {exc})") from None
+
+
+def read_table(path: str | Path) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(labels, column names, values) of a table group."""
+    table = read_anndata(path)
     labels = np.asarray([int(v) for v in table.obs_names], dtype=np.uint64)
     return labels, [str(v) for v in table.var_names], np.asarray(table.X, dtype=np.float64)
 
