@@ -25,6 +25,17 @@ def cases(draw):
     return shape, chunks, start, stop, connectivity, density, seed
 
 
+def label_mask(path, scheduler, connectivity: int = 1, roi: dict | None = None):
+    """Run threshold(> 0) -> label on a mask image; the run's result and the label array."""
+    p = (
+        Pipeline()
+        .add("mask", "threshold", method="value", value=0)
+        .add("cc", "label", "mask", {"kind": "label", "name": "cc"}, connectivity=connectivity)
+    )
+    result = run(p, input=path, roi=roi, scheduler=scheduler)
+    return result, zarr.open_array(str(path / "labels/cc/s0"))[...]
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @given(cases())
 def test_label_equals_scipy(tmp_path_factory, scheduler, case):
@@ -33,19 +44,13 @@ def test_label_equals_scipy(tmp_path_factory, scheduler, case):
     path = write_image(
         tmp_path_factory.mktemp("cc") / "m.zarr", mask.astype(np.uint8), chunks, levels=1
     )
-    p = (
-        Pipeline()
-        .add("mask", "threshold", method="value", value=0)
-        .add("cc", "label", "mask", {"kind": "label", "name": "cc"}, connectivity=connectivity)
-    )
     names = ("z", "y", "x")[-len(shape) :]
     roi = {n: (a, b) for n, a, b in zip(names, start, stop)}
-    result = run(p, input=path, roi=roi, scheduler=scheduler)
+    result, got = label_mask(path, scheduler, connectivity, roi)
     window = tuple(slice(a, b) for a, b in zip(start, stop))
     ref, n = ndimage.label(
         mask[window], ndimage.generate_binary_structure(len(shape), connectivity)
     )
-    got = zarr.open_array(str(path / "labels/cc/s0"))[...]
     assert same_partition(got[window], ref)
     assert result.labels["cc"] == n == got.max()
     ids = got[window]
@@ -57,13 +62,7 @@ def test_one_object_spanning_every_chunk(tmp_path, scheduler):
     mask[:, 20, :] = 1  # a plane crossing every chunk in z and x
     mask[12, :, 5] = 1  # and a line joining it along y
     path = write_image(tmp_path / "m.zarr", mask, (5, 7, 6), levels=1)
-    p = (
-        Pipeline()
-        .add("mask", "threshold", method="value", value=0)
-        .add("cc", "label", "mask", {"kind": "label", "name": "cc"})
-    )
-    result = run(p, input=path, scheduler=scheduler)
-    got = zarr.open_array(str(path / "labels/cc/s0"))[...]
+    result, got = label_mask(path, scheduler)
     assert result.labels["cc"] == 1
     assert np.array_equal(got, mask.astype(np.uint32))
 
@@ -72,13 +71,7 @@ def test_more_objects_than_uint16_holds(tmp_path, scheduler):
     mask = np.zeros((600, 600), dtype=np.uint8)
     mask[::2, ::2] = 1  # 90,000 isolated pixels, split over 6 x 5 chunks
     path = write_image(tmp_path / "m.zarr", mask, (100, 120), levels=1)
-    p = (
-        Pipeline()
-        .add("mask", "threshold", method="value", value=0)
-        .add("cc", "label", "mask", {"kind": "label", "name": "cc"})
-    )
-    result = run(p, input=path, scheduler=scheduler)
-    got = zarr.open_array(str(path / "labels/cc/s0"))[...]
+    result, got = label_mask(path, scheduler)
     ref, n = ndimage.label(mask)
     assert n == 90_000 > np.iinfo(np.uint16).max
     assert result.labels["cc"] == n and got.dtype == np.uint32

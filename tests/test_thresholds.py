@@ -46,12 +46,18 @@ def sample(seed: int, dtype, kind: int) -> np.ndarray:
     return data.astype(dtype)
 
 
-@settings(max_examples=60, deadline=None)
-@given(
+# seed, dtype, kind of data, block boundaries: the cases every reduction is tried on
+SAMPLES = (
     st.integers(0, 2**31),
     st.sampled_from(DTYPES),
     st.integers(0, 2),
     st.lists(st.integers(1, 4999), max_size=6),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    *SAMPLES,
 )
 def test_li_equals_skimage_on_the_whole(seed, dtype, kind, splits):
     data = sample(seed, dtype, kind)
@@ -68,10 +74,7 @@ def test_li_equals_skimage_on_the_whole(seed, dtype, kind, splits):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.integers(0, 2**31),
-    st.sampled_from(DTYPES),
-    st.integers(0, 2),
-    st.lists(st.integers(1, 4999), max_size=6),
+    *SAMPLES,
     st.sampled_from([0.0, 0.1, 1, 25, 50, 99.5, 99.8, 100]),
 )
 def test_percentile_equals_numpy_on_the_whole(seed, dtype, kind, splits, q):
