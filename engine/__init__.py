@@ -5,10 +5,10 @@ at once); `make_plan` to inspect what would run without running it.
 """
 
 from engine.errors import ConfigError, EngineError, NgffError, OutputConflict
+from engine.execute.submit import RunHandle, submit
 from engine.geometry import Roi
 from engine.pipeline import ClusterSpec, InputRef, OutputSpec, Pipeline, RoiSpec, Step
 from engine.run import RunResult, make_plan, run
-from engine.submit import RunHandle, submit
 from engine.version import __version__
 
 __all__ = [

@@ -367,7 +367,7 @@ def _print_result(result: Any) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from engine.submit import submit_batch
+    from engine.execute.submit import submit_batch
 
     pipeline = _load(args)
     roi = _roi(args, pipeline)
@@ -413,7 +413,7 @@ def _is_zarr(path: Path) -> bool:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from engine.submit import find_run
+    from engine.execute.submit import find_run
 
     if _is_zarr(Path(args.run)):
         return _image_status(args)

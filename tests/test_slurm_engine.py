@@ -329,7 +329,7 @@ def test_cli_submit_wait_equals_local(slurm, local, image, tmp_path):
     dry = cli("submit", str(config), *base, "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     assert "#SBATCH --ntasks=4" in dry.stdout and "#SBATCH --partition=debug" in dry.stdout
-    assert "-m engine.batch" in dry.stdout and "{{" not in dry.stdout
+    assert "-m engine.execute.batch" in dry.stdout and "{{" not in dry.stdout
     assert not shared.exists() and not (image / OUTPUT).exists()  # nothing submitted
 
     started = time.perf_counter()

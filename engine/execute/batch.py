@@ -1,4 +1,4 @@
-"""Inside a batch allocation: `python -m engine.batch RUN_DIR`, started by srun once per task.
+"""Inside a batch allocation: `python -m engine.execute.batch RUN_DIR`, once per srun task.
 
 dask-jobqueue's SLURMRunner gives each task its role: task 0 the dask scheduler,
 task 1 the driver (this module's `drive`: the same `run()` as `ngff-engine run`),

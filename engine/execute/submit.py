@@ -33,7 +33,7 @@ from engine.execute.cluster import ClusterArg, resolve_cluster
 from engine.pipeline import ClusterSpec, Pipeline, RoiSpec
 from engine.run import RunResult, check_output, make_plan, resolve_input, run
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "slurm" / "run.sbatch.template"
+TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "run.sbatch.template"
 FIELD = re.compile(r"{{\s*(\w+)\s*}}")
 TERMINAL = ("done", "failed", "cancelled")
 
@@ -276,7 +276,7 @@ def _roi_json(roi: Any) -> Any:
 def _write_certificates(run_dir: Path) -> None:
     from distributed.security import Security
 
-    from engine.batch import TLS_FILES
+    from engine.execute.batch import TLS_FILES
 
     temporary = Security.temporary()  # one self-signed certificate for every role
     for key, text in (("ca", temporary.tls_ca_file), ("cert", temporary.tls_client_cert)):
