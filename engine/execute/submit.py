@@ -33,7 +33,7 @@ from engine.execute.cluster import ClusterArg, resolve_cluster
 from engine.pipeline import ClusterSpec, Pipeline, RoiSpec
 from engine.run import RunResult, check_output, make_plan, resolve_input, run
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "slurm" / "run.sbatch.template"
+TEMPLATE = Path(__file__).with_name("run.sbatch.template")  # slurm/ links to it
 FIELD = re.compile(r"{{\s*(\w+)\s*}}")
 TERMINAL = ("done", "failed", "cancelled")
 
