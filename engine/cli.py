@@ -15,8 +15,17 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from engine.errors import ConfigError, EngineError
 from engine.execute.cluster import resolve_cluster
@@ -83,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["local", "slurm"],
         default=None,
         help="where workers run (default: the config's cluster.kind, else local)",
+    )
+    p.add_argument(
+        "--priority-roi",
+        default=None,
+        help="ROI (name or z0:z1,y0:y1,x0:x1) every stage computes first, to look at early "
+        "(default: a config ROI with preview: true)",
     )
     _cluster_flags(p)
 
@@ -250,12 +265,13 @@ def _load(args: argparse.Namespace) -> Pipeline:
     return Pipeline.from_yaml(args.config)
 
 
-def _roi(args: argparse.Namespace, pipeline: Pipeline) -> Any:
-    if args.roi is None or args.roi in pipeline.rois:
-        return args.roi
-    if ":" in args.roi:
-        return parse_cli_roi(args.roi, read_image(resolve_input(pipeline, args.input)))
-    return args.roi
+def _roi(args: argparse.Namespace, pipeline: Pipeline, given: str | None = None) -> Any:
+    roi = args.roi if given is None else given
+    if roi is None or roi in pipeline.rois:
+        return roi
+    if ":" in roi:
+        return parse_cli_roi(roi, read_image(resolve_input(pipeline, args.input)))
+    return roi
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -338,6 +354,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         cluster=overrides or None,
         resume=args.resume,
+        priority_roi=_roi(args, pipeline, args.priority_roi) if args.priority_roi else None,
+        announce=None if args.json else lambda text: console.print(text, highlight=False),
     )
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
@@ -348,7 +366,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             TextColumn("{task.description:<24}"),
             BarColumn(),
             MofNCompleteColumn(),
+            RateColumn(),
             TimeElapsedColumn(),
+            TimeRemainingColumn(),
         )
         with Progress(*columns, console=console, transient=False) as progress:
             result = run(pipeline, progress=_progress_callback(progress), **kwargs)
@@ -364,6 +384,20 @@ def _print_result(result: Any) -> None:
     for name, path in result.outputs.items():
         objects = f" ({result.labels[name]} objects)" if name in result.labels else ""
         out.print(f"  {name}: {path}{objects}")
+    if result.peak_worker_bytes:
+        peak = max(result.peak_worker_bytes.values())
+        out.print(
+            f"  worker memory: peak {human_bytes(peak)}, "
+            f"projected {human_bytes(result.projected_worker_bytes)}"
+        )
+
+
+class RateColumn(ProgressColumn):
+    """Chunks per second of a stage."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.1f}/s")
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

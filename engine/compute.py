@@ -10,7 +10,10 @@ spatial block (one time point).
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +23,7 @@ from engine.chunk_cache import read_cached
 from engine.geometry import Roi, chunk_roi
 from engine.plan import ChunkTask, Link, Source, Stage, chain_boxes, face_array_path, face_box
 from tasks import OPS, Context
-from tasks.label import crossing_pairs
+from tasks.label import FaceComponents, crossing_pairs, final_ids
 from tasks.measure import combine_partials, measure_block
 
 
@@ -34,7 +37,25 @@ class StepFailed(Exception):
 
 
 def open_array(root: str, path: str, mode: str = "r") -> zarr.Array:
-    return zarr.open_array(f"{root}/{path}", mode=mode)
+    """An array, opened once per worker process while its metadata file is unchanged.
+
+    Opening costs about a millisecond (metadata read and parsed), as much as reading or
+    writing a small chunk; every chunk task opens its source and target. The key carries
+    the metadata file's mtime and size, so an array created anew is opened anew.
+    """
+    url = f"{root}/{path}"
+    for name in ("zarr.json", ".zarray"):
+        try:
+            info = os.stat(f"{url}/{name}")
+        except OSError:
+            continue
+        return _open_cached(url, mode, (info.st_mtime_ns, info.st_size, info.st_ino))
+    return zarr.open_array(url, mode=mode)
+
+
+@functools.lru_cache(maxsize=256)
+def _open_cached(url: str, mode: str, stamp: tuple[int, int, int]) -> zarr.Array:
+    return zarr.open_array(url, mode=mode)
 
 
 def read_source(root: str, source: Source, box: Roi) -> np.ndarray:
@@ -208,6 +229,23 @@ def run_faces(
         for _, t_index in time_slices(slab_box, spatial):
             found.append(crossing_pairs(slab[t_index], d, 1, owned, stage.connectivity))
     return np.unique(np.concatenate(found), axis=0)
+
+
+@dataclass(frozen=True)
+class RelabelTable:
+    """What a chunk needs to relabel itself: its provisional ids first..first+count-1,
+    the face components among them, and the output's id offset and dtype."""
+
+    components: FaceComponents
+    first: int
+    count: int
+    offset: int
+    dtype: str
+
+    def table(self) -> np.ndarray:
+        """Local id -> final id (0 stays 0)."""
+        final = final_ids(self.components, self.first, self.count) + np.uint64(self.offset)
+        return np.concatenate([np.zeros(1, np.uint64), final]).astype(self.dtype)
 
 
 def run_relabel(root: str, stage: Stage, write: Roi, table: np.ndarray) -> int:

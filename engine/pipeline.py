@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -41,6 +42,7 @@ class RoiSpec(_Model):
 
     units: str = "pixel"
     level: int = Field(default=0, ge=0)
+    preview: bool = False  # a run over more than this ROI computes its chunks first
     t: tuple[float, float] | None = None
     c: tuple[float, float] | None = None
     z: tuple[float, float] | None = None
@@ -68,8 +70,13 @@ class InputRef(_Model):
 
 
 class OutputSpec(_Model):
+    """Where a step's result goes. `shards` (zarr v3 / NGFF 0.5 only): the shard shape in
+    voxels per work axis (the image's axes without c), a multiple of the chunks; tasks
+    writing the output are grouped per shard, so no two write one shard at once."""
+
     kind: Literal["label", "image", "table"]
     name: str
+    shards: tuple[PositiveInt, ...] | None = None
 
     @field_validator("name")
     @classmethod

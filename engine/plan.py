@@ -105,6 +105,8 @@ class Stage:
     level: int = 0
     connectivity: int = 1
     labels: Source | None = None  # measure: the label image, read per chunk in the ROI
+    grid: tuple[int, ...] = ()  # chunk shape of the tasks' grid, when not the plan's
+    shards: tuple[int, ...] = ()  # shard shape of the target: its tasks go per shard
 
 
 @dataclass(frozen=True)
@@ -380,6 +382,7 @@ class _Compiler:
             tuple(after),
             target,
             out.dtype,
+            shards=out.levels[0].shards or (),
         )
         self._pyramid(step, out, name)
 
@@ -432,7 +435,16 @@ class _Compiler:
             out, target = None, f"{self.scratch}/{step.name}/final"
         relabel = f"{n}/relabel"
         self.stages[relabel] = Stage(
-            relabel, n, "relabel", local_source, (), tasks, (f"{n}/merge",), target, None
+            relabel,
+            n,
+            "relabel",
+            local_source,
+            (),
+            tasks,
+            (f"{n}/merge",),
+            target,
+            None,
+            shards=(out.levels[0].shards or ()) if out is not None else (),
         )
         self.materialised[step.name] = (Source(target, "uint64", self.roi), relabel, False)
         if out is not None:
@@ -553,27 +565,53 @@ class _Compiler:
             name=name,
             dtype=dtype,
             axes=self.axes,
-            levels=self._output_levels(),
+            levels=self._output_levels(step),
             provenance=provenance,
             config_hash=config_hash(provenance),
         )
         self.outputs.append(out)
         return out
 
-    def _output_levels(self) -> tuple[LevelSpec, ...]:
+    def _output_levels(self, step: Step) -> tuple[LevelSpec, ...]:
         keep = [i for i in range(len(self.meta.axes)) if i != self.c_axis]
+        shards = self._shards(step)
         levels = []
         for k, lv in enumerate(self.meta.levels[self.level :]):
+            chunks = tuple(lv.chunks[i] for i in keep)
+            if shards is not None and any(s % c for s, c in zip(shards, chunks, strict=True)):
+                raise ConfigError(
+                    f"step '{step.name}': output.shards {list(shards)} must be a multiple of "
+                    f"the chunks {list(chunks)} (level s{k})"
+                )
             levels.append(
                 LevelSpec(
                     path=f"s{k}",
                     shape=tuple(lv.shape[i] for i in keep),
-                    chunks=tuple(lv.chunks[i] for i in keep),
+                    chunks=chunks,
                     scale=tuple(lv.scale[i] for i in keep),
                     translation=tuple(lv.translation[i] for i in keep),
+                    shards=shards,
                 )
             )
         return tuple(levels)
+
+    def _shards(self, step: Step) -> tuple[int, ...] | None:
+        shards = step.output.shards if step.output is not None else None
+        if shards is None:
+            return None
+        if step.output is not None and step.output.kind == "table":
+            raise ConfigError(f"step '{step.name}': output.shards applies to images and labels")
+        if self.meta.version != "0.5":
+            raise ConfigError(
+                f"step '{step.name}': output.shards needs zarr v3 (NGFF 0.5); "
+                f"{self.meta.path} is NGFF {self.meta.version}"
+            )
+        if len(shards) != len(self.axes):
+            raise ConfigError(
+                f"step '{step.name}': output.shards has {len(shards)} values; the output has "
+                f"{len(self.axes)} axes ({', '.join(self.axis_names)})"
+            )
+        return tuple(int(s) for s in shards)
 
     def _pyramid(self, step: Step, out: OutputPlan, after: str) -> None:
         region = self.roi
@@ -613,6 +651,8 @@ class _Compiler:
                 out.dtype,
                 level=k,
                 connectivity=0 if out.kind == "label" else 1,
+                grid=upper.chunks,
+                shards=upper.shards or (),
             )
             previous = name
 

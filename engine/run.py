@@ -20,11 +20,12 @@ import numpy as np
 import zarr
 
 from engine.errors import ConfigError, EngineError, OutputConflict
-from engine.execute.cluster import ClusterArg, connect
+from engine.execute.cluster import ClusterArg, connect, worker_memory
 from engine.execute.executor import Executor, StageStats, TaskFailed
 from engine.geometry import Roi
 from engine.lock import OutputLocks
 from engine.markers import Markers
+from engine.memory import check_fits
 from engine.ngff.metadata import ImageMeta, open_group, read_image
 from engine.ngff.tables import merge_rows, read_table, table_attrs, write_table
 from engine.ngff.write import (
@@ -63,6 +64,9 @@ class RunResult:
     stages: list[StageStats]
     seconds: float
     labels: dict[str, int] = field(default_factory=dict)
+    merge: dict[str, dict[str, float]] = field(default_factory=dict)  # per global step
+    peak_worker_bytes: dict[str, int] = field(default_factory=dict)  # per worker address
+    projected_worker_bytes: int = 0  # engine/memory.py, checked before the run
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +84,9 @@ class RunResult:
                 {"name": s.name, "kind": s.kind, "tasks": s.tasks, "seconds": round(s.seconds, 3)}
                 for s in self.stages
             ],
+            "merge": self.merge,
+            "peak_worker_bytes": self.peak_worker_bytes,
+            "projected_worker_bytes": self.projected_worker_bytes,
         }
 
 
@@ -129,6 +136,8 @@ def run(
     cluster: ClusterArg = None,
     resume: bool = False,
     retries: int = RETRIES,
+    priority_roi: str | RoiSpec | dict | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run a pipeline on an image (or an ROI of it) and write its outputs into the image's zarr.
 
@@ -140,6 +149,11 @@ def run(
     id and scratch), skipping the chunks it marked, and refuses if the config, ROI or
     chunking differ. Outputs are locked for the run (`_engine/locks/`), and the run record
     (`_engine/runs/<run_id>` attributes) follows it; scratch is removed on success only.
+
+    `priority_roi` (default: a config ROI with `preview: true`) is computed first in every
+    stage, so its result is on disk early. Before any chunk runs, the plan's projected
+    worker memory is checked against the workers' memory limit (engine/memory.py).
+    `announce` receives one-line notices for the user (the dask dashboard address).
     """
     if overwrite and update:
         raise ConfigError("--overwrite and --update exclude each other")
@@ -156,6 +170,7 @@ def run(
         overwrite, update = bool(old.get("overwrite")), bool(old.get("update"))
     layout = layout_hash(plan)
     config = pipeline.to_dict()
+    priority = priority_box(pipeline, priority_roi, meta, plan)
     if old is not None:
         check_resumable(old, config, plan, layout)
     created = set(old.get("created", [])) if old else set()
@@ -189,6 +204,11 @@ def run(
 
         try:
             with connect(workers, scheduler, cluster, pipeline.cluster) as client:
+                limit, threads = worker_memory(client)
+                projected = check_fits(plan, limit, threads)
+                record.update(projected_worker_bytes=projected, worker_memory_limit=limit)
+                if announce is not None and client.dashboard_link:
+                    announce(f"dask dashboard: {client.dashboard_link}")
                 markers = Markers(meta.path, plan, layout)
                 executor = Executor(
                     client,
@@ -200,6 +220,7 @@ def run(
                     retries=retries,
                     backoff=BACKOFF,
                     on_stage=on_stage,
+                    priority=priority,
                 )
                 stages = executor.run()
             writer.finish(executor)
@@ -207,7 +228,12 @@ def run(
         except BaseException as exc:
             _fail_record(record, plan, meta.path, layout, stage_rows, executor, exc)
             raise
-        record.update(state="completed", ended=now(), **_totals(stage_rows))
+        record.update(
+            state="completed",
+            ended=now(),
+            peak_worker_bytes=max(executor.peak_memory.values(), default=0),
+            **_totals(stage_rows),
+        )
         writer.drop_scratch()
     finally:
         locks.release()
@@ -218,8 +244,33 @@ def run(
         if any(o.step == step for o in plan.outputs)
     }
     return RunResult(
-        run_id, meta.path, plan.roi, outputs, stages, time.perf_counter() - started, labels
+        run_id,
+        meta.path,
+        plan.roi,
+        outputs,
+        stages,
+        time.perf_counter() - started,
+        labels,
+        executor.merge_stats,
+        executor.peak_memory,
+        projected,
     )
+
+
+def priority_box(
+    pipeline: Pipeline, roi: str | RoiSpec | dict | None, meta: ImageMeta, plan: Plan
+) -> Roi | None:
+    """The box (plan work space) a run computes first: `roi`, else a config ROI marked
+    `preview: true`; clipped to the run's ROI."""
+    if roi is None:
+        roi = next((name for name, spec in pipeline.rois.items() if spec.preview), None)
+        if roi is None:
+            return None
+    name, spec = roi_spec(pipeline, roi, meta.path)
+    box = resolve_roi(spec, meta, plan.level, name)
+    keep = [i for i in range(len(meta.axes)) if i != meta.channel_axis]
+    work = Roi(tuple(box.start[i] for i in keep), tuple(box.stop[i] for i in keep), plan.level)
+    return work.intersect(plan.roi)
 
 
 def _roi_json(plan: Plan) -> dict[str, Any]:
@@ -329,16 +380,16 @@ def _fail_record(
 ) -> None:
     """The record of a run that stopped: its error, and per stage the chunks marked done."""
     try:
-        current = executor.current if executor is not None else None
-        if current is not None and current[0] not in {
-            s for s, r in stage_rows.items() if "done" in r
-        }:
-            name, _, skipped = current
+        started = executor.in_progress() if executor is not None else {}
+        finished = {s for s, r in stage_rows.items() if "done" in r}
+        for name, (_, skipped) in started.items():
+            if name in finished:
+                continue
             stage = plan.stage(name)
             marked = len(Markers(root, plan, layout).done(stage)) if stage.tasks else 0
             row = stage_rows.setdefault(name, {"kind": stage.kind, "tasks": len(stage.tasks)})
             row["skipped"], row["done"] = skipped, max(0, marked - skipped)
-            row["failed"] = 1 if isinstance(exc, TaskFailed) else 0
+            row["failed"] = 1 if isinstance(exc, TaskFailed) and exc.stage == name else 0
         message = str(exc) or type(exc).__name__
         if not isinstance(exc, EngineError):
             message = f"{type(exc).__name__}: {message}"

@@ -3,15 +3,16 @@
 The engine runs this in four passes (as cluster_tools and igneous do):
 label each block on its own (`label_block`), collect pairs of ids that touch
 across block borders (`crossing_pairs`), resolve the pairs into components
-with one union-find (`resolve_components`), and relabel every block from the
-resulting table. Only the pairs and one id per object ever meet in one place;
-pixel data stays in blocks.
+with one union-find (`resolve_face_components`), and relabel every block from
+`final_ids`. Only the ids on block faces ever meet in one place; pixel data
+stays in blocks, and one id per object only ever exists per block.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import Field
@@ -71,27 +72,67 @@ def crossing_pairs(
     return np.unique(np.concatenate(found).astype(np.uint64), axis=0)
 
 
-def resolve_components(n_ids: int, pairs: np.ndarray) -> np.ndarray:
-    """Final id for every provisional id 0..n_ids (0 stays background).
+@dataclass(frozen=True)
+class FaceComponents:
+    """Components of the ids that touch across block borders, all the merge keeps.
 
-    Components are numbered 1..K in the order of their smallest provisional id, so
-    the result depends only on the provisional numbering, not on pair order.
+    `ids` (sorted) are the provisional ids seen in any pair, `roots` the smallest id of
+    each one's component, `merged` (sorted) the ids that are not their component's
+    smallest. Every other id is an object of its own. That is enough to number all
+    objects 1..K in the order of their smallest provisional id (`final_ids`), so the
+    merge holds data for the objects on faces only, never one entry per object.
     """
-    nodes = n_ids + 1
-    if len(pairs):
-        graph = sparse.coo_matrix(
-            (np.ones(len(pairs), dtype=np.int8), (pairs[:, 0], pairs[:, 1])),
-            shape=(nodes, nodes),
-        )
-    else:
-        graph = sparse.coo_matrix((nodes, nodes), dtype=np.int8)
+
+    ids: np.ndarray
+    roots: np.ndarray
+    merged: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.roots.nbytes + self.merged.nbytes
+
+    def within(self, first: int, count: int) -> FaceComponents:
+        """The part a block whose provisional ids are first..first+count-1 needs."""
+        lo, hi = np.searchsorted(self.ids, [first, first + count])
+        return FaceComponents(self.ids[lo:hi], self.roots[lo:hi], self.merged)
+
+
+def resolve_face_components(pairs: np.ndarray) -> FaceComponents:
+    """One union-find over the pairs of touching provisional ids."""
+    ids = np.unique(pairs)
+    if len(ids) == 0:
+        empty = np.zeros(0, dtype=np.uint64)
+        return FaceComponents(empty, empty, empty)
+    where = np.searchsorted(ids, pairs)
+    graph = sparse.coo_matrix(
+        (np.ones(len(pairs), dtype=np.int8), (where[:, 0], where[:, 1])),
+        shape=(len(ids), len(ids)),
+    )
     _, component = connected_components(graph, directed=False)
-    _, first, inverse = np.unique(component, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first)] = np.arange(len(first))
-    final = rank[inverse]
-    dtype = np.uint32 if final.max(initial=0) < 2**32 else np.uint64
-    return final.astype(dtype)
+    _, first = np.unique(component, return_index=True)  # ids are sorted: first is smallest
+    roots = ids[first][component]
+    return FaceComponents(ids, roots, ids[ids != roots])
+
+
+def final_ids(components: FaceComponents, first: int, count: int) -> np.ndarray:
+    """Final ids of provisional ids first..first+count-1: consecutive from 1 over all
+    objects, in the order of each object's smallest provisional id."""
+    provisional = np.arange(first, first + count, dtype=np.uint64)
+    root = provisional.copy()
+    if len(components.ids):
+        at = np.searchsorted(components.ids, provisional)
+        found = at < len(components.ids)
+        found[found] = components.ids[at[found]] == provisional[found]
+        root[found] = components.roots[at[found]]
+    return root - np.searchsorted(components.merged, root).astype(np.uint64)
+
+
+def resolve_components(n_ids: int, pairs: np.ndarray) -> np.ndarray:
+    """Final id for every provisional id 0..n_ids (0 stays background)."""
+    final = final_ids(resolve_face_components(pairs), 1, n_ids)
+    table = np.concatenate([[0], final]).astype(np.uint64)
+    dtype = np.uint32 if table.max(initial=0) < 2**32 else np.uint64
+    return table.astype(dtype)
 
 
 LABEL = OpSpec(

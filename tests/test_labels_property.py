@@ -65,6 +65,20 @@ def test_one_object_spanning_every_chunk(tmp_path, scheduler):
     result, got = label_mask(path, scheduler)
     assert result.labels["cc"] == 1
     assert np.array_equal(got, mask.astype(np.uint32))
+    merge = result.merge["cc"]
+    assert merge["face_ids"] > 1 and merge["objects"] == 1
+
+
+def test_merge_holds_only_objects_on_chunk_faces(tmp_path, scheduler):
+    """Objects that touch no chunk border never reach the merge: it holds nothing."""
+    mask = np.zeros((40, 48), dtype=np.uint8)
+    mask[2:8:2, 2:10:2] = 1  # 12 pixels inside the first chunk
+    mask[20:25, 0:48] = 1  # one bar across all three chunks in x
+    path = write_image(tmp_path / "m.zarr", mask, (40, 16), levels=1)
+    result, got = label_mask(path, scheduler)
+    assert result.labels["cc"] == 13
+    merge = result.merge["cc"]
+    assert merge["face_ids"] == 3 and merge["pairs"] == 2
 
 
 def test_more_objects_than_uint16_holds(tmp_path, scheduler):
@@ -75,5 +89,6 @@ def test_more_objects_than_uint16_holds(tmp_path, scheduler):
     ref, n = ndimage.label(mask)
     assert n == 90_000 > np.iinfo(np.uint16).max
     assert result.labels["cc"] == n and got.dtype == np.uint32
+    assert result.merge["cc"]["bytes"] == 0  # no object touches a chunk border
     assert same_partition(got, ref)
     assert np.array_equal(np.unique(got), np.arange(n + 1))

@@ -91,3 +91,11 @@ def connect(
         Client(cluster_) as client,
     ):
         yield client
+
+
+def worker_memory(client: Client) -> tuple[int, int]:
+    """The smallest worker memory limit (0: none) and the most threads on one worker."""
+    workers = client.scheduler_info().get("workers", {}).values()
+    limits = [int(w.get("memory_limit") or 0) for w in workers]
+    threads = max((int(w.get("nthreads", 1)) for w in workers), default=1)
+    return min((m for m in limits if m), default=0), threads

@@ -1,34 +1,46 @@
-"""Driving a Plan on dask.distributed through futures.
+"""Driving a Plan on dask.distributed through futures, chunk by chunk.
 
-Stages run in plan order; within a stage, chunk tasks are grouped into batches
-(neighbouring chunks together, since plan order is C order) so that the
-scheduler's per-task cost is paid per batch, not per chunk. Reductions, the
-label merge and measurement tables are combined here, on the driver, from small
-per-chunk results.
+Chunk tasks are grouped into batches (neighbouring chunks together, in Z order)
+so the scheduler's per-task cost is paid per batch, not per chunk; each chunk is
+still marked done on its own. A batch depends on exactly the batches of earlier
+stages that write what its chunks read, so a chunk of a later stage starts as
+soon as its inputs are written: reductions and the label merge are the only
+barriers, where the driver combines small per-chunk results. Batches are handed
+to dask in waves, a bounded number in flight, later stages first, so neither the
+driver nor the scheduler ever holds a graph the size of the plan.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import math
+import resource
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from distributed import Client, as_completed
+from distributed import Client, Future, as_completed
 
 from engine import compute
+from engine.compute import RelabelTable
 from engine.errors import EngineError
 from engine.geometry import Roi, chunks_touching
 from engine.markers import KEEP_RESULTS, ChunkMarker, Markers
 from engine.plan import ChunkTask, Plan, Stage, downsample_factors
 from tasks import OPS
-from tasks.label import resolve_components
+from tasks.label import FaceComponents, resolve_face_components
 from tasks.measure import Partial, combine_partials
 
-BATCHES_PER_WORKER = 4
+BATCHES_PER_WORKER = 4  # batches per worker and stage, when chunks are many enough
+MAX_BATCH = 64  # chunks per batch: bounds what one dask task ships, holds and redoes
+IN_FLIGHT_PER_WORKER = 16  # batches handed to dask at once, per worker
+PREVIEW_PRIORITY = 1_000_000  # added to dask priority for chunks in the priority box
 
 
 @dataclass(frozen=True)
@@ -43,10 +55,13 @@ class StageStats:
 
 @dataclass(frozen=True)
 class LabelResult:
-    """What a label merge produced: how many objects, and the dtype they need."""
+    """What a label merge produced: how many objects, the dtype they need, the id offset
+    (an --update continues after the output's largest id) and the objects per chunk."""
 
     count: int
     dtype: str
+    offset: int = 0
+    counts: tuple[int, ...] = ()
 
 
 class TaskFailed(EngineError):
@@ -61,9 +76,10 @@ class TaskFailed(EngineError):
         return (TaskFailed, (str(self), self.stage, self.index))
 
 
-def _run_batch(kind: str, root: str, stage: Stage, items: list, common: dict) -> list:
-    """Run a batch of chunk tasks on a worker. Each is tried `retries` more times after a
-    failure (with backoff); each is marked done (markers.py) right after it succeeds."""
+def _run_batch(kind: str, root: str, stage: Stage, items: list, common: dict, *after: Any) -> list:
+    """Run a batch of chunk tasks on a worker (`after`: the batches it waited for). Each
+    is tried `retries` more times after a failure (with backoff); each is marked done
+    (markers.py) right after it succeeds."""
     marker = ChunkMarker(root, common["marker"]) if common.get("marker") else None
     retries, backoff = common.get("retries", 0), common.get("backoff", 0.2)
     results = []
@@ -107,7 +123,7 @@ def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, co
     if kind == "faces":
         return compute.run_faces(root, stage, task, spatial, common["chunks"], extra)
     if kind == "relabel":
-        return compute.run_relabel(root, stage, task.write, extra)
+        return compute.run_relabel(root, stage, task.write, extra.table())
     if kind == "pyramid":
         return compute.run_pyramid(root, stage, task.read, task.write, common["factors"])
     if kind == "measure":
@@ -125,9 +141,35 @@ def morton_key(index: Sequence[int]) -> int:
     return key
 
 
+@dataclass
+class _Batch:
+    id: int
+    members: list[int]  # positions in the stage's tasks
+    deps: set[int]  # ids of the batches of earlier stages it reads from
+    preview: bool
+
+
+@dataclass
+class _StageRun:
+    """One stage's progress through the run: batches waiting, in flight and done."""
+
+    stage: Stage
+    order: int
+    results: list[Any]
+    waiting: deque[_Batch]
+    batch_of: dict[tuple[int, ...], int]  # chunk index -> id of the batch computing it
+    started: float
+    advance: Callable[[int], None] | None
+    remaining: int = 0  # batches not yet completed
+    done: int = 0
+    skipped: int = 0
+    seconds: float | None = None  # set when complete
+
+
 class Executor:
     """Runs one plan. `prepare_output(step, dtype, count)` is called before a stage writes
-    an output, so the run decides where and how outputs are created."""
+    an output, so the run decides where and how outputs are created. `priority` is a box
+    (plan level, work axes) whose chunks every stage computes before its others."""
 
     def __init__(
         self,
@@ -140,45 +182,46 @@ class Executor:
         retries: int = 0,
         backoff: float = 0.2,
         on_stage: Callable[[StageStats], None] | None = None,
+        priority: Roi | None = None,
     ) -> None:
         self.client = client
         self.markers = markers
         self.retries = retries
         self.backoff = backoff
         self.on_stage = on_stage
-        self.current: tuple[str, int, int] | None = None  # stage, computed, skipped
+        self.priority = priority
         self.root = root
         self.plan = plan
         self.prepare_output = prepare_output
         self.progress = progress
         self.values: dict[str, dict[Any, Any]] = {}
-        self.counts: dict[str, list[int]] = {}
-        self.pairs: dict[str, np.ndarray] = {}
-        self.tables: dict[str, tuple[np.ndarray, list[int]]] = {}
+        self.components: dict[str, FaceComponents] = {}
         self.labels: dict[str, LabelResult] = {}
         self.measurements: dict[str, Partial] = {}
         self.merge_stats: dict[str, dict[str, float]] = {}
         self.workers = max(1, len(client.scheduler_info().get("workers", {})))
+        self.max_in_flight = self.workers * IN_FLIGHT_PER_WORKER
+        self.runs: dict[str, _StageRun] = {}
+        self.stats: dict[str, StageStats] = {}
+        self.live: dict[int, Future] = {}  # batch id -> future, while in flight
+        self.unsubmitted: set[int] = set()
+        self.next_id = 0
+        self.completed = as_completed()
+        self.owner: dict[Future, tuple[_StageRun, _Batch]] = {}
+        self.peak_memory: dict[str, int] = {}
+        self._batch_args: dict[str, tuple[Stage, Sequence[Any], dict[str, Any]]] = {}
 
     def run(self) -> list[StageStats]:
-        stats = []
+        self.client.run(reset_peak_memory)
         for stage in self.plan.stages:
-            started = time.perf_counter()
-            self.current = (stage.name, 0, 0)
             getattr(self, f"_{stage.kind}")(stage)
-            _, done, skipped = self.current
-            stat = StageStats(
-                stage.name,
-                stage.kind,
-                len(stage.tasks),
-                time.perf_counter() - started,
-                done,
-                skipped,
-            )
-            stats.append(stat)
-            if self.on_stage is not None:
-                self.on_stage(stat)
-        return stats
+        self._drain(lambda: not self.live and not self.unsubmitted)
+        self.peak_memory = self.client.run(peak_memory)
+        return [self.stats[s.name] for s in self.plan.stages]
+
+    def in_progress(self) -> dict[str, tuple[int, int]]:
+        """Stages started but not complete: (chunks computed, chunks skipped)."""
+        return {n: (r.done, r.skipped) for n, r in self.runs.items() if r.seconds is None}
 
     def _common(self, stage: Stage, **extra: Any) -> dict[str, Any]:
         needed = {link.value_from for link in stage.chain if link.value_from}
@@ -193,56 +236,177 @@ class Executor:
             **extra,
         }
 
-    def _map(self, stage: Stage, extras: Sequence[Any] | None = None, **common: Any) -> list[Any]:
-        """Run every task of a stage in batches; results in task order."""
+    def _enqueue(
+        self, stage: Stage, extras: Sequence[Any] | None = None, **common: Any
+    ) -> _StageRun:
+        """Queue every chunk task of a stage in batches; they go to dask as `_pump` allows."""
         tasks = stage.tasks
-        if not tasks:
-            return []
         extras = extras if extras is not None else [None] * len(tasks)
-        results: list[Any] = [None] * len(tasks)
         shipped = dataclasses.replace(stage, tasks=())
         shared = self._common(stage, **common)
-        todo = range(len(tasks))
-        if self.markers is not None:
+        results: list[Any] = [None] * len(tasks)
+        todo = list(range(len(tasks)))
+        if self.markers is not None and tasks:
             done = self.markers.prepare(stage)
             todo = [i for i in todo if tasks[i].index not in done]
-            for i in range(len(tasks)):
-                if tasks[i].index in done:
-                    results[i] = self.markers.load_result(stage, tasks[i].index)
+            for i in set(range(len(tasks))) - set(todo):
+                results[i] = self.markers.load_result(stage, tasks[i].index)
             shared["marker"] = self.markers.worker_info(stage)
         shared["retries"], shared["backoff"] = self.retries, self.backoff
-        skipped = len(tasks) - len(todo)
-        self.current = (stage.name, 0, skipped)
-        size = max(1, math.ceil(len(todo) / (self.workers * BATCHES_PER_WORKER)))
-        order = sorted(todo, key=lambda i: morton_key(tasks[i].index))
-        futures = {}
-        for start in range(0, len(order), size):
-            members = order[start : start + size]
-            items = [(tasks[i], extras[i]) for i in members]
-            future = self.client.submit(
-                _run_batch, stage.kind, self.root, shipped, items, shared, pure=False
-            )
-            futures[future] = members
-        advance = self.progress(stage.name, len(tasks)) if self.progress else None
-        if advance and skipped:
-            advance(skipped)
-        for future in as_completed(futures):
-            members = futures[future]
+        advance = self.progress(stage.name, len(tasks)) if self.progress and tasks else None
+        run = _StageRun(stage, len(self.runs), results, deque(), {}, time.perf_counter(), advance)
+        run.skipped = len(tasks) - len(todo)
+        if advance and run.skipped:
+            advance(run.skipped)
+        self.runs[stage.name] = run
+        preview = self._preview_box(stage)
+        units = self._units(stage, todo)
+        first = [u for u in units if preview is not None and self._touches(stage, u, preview)]
+        rest = [u for u in units if not (preview is not None and self._touches(stage, u, preview))]
+        size = min(MAX_BATCH, max(1, math.ceil(len(todo) / (self.workers * BATCHES_PER_WORKER))))
+        for group, is_preview in ((first, True), (rest, False)):
+            members: list[int] = []
+            for k, unit in enumerate(group):
+                members.extend(unit)
+                if len(members) >= size or k == len(group) - 1:
+                    batch = _Batch(self.next_id, members, self._deps(stage, members), is_preview)
+                    self.next_id += 1
+                    for i in members:
+                        run.batch_of[tasks[i].index] = batch.id
+                    run.waiting.append(batch)
+                    self.unsubmitted.add(batch.id)
+                    members = []
+        run.remaining = len(run.waiting)
+        self._batch_args[stage.name] = (shipped, extras, shared)
+        if not run.remaining:
+            self._complete(run)
+        self._pump()
+        return run
+
+    @staticmethod
+    def _units(stage: Stage, todo: list[int]) -> list[list[int]]:
+        """Tasks that must share a batch, in Z order: those writing one shard of a sharded
+        output (a shard is one file: two tasks writing it at once would lose chunks);
+        otherwise each task alone."""
+        if not stage.shards:
+            return [[i] for i in sorted(todo, key=lambda i: morton_key(stage.tasks[i].index))]
+        by_shard: dict[tuple[int, ...], list[int]] = {}
+        for i in sorted(todo, key=lambda i: morton_key(stage.tasks[i].index)):
+            start = stage.tasks[i].write.start
+            key = tuple(int(a) // s for a, s in zip(start, stage.shards, strict=True))
+            by_shard.setdefault(key, []).append(i)
+        return [by_shard[key] for key in sorted(by_shard, key=morton_key)]
+
+    @staticmethod
+    def _touches(stage: Stage, unit: list[int], box: Roi) -> bool:
+        return any(not stage.tasks[i].write.intersect(box).empty() for i in unit)
+
+    def _deps(self, stage: Stage, members: list[int]) -> set[int]:
+        """Batches of unfinished earlier stages whose chunks these tasks read."""
+        deps: set[int] = set()
+        for name in stage.after:
+            upstream = self.runs.get(name)
+            if upstream is None or upstream.seconds is not None:
+                continue
+            grid = upstream.stage.grid or self.plan.chunks
+            for i in members:
+                task = stage.tasks[i]
+                for box in (task.read, task.write):
+                    for index in grid_indices(box, grid):
+                        batch = upstream.batch_of.get(index)
+                        if batch is not None:
+                            deps.add(batch)
+        return deps
+
+    def _preview_box(self, stage: Stage) -> Roi | None:
+        """The priority box in the coordinates of the stage's tasks (its pyramid level)."""
+        if self.priority is None:
+            return None
+        if stage.kind != "pyramid":
+            return self.priority
+        out = next(o for o in self.plan.outputs if o.step == stage.step)
+        factors = downsample_factors(out.levels[0], out.levels[stage.level])
+        box = self.priority
+        return Roi(
+            tuple(a // f for a, f in zip(box.start, factors, strict=True)),
+            tuple(-(-b // f) for b, f in zip(box.stop, factors, strict=True)),
+            box.level + stage.level,
+        )
+
+    def _pump(self) -> None:
+        """Submit waiting batches, later stages first, up to the in-flight bound; a batch
+        goes only once every batch it depends on has gone."""
+        for run in sorted(self.runs.values(), key=lambda r: -r.order):
+            while run.waiting and len(self.live) < self.max_in_flight:
+                batch = run.waiting[0]
+                if batch.deps & self.unsubmitted:
+                    break
+                run.waiting.popleft()
+                self._submit(run, batch)
+
+    def _submit(self, run: _StageRun, batch: _Batch) -> None:
+        stage = run.stage
+        shipped, extras, shared = self._batch_args[stage.name]
+        items = [(stage.tasks[i], extras[i]) for i in batch.members]
+        deps = [self.live[d] for d in batch.deps if d in self.live]
+        future = self.client.submit(
+            _run_batch,
+            stage.kind,
+            self.root,
+            shipped,
+            items,
+            shared,
+            *deps,
+            pure=False,
+            priority=run.order + (PREVIEW_PRIORITY if batch.preview else 0),
+        )
+        self.unsubmitted.discard(batch.id)
+        self.live[batch.id] = future
+        self.owner[future] = (run, batch)
+        self.completed.add(future)
+
+    def _drain(self, until: Callable[[], bool]) -> None:
+        """Handle finished batches (and submit more) until `until()` holds."""
+        self._pump()
+        while not until():
+            if not self.live:
+                raise RuntimeError("the executor waits for work that was never submitted")
+            future = next(self.completed)
+            run, batch = self.owner.pop(future)
+            del self.live[batch.id]
             try:
                 batch_results = future.result()
             except EngineError as exc:
-                for other in futures:
+                for other in self.owner:
                     other.cancel()
                 if isinstance(exc, TaskFailed):
                     raise TaskFailed(f"{exc}; ROI {self.plan.roi}", exc.stage, exc.index) from None
                 raise
-            for i, result in zip(members, batch_results, strict=True):
-                results[i] = result
-            name, computed, skipped = self.current
-            self.current = (name, computed + len(members), skipped)
-            if advance:
-                advance(len(members))
-        return results
+            for i, result in zip(batch.members, batch_results, strict=True):
+                run.results[i] = result
+            run.done += len(batch.members)
+            run.remaining -= 1
+            if run.advance:
+                run.advance(len(batch.members))
+            if not run.remaining:
+                self._complete(run)
+            self._pump()
+
+    def _complete(self, run: _StageRun) -> None:
+        run.seconds = time.perf_counter() - run.started
+        self._record(run.stage, run.seconds, run.done, run.skipped)
+
+    def _record(self, stage: Stage, seconds: float, done: int = 0, skipped: int = 0) -> None:
+        stat = StageStats(stage.name, stage.kind, len(stage.tasks), seconds, done, skipped)
+        self.stats[stage.name] = stat
+        if self.on_stage is not None:
+            self.on_stage(stat)
+
+    def _collect(self, *names: str) -> list[list[Any]]:
+        """Wait for whole stages (a barrier) and return their per-task results."""
+        runs = [self.runs[n] for n in names]
+        self._drain(lambda: all(r.seconds is not None for r in runs))
+        return [r.results for r in runs]
 
     def _reduce(self, stage: Stage) -> None:
         if stage.target is not None:
@@ -251,8 +415,9 @@ class Executor:
         op = OPS[link.op]
         params = op.params.model_validate(link.params)
         reduction = op.reduction(params)
+        self._enqueue(stage)
         combined: dict[Any, Any] = {}
-        for partials in self._map(stage):
+        for partials in self._collect(stage.name)[0]:
             for t, partial in partials.items():
                 combined[t] = reduction.combine(combined[t], partial) if t in combined else partial
         previous = self.values.get(f"{stage.step}/reduce-{stage.pass_no - 1}", {})
@@ -266,55 +431,70 @@ class Executor:
 
     def _blockwise(self, stage: Stage) -> None:
         self.prepare_output(stage.step, stage.target_dtype, None)
-        self._map(stage)
+        self._enqueue(stage)
 
     def _label(self, stage: Stage) -> None:
         self.prepare_output(f"{stage.step}/local", "uint32", None)
-        self.counts[stage.step] = self._map(stage)
-
-    def _bases(self, stage: Stage) -> dict[tuple[int, ...], int]:
-        counts = self.counts[stage.step]
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return {t.index: int(offsets[i]) for i, t in enumerate(stage.tasks)}
+        self._enqueue(stage)
 
     def _faces(self, stage: Stage) -> None:
-        bases = self._bases(stage)
+        """Face pairs in ids (chunk position << 32 | local id): known before any chunk
+        is labelled, so a chunk's faces go as soon as it and its neighbours are done."""
+        position = {t.index: i for i, t in enumerate(stage.tasks)}
         bounds = Roi.from_shape(tuple(int(b) for b in self.plan.roi.stop), self.plan.level)
         extras = [
             {
-                idx: bases[idx]
+                idx: position[idx] << 32
                 for idx, _ in chunks_touching(t.read, self.plan.chunks, bounds)
-                if idx in bases
+                if idx in position
             }
             for t in stage.tasks
         ]
-        found = self._map(stage, extras)
-        self.pairs[stage.step] = (
-            np.concatenate(found) if found else np.zeros((0, 2), dtype=np.uint64)
-        )
+        self._enqueue(stage, extras)
 
     def _merge(self, stage: Stage) -> None:
-        counts = self.counts[stage.step]
-        final = resolve_components(int(sum(counts)), self.pairs.pop(stage.step)).astype(np.uint64)
-        count = int(final.max(initial=0))
+        started = time.perf_counter()
+        counts, found = self._collect(f"{stage.step}/label", f"{stage.step}/faces")
+        waited = time.perf_counter() - started
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
+        pairs = np.concatenate([np.zeros((0, 2), np.uint64), *found])
+        # chunk position << 32 | local id  ->  provisional id, consecutive over chunks
+        pairs = offsets[(pairs >> np.uint64(32)).astype(np.int64)] + (pairs & np.uint64(2**32 - 1))
+        components = resolve_face_components(pairs)
+        count = int(offsets[-1]) - len(components.merged)
         offset = self.prepare_output(stage.step, "uint64" if count >= 2**32 else "uint32", count)
-        final[final > 0] += np.uint64(offset)
         dtype = "uint32" if count + offset < 2**32 else "uint64"
-        self.tables[stage.step] = (final.astype(dtype), counts)
-        self.labels[stage.step] = LabelResult(count, dtype)
+        self.components[stage.step] = components
+        self.labels[stage.step] = LabelResult(count, dtype, offset, tuple(int(c) for c in counts))
+        self.merge_stats[stage.step] = {
+            "objects": count,
+            "face_ids": len(components.ids),
+            "pairs": len(pairs),
+            "seconds": time.perf_counter() - started - waited,
+            "bytes": components.nbytes + pairs.nbytes,
+        }
+        self._record(stage, time.perf_counter() - started)
 
     def _relabel(self, stage: Stage) -> None:
-        final, counts = self.tables.pop(stage.step)
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        result = self.labels[stage.step]
+        components = self.components.pop(stage.step)
+        firsts = np.concatenate([[1], np.cumsum(result.counts) + 1]).astype(np.int64)
         extras = [
-            np.concatenate([final[:1], final[offsets[i] + 1 : offsets[i] + counts[i] + 1]])
-            for i in range(len(stage.tasks))
+            RelabelTable(
+                components.within(int(firsts[i]), count),
+                int(firsts[i]),
+                count,
+                result.offset,
+                result.dtype,
+            )
+            for i, count in enumerate(result.counts)
         ]
-        self._map(stage, extras)
+        self._enqueue(stage, extras)
 
     def _measure(self, stage: Stage) -> None:
         """Per-chunk partials combined into one row per object; the run writes the table."""
-        parts = self._map(stage)
+        self._enqueue(stage)
+        parts = self._collect(stage.name)[0]
         started = time.perf_counter()
         rows = sum(len(p["label"]) for p in parts)
         combined = combine_partials(parts) if parts else None
@@ -332,4 +512,32 @@ class Executor:
     def _pyramid(self, stage: Stage) -> None:
         out = next(o for o in self.plan.outputs if o.step == stage.step)
         factors = downsample_factors(out.levels[stage.level - 1], out.levels[stage.level])
-        self._map(stage, factors=factors)
+        self._enqueue(stage, factors=factors)
+
+
+def grid_indices(box: Roi, grid: Sequence[int]) -> Iterator[tuple[int, ...]]:
+    """Indices of the chunks of a regular grid (origin 0) that a box touches."""
+    if box.empty():
+        return iter(())
+    ranges = [
+        range(int(a) // g, -(-int(b) // g))
+        for a, b, g in zip(box.start, box.stop, grid, strict=True)
+    ]
+    return itertools.product(*ranges)
+
+
+def reset_peak_memory() -> None:
+    """Start a worker's peak-RSS count afresh (Linux: 5 to clear_refs resets VmHWM)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory() -> int:
+    """A worker's peak resident memory since the last reset, in bytes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,129 @@
+"""The micro-scheduler on a real cluster: chunk-level pipelining across stages, priority
+ROIs, sharded outputs written by many workers, and the memory check before a run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import blobs, same_partition, write_image
+from scipy import ndimage
+
+from engine import Pipeline
+from engine.errors import ConfigError
+from engine.ngff.metadata import Axis
+from engine.ngff.write import LevelSpec, create_image
+from engine.run import run
+
+SMOOTH = {"name": "smooth", "op": "gaussian", "params": {"sigma": 1.5}}
+
+
+def chunk_mtimes(array: Path) -> dict[tuple[int, ...], int]:
+    """Modification time (ns) of every stored chunk file, by chunk index."""
+    return {
+        tuple(int(p) for p in f.relative_to(array / "c").parts): f.stat().st_mtime_ns
+        for f in (array / "c").rglob("*")
+        if f.is_file()
+    }
+
+
+def test_pyramid_chunks_start_before_the_level_below_is_finished(tmp_path, scheduler):
+    image = write_image(tmp_path / "img.zarr", blobs((32, 256, 256)), (8, 32, 32))
+    pipeline = Pipeline.model_validate(
+        {"steps": [{**SMOOTH, "output": {"kind": "image", "name": "smooth"}}]}
+    )
+    run(pipeline, image, scheduler=scheduler)
+    s0 = chunk_mtimes(image / "results/smooth/s0")
+    s1 = chunk_mtimes(image / "results/smooth/s1")
+    assert len(s0) == 4 * 8 * 8 and len(s1) == 4 * 4 * 4
+    # no barrier between the levels: some s1 chunk exists before the last s0 chunk
+    assert min(s1.values()) < max(s0.values())
+
+
+def test_priority_roi_is_computed_first(tmp_path, scheduler):
+    image = write_image(tmp_path / "img.zarr", blobs((32, 256, 256)), (8, 32, 32))
+    pipeline = Pipeline.model_validate(
+        {
+            "rois": {"corner": {"z": [24, 32], "y": [192, 256], "x": [192, 256], "preview": True}},
+            "steps": [{**SMOOTH, "output": {"kind": "image", "name": "smooth"}}],
+        }
+    )
+    run(pipeline, image, scheduler=scheduler)
+    times = chunk_mtimes(image / "results/smooth/s0")
+    preview = [t for (z, y, x), t in times.items() if z == 3 and y >= 6 and x >= 6]
+    others = sorted(t for (z, y, x), t in times.items() if not (z == 3 and y >= 6 and x >= 6))
+    assert len(preview) == 4
+    # the far corner comes last in Z order; as the preview ROI it is among the first
+    assert max(preview) < others[len(others) // 2]
+
+
+def test_sharded_outputs_written_by_many_workers_are_complete(tmp_path):
+    data = blobs((32, 128, 128), seed=3)
+    image = write_image(tmp_path / "img.zarr", data, (8, 16, 16), levels=1)
+    pipeline = Pipeline.model_validate(
+        {
+            "steps": [
+                {**SMOOTH, "output": {"kind": "image", "name": "smooth", "shards": [16, 64, 64]}},
+                {"name": "mask", "op": "threshold", "input": "smooth", "params": {"method": "value", "value": 1500}},
+                {
+                    "name": "nuclei",
+                    "op": "label",
+                    "input": "mask",
+                    "output": {"kind": "label", "name": "nuclei", "shards": [32, 32, 32]},
+                },
+            ]
+        }
+    )
+    run(pipeline, image, workers=6)
+    smooth = zarr.open_array(str(image / "results/smooth/s0"))
+    labels = zarr.open_array(str(image / "labels/nuclei/s0"))
+    assert smooth.shards == (16, 64, 64) and labels.shards == (32, 32, 32)
+    expected = ndimage.gaussian_filter(data.astype(np.float32), 1.5)
+    got = smooth[...]
+    for index in np.ndindex(4, 8, 8):  # every chunk
+        box = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, (8, 16, 16), strict=True))
+        np.testing.assert_allclose(got[box], expected[box], rtol=1e-5, err_msg=str(index))
+    reference, _ = ndimage.label(expected > 1500)
+    assert same_partition(labels[...], reference)
+
+
+def test_sharded_output_on_ngff_04_is_refused(tmp_path):
+    image = write_image(tmp_path / "img.zarr", blobs((16, 32, 32)), (8, 16, 16), version="0.4")
+    pipeline = Pipeline.model_validate(
+        {"steps": [{**SMOOTH, "output": {"kind": "image", "name": "s", "shards": [16, 32, 32]}}]}
+    )
+    with pytest.raises(ConfigError, match=r"step 'smooth': output.shards needs zarr v3"):
+        run(pipeline, image, workers=1)
+    assert not (image / "results").exists()
+
+
+def test_plan_that_cannot_fit_a_worker_is_refused_with_the_numbers(tmp_path, scheduler):
+    """Metadata only: one 1024x1024x2048 chunk; no voxel is ever read."""
+    root = zarr.open_group(str(tmp_path / "big.zarr"), mode="w", zarr_format=3)
+    axes = tuple(Axis(n, "space", "micrometer") for n in "zyx")
+    shape = (1024, 1024, 2048)
+    level = LevelSpec("s0", shape, shape, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    create_image(root, "", version="0.5", axes=axes, levels=[level], dtype="uint16", name="big")
+    pipeline = Pipeline.model_validate(
+        {"steps": [{**SMOOTH, "output": {"kind": "image", "name": "smooth"}}]}
+    )
+    with pytest.raises(ConfigError) as refused:
+        run(pipeline, tmp_path / "big.zarr", scheduler=scheduler)
+    message = str(refused.value)
+    assert "step 'smooth'" in message and "GiB" in message and "memory limit" in message
+    assert not (tmp_path / "big.zarr/results").exists()
+
+
+def test_run_reports_peak_and_projected_worker_memory(tmp_path, scheduler):
+    image = write_image(tmp_path / "img.zarr", blobs((16, 64, 64)), (8, 32, 32))
+    pipeline = Pipeline.model_validate(
+        {"steps": [{**SMOOTH, "output": {"kind": "image", "name": "smooth"}}]}
+    )
+    result = run(pipeline, image, scheduler=scheduler)
+    summary = json.loads(json.dumps(result.to_json()))
+    peaks = summary["peak_worker_bytes"]
+    assert len(peaks) == 2 and all(50 * 2**20 < p < 2**31 for p in peaks.values())
+    assert summary["projected_worker_bytes"] > max(peaks.values())
