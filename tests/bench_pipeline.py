@@ -2,13 +2,17 @@
 
 Not a test (pytest does not collect it). Prints a table and writes JSON:
 
-    python tests/bench_pipeline.py [--shape 256,1024,1024] [--workers 2] [--out bench.json]
+    python tests/bench_pipeline.py [--shape 256,1024,1024] [--small 128,512,512]
+                                   [--workers 2] [--out bench.json]
 
 Measured in one run, on the same sample: plan time for a 64^3 ROI in a metadata-only
-2048x65536x65536 image; the engine's wall time for configs/nuclei.yaml on a local
-cluster, with peak memory of the driver and of the largest worker; scipy/scikit-image
-on the whole array in one process with its peak memory; whether the labels are equal
-as a partition; and the ratio engine / scipy.
+2048x65536x65536 image; the engine's wall time for configs/nuclei-measure.yaml
+(gaussian -> Otsu -> label -> measure) on a local cluster, with peak memory of the
+driver and of the largest worker; scipy/scikit-image on the whole array in one process
+(gaussian_filter, threshold_otsu, ndimage.label, regionprops_table with the same
+columns) with its peak memory; whether labels are equal as a partition and the tables
+equal object for object; the ratio engine / scipy; and the engine's worker peak on a
+second, smaller sample, to show it does not grow with the image.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def scipy_child(path: str, labels_path: str) -> None:
     """Whole array in memory, as a user would without the engine; prints JSON."""
     from scipy import ndimage
     from skimage.filters import threshold_otsu
+    from skimage.measure import regionprops_table
 
     t0 = time.perf_counter()
     image = zarr.open_array(f"{path}/s0")[...]
@@ -61,8 +66,11 @@ def scipy_child(path: str, labels_path: str) -> None:
     mask = smooth > threshold_otsu(smooth)
     labels, n = ndimage.label(mask)
     t3 = time.perf_counter()
+    table = regionprops_table(labels, intensity_image=image, properties=PROPS)
+    t4 = time.perf_counter()
     engine = zarr.open_array(labels_path)[...]
     equal = partition_equal(labels, engine)
+    tables_equal = equal and table_equal(table, labels, engine, f"{path}/tables/nuclei_stats")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(
         json.dumps(
@@ -70,14 +78,40 @@ def scipy_child(path: str, labels_path: str) -> None:
                 "read_s": t1 - t0,
                 "gaussian_s": t2 - t1,
                 "otsu_label_s": t3 - t2,
-                "compute_s": t3 - t1,
-                "total_s": t3 - t0,
+                "measure_s": t4 - t3,
+                "compute_s": t4 - t1,
+                "total_s": t4 - t0,
                 "objects": int(n),
                 "peak_rss_bytes": peak,
                 "labels_equal": bool(equal),
+                "tables_equal": bool(tables_equal),
             }
         )
     )
+
+
+PROPS = ("label", "area", "centroid", "bbox", "intensity_mean", "intensity_min", "intensity_max")
+
+
+def table_equal(ref: dict, labels: np.ndarray, engine: np.ndarray, table: str) -> bool:
+    """Every regionprops column of every object, after mapping scipy's ids to the engine's."""
+    from engine.ngff.tables import read_table
+
+    ids, columns, values = read_table(table)
+    fg = labels != 0
+    to_engine = np.zeros(labels.max() + 1, dtype=np.int64)
+    to_engine[labels[fg]] = engine[fg]
+    order = np.argsort(ids)
+    rows = order[np.searchsorted(ids[order], to_engine[ref["label"]])]
+    if not np.array_equal(ids[rows], to_engine[ref["label"]]):
+        return False
+    for key, want in ref.items():
+        if key == "label":
+            continue
+        got = values[rows, columns.index(key)]
+        if not np.allclose(got, np.asarray(want, dtype=np.float64), rtol=1e-9, atol=1e-9):
+            return False
+    return True
 
 
 def partition_equal(a: np.ndarray, b: np.ndarray) -> bool:
@@ -93,13 +127,13 @@ def partition_equal(a: np.ndarray, b: np.ndarray) -> bool:
     return bool((forward[x] == y).all() and (backward[y] == x).all())
 
 
-def run_engine(sample: str, workers: int) -> dict:
+def run_engine(sample: str, workers: int, config: str = "configs/nuclei-measure.yaml") -> dict:
     cmd = [
         sys.executable,
         "-m",
         "engine.cli",
         "run",
-        str(REPO / "configs/nuclei.yaml"),
+        str(REPO / config),
         "--input",
         sample,
         "--workers",
@@ -136,6 +170,7 @@ def run_engine(sample: str, workers: int) -> dict:
         "engine_reported_s": result["seconds"],
         "objects": result["objects"]["nuclei"],
         "stages": result["stages"],
+        "merge": result.get("merge", {}),
         "driver_peak_rss_bytes": driver,
         "max_worker_peak_rss_bytes": max(peaks.values(), default=0),
     }
@@ -144,6 +179,7 @@ def run_engine(sample: str, workers: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="256,1024,1024")
+    parser.add_argument("--small", default="128,512,512", help="second size, for memory")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sample", default=None, help="reuse this sample zarr")
     parser.add_argument("--out", default="bench-results/pipeline.json")
@@ -162,6 +198,10 @@ def main() -> None:
         if not Path(sample).exists():
             write_sample(sample, shape)
         plan = plan_time_huge(tmp)
+        small_shape = tuple(int(s) for s in args.small.split(","))
+        small_sample = str(tmp / "small.zarr")
+        write_sample(small_sample, small_shape)
+        small = run_engine(small_sample, args.workers)
         engine = run_engine(sample, args.workers)
         child = subprocess.run(
             [sys.executable, __file__, "--scipy-child", sample, f"{sample}/labels/nuclei/s0"],
@@ -177,6 +217,7 @@ def main() -> None:
         "cores": psutil.cpu_count(),
         "plan": plan,
         "engine": engine,
+        "engine_small": {"shape": list(small_shape), **small},
         "scipy": scipy,
         "ratio_engine_over_scipy_compute": engine["wall_s"] / scipy["compute_s"],
         "ratio_engine_over_scipy_total": engine["wall_s"] / scipy["total_s"],
@@ -194,7 +235,13 @@ def main() -> None:
             "scipy whole array, read+compute",
             f"{scipy['total_s']:.1f} s",
             f"peak {scipy['peak_rss_bytes'] / gib:.2f} GiB; gaussian {scipy['gaussian_s']:.1f} s, "
-            f"otsu+label {scipy['otsu_label_s']:.1f} s, read {scipy['read_s']:.1f} s",
+            f"otsu+label {scipy['otsu_label_s']:.1f} s, regionprops {scipy['measure_s']:.1f} s, "
+            f"read {scipy['read_s']:.1f} s",
+        ),
+        (
+            f"engine wall, {'x'.join(map(str, small_shape))}",
+            f"{small['wall_s']:.1f} s",
+            f"worker peak {small['max_worker_peak_rss_bytes'] / gib:.2f} GiB (memory vs size)",
         ),
         ("engine / scipy (compute only)", f"{report['ratio_engine_over_scipy_compute']:.2f}x", ""),
         ("engine / scipy (read+compute)", f"{report['ratio_engine_over_scipy_total']:.2f}x", ""),
@@ -203,12 +250,15 @@ def main() -> None:
             str(scipy["labels_equal"]),
             f"{engine['objects']} objects (scipy {scipy['objects']})",
         ),
+        ("tables equal (regionprops columns)", str(scipy["tables_equal"]), ""),
     ]
     width = max(len(r[0]) for r in rows)
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>10}  {note}")
     for stage in engine["stages"]:
         print(f"  {stage['name']:<{width - 2}}  {stage['seconds']:>9.2f}s  {stage['tasks']} tasks")
+    for step, merge in engine["merge"].items():
+        print(f"  merge {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in merge.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

@@ -1,0 +1,204 @@
+"""Benchmark of the micro-scheduler. Not a test (pytest does not collect it).
+
+    python tests/bench_scheduler.py [--counts 10000,100000] [--workers 2]
+                                    [--sizes 64,512,512:128,1024,1024] [--out JSON]
+
+Prints, in one run, and writes JSON:
+(a) overhead per chunk task of a no-op chain (`function: numpy:asarray`, one tiny chunk
+    read and written per task) on 10^4 and 10^5 chunks: the engine's wall time per chunk
+    beyond the same chunk work done back to back in one process and divided over the
+    workers; next to raw `client.map` of a no-op function over the same count;
+(b) time to a preview result: the standard pipeline (configs/nuclei.yaml) on a 64^3 ROI
+    of images 256^3, 1024^3 and a 2048x65536x65536 volume, on a running cluster; only
+    the chunks around the ROI hold data, nothing else is ever written or read;
+(c) peak worker memory of the standard pipeline, gaussian -> Otsu -> label, on samples
+    of two sizes (tests/bench_pipeline.py runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import zarr
+from distributed import Client, LocalCluster
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+NOOP = {"steps": [{"name": "copy", "op": "function", "params": {"function": "numpy:asarray"}}]}
+
+
+def empty_image(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...]) -> Path:
+    """An NGFF 0.5 image with one level and no chunk written (reads give zeros)."""
+    from engine.ngff.metadata import Axis
+    from engine.ngff.write import LevelSpec, create_image
+
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    axes = tuple(Axis(n, "space", "micrometer") for n in "zyx")
+    level = LevelSpec("s0", shape, chunks, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    create_image(root, "", version="0.5", axes=axes, levels=[level], dtype="uint16", name="b")
+    return path
+
+
+def overhead(tmp: Path, count: int, address: str, workers: int) -> dict:
+    from engine import Pipeline, compute
+    from engine.run import make_plan, run
+
+    side = round((count / 10) ** 0.5)
+    image = empty_image(tmp / f"noop{count}.zarr", (10, side * 4, side * 4), (1, 4, 4))
+    pipeline = Pipeline.model_validate(
+        {"steps": [{**NOOP["steps"][0], "output": {"kind": "image", "name": "copy"}}]}
+    )
+    started = time.perf_counter()
+    result = run(pipeline, image, scheduler=address, overwrite=True)
+    wall = time.perf_counter() - started
+    chunks = sum(s.tasks for s in result.stages if s.name == "copy")
+
+    # the same chunk work, back to back in this process (no dask)
+    _, plan = make_plan(pipeline, image, run_id="bench")
+    stage = plan.stage("copy")
+    sample = stage.tasks[: min(2000, len(stage.tasks))]
+    t0 = time.perf_counter()
+    for task in sample:
+        compute.run_blockwise(
+            str(image), stage, task.read, task.write, plan.spatial, plan.context, {}
+        )
+    work = (time.perf_counter() - t0) / len(sample)
+    engine_per_chunk = wall / chunks
+    return {
+        "chunks": chunks,
+        "engine_wall_s": wall,
+        "engine_per_chunk_us": engine_per_chunk * 1e6,
+        "work_per_chunk_us": work * 1e6,
+        "overhead_per_chunk_us": (engine_per_chunk - work / workers) * 1e6,
+    }
+
+
+def noop(i: int) -> int:
+    return i
+
+
+def client_map(address: str, count: int) -> dict:
+    with Client(address) as client:
+        started = time.perf_counter()
+        futures = client.map(noop, range(count), pure=False)
+        client.gather(futures)
+        wall = time.perf_counter() - started
+        del futures
+    return {"count": count, "wall_s": wall, "per_task_us": wall / count * 1e6}
+
+
+def preview_image(path: Path, shape: tuple[int, ...], roi: tuple[slice, ...]) -> Path:
+    """Sample data in the chunks around `roi` (with the gaussian's halo); the rest empty."""
+    from engine.sample import make_nuclei
+
+    image = empty_image(path, shape, (64, 64, 64))
+    box = tuple(slice(max(0, s.start - 64), s.stop + 64) for s in roi)
+    data = make_nuclei(tuple(b.stop - b.start for b in box), seed=0).image
+    zarr.open_array(str(path / "s0"), mode="r+")[box] = data
+    return image
+
+
+def preview_latency(tmp: Path, address: str) -> list[dict]:
+    from engine import Pipeline
+    from engine.run import run
+
+    pipeline = Pipeline.from_yaml(REPO / "configs/nuclei.yaml")
+    rows = []
+    for shape in ((256, 256, 256), (1024, 1024, 1024), (2048, 65536, 65536)):
+        start = tuple(s // 2 // 64 * 64 for s in shape)
+        roi = tuple(slice(a, a + 64) for a in start)
+        name = "x".join(map(str, shape))
+        image = preview_image(tmp / f"preview-{name}.zarr", shape, roi)
+        spec = {"z": [roi[0].start, roi[0].stop], "y": [roi[1].start, roi[1].stop]}
+        spec["x"] = [roi[2].start, roi[2].stop]
+        started = time.perf_counter()
+        result = run(pipeline, image, roi=spec, scheduler=address)
+        rows.append(
+            {
+                "image": name,
+                "seconds": time.perf_counter() - started,
+                "objects": result.labels.get("nuclei", 0),
+                "tasks": sum(s.tasks for s in result.stages),
+            }
+        )
+    return rows
+
+
+def memory_at_sizes(tmp: Path, sizes: list[tuple[int, ...]], workers: int) -> list[dict]:
+    from bench_pipeline import run_engine
+
+    from engine.sample_zarr import write_sample
+
+    rows = []
+    for shape in sizes:
+        sample = str(tmp / ("mem-" + "x".join(map(str, shape)) + ".zarr"))
+        write_sample(sample, shape)
+        engine = run_engine(sample, workers, config="configs/nuclei.yaml")
+        rows.append(
+            {
+                "shape": list(shape),
+                "wall_s": engine["wall_s"],
+                "max_worker_peak_rss_bytes": engine["max_worker_peak_rss_bytes"],
+                "objects": engine["objects"],
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", default="10000,100000")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--sizes", default="64,512,512:128,1024,1024")
+    parser.add_argument("--out", default="bench-results/scheduler.json")
+    args = parser.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+    sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes.split(":")]
+    report: dict = {"workers": args.workers}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        with LocalCluster(
+            n_workers=args.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster:
+            address = cluster.scheduler_address
+            report["overhead"] = [overhead(tmp, n, address, args.workers) for n in counts]
+            report["client_map"] = [client_map(address, n) for n in counts]
+            report["preview"] = preview_latency(tmp, address)
+        report["memory"] = memory_at_sizes(tmp, sizes, args.workers)
+
+    print("(a) overhead per chunk task, no-op chain")
+    for row, raw in zip(report["overhead"], report["client_map"], strict=True):
+        print(
+            f"  {row['chunks']:>7} chunks: engine {row['engine_wall_s']:6.1f} s, "
+            f"{row['engine_per_chunk_us']:6.0f} us/chunk (work {row['work_per_chunk_us']:.0f} us "
+            f"in one process), overhead {row['overhead_per_chunk_us']:6.0f} us/chunk; "
+            f"client.map no-op {raw['per_task_us']:6.0f} us/task"
+        )
+    print("(b) time to a 64^3 preview result (configs/nuclei.yaml, running cluster)")
+    for row in report["preview"]:
+        print(f"  {row['image']:>18}: {row['seconds']:5.2f} s, {row['tasks']} chunk tasks")
+    print("(c) peak worker memory, gaussian -> Otsu -> label")
+    for row in report["memory"]:
+        shape = "x".join(map(str, row["shape"]))
+        print(
+            f"  {shape:>18}: {row['max_worker_peak_rss_bytes'] / 2**30:.2f} GiB "
+            f"(wall {row['wall_s']:.1f} s, {row['objects']} objects)"
+        )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
