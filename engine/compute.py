@@ -109,11 +109,14 @@ def apply_chain(
         op = OPS[link.op]
         params = op.params.model_validate(link.params)
         value = values[link.value_from][t] if link.value_from else None
+        keep = spatial_part(boxes[i + 1].relative_to(boxes[i]), spatial)
         try:
-            out = op.apply(block, params, ctx, value)
+            if op.apply_cropped is not None:
+                block = op.apply_cropped(block, params, ctx, value, keep)
+            else:
+                block = op.apply(block, params, ctx, value)[keep]
         except Exception as exc:
             raise StepFailed(link.step, exc) from exc
-        block = out[spatial_part(boxes[i + 1].relative_to(boxes[i]), spatial)]
     return block
 
 

@@ -50,6 +50,24 @@ def gaussian(block: np.ndarray, params: GaussianParams, ctx: Context, value: Non
     )
 
 
+def gaussian_cropped(
+    block: np.ndarray,
+    params: GaussianParams,
+    ctx: Context,
+    value: None,
+    keep: tuple[slice, ...],
+) -> np.ndarray:
+    """`gaussian(block)[keep]`, bit for bit, in less time: scipy filters one axis after
+    the other (in float32 between axes), and once an axis is filtered its halo is no
+    longer needed, so each pass drops it before the next runs on a smaller block."""
+    sigma = gaussian_sigma_pixels(params, ctx)
+    out = block.astype(np.float32, copy=False)
+    for axis, (s, cut) in enumerate(zip(sigma, keep, strict=True)):
+        out = ndimage.gaussian_filter1d(out, s, axis=axis, mode="reflect", truncate=params.truncate)
+        out = out[(slice(None),) * axis + (cut,)]
+    return out
+
+
 GAUSSIAN = OpSpec(
     name="gaussian",
     version="1",
@@ -58,6 +76,7 @@ GAUSSIAN = OpSpec(
     halo=_gaussian_halo,
     dtype=lambda p, dtype: np.dtype(np.float32),
     apply=gaussian,
+    apply_cropped=gaussian_cropped,
     doc="Gaussian smoothing in float32; sigma in pixels or in a length unit.",
 )
 

@@ -70,6 +70,9 @@ class OpSpec:
     apply: Callable[..., np.ndarray]
     reduction: Callable[[Any], Reduction | None] = field(default=lambda params: None)
     doc: str = ""
+    # apply_cropped(block, params, ctx, value, keep) == apply(block, params, ctx, value)[keep],
+    # for ops that can skip work outside `keep` (the block minus its halo)
+    apply_cropped: Callable[..., np.ndarray] | None = None
 
 
 def per_axis(value: float | Sequence[float], ndim: int, what: str) -> tuple[float, ...]:
