@@ -109,7 +109,20 @@ def _run_batch(kind: str, root: str, stage: Stage, items: list, common: dict, *a
         if marker is not None:
             marker.mark(task.index, result)
         results.append(result if marker is None or kind in KEEP_RESULTS else None)
+    if kind == "reduce":  # the first level of the reduction tree, here on the worker
+        return [combine_reduction(stage, results), *([None] * (len(results) - 1))]
     return results
+
+
+def combine_reduction(stage: Stage, partials: Sequence[dict | None]) -> dict:
+    """Per time point, the partials of a reduction stage combined (None: nothing)."""
+    op = OPS[stage.chain[-1].op]
+    reduction = op.reduction(op.params.model_validate(stage.chain[-1].params))
+    combined: dict[Any, Any] = {}
+    for part in partials:
+        for t, partial in (part or {}).items():
+            combined[t] = reduction.combine(combined[t], partial) if t in combined else partial
+    return combined
 
 
 def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> Any:
@@ -416,10 +429,8 @@ class Executor:
         params = op.params.model_validate(link.params)
         reduction = op.reduction(params)
         self._enqueue(stage)
-        combined: dict[Any, Any] = {}
-        for partials in self._collect(stage.name)[0]:
-            for t, partial in partials.items():
-                combined[t] = reduction.combine(combined[t], partial) if t in combined else partial
+        # per batch, one partial combined on its worker; here the second level
+        combined = combine_reduction(stage, self._collect(stage.name)[0])
         previous = self.values.get(f"{stage.step}/reduce-{stage.pass_no - 1}", {})
         try:
             self.values[stage.name] = {
