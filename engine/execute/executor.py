@@ -106,6 +106,10 @@ def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, co
         return compute.run_label(root, stage, task, spatial, ctx, values)
     if kind == "faces":
         return compute.run_faces(root, stage, task, spatial, common["chunks"], extra)
+    if kind == "segment":
+        return compute.run_segment(root, stage, task, spatial, ctx, values)
+    if kind == "match":
+        return compute.run_match(root, stage, task, spatial, extra)
     if kind == "relabel":
         return compute.run_relabel(root, stage, task.write, extra)
     if kind == "pyramid":
@@ -292,6 +296,12 @@ class Executor:
         self.pairs[stage.step] = (
             np.concatenate(found) if found else np.zeros((0, 2), dtype=np.uint64)
         )
+
+    def _segment(self, stage: Stage) -> None:
+        self._label(stage)
+
+    def _match(self, stage: Stage) -> None:
+        self._faces(stage)
 
     def _merge(self, stage: Stage) -> None:
         counts = self.counts[stage.step]
