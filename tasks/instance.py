@@ -66,6 +66,11 @@ class InstanceParams(Params):
         return self
 
 
+def overlap_voxels(params: InstanceParams, ctx: Context) -> tuple[int, ...]:
+    """Per spatial axis, how far past its chunk each segmentation sees (the op's halo)."""
+    return tuple(int(v) for v in per_axis(params.overlap, len(ctx.spacing), "overlap"))
+
+
 def seeded_watershed(mask: np.ndarray, min_distance: int, spacing: tuple[float, ...]):
     """Nuclei of a foreground mask: watershed of the distance transform from its maxima.
 
@@ -136,7 +141,7 @@ INSTANCE = OpSpec(
     version="1",
     params=InstanceParams,
     kind=lambda p: "global",
-    halo=lambda p, ctx: tuple(int(v) for v in per_axis(p.overlap, len(ctx.spacing), "overlap")),
+    halo=overlap_voxels,
     dtype=lambda p, dtype: np.dtype(np.uint32),
     apply=segment,
     doc="Instance labels by a per-block segmenter (seeded watershed or `module:function`) "

@@ -65,8 +65,10 @@ def crossing(labels: np.ndarray, chunks: tuple[int, ...]) -> int:
     return int((np.bincount(pairs[0]) > 1).sum())
 
 
-def instance_pipeline(**params) -> Pipeline:
-    return Pipeline().add("nuc", "instance", "image", {"kind": "label", "name": "nuc"}, **params)
+def instance_pipeline(before: Pipeline | None = None, input: str = "image", **params) -> Pipeline:
+    """`before` (if any) and an instance step 'nuc' on `input` writing labels/nuc."""
+    output = {"kind": "label", "name": "nuc"}
+    return (before or Pipeline()).add("nuc", "instance", input, output, **params)
 
 
 CASES = [
@@ -138,18 +140,12 @@ def test_user_segmenter_by_import_path(tmp_path: Path, scheduler: str) -> None:
     img = mask.astype(np.uint16) * 1000
     path = write_image(tmp_path / "m.zarr", img, (10, 24, 24), levels=1)
     roi = {"z": (1, 29), "y": (3, 68), "x": (2, 70)}
-    pipeline = (
-        Pipeline()
-        .add("smooth", "gaussian", "image", sigma=1.0)
-        .add(
-            "nuc",
-            "instance",
-            "smooth",
-            {"kind": "label", "name": "nuc"},
-            segmenter="user_segmenters:components",
-            overlap=[6, 12, 12],
-            kwargs={"level": 500},
-        )
+    pipeline = instance_pipeline(
+        Pipeline().add("smooth", "gaussian", "image", sigma=1.0),
+        "smooth",
+        segmenter="user_segmenters:components",
+        overlap=[6, 12, 12],
+        kwargs={"level": 500},
     )
     result = run(pipeline, input=path, roi=roi, scheduler=scheduler)
     window = (slice(1, 29), slice(3, 68), slice(2, 70))
