@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from engine import Pipeline, run
 from engine.errors import ConfigError, EngineError
+from engine.execute.executor import TaskFailed
 from engine.geometry import Roi
 from engine.run import make_plan
 from tasks.instance import seeded_watershed
@@ -76,7 +77,7 @@ CASES = [
     ((32, 64, 64), ("z", "y", "x"), (16, 32, 32), None),
     ((32, 64, 64), ("z", "y", "x"), (12, 20, 24), {"z": (3, 29), "y": (5, 60), "x": (7, 58)}),
     ((32, 64, 64), ("z", "y", "x"), (32, 9, 64), {"y": (2, 63)}),
-    ((3, 96, 96), ("t", "y", "x"), (1, 24, 40), {"y": (4, 90), "x": (0, 93)}),
+    ((3, 96, 96), ("t", "y", "x"), (2, 24, 40), {"y": (4, 90), "x": (0, 93)}),
 ]
 
 
@@ -153,6 +154,28 @@ def test_user_segmenter_by_import_path(tmp_path: Path, scheduler: str) -> None:
     ref, n = ndimage.label(smooth[window] > 500)
     got = zarr.open_array(str(path / "labels/nuc/s0"))[...][window]
     assert crossing(ref, (10, 24, 24)) >= 5
+    assert result.labels["nuc"] == n == got.max()
+    assert same_partition(got, ref)
+
+
+def test_resume_after_a_failed_chunk_redoes_only_that_chunk(tmp_path: Path, scheduler: str) -> None:
+    mask, _ = spheres((32, 64, 64), 12, 5, 2.5, seed=3)
+    mask[24, 48, 48] = 2  # deep in chunk (1, 1, 1): no other chunk's overlap reaches it
+    path = write_image(tmp_path / "m.zarr", mask, (16, 32, 32), levels=1)
+    fixed = tmp_path / "fixed"
+    pipeline = instance_pipeline(
+        segmenter="user_segmenters:components_unless",
+        overlap=6,
+        kwargs={"value": 2, "unless": str(fixed)},
+    )
+    with pytest.raises(TaskFailed, match="step 'nuc'.*bad voxel value 2"):
+        run(pipeline, input=path, scheduler=scheduler)
+    fixed.touch()
+    result = run(pipeline, input=path, scheduler=scheduler, resume=True)
+    segment = next(s for s in result.stages if s.name == "nuc/segment")
+    assert segment.skipped >= 1 and segment.skipped + segment.done == 8
+    ref, n = ndimage.label(mask > 0)
+    got = zarr.open_array(str(path / "labels/nuc/s0"))[...]
     assert result.labels["nuc"] == n == got.max()
     assert same_partition(got, ref)
 

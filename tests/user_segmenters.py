@@ -19,3 +19,13 @@ def components(block: np.ndarray, level: float = 0.0) -> np.ndarray:
 def float_labels(block: np.ndarray) -> np.ndarray:
     """Not instance labels: what a segmenter returning probabilities would give."""
     return block.astype(np.float32)
+
+
+def components_unless(block: np.ndarray, value: int, unless: str) -> np.ndarray:
+    """`components`, but fails on a block holding `value` (one chunk of a test image)
+    until the file `unless` exists (the user "fixed" it)."""
+    import os
+
+    if (block == value).any() and not os.path.exists(unless):
+        raise ValueError(f"bad voxel value {value} in this block")
+    return components(block)
