@@ -20,7 +20,7 @@ from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
 from tasks.function import load_function
-from tasks.spec import Context, OpSpec, Params, per_axis
+from tasks.spec import Context, OpSpec, Params, check_each, per_axis
 
 WATERSHED = "watershed"
 
@@ -48,14 +48,8 @@ class InstanceParams(Params):
     @field_validator("overlap")
     @classmethod
     def _positive(cls, overlap: int | list[int]) -> int | list[int]:
-        # a constraint on the union itself cannot apply to the list form
-        values = overlap if isinstance(overlap, list) else [overlap]
-        if not values or any(v < 1 for v in values):
-            raise ValueError(
-                f"overlap must be at least 1 voxel (got {overlap}): chunks are matched "
-                "by the band both of them segmented"
-            )
-        return overlap
+        rule = "overlap must be at least 1 voxel: chunks are matched by a band both segmented"
+        return check_each(overlap, lambda v: v >= 1, rule)
 
     @model_validator(mode="after")
     def _params_fit_segmenter(self) -> InstanceParams:
