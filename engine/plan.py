@@ -255,8 +255,10 @@ class _Compiler:
             kind = op.kind(step.typed_params())
             if kind == "reduction":
                 self._reduction(step)
-            if kind == "global":
-                self._instance(step) if step.op == "instance" else self._global(step)
+            if kind == "global" and step.op == "instance":
+                self._instance(step)
+            elif kind == "global":
+                self._global(step)
             elif step.output is not None:
                 self._blockwise_output(step)
         for step in tables:
