@@ -10,10 +10,10 @@ spatial block (one time point).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,8 +21,18 @@ import zarr
 
 from engine.chunk_cache import read_cached
 from engine.geometry import Roi, chunk_roi
-from engine.plan import ChunkTask, Link, Source, Stage, chain_boxes, face_array_path, face_box
+from engine.plan import (
+    ChunkTask,
+    Link,
+    Source,
+    Stage,
+    chain_boxes,
+    face_array_path,
+    face_box,
+    face_planes,
+)
 from tasks import OPS, Context
+from tasks.instance import matching_pairs, number_core
 from tasks.label import FaceComponents, crossing_pairs, final_ids
 from tasks.measure import combine_partials, measure_block
 
@@ -167,6 +177,21 @@ def run_reduce(root: str, stage: Stage, read: Roi, write: Roi, spatial, ctx, val
     return partials
 
 
+def number_time_points(
+    numbered: Iterable[tuple[np.ndarray, int]], spatial: Sequence[int], box: Roi
+) -> tuple[np.ndarray, int]:
+    """Per-time-point ids 1..n_t (with their n_t) as one block of ids unique across time
+    points: each time point's ids follow the previous ones'. Returns the block and the
+    number of ids."""
+    parts, count = [], 0
+    for labels, n in numbered:
+        labels = labels.astype(np.uint32, copy=False)
+        labels[labels > 0] += np.uint32(count)
+        parts.append(labels)
+        count += n
+    return _stack(parts, spatial, box), count
+
+
 def run_label(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) -> int:
     """Local labels 1..n of one chunk (unique across its time points); returns n.
 
@@ -174,15 +199,15 @@ def run_label(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) ->
     the face arrays, where the face pass finds them cheaply.
     """
     read, write = task.read, task.write
-    parts, count = [], 0
-    for _, labels in chain_output(root, stage, read, write, spatial, ctx, values):
-        labels = labels.astype(np.uint32, copy=False)
-        n = int(labels.max(initial=0))
-        labels[labels > 0] += np.uint32(count)
-        parts.append(labels)
-        count += n
+    block, count = number_time_points(
+        (
+            (labels, int(labels.max(initial=0)))
+            for _, labels in chain_output(root, stage, read, write, spatial, ctx, values)
+        ),
+        spatial,
+        write,
+    )
     assert stage.target is not None
-    block = _stack(parts, spatial, write)
     write_target(root, stage.target, write, block)
     for axis in spatial:
         path = face_array_path(stage.target, axis)
@@ -210,7 +235,7 @@ def run_faces(
     for d, axis in enumerate(spatial):
         if write.stop[axis] >= read.stop[axis]:
             continue
-        slab_box = face_box(read, index, axis, 1, planes=2)
+        slab_box = face_box(read, index, axis, 1, faces=2)
         slab = np.asarray(
             open_array(root, face_array_path(stage.source.path, axis))[slab_box.to_slices()]
         ).astype(np.uint64)
@@ -234,7 +259,7 @@ def run_faces(
     return np.unique(np.concatenate(found), axis=0)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class RelabelTable:
     """What a chunk needs to relabel itself: its provisional ids first..first+count-1,
     the face components among them, and the output's id offset and dtype."""
@@ -249,6 +274,73 @@ class RelabelTable:
         """Local id -> final id (0 stays 0)."""
         final = final_ids(self.components, self.first, self.count) + np.uint64(self.offset)
         return np.concatenate([np.zeros(1, np.uint64), final]).astype(self.dtype)
+
+
+def run_segment(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) -> int:
+    """Run the segmenter on the chunk grown by the overlap; keep provisional ids 1..n for
+    the objects of the chunk's own voxels (unique across its time points); returns n.
+
+    The chunk's own labels go to the local array; the labels it saw in the band of
+    twice the overlap around each border it shares with a chunk of the ROI go to the
+    face arrays (zero where the band leaves the ROI), for the match pass.
+    """
+    assert stage.target is not None and stage.region is not None
+    *links, link = stage.chain
+    params = OPS[link.op].params.model_validate(link.params)
+    write = task.write
+    seen = write.grow(link.halo).intersect(stage.region)
+    own = spatial_part(write.relative_to(seen), spatial)
+    prefix = dataclasses.replace(stage, chain=tuple(links))
+
+    def numbered() -> Iterator[tuple[np.ndarray, int]]:
+        for _, block in chain_output(root, prefix, task.read, seen, spatial, ctx, values):
+            try:
+                labels = OPS[link.op].apply(block, params, ctx)
+            except Exception as exc:
+                raise StepFailed(link.step, exc) from exc
+            yield number_core(labels, own)
+
+    labels, count = number_time_points(numbered(), spatial, seen)
+    write_target(root, stage.target, write, labels[write.relative_to(seen)])
+    for axis in spatial:
+        overlap = link.halo[axis]
+        for side, border in enumerate((write.start[axis], write.stop[axis])):
+            if not stage.region.start[axis] < border < stage.region.stop[axis]:
+                continue
+            start, stop = list(write.start), list(write.stop)
+            start[axis], stop[axis] = border - overlap, border + overlap
+            band = Roi(tuple(start), tuple(stop), write.level)
+            part = band.intersect(seen)
+            face = np.zeros(band.shape, dtype=np.uint32)
+            face[part.relative_to(band)] = labels[part.relative_to(seen)]
+            path = face_array_path(stage.target, axis)
+            planes = face_planes(stage, axis)
+            write_target(root, path, face_box(write, task.index, axis, side, planes=planes), face)
+    return count
+
+
+def run_match(
+    root: str, stage: Stage, task: ChunkTask, spatial: Sequence[int], bases: dict
+) -> np.ndarray:
+    """Pairs of provisional ids that are one object across this chunk's upper borders:
+    per axis, this chunk's band around the border against the upper neighbour's view of
+    the same band (adjacent faces in the face array), matched by IoU."""
+    assert stage.source is not None
+    read, write, index = task.read, task.write, task.index
+    params = OPS[stage.chain[-1].op].params.model_validate(stage.chain[-1].params)
+    found = [np.zeros((0, 2), dtype=np.uint64)]
+    for axis in spatial:
+        if write.stop[axis] >= read.stop[axis]:
+            continue
+        box = face_box(write, index, axis, 1, faces=2, planes=face_planes(stage, axis))
+        faces = np.asarray(
+            open_array(root, face_array_path(stage.source.path, axis))[box.to_slices()]
+        )
+        low, high = np.split(faces, 2, axis=axis)
+        pairs = matching_pairs(low, high, params.iou_threshold)
+        upper = tuple(i + (a == axis) for a, i in enumerate(index))
+        found.append(pairs + np.array([bases[index], bases[upper]], dtype=np.uint64))
+    return np.unique(np.concatenate(found), axis=0)
 
 
 def run_relabel(root: str, stage: Stage, write: Roi, table: np.ndarray) -> int:

@@ -28,7 +28,7 @@ from engine.errors import EngineError
 from engine.plan import Plan, Stage
 
 # Stage kinds whose per-chunk results the driver needs after the stage (kept on disk).
-KEEP_RESULTS = frozenset({"reduce", "label", "faces", "measure"})
+KEEP_RESULTS = frozenset({"reduce", "label", "faces", "segment", "match", "measure"})
 RESULTS_DIR = "_results"
 
 

@@ -12,7 +12,10 @@ Fusion: a chain of blockwise steps runs inside one task per output chunk,
 reading from the nearest materialised source (the image, or the output of a
 global step). Reductions (e.g. Otsu) become their own stages whose value the
 chain receives. Labels (global) take four stages: local labels, face pairs,
-one merge, relabel. A measurement table (`op: measure`) is one "measure" stage
+one merge, relabel. Instance segmentation (global) takes the same four, with a
+segmenter run on each chunk grown by an overlap instead of local labels, and
+pairs of objects whose segmentations of the band around a border agree instead
+of face pairs. A measurement table (`op: measure`) is one "measure" stage
 after everything else: per chunk of the ROI, partial sums per label of the label
 step's materialised output (and of the intensity chain, read with the same box),
 combined on the driver.
@@ -36,7 +39,16 @@ from engine.pipeline import IMAGE, Pipeline, Step
 from tasks import OPS, Context
 
 StageKind = Literal[
-    "reduce", "blockwise", "label", "faces", "merge", "relabel", "pyramid", "measure"
+    "reduce",
+    "blockwise",
+    "label",
+    "faces",
+    "segment",
+    "match",
+    "merge",
+    "relabel",
+    "pyramid",
+    "measure",
 ]
 ENGINE_GROUP = "_engine"
 
@@ -107,6 +119,7 @@ class Stage:
     labels: Source | None = None  # measure: the label image, read per chunk in the ROI
     grid: tuple[int, ...] = ()  # chunk shape of the tasks' grid, when not the plan's
     shards: tuple[int, ...] = ()  # shard shape of the target: its tasks go per shard
+    region: Roi | None = None  # segment: the ROI, where a chunk's overlap stops as objects do
 
 
 @dataclass(frozen=True)
@@ -151,25 +164,39 @@ def face_array_path(local: str, axis: int) -> str:
     return f"{local}-faces-{axis}"
 
 
-def face_array_layout(
-    shape: Sequence[int], chunks: Sequence[int], axis: int
-) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Shape and chunks of a face array: two planes (low, high) per chunk along `axis`.
+def face_planes(stage: Stage, axis: int) -> int:
+    """Planes per face along `axis` in the face arrays of a label, segment or match stage.
 
-    With one plane per zarr chunk, reading the two planes that meet at a chunk border
-    decodes only those planes, never the chunks they came from.
+    Label keeps the one boundary plane on each side of a chunk; segment keeps the
+    band of twice the overlap around each border, which both chunks meeting there
+    segmented (the overlap is the halo of its op's link, the last of its chain).
+    """
+    return 2 * stage.chain[-1].halo[axis] if stage.kind in ("segment", "match") else 1
+
+
+def face_array_layout(
+    shape: Sequence[int], chunks: Sequence[int], axis: int, planes: int = 1
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shape and chunks of a face array: two faces (low, high) of `planes` planes per
+    chunk along `axis`.
+
+    With one face per zarr chunk, reading the two faces that meet at a chunk border
+    decodes only those faces, never the chunks they came from.
     """
     n = -(-shape[axis] // chunks[axis])
-    face_shape = tuple(2 * n if i == axis else s for i, s in enumerate(shape))
-    face_chunks = tuple(1 if i == axis else c for i, c in enumerate(chunks))
+    face_shape = tuple(2 * n * planes if i == axis else s for i, s in enumerate(shape))
+    face_chunks = tuple(planes if i == axis else c for i, c in enumerate(chunks))
     return face_shape, face_chunks
 
 
-def face_box(box: Roi, index: Sequence[int], axis: int, first: int, planes: int = 1) -> Roi:
-    """`box` in face-array coordinates: planes `first`.. of chunk `index` along `axis`."""
+def face_box(
+    box: Roi, index: Sequence[int], axis: int, first: int, faces: int = 1, planes: int = 1
+) -> Roi:
+    """`box` in face-array coordinates: `faces` faces of `planes` planes each, from face
+    `first` (0 low, 1 high) of chunk `index` along `axis`."""
     start, stop = list(box.start), list(box.stop)
-    start[axis] = 2 * index[axis] + first
-    stop[axis] = start[axis] + planes
+    start[axis] = (2 * index[axis] + first) * planes
+    stop[axis] = start[axis] + faces * planes
     return Roi(tuple(start), tuple(stop), box.level)
 
 
@@ -230,7 +257,9 @@ class _Compiler:
             kind = op.kind(step.typed_params())
             if kind == "reduction":
                 self._reduction(step)
-            if kind == "global":
+            if kind == "global" and step.op == "instance":
+                self._instance(step)
+            elif kind == "global":
                 self._global(step)
             elif step.output is not None:
                 self._blockwise_output(step)
@@ -324,11 +353,20 @@ class _Compiler:
             raise ConfigError(f"step '{first.name}': {field} is set but the image has no c axis")
         return Source(lv.path, lv.dtype, self.bounds, self.c_axis, channel, self.scratch)
 
-    def _tasks(self, chain: Sequence[Link], bounds: Roi, region: Roi) -> tuple[ChunkTask, ...]:
+    def _tasks(
+        self,
+        chain: Sequence[Link],
+        bounds: Roi,
+        region: Roi,
+        overlap: Sequence[int] | None = None,
+    ) -> tuple[ChunkTask, ...]:
+        """One task per chunk of `region`; the chain computes the chunk grown by `overlap`
+        (within `region`), and reads what that needs."""
         tasks = []
         for index, chunk in chunks_touching(region, self.chunks, self.bounds):
             write = chunk.intersect(region)
-            tasks.append(ChunkTask(index, chain_boxes(write, chain, bounds)[0], write))
+            seen = write if overlap is None else write.grow(overlap).intersect(region)
+            tasks.append(ChunkTask(index, chain_boxes(seen, chain, bounds)[0], write))
         return tuple(tasks)
 
     def _reduction(self, step: Step) -> str:
@@ -412,35 +450,73 @@ class _Compiler:
             "uint32",
             connectivity=params.connectivity,
         )
-        face_tasks = tuple(
+        self._stitch(step, tasks, f"{n}/label", "faces", (), params.connectivity)
+
+    def _instance(self, step: Step) -> None:
+        """A segmenter on each chunk grown by the overlap (`segment`), then the stitching
+        of label: pairs here come from matching the bands around each border."""
+        source, links, after = self._chain(step, include_last=False)
+        n = step.name
+        overlap = self._halo(step)
+        segment_link = Link(n, step.op, step.params, overlap, "uint32")
+        tasks = self._tasks(links, source.bounds, self.roi, overlap)
+        self.stages[f"{n}/segment"] = Stage(
+            f"{n}/segment",
+            n,
+            "segment",
+            source,
+            (*links, segment_link),
+            tasks,
+            tuple(after),
+            f"{self.scratch}/{n}/local",
+            "uint32",
+            region=self.roi,
+        )
+        self._stitch(step, tasks, f"{n}/segment", "match", (segment_link,))
+
+    def _stitch(
+        self,
+        step: Step,
+        tasks: Sequence[ChunkTask],
+        after: str,
+        pairs: Literal["faces", "match"],
+        chain: tuple[Link, ...],
+        connectivity: int = 1,
+    ) -> None:
+        """The stages after `after`, the pass that wrote provisional ids per chunk (and the
+        faces around each chunk) to the step's local array: pairs of ids that are one
+        object across chunk borders, one merge into consecutive ids, relabel, pyramid."""
+        n = step.name
+        local_source = Source(f"{self.scratch}/{n}/local", "uint32", self.roi)
+        border_tasks = tuple(
             ChunkTask(t.index, t.write.grow(self._face_halo()).intersect(self.roi), t.write)
             for t in tasks
         )
-        local_source = Source(local, "uint32", self.roi)
-        self.stages[f"{n}/faces"] = Stage(
-            f"{n}/faces",
+        self.stages[f"{n}/{pairs}"] = Stage(
+            f"{n}/{pairs}",
             n,
-            "faces",
+            pairs,
             local_source,
-            (),
-            face_tasks,
-            (f"{n}/label",),
-            connectivity=params.connectivity,
+            chain,
+            border_tasks,
+            (after,),
+            connectivity=connectivity,
         )
-        self.stages[f"{n}/merge"] = Stage(f"{n}/merge", n, "merge", None, (), (), (f"{n}/faces",))
+        self.stages[f"{n}/merge"] = Stage(f"{n}/merge", n, "merge", None, (), (), (f"{n}/{pairs}",))
         if step.output is not None:
             out = self._output(step, None)
             target = f"{out.path}/{out.levels[0].path}"
         else:
             out, target = None, f"{self.scratch}/{step.name}/final"
         relabel = f"{n}/relabel"
+        own = tuple(ChunkTask(t.index, t.write, t.write) for t in tasks)
         self.stages[relabel] = Stage(
             relabel,
             n,
             "relabel",
             local_source,
             (),
-            tasks,
+            own,
             (f"{n}/merge",),
             target,
             None,
@@ -735,6 +811,8 @@ def layout_hash(plan: Plan) -> str:
         add((stage.name, stage.kind, stage.source, stage.target, stage.target_dtype))
         add((stage.chain, stage.after, stage.pass_no, stage.level, stage.connectivity))
         add(stage.labels)
+        if stage.region is not None:
+            add(stage.region)
         for task in stage.tasks:
             add((task.index, task.read.start, task.read.stop, task.write.start, task.write.stop))
     return digest.hexdigest()[:16]

@@ -42,6 +42,7 @@ from engine.plan import (
     compile_plan,
     face_array_layout,
     face_array_path,
+    face_planes,
     layout_hash,
 )
 from engine.records import RunRecord, find_resumable, now, process_info
@@ -520,8 +521,11 @@ class _OutputWriter:
         shape = tuple(level.shape[i] for i in keep)
         self._scratch_array(path, dtype, shape, self.plan.chunks)
         if path.endswith("/local"):
+            stage = next(s for s in self.plan.stages if s.target == path)
             for axis in self.plan.spatial:
-                face_shape, face_chunks = face_array_layout(shape, self.plan.chunks, axis)
+                face_shape, face_chunks = face_array_layout(
+                    shape, self.plan.chunks, axis, face_planes(stage, axis)
+                )
                 self._scratch_array(face_array_path(path, axis), dtype, face_shape, face_chunks)
 
     def _scratch_array(

@@ -2,13 +2,15 @@
 
 from tasks.filters import GAUSSIAN, MEDIAN
 from tasks.function import FUNCTION
+from tasks.instance import INSTANCE
 from tasks.label import LABEL
 from tasks.measure import MEASURE
 from tasks.spec import Context, OpSpec, Params, Reduction
 from tasks.threshold import NORMALIZE, THRESHOLD
 
 OPS: dict[str, OpSpec] = {
-    op.name: op for op in (GAUSSIAN, MEDIAN, THRESHOLD, NORMALIZE, LABEL, FUNCTION, MEASURE)
+    op.name: op
+    for op in (GAUSSIAN, MEDIAN, THRESHOLD, NORMALIZE, LABEL, INSTANCE, FUNCTION, MEASURE)
 }
 
 __all__ = ["OPS", "Context", "OpSpec", "Params", "Reduction"]

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import Field, field_validator
 from scipy import ndimage
 
-from tasks.spec import LENGTH_UNITS_IN_MICROMETER, Context, OpSpec, Params, per_axis
+from tasks.spec import LENGTH_UNITS_IN_MICROMETER, Context, OpSpec, Params, check_each, per_axis
 
 
 class GaussianParams(Params):
@@ -20,11 +20,7 @@ class GaussianParams(Params):
     @field_validator("sigma")
     @classmethod
     def _positive(cls, sigma: float | list[float]) -> float | list[float]:
-        # a constraint on the union itself cannot apply to the list form
-        values = sigma if isinstance(sigma, list) else [sigma]
-        if not values or any(not s > 0 for s in values):
-            raise ValueError(f"sigma must be greater than 0 (got {sigma})")
-        return sigma
+        return check_each(sigma, lambda s: s > 0, "sigma must be greater than 0")
 
 
 def gaussian_sigma_pixels(params: GaussianParams, ctx: Context) -> tuple[float, ...]:

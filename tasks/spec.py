@@ -75,6 +75,16 @@ class OpSpec:
     apply_cropped: Callable[..., np.ndarray] | None = None
 
 
+def check_each(value: Any, ok: Callable[[float], bool], rule: str) -> Any:
+    """`value` (one number, or a list of one per axis) if every number in it is `ok`,
+    else a ValueError stating `rule`. For field validators: a constraint on the union
+    of a number and a list cannot apply to the list form."""
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(ok(v) for v in values):
+        raise ValueError(f"{rule} (got {value})")
+    return value
+
+
 def per_axis(value: float | Sequence[float], ndim: int, what: str) -> tuple[float, ...]:
     """Broadcast a scalar parameter to every spatial axis, or check a per-axis list."""
     if isinstance(value, int | float):

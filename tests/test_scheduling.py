@@ -67,7 +67,12 @@ def test_sharded_outputs_written_by_many_workers_are_complete(tmp_path):
         {
             "steps": [
                 {**SMOOTH, "output": {"kind": "image", "name": "smooth", "shards": [16, 64, 64]}},
-                {"name": "mask", "op": "threshold", "input": "smooth", "params": {"method": "value", "value": 1500}},
+                {
+                    "name": "mask",
+                    "op": "threshold",
+                    "input": "smooth",
+                    "params": {"method": "value", "value": 1500},
+                },
                 {
                     "name": "nuclei",
                     "op": "label",

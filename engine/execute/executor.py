@@ -135,6 +135,10 @@ def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, co
         return compute.run_label(root, stage, task, spatial, ctx, values)
     if kind == "faces":
         return compute.run_faces(root, stage, task, spatial, common["chunks"], extra)
+    if kind == "segment":
+        return compute.run_segment(root, stage, task, spatial, ctx, values)
+    if kind == "match":
+        return compute.run_match(root, stage, task, spatial, extra)
     if kind == "relabel":
         return compute.run_relabel(root, stage, task.write, extra.table())
     if kind == "pyramid":
@@ -463,9 +467,20 @@ class Executor:
         ]
         self._enqueue(stage, extras)
 
+    def _segment(self, stage: Stage) -> None:
+        self._label(stage)
+
+    def _match(self, stage: Stage) -> None:
+        self._faces(stage)
+
     def _merge(self, stage: Stage) -> None:
         started = time.perf_counter()
-        counts, found = self._collect(f"{stage.step}/label", f"{stage.step}/faces")
+        local = next(
+            s.name
+            for s in self.plan.stages
+            if s.step == stage.step and s.kind in ("label", "segment")
+        )
+        counts, found = self._collect(local, *stage.after)
         waited = time.perf_counter() - started
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
         pairs = np.concatenate([np.zeros((0, 2), np.uint64), *found])
