@@ -23,6 +23,7 @@ combined on the driver.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -120,6 +121,8 @@ class Stage:
     grid: tuple[int, ...] = ()  # chunk shape of the tasks' grid, when not the plan's
     shards: tuple[int, ...] = ()  # shard shape of the target: its tasks go per shard
     region: Roi | None = None  # segment: the ROI, where a chunk's overlap stops as objects do
+    resources: tuple[tuple[str, float], ...] = ()  # dask worker resources each task needs
+    batch_size: int | None = None  # chunk tasks per worker call; None: the executor's choice
 
 
 @dataclass(frozen=True)
@@ -273,7 +276,7 @@ class _Compiler:
             spatial=self.spatial,
             chunks=self.chunks,
             context=self.context,
-            stages=tuple(self.stages.values()),
+            stages=tuple(_placed(s) for s in self.stages.values()),
             outputs=tuple(self.outputs),
             scratch=self.scratch,
         )
@@ -731,6 +734,26 @@ class _Compiler:
                 shards=upper.shards or (),
             )
             previous = name
+
+
+def _placed(stage: Stage) -> Stage:
+    """A stage whose chain runs models: the worker resources they need (the largest
+    amount of each) and their batch size (the smallest asked for)."""
+    models = [
+        OPS["model"].params.model_validate(link.params)
+        for link in stage.chain
+        if link.op == "model"
+    ]
+    resources: dict[str, float] = {}
+    for params in models:
+        for name, amount in params.resources.items():
+            resources[name] = max(resources.get(name, 0.0), float(amount))
+    sizes = [params.batch_size for params in models if params.batch_size is not None]
+    if not resources and not sizes:
+        return stage
+    return dataclasses.replace(
+        stage, resources=tuple(sorted(resources.items())), batch_size=min(sizes, default=None)
+    )
 
 
 def downsample_factors(lower: LevelSpec, upper: LevelSpec) -> tuple[int, ...]:

@@ -20,7 +20,13 @@ import numpy as np
 import zarr
 
 from engine.errors import ConfigError, EngineError, OutputConflict
-from engine.execute.cluster import ClusterArg, connect, worker_memory
+from engine.execute.cluster import (
+    ClusterArg,
+    check_resources,
+    connect,
+    plan_resources,
+    worker_memory,
+)
 from engine.execute.executor import Executor, StageStats, TaskFailed
 from engine.geometry import Roi
 from engine.lock import OutputLocks
@@ -204,7 +210,9 @@ def run(
             record.update(stages=stage_rows, **_totals(stage_rows))
 
         try:
-            with connect(workers, scheduler, cluster, pipeline.cluster) as client:
+            resources = plan_resources(plan)
+            with connect(workers, scheduler, cluster, pipeline.cluster, resources) as client:
+                check_resources(client, plan)
                 limit, threads = worker_memory(client)
                 projected = check_fits(plan, limit, threads)
                 record.update(projected_worker_bytes=projected, worker_memory_limit=limit)

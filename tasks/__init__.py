@@ -5,12 +5,13 @@ from tasks.function import FUNCTION
 from tasks.instance import INSTANCE
 from tasks.label import LABEL
 from tasks.measure import MEASURE
+from tasks.model import MODEL
 from tasks.spec import Context, OpSpec, Params, Reduction
 from tasks.threshold import NORMALIZE, THRESHOLD
 
 OPS: dict[str, OpSpec] = {
     op.name: op
-    for op in (GAUSSIAN, MEDIAN, THRESHOLD, NORMALIZE, LABEL, INSTANCE, FUNCTION, MEASURE)
+    for op in (GAUSSIAN, MEDIAN, THRESHOLD, NORMALIZE, LABEL, INSTANCE, FUNCTION, MEASURE, MODEL)
 }
 
 __all__ = ["OPS", "Context", "OpSpec", "Params", "Reduction"]

@@ -18,17 +18,13 @@ from pydantic import Field, field_validator
 from tasks.spec import Context, OpSpec, Params, per_axis
 
 
-class FunctionParams(Params):
-    function: str
+class UserCallableParams(Params):
+    """What the engine must be told about user code: how far it looks (halo, in pixels
+    per spatial axis or one for all) and what it returns (dtype; default the input's)."""
+
     halo: int | list[int] = 0
     dtype: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("function")
-    @classmethod
-    def _importable(cls, path: str) -> str:
-        load_function(path)
-        return path
 
     @field_validator("dtype")
     @classmethod
@@ -36,6 +32,16 @@ class FunctionParams(Params):
         if dtype is not None:
             np.dtype(dtype)
         return dtype
+
+
+class FunctionParams(UserCallableParams):
+    function: str
+
+    @field_validator("function")
+    @classmethod
+    def _importable(cls, path: str) -> str:
+        load_function(path)
+        return path
 
 
 def load_function(path: str) -> Callable[..., np.ndarray]:
@@ -53,23 +59,44 @@ def load_function(path: str) -> Callable[..., np.ndarray]:
 
 
 def call_function(block: np.ndarray, params: FunctionParams, ctx: Context, value: Any = None):
-    result = np.asarray(load_function(params.function)(block, **params.kwargs))
-    if result.shape != block.shape:
+    result = load_function(params.function)(block, **params.kwargs)
+    return checked_result(result, block, params.dtype, params.function)
+
+
+def checked_result(
+    result: Any,
+    block: np.ndarray,
+    dtype: str | None,
+    what: str,
+    kept: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """A user callable's result as the engine needs it: the block's shape (or `kept`, the
+    shape of the part the engine keeps, when the callable was asked for that part only)
+    and the declared dtype, or the block's when none is declared (the plan fixes dtypes
+    before running)."""
+    result = np.asarray(result)
+    expected = block.shape if kept is None else kept
+    if result.shape != expected:
+        part = "" if kept is None else f" (asked for its part of shape {kept})"
         raise ValueError(
-            f"{params.function} returned shape {result.shape} for a block of shape {block.shape}"
+            f"{what} returned shape {result.shape} for a block of shape {block.shape}{part}"
         )
-    if params.dtype is not None:
-        return result.astype(params.dtype, copy=False)
+    if dtype is not None:
+        return result.astype(dtype, copy=False)
     if result.dtype != block.dtype:
         raise ValueError(
-            f"{params.function} returned {result.dtype} for a {block.dtype} block; "
+            f"{what} returned {result.dtype} for a {block.dtype} block; "
             f"declare params.dtype: {result.dtype}"
         )
     return result
 
 
-def _dtype(params: FunctionParams, dtype: np.dtype) -> np.dtype:
+def declared_dtype(params: UserCallableParams, dtype: np.dtype) -> np.dtype:
     return np.dtype(params.dtype) if params.dtype is not None else np.dtype(dtype)
+
+
+def declared_halo(params: UserCallableParams, ctx: Context) -> tuple[int, ...]:
+    return tuple(int(h) for h in per_axis(params.halo, len(ctx.spacing), "halo"))
 
 
 FUNCTION = OpSpec(
@@ -77,8 +104,8 @@ FUNCTION = OpSpec(
     version="1",
     params=FunctionParams,
     kind=lambda p: "blockwise",
-    halo=lambda p, ctx: tuple(int(h) for h in per_axis(p.halo, len(ctx.spacing), "halo")),
-    dtype=_dtype,
+    halo=declared_halo,
+    dtype=declared_dtype,
     apply=call_function,
     doc="A user function `module:function` applied blockwise with a declared halo.",
 )

@@ -73,6 +73,9 @@ class OpSpec:
     # apply_cropped(block, params, ctx, value, keep) == apply(block, params, ctx, value)[keep],
     # for ops that can skip work outside `keep` (the block minus its halo)
     apply_cropped: Callable[..., np.ndarray] | None = None
+    # "model": the step writes a model artifact (`_engine/models/<params.model>`), not an
+    # image; `apply` is its per-block map (the features of the annotated voxels)
+    artifact: Literal["model"] | None = None
 
 
 def check_each(value: Any, ok: Callable[[float], bool], rule: str) -> Any:

@@ -1,5 +1,10 @@
 """Getting a dask client: a LocalCluster the engine starts, an existing scheduler, or
-dask workers in SLURM jobs (engine/execute/slurm.py). `connect` is the one entry point."""
+dask workers in SLURM jobs (engine/execute/slurm.py). `connect` is the one entry point.
+
+Worker resources (a model step's `resources: {gpu: 1}`): workers the engine starts are
+given the resources the plan asks for (a local cluster's workers claim them, SLURM worker
+jobs request them with `--gres`); on an existing scheduler `check_resources` makes sure
+some worker offers them, since dask would otherwise wait for such a worker forever."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from distributed import Client, LocalCluster
 
 from engine.errors import ConfigError, EngineError
 from engine.pipeline import ClusterSpec, _first_error
+from engine.plan import Plan
 
 ClusterArg = ClusterSpec | dict[str, Any] | str | None
 
@@ -55,9 +61,10 @@ def connect(
     scheduler: str | None = None,
     cluster: ClusterArg = None,
     config: ClusterSpec | None = None,
+    resources: dict[str, float] | None = None,
 ) -> Iterator[Client]:
     """A client for one run. `config` is the pipeline's `cluster:` section; `cluster`
-    overrides it (see `resolve_cluster`)."""
+    overrides it (see `resolve_cluster`). Workers the engine starts offer `resources`."""
     spec = resolve_cluster(config, cluster)
     if scheduler is not None:
         if cluster is not None and spec.kind == "slurm":
@@ -74,7 +81,7 @@ def connect(
             raise ConfigError("--workers is for --cluster local; SLURM runs use --jobs")
         from engine.execute.slurm import slurm_client
 
-        with slurm_client(spec) as client:
+        with slurm_client(spec, resources) as client:
             yield client
         return
     n = workers or os.cpu_count() or 1
@@ -87,6 +94,7 @@ def connect(
             processes=True,
             dashboard_address=":0",
             silence_logs=logging.CRITICAL,
+            resources=resources or None,
         ) as cluster_,
         Client(cluster_) as client,
     ):
@@ -99,3 +107,29 @@ def worker_memory(client: Client) -> tuple[int, int]:
     limits = [int(w.get("memory_limit") or 0) for w in workers]
     threads = max((int(w.get("nthreads", 1)) for w in workers), default=1)
     return min((m for m in limits if m), default=0), threads
+
+
+def plan_resources(plan: Plan) -> dict[str, float]:
+    """The worker resources a plan's stages need: the largest amount of each."""
+    needed: dict[str, float] = {}
+    for stage in plan.stages:
+        for name, amount in stage.resources:
+            needed[name] = max(needed.get(name, 0.0), amount)
+    return needed
+
+
+def check_resources(client: Client, plan: Plan) -> None:
+    """Refuse a plan whose stages need worker resources no connected worker offers."""
+    offered = [w.get("resources", {}) for w in client.scheduler_info()["workers"].values()]
+    for stage in plan.stages:
+        needed = dict(stage.resources)
+        if not needed or not offered:  # no workers yet (adaptive): they come as configured
+            continue
+        if not any(all(r.get(k, 0) >= v for k, v in needed.items()) for r in offered):
+            have = sorted({f"{k}={v:g}" for r in offered for k, v in r.items()})
+            raise EngineError(
+                f"step '{stage.step}': needs worker resources "
+                f"{', '.join(f'{k}={v:g}' for k, v in needed.items())} but no dask worker offers "
+                f"them (workers offer: {', '.join(have) or 'none'}); start workers with "
+                '`dask worker ... --resources "gpu=1"`, or let the engine start them'
+            )

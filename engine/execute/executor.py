@@ -280,7 +280,9 @@ class Executor:
         units = self._units(stage, todo)
         first = [u for u in units if preview is not None and self._touches(stage, u, preview)]
         rest = [u for u in units if not (preview is not None and self._touches(stage, u, preview))]
-        size = min(MAX_BATCH, max(1, math.ceil(len(todo) / (self.workers * BATCHES_PER_WORKER))))
+        size = stage.batch_size or min(
+            MAX_BATCH, max(1, math.ceil(len(todo) / (self.workers * BATCHES_PER_WORKER)))
+        )
         for group, is_preview in ((first, True), (rest, False)):
             members: list[int] = []
             for k, unit in enumerate(group):
@@ -376,6 +378,7 @@ class Executor:
             *deps,
             pure=False,
             priority=run.order + (PREVIEW_PRIORITY if batch.preview else 0),
+            resources=dict(stage.resources) or None,
         )
         self.unsubmitted.discard(batch.id)
         self.live[batch.id] = future

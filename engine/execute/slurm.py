@@ -16,6 +16,7 @@ with the tail of its log.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import signal
 import subprocess
@@ -142,9 +143,29 @@ def log_tail(paths: list[Path], lines: int = 3) -> str:
     return "its log is empty"
 
 
+def resource_directives(
+    spec: ClusterSpec, resources: dict[str, float]
+) -> tuple[list[str], list[str]]:
+    """Job directives and dask worker arguments for worker resources: every worker of a
+    job offers them to dask, and GPUs are requested from SLURM (`--gres=gpu:N`, for all
+    the job's workers)."""
+    if not resources:
+        return [], []
+    offer = ",".join(f"{name}={amount:g}" for name, amount in sorted(resources.items()))
+    directives = []
+    if "gpu" in resources:
+        directives.append(f"--gres=gpu:{math.ceil(resources['gpu']) * spec.processes}")
+    return directives, ["--resources", offer]
+
+
 def make_cluster(
-    spec: ClusterSpec, security: Security | None, tls_dir: Path | None, logs: Path
+    spec: ClusterSpec,
+    security: Security | None,
+    tls_dir: Path | None,
+    logs: Path,
+    resources: dict[str, float] | None = None,
 ) -> SLURMCluster:
+    directives, worker_args = resource_directives(spec, resources or {})
     return SLURMCluster(
         queue=spec.partition,
         account=spec.account,
@@ -152,7 +173,8 @@ def make_cluster(
         processes=spec.processes,
         memory=spec.memory,
         walltime=spec.walltime,
-        job_extra_directives=list(spec.job_extra_directives),
+        job_extra_directives=[*spec.job_extra_directives, *directives],
+        worker_extra_args=worker_args,
         python=spec.python or sys.executable,
         job_name=spec.job_name,
         log_directory=str(logs),
@@ -215,8 +237,9 @@ def wanted_workers(spec: ClusterSpec) -> int:
 
 
 @contextmanager
-def slurm_client(spec: ClusterSpec) -> Iterator[Client]:
-    """A client on a scheduler here, with workers in SLURM jobs; jobs are cancelled at exit."""
+def slurm_client(spec: ClusterSpec, resources: dict[str, float] | None = None) -> Iterator[Client]:
+    """A client on a scheduler here, with workers in SLURM jobs (offering `resources`);
+    jobs are cancelled at exit."""
     require_slurm()
     logs = log_directory(spec)
     try:
@@ -227,7 +250,7 @@ def slurm_client(spec: ClusterSpec) -> Iterator[Client]:
     security = Security.temporary() if spec.tls else None
     cluster = None
     try:
-        cluster = make_cluster(spec, security, tls_dir, logs)
+        cluster = make_cluster(spec, security, tls_dir, logs, resources)
         with cluster:
             sbatch_check(cluster.job_script())
             if spec.adaptive:
