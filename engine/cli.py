@@ -255,6 +255,13 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"tables/{item['name']}: {item['type']}{region}, {item['rows']} rows, "
             f"{item['runs']} run(s)"
         )
+    for item in info["models"]:
+        kind = item.get("estimator", "?").rsplit(".", 1)[-1]
+        out.print(
+            f"{item['path']}: {kind}, classes {item.get('classes')}, "
+            f"{item.get('n_features')} features, halo {item.get('halo')}",
+            highlight=False,
+        )
     for roi in info["rois"]:
         box = ", ".join(f"{a}: {r[0]:g}..{r[1]:g}" for a, r in roi["micrometer"].items())
         out.print(f"roi {roi['name']} (tables/{roi['table']}): {box} micrometer", highlight=False)

@@ -20,6 +20,7 @@ import numpy as np
 import zarr
 
 from engine.chunk_cache import read_cached
+from engine.errors import EngineError
 from engine.geometry import Roi, chunk_roi
 from engine.plan import (
     ChunkTask,
@@ -32,6 +33,14 @@ from engine.plan import (
     face_planes,
 )
 from tasks import OPS, Context
+from tasks.classifier import (
+    Samples,
+    TrainedClassifier,
+    block_samples,
+    check_samples,
+    combine_samples,
+    fit_classifier,
+)
 from tasks.instance import matching_pairs, number_core
 from tasks.label import FaceComponents, crossing_pairs, final_ids
 from tasks.measure import combine_partials, measure_block
@@ -371,6 +380,45 @@ def run_measure(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) 
         for t, index in time_slices(write, spatial)
     ]
     return combine_partials(parts)
+
+
+def run_train(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) -> Samples | None:
+    """Training samples of one chunk: the features of its annotated voxels (the chain's
+    last link maps a block to features, with their halo), their classes and global voxel
+    indices, capped per class (tasks/classifier.py)."""
+    assert stage.labels is not None
+    write = task.write
+    annotations = read_source(root, stage.labels, write)
+    params = _train_params(stage)
+    extent = tuple(int(s) for s in stage.labels.bounds.stop)
+    blocks = chain_output(root, stage, task.read, write, spatial, ctx, values)
+    parts = []
+    for (t, features), (_, index) in zip(blocks, time_slices(write, spatial), strict=True):
+        labels = annotations[index]
+        origin = [int(a) for a in write.start]
+        if t is not None:  # one time point: a block of extent 1 along t
+            origin[0] = t
+            features, labels = features[None], labels[None]
+        parts.append(block_samples(features, labels, origin, extent, params))
+    return combine_samples(parts, params)
+
+
+def combine_training(stage: Stage, parts: Sequence[Samples | None]) -> Samples:
+    """The chunks' samples as one capped set, checked to be able to train a classifier."""
+    params = _train_params(stage)
+    try:
+        return check_samples(combine_samples(parts, params), params)
+    except ValueError as exc:
+        raise EngineError(f"step '{stage.step}': {exc}") from None
+
+
+def fit_model(stage: Stage, samples: Samples) -> TrainedClassifier:
+    return fit_classifier(samples, _train_params(stage))
+
+
+def _train_params(stage: Stage) -> Any:
+    link = stage.chain[-1]
+    return OPS[link.op].params.model_validate(link.params)
 
 
 def run_pyramid(root: str, stage: Stage, read: Roi, write: Roi, factors: Sequence[int]) -> int:

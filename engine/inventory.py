@@ -1,5 +1,5 @@
 """What an image's zarr holds: its levels, the label and result outputs and tables beside
-it, and its named ROIs (from its ROI tables, in micrometers)."""
+it, the models trained on it, and its named ROIs (from its ROI tables, in micrometers)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import zarr
 
+from engine.models import model_info, model_path, trained_models
 from engine.ngff.metadata import read_image
 from engine.ngff.roi_tables import read_rois
 from engine.ngff.write import engine_attrs, read_ome
@@ -36,6 +37,10 @@ def describe(path: str | Path) -> dict[str, Any]:
         "labels": [],
         "results": [],
         "tables": _tables(root),
+        "models": [
+            {"name": name, "path": model_path(name), **(model_info(path, name) or {})}
+            for name in trained_models(path)
+        ],
         "rois": [
             {
                 "name": name,

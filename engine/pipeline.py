@@ -252,7 +252,8 @@ class Pipeline(_Model):
             raise ConfigError("the pipeline has no steps")
         graph = self.graph()
         for step in self.steps:
-            if step.output is None and graph.out_degree(step.name) == 0:
+            makes = step.output is not None or OPS[step.op].artifact is not None
+            if not makes and graph.out_degree(step.name) == 0:
                 raise ConfigError(f"step '{step.name}': has no output and no step uses it")
 
     def graph(self) -> nx.DiGraph:

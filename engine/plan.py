@@ -18,7 +18,11 @@ pairs of objects whose segmentations of the band around a border agree instead
 of face pairs. A measurement table (`op: measure`) is one "measure" stage
 after everything else: per chunk of the ROI, partial sums per label of the label
 step's materialised output (and of the intensity chain, read with the same box),
-combined on the driver.
+combined on the driver. A step that trains a model (`op.artifact == "model"`) is one
+"train" stage: per chunk, its chain (ending in the op's per-block features) and the
+annotation labels over the same box; the driver combines the samples and one fit
+makes the artifact. Predict steps run as the `op: model` step their artifact makes
+(engine/models.py); stages whose chain holds a model carry its worker resources.
 """
 
 from __future__ import annotations
@@ -28,13 +32,15 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, NgffError
 from engine.geometry import Roi, chunks_touching, count_chunks
-from engine.ngff.metadata import Axis, ImageMeta
+from engine.models import model_path, model_steps, model_version
+from engine.ngff.metadata import Axis, ImageMeta, read_image
 from engine.ngff.write import LevelSpec, OutputKind, output_path
 from engine.pipeline import IMAGE, Pipeline, Step
 from tasks import OPS, Context
@@ -50,6 +56,7 @@ StageKind = Literal[
     "relabel",
     "pyramid",
     "measure",
+    "train",
 ]
 ENGINE_GROUP = "_engine"
 
@@ -88,7 +95,7 @@ class ChunkTask:
 @dataclass(frozen=True)
 class OutputPlan:
     step: str
-    kind: OutputKind | Literal["table"]
+    kind: OutputKind | Literal["table", "model"]
     name: str
     dtype: str | None
     axes: tuple[Axis, ...]
@@ -100,6 +107,8 @@ class OutputPlan:
     def path(self) -> str:
         if self.kind == "table":
             return f"tables/{self.name}"
+        if self.kind == "model":
+            return model_path(self.name)
         return output_path(self.kind, self.name)
 
 
@@ -241,6 +250,7 @@ class _Compiler:
         self.scratch = f"{ENGINE_GROUP}/runs/{run_id}"
         self.engine_version = engine_version
         self.stages: dict[str, Stage] = {}
+        self.expanded = model_steps(pipeline, meta.path)  # predict steps as `op: model`
         # step name -> (array holding its result, stage that writes it, usable only by
         # chains that need no halo beyond it: true for ROI-only scratch of exact values)
         self.materialised: dict[str, tuple[Source, str, bool]] = {}
@@ -251,6 +261,9 @@ class _Compiler:
         for step in self.pipeline.ordered_steps():
             if step.op == "measure":
                 tables.append(step)  # after every other step: whatever it reads is then planned
+                continue
+            if OPS[step.op].artifact == "model":
+                self._train(step)
                 continue
             if step.output is not None and step.output.kind == "table":
                 raise ConfigError(
@@ -297,11 +310,11 @@ class _Compiler:
         Returns the source, the links in execution order, and the stages the chain
         must wait for (reductions it uses, global steps it reads).
         """
-        steps: list[Step] = [last] if include_last else []
+        steps: list[Step] = [self._resolved(last)] if include_last else []
         halo = sum(sum(self._halo(s)) for s in steps)
         current = last.source
         while current != IMAGE and not self._usable(current, halo):
-            step = self.pipeline.step(current)
+            step = self._resolved(self.pipeline.step(current))
             steps.append(step)
             halo += sum(self._halo(step))
             current = step.source
@@ -329,6 +342,10 @@ class _Compiler:
                 Link(step.name, step.op, step.params, self._halo(step), str(dtype), value_from)
             )
         return source, tuple(links), after
+
+    def _resolved(self, step: Step) -> Step:
+        """The step as it runs: a predict step becomes its `op: model` step."""
+        return self.expanded.get(step.name, step)
 
     def _usable(self, name: str, halo: int) -> bool:
         if name not in self.materialised:
@@ -578,6 +595,55 @@ class _Compiler:
             labels=labels,
         )
 
+    def _train(self, step: Step) -> None:
+        """One "train" stage: per chunk of the ROI, the op's chain (its last link maps the
+        block to features, with their halo) and the annotations over the same box."""
+        n = step.name
+        users = [s.name for s in self.pipeline.steps if n in (s.source, *s.extra_inputs())]
+        if users:
+            raise ConfigError(f"step '{users[0]}': input '{n}' is a model, not an image")
+        params = step.typed_params()
+        if step.output is not None:
+            raise ConfigError(
+                f"step '{n}': op '{step.op}' writes the model {model_path(params.model)} "
+                "(params.model); it takes no output"
+            )
+        labels = self._annotations(step, params.annotations)
+        source, links, after = self._chain(step, include_last=True)
+        self._output(step, None, {"annotations": f"labels/{params.annotations}"}, params.model)
+        name = f"{n}/train"
+        self.stages[name] = Stage(
+            name,
+            n,
+            "train",
+            source,
+            links,
+            self._tasks(links, source.bounds, self.roi),
+            tuple(after),
+            labels=labels,
+        )
+
+    def _annotations(self, step: Step, name: str) -> Source:
+        """The label image `labels/<name>` at the processing level, as a per-chunk source."""
+        where = f"step '{step.name}': params.annotations"
+        folder = Path(self.meta.path) / "labels"
+        try:
+            labels = read_image(folder / name)
+        except NgffError:
+            found = ", ".join(sorted(p.name for p in folder.glob("*/"))) or "none"
+            raise ConfigError(
+                f"{where}: no label image '{name}' in {folder} (found: {found})"
+            ) from None
+        if len(labels.levels) <= self.level or labels.level(self.level).shape != self.shape:
+            raise ConfigError(
+                f"{where}: labels/{name} has no level of the image's shape {self.shape} "
+                f"at level {self.level}"
+            )
+        level = labels.level(self.level)
+        if not np.issubdtype(np.dtype(level.dtype), np.integer):
+            raise ConfigError(f"{where}: labels/{name} holds {level.dtype}, not integer classes")
+        return Source(f"labels/{name}/{level.path}", level.dtype, self.bounds)
+
     def _label_input(self, step: Step) -> tuple[Source, str, list[str]]:
         """The label image a measure step reads (the label output of its input step)."""
         n, src = step.name, step.source
@@ -617,10 +683,18 @@ class _Compiler:
         return tuple(1 if i in self.spatial else 0 for i in range(len(self.axes)))
 
     def _output(
-        self, step: Step, dtype: str | None, extra: dict[str, Any] | None = None
+        self,
+        step: Step,
+        dtype: str | None,
+        extra: dict[str, Any] | None = None,
+        model: str | None = None,
     ) -> OutputPlan:
-        assert step.output is not None
-        kind, name = step.output.kind, step.output.name
+        """The output a step writes: its `output:`, or the model artifact named `model`."""
+        if model is not None:
+            kind, name = "model", model
+        else:
+            assert step.output is not None
+            kind, name = step.output.kind, step.output.name
         if dtype is not None:
             np_dtype = np.dtype(dtype)
             if np_dtype == np.bool_:
@@ -630,12 +704,19 @@ class _Compiler:
                     f"step '{step.name}': output kind 'label' needs integer data, "
                     f"but this step makes {np_dtype}"
                 )
+        upstream = self.pipeline.upstream(step.name)
+        models = {
+            s.name: model_version(self.expanded[s.name])
+            for s in upstream
+            if s.name in self.expanded
+        }
         provenance = {
             "step": step.name,
-            "chain": [s.model_dump(mode="json") for s in self.pipeline.upstream(step.name)],
+            "chain": [s.model_dump(mode="json") for s in upstream],
             "input": str(self.meta.path),
             "level": self.level,
-            "ops": {s.op: OPS[s.op].version for s in self.pipeline.upstream(step.name)},
+            "ops": {s.op: OPS[s.op].version for s in upstream},
+            **({"models": models} if models else {}),
             **(extra or {}),
         }
         out = OutputPlan(
@@ -644,7 +725,7 @@ class _Compiler:
             name=name,
             dtype=dtype,
             axes=self.axes,
-            levels=self._output_levels(step),
+            levels=() if kind == "model" else self._output_levels(step),
             provenance=provenance,
             config_hash=config_hash(provenance),
         )

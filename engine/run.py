@@ -32,6 +32,7 @@ from engine.geometry import Roi
 from engine.lock import OutputLocks
 from engine.markers import Markers
 from engine.memory import check_fits
+from engine.models import write_model
 from engine.ngff.metadata import ImageMeta, open_group, read_image
 from engine.ngff.tables import merge_rows, read_table, table_attrs, write_table
 from engine.ngff.write import (
@@ -432,6 +433,11 @@ def check_output(meta: ImageMeta, out: OutputPlan, overwrite: bool, update: bool
             f"({describe_change(old, out.provenance)}); "
             "use --overwrite to replace it"
         )
+    if out.kind == "model":
+        raise OutputConflict(
+            f"model {out.path} exists; a model is trained once: use --overwrite to train it "
+            "again, or another params.model"
+        )
     if not update:
         raise OutputConflict(
             f"output {out.path} exists (same config); use --update to add this ROI to it "
@@ -579,6 +585,11 @@ class _OutputWriter:
             for out in self.plan.outputs
             if out.kind == "table"
         }
+        models = {
+            out.step: write_model(self.meta.path, self.root, out.path, executor.models[out.step])
+            for out in self.plan.outputs
+            if out.kind == "model"
+        }
         for out in self.plan.outputs:
             group = self.root[out.path]
             if out.step in previous:
@@ -591,11 +602,13 @@ class _OutputWriter:
                 "engine_version": __version__,
                 "config_hash": out.config_hash,
                 "provenance": out.provenance,
-                "source": {"image": "../../"},
+                "source": {"image": "../" * (out.path.count("/") + 1)},
                 "runs": runs,
             }
             if out.step in self.max_labels:
                 record["max_label"] = self.max_labels[out.step]
+            if out.step in models:
+                record["model"] = models[out.step]
             if out.kind == "table":
                 record["units"] = self._table_units(out)
             set_engine_attrs(group, record)

@@ -1,5 +1,6 @@
 """The op library: pure numpy functions with specs. Imports nothing from the engine."""
 
+from tasks.classifier import PREDICT, TRAIN
 from tasks.filters import GAUSSIAN, MEDIAN
 from tasks.function import FUNCTION
 from tasks.instance import INSTANCE
@@ -11,7 +12,19 @@ from tasks.threshold import NORMALIZE, THRESHOLD
 
 OPS: dict[str, OpSpec] = {
     op.name: op
-    for op in (GAUSSIAN, MEDIAN, THRESHOLD, NORMALIZE, LABEL, INSTANCE, FUNCTION, MEASURE, MODEL)
+    for op in (
+        GAUSSIAN,
+        MEDIAN,
+        THRESHOLD,
+        NORMALIZE,
+        LABEL,
+        INSTANCE,
+        FUNCTION,
+        MEASURE,
+        MODEL,
+        TRAIN,
+        PREDICT,
+    )
 }
 
 __all__ = ["OPS", "Context", "OpSpec", "Params", "Reduction"]

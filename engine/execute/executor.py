@@ -145,6 +145,8 @@ def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, co
         return compute.run_pyramid(root, stage, task.read, task.write, common["factors"])
     if kind == "measure":
         return compute.run_measure(root, stage, task, spatial, ctx, values)
+    if kind == "train":
+        return compute.run_train(root, stage, task, spatial, ctx, values)
     raise ValueError(f"unknown stage kind {kind}")
 
 
@@ -215,6 +217,7 @@ class Executor:
         self.components: dict[str, FaceComponents] = {}
         self.labels: dict[str, LabelResult] = {}
         self.measurements: dict[str, Partial] = {}
+        self.models: dict[str, Any] = {}  # train step -> fitted model, for the run to save
         self.merge_stats: dict[str, dict[str, float]] = {}
         self.workers = max(1, len(client.scheduler_info().get("workers", {})))
         self.max_in_flight = self.workers * IN_FLIGHT_PER_WORKER
@@ -536,6 +539,20 @@ class Executor:
             "seconds": time.perf_counter() - started,
             "partial_bytes": sum(v.nbytes for p in parts for v in p.values()),
             "table_bytes": sum(v.nbytes for v in combined.values()),
+        }
+
+    def _train(self, stage: Stage) -> None:
+        """The chunks' samples combined here (a barrier); one worker fits the model."""
+        self._enqueue(stage)
+        parts = self._collect(stage.name)[0]
+        started = time.perf_counter()
+        samples = compute.combine_training(stage, parts)
+        future = self.client.submit(compute.fit_model, stage, samples, pure=False)
+        self.models[stage.step] = future.result()
+        self.merge_stats[stage.step] = {
+            "samples": len(samples.classes),
+            "sample_bytes": samples.features.nbytes,
+            "seconds": time.perf_counter() - started,
         }
 
     def _pyramid(self, stage: Stage) -> None:
