@@ -22,7 +22,8 @@ combined on the driver. A step that trains a model (`op.artifact == "model"`) is
 "train" stage: per chunk, its chain (ending in the op's per-block features) and the
 annotation labels over the same box; the driver combines the samples and one fit
 makes the artifact. Predict steps run as the `op: model` step their artifact makes
-(engine/models.py); stages whose chain holds a model carry its worker resources.
+(engine/models.py); stages whose chain holds a model carry its worker resources, and a
+model step's output is read back by the chains after it rather than run again.
 """
 
 from __future__ import annotations
@@ -442,6 +443,9 @@ class _Compiler:
             out.dtype,
             shards=out.levels[0].shards or (),
         )
+        if any(link.op == "model" for link in links):
+            # a model is costly: chains after it read its output instead of running it again
+            self.materialised[step.name] = (Source(target, str(out.dtype), self.roi), name, True)
         self._pyramid(step, out, name)
 
     def _global(self, step: Step) -> None:

@@ -75,10 +75,12 @@ def test_batch_size_and_resources_reach_the_plan(image: Path) -> None:
     )
     _, plan = make_plan(p, roi=ROI)
     edges, local = plan.stage("edges"), plan.stage("objects/label")
-    assert edges.resources == local.resources == (("gpu", 1.0),)  # the label chain runs it too
-    assert edges.batch_size == local.batch_size == 3
-    assert plan.stage("objects/relabel").resources == ()
+    assert edges.resources == (("gpu", 1.0),) and edges.batch_size == 3
     assert edges.chain[0].halo == (2, 2, 2)
+    # the label chain reads the model's output instead of running the model again
+    assert local.source.path == "results/edges/s0" and "edges" in local.after
+    assert [link.op for link in local.chain] == ["threshold", "label"]
+    assert local.resources == () and local.batch_size is None
 
 
 def test_resources_local_workers_offer_them_and_missing_ones_are_named(
