@@ -35,7 +35,7 @@ from sklearn.ensemble import RandomForestClassifier
 
 from tasks.features import FeatureSettings, pixel_features
 from tasks.model import Placement
-from tasks.spec import Context, OpSpec, Params
+from tasks.spec import Context, OpSpec, Params, done_by_engine
 
 MODEL_FACTORY = "tasks.classifier:pixel_classifier"
 MODEL_FILE = "model.joblib"
@@ -343,14 +343,6 @@ def model_op_params(params: PredictParams, path: str, info: dict[str, Any]) -> d
     }
 
 
-def _run_as_model(block: np.ndarray, params: Any, ctx: Context, value: Any = None):
-    raise TypeError("the engine runs 'predict_pixel_classifier' as op 'model' (model_op_params)")
-
-
-def _halo_from_model(params: Any, ctx: Context) -> tuple[int, ...]:
-    raise TypeError("the halo of 'predict_pixel_classifier' comes from the model's artifact")
-
-
 TRAIN = OpSpec(
     name="train_pixel_classifier",
     version="1",
@@ -370,8 +362,8 @@ PREDICT = OpSpec(
     version="1",
     params=PredictParams,
     kind=lambda p: "blockwise",
-    halo=_halo_from_model,
+    halo=done_by_engine("the halo of 'predict_pixel_classifier' comes from its model artifact"),
     dtype=lambda p, dtype: np.dtype(np.float32),
-    apply=_run_as_model,
+    apply=done_by_engine("the engine runs 'predict_pixel_classifier' as op 'model'"),
     doc="Probability of one class (float32) by a trained pixel classifier, run as op 'model'.",
 )

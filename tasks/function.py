@@ -10,12 +10,36 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from tasks.spec import Context, OpSpec, Params, per_axis
+
+
+def load_function(path: str) -> Callable[..., np.ndarray]:
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"'{path}' is not of the form 'module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module '{module_name}': {exc}") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"module '{module_name}' has no function '{attr}'")
+    return fn
+
+
+def importable(path: str) -> str:
+    """A `module:name` path whose module imports and has the name: checked when the
+    pipeline is built, so a typo is a config error, not a failure on every worker."""
+    load_function(path)
+    return path
+
+
+ImportPath = Annotated[str, AfterValidator(importable)]
 
 
 class UserCallableParams(Params):
@@ -35,27 +59,7 @@ class UserCallableParams(Params):
 
 
 class FunctionParams(UserCallableParams):
-    function: str
-
-    @field_validator("function")
-    @classmethod
-    def _importable(cls, path: str) -> str:
-        load_function(path)
-        return path
-
-
-def load_function(path: str) -> Callable[..., np.ndarray]:
-    module_name, sep, attr = path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"'{path}' is not of the form 'module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import module '{module_name}': {exc}") from exc
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"module '{module_name}' has no function '{attr}'")
-    return fn
+    function: ImportPath
 
 
 def call_function(block: np.ndarray, params: FunctionParams, ctx: Context, value: Any = None):

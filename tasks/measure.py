@@ -17,12 +17,11 @@ so `intensity_mean` equals scikit-image's); float intensities are summed in floa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from pydantic import Field
 
-from tasks.spec import Context, OpSpec, Params
+from tasks.spec import OpSpec, Params, done_by_engine
 
 Partial = dict[str, np.ndarray]
 COORD_KEYS = ("sum", "min", "max")
@@ -173,10 +172,6 @@ def table_columns(
     return part["label"], column_names(ndim, intensity), matrix
 
 
-def _not_blockwise(block: np.ndarray, params: Any, ctx: Context, value: Any = None):
-    raise TypeError("op 'measure' makes a table: the engine runs it as its own stage")
-
-
 MEASURE = OpSpec(
     name="measure",
     version="1",
@@ -184,7 +179,7 @@ MEASURE = OpSpec(
     kind=lambda p: "global",
     halo=lambda p, ctx: (0,) * len(ctx.spacing),
     dtype=lambda p, dtype: np.dtype(np.float64),
-    apply=_not_blockwise,
+    apply=done_by_engine("op 'measure' makes a table: the engine runs it as its own stage"),
     doc="Per-object table of a label step: area, centroid, bbox, intensity mean/min/max/sum, "
     "physical volume and centroid; output kind 'table'.",
 )

@@ -27,6 +27,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from tasks.function import (
+    ImportPath,
     UserCallableParams,
     checked_result,
     declared_dtype,
@@ -54,13 +55,7 @@ class Placement(Params):
 
 
 class ModelParams(Placement, UserCallableParams):
-    model: str
-
-    @field_validator("model")
-    @classmethod
-    def _importable(cls, path: str) -> str:
-        load_function(path)
-        return path
+    model: ImportPath
 
 
 @dataclass(frozen=True)

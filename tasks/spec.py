@@ -78,6 +78,16 @@ class OpSpec:
     artifact: Literal["model"] | None = None
 
 
+def done_by_engine(reason: str) -> Callable[..., Any]:
+    """An OpSpec callable for what the engine does itself instead (a table, a model's
+    halo from its artifact): one that raises, saying so, if anything calls it."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise TypeError(reason)
+
+    return refuse
+
+
 def check_each(value: Any, ok: Callable[[float], bool], rule: str) -> Any:
     """`value` (one number, or a list of one per axis) if every number in it is `ok`,
     else a ValueError stating `rule`. For field validators: a constraint on the union
