@@ -72,6 +72,16 @@ class OpSpec:
     doc: str = ""
 
 
+def makes_a_table(name: str) -> Callable[..., np.ndarray]:
+    """`apply` of an op whose result is a table: the engine runs it as a stage of its own
+    over the ROI, so a call as a blockwise function is a mistake."""
+
+    def apply(block: np.ndarray, params: Any, ctx: Context, value: Any = None) -> np.ndarray:
+        raise TypeError(f"op '{name}' makes a table: the engine runs it as its own stage")
+
+    return apply
+
+
 def per_axis(value: float | Sequence[float], ndim: int, what: str) -> tuple[float, ...]:
     """Broadcast a scalar parameter to every spatial axis, or check a per-axis list."""
     if isinstance(value, int | float):

@@ -1,0 +1,125 @@
+"""Evaluation scores: per-chunk contingency tables combined on the driver equal a
+whole-array numpy computation, on crafted cases with known answers, on the sample
+against its truth, for unaligned ROIs and several chunkings."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from tasks.evaluate import Scores, combine_counts, pair_counts, scores
+
+
+def oracle(pred: np.ndarray, ref: np.ndarray) -> Scores:
+    """The scores from whole arrays, computed the plain way: boolean masks for the pixel
+    scores, a dense IoU matrix for objects, matched where IoU >= 0.5 (one per row and
+    column: at that threshold a maximum matching, see tasks/evaluate.py)."""
+    p, r = pred != 0, ref != 0
+    overlap, n_p, n_r = int((p & r).sum()), int(p.sum()), int(r.sum())
+    p_ids, r_ids = np.unique(pred[p]), np.unique(ref[r])
+    inter = np.zeros((len(p_ids), len(r_ids)), dtype=np.int64)
+    both = p & r
+    np.add.at(
+        inter,
+        (np.searchsorted(p_ids, pred[both]), np.searchsorted(r_ids, ref[both])),
+        1,
+    )
+    sp = np.array([(pred == i).sum() for i in p_ids], dtype=np.int64)
+    sr = np.array([(ref == i).sum() for i in r_ids], dtype=np.int64)
+    union = sp[:, None] + sr[None, :] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    hit = iou >= 0.5
+    used_r: set[int] = set()
+    tp = 0
+    for i in range(len(p_ids)):
+        for j in np.argsort(-iou[i], kind="stable"):
+            if hit[i, j] and j not in used_r:
+                used_r.add(int(j))
+                tp += 1
+                break
+
+    def ratio(a: float, b: float) -> float:
+        return a / b if b else math.nan
+
+    return Scores(
+        ratio(2 * overlap, n_p + n_r),
+        ratio(overlap, n_p + n_r - overlap),
+        ratio(tp, len(p_ids)),
+        ratio(tp, len(r_ids)),
+        ratio(2 * tp, len(p_ids) + len(r_ids)),
+        tp,
+        len(p_ids),
+        len(r_ids),
+        overlap,
+        n_p,
+        n_r,
+    )
+
+
+def assert_same(got: Scores, want: Scores) -> None:
+    for name in Scores.columns():
+        a, b = getattr(got, name), getattr(want, name)
+        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12), name
+
+
+def blocks(shape: tuple[int, ...], step: tuple[int, ...]):
+    for corner in np.ndindex(*(-(-s // k) for s, k in zip(shape, step))):
+        yield tuple(slice(c * k, (c + 1) * k) for c, k in zip(corner, step))
+
+
+def test_known_answer() -> None:
+    ref = np.zeros((10, 12), dtype=np.uint32)
+    pred = np.zeros((10, 12), dtype=np.uint16)
+    ref[0:4, 0:4] = 1  # 16 voxels
+    pred[0:4, 0:3] = 7  # 12 inside ref 1: IoU 12/16, a match
+    ref[6:10, 0:4] = 2  # 16 voxels
+    pred[6:8, 0:4] = 3  # 8 of ref 2: IoU 0.5 exactly, a match
+    pred[8:10, 0:4] = 4  # the other half: IoU 0.5 too, but ref 2 is taken by 3 (lower id)
+    ref[0:2, 8:12] = 5  # no prediction: a false negative
+    pred[5, 10] = 9  # no reference: a false positive
+    got = scores(pair_counts(pred, ref))
+    assert (got.true_positives, got.predicted_objects, got.reference_objects) == (2, 4, 3)
+    assert (got.overlap_voxels, got.predicted_voxels, got.reference_voxels) == (28, 29, 40)
+    assert got.precision == 0.5 and got.recall == 2 / 3 and got.f1 == 4 / 7
+    assert got.dice == 56 / 69 and got.iou == 28 / 41
+    assert_same(got, oracle(pred, ref))
+
+
+def test_identical_and_empty() -> None:
+    labels, n = ndimage.label(np.random.default_rng(1).random((20, 20)) > 0.7)
+    same = scores(pair_counts(labels, labels * 3))  # other ids, same objects
+    assert same.dice == same.iou == same.f1 == 1.0 and same.true_positives == n
+    empty = scores(pair_counts(np.zeros((4, 4), int), np.zeros((4, 4), int)))
+    assert math.isnan(empty.dice) and math.isnan(empty.precision)
+    assert empty.to_json()["dice"] is None and empty.to_json()["true_positives"] == 0
+    only_ref = scores(pair_counts(np.zeros((4, 4), int), np.eye(4, dtype=int)))
+    assert only_ref.dice == 0.0 and only_ref.recall == 0.0 and math.isnan(only_ref.precision)
+
+
+def test_ids_beyond_32_bits() -> None:
+    ref = np.array([[1, 1, 0], [2, 2, 2]], dtype=np.uint64)
+    pred = np.array([[2**40, 2**40, 5], [2**33, 2**33, 0]], dtype=np.uint64)
+    got = scores(pair_counts(pred, ref))
+    assert got.true_positives == 2 and got.predicted_objects == 3
+    assert_same(got, oracle(pred, ref))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 2**31),
+    st.sampled_from([(23, 31), (9, 14, 17)]),
+    st.integers(2, 9),
+)
+def test_block_tables_combine_to_the_whole(seed: int, shape: tuple[int, ...], step: int) -> None:
+    rng = np.random.default_rng(seed)
+    ref, _ = ndimage.label(ndimage.gaussian_filter(rng.random(shape), 1.5) > 0.5)
+    noisy = ndimage.gaussian_filter(rng.random(shape), 1.5) + 0.02 * rng.random(shape)
+    pred, _ = ndimage.label(noisy > 0.5)
+    parts = [pair_counts(pred[b], ref[b]) for b in blocks(shape, (step,) * len(shape))]
+    rng.shuffle(parts)
+    assert_same(scores(combine_counts(parts)), oracle(pred, ref))
