@@ -20,6 +20,7 @@ from engine.chunk_cache import read_cached
 from engine.geometry import Roi, chunk_roi
 from engine.plan import ChunkTask, Link, Source, Stage, chain_boxes, face_array_path, face_box
 from tasks import OPS, Context
+from tasks.evaluate import Counts, pair_counts
 from tasks.label import crossing_pairs
 from tasks.measure import combine_partials, measure_block
 
@@ -238,6 +239,14 @@ def run_measure(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) 
         for t, index in time_slices(write, spatial)
     ]
     return combine_partials(parts)
+
+
+def run_evaluate(root: str, stage: Stage, task: ChunkTask) -> Counts:
+    """The contingency table of one chunk: the label output (`stage.labels`) against the
+    reference (`stage.source`), both read over the chunk's write box."""
+    assert stage.labels is not None and stage.source is not None
+    labels = read_source(root, stage.labels, task.write)
+    return pair_counts(labels, read_source(root, stage.source, task.write))
 
 
 def run_pyramid(root: str, stage: Stage, read: Roi, write: Roi, factors: Sequence[int]) -> int:

@@ -20,13 +20,15 @@ import numpy as np
 import zarr
 
 from engine.errors import ConfigError, EngineError, OutputConflict
+from engine.evaluate import evaluation_attrs, roi_key, stored_scores
 from engine.execute.cluster import ClusterArg, connect
 from engine.execute.executor import Executor, StageStats, TaskFailed
+from engine.existing import read_existing
 from engine.geometry import Roi
 from engine.lock import OutputLocks
 from engine.markers import Markers
 from engine.ngff.metadata import ImageMeta, open_group, read_image
-from engine.ngff.tables import merge_rows, read_table, table_attrs, write_table
+from engine.ngff.tables import merge_rows, read_rows, read_table, table_attrs, write_table
 from engine.ngff.write import (
     create_image,
     engine_attrs,
@@ -46,6 +48,8 @@ from engine.plan import (
 from engine.records import RunRecord, find_resumable, now, process_info
 from engine.rois import named_roi, resolve_roi, save_config_roi
 from engine.version import __version__
+from engine.versions import describe_change
+from tasks.evaluate import Scores, scores
 from tasks.measure import table_columns
 
 Mode = Literal["create", "overwrite", "update"]
@@ -63,6 +67,13 @@ class RunResult:
     stages: list[StageStats]
     seconds: float
     labels: dict[str, int] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)  # outputs read as they were, not computed
+    evaluations: dict[str, Scores] = field(default_factory=dict)  # by table, on this ROI
+
+    @property
+    def tasks_done(self) -> int:
+        """Chunk tasks this run computed (0 when every output was reused)."""
+        return sum(s.done for s in self.stages)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +86,9 @@ class RunResult:
             },
             "outputs": self.outputs,
             "objects": self.labels,
+            "reused": self.reused,
+            "evaluations": {name: s.to_json() for name, s in self.evaluations.items()},
+            "tasks_done": self.tasks_done,
             "seconds": round(self.seconds, 3),
             "stages": [
                 {"name": s.name, "kind": s.kind, "tasks": s.tasks, "seconds": round(s.seconds, 3)}
@@ -108,13 +122,17 @@ def make_plan(
     input: str | Path | None = None,
     roi: str | RoiSpec | dict | None = None,
     run_id: str = "plan",
+    overwrite: bool = False,
 ) -> tuple[ImageMeta, Plan]:
+    """The plan a run would follow: outputs stored for the same config and ROI are reused
+    (not with `overwrite`), versions are named; see engine/versions.py."""
     pipeline.check_complete()
     meta = read_image(resolve_input(pipeline, input))
     name, spec = roi_spec(pipeline, roi, meta.path)
     level = {s.input_ref.level for s in pipeline.steps if s.source == "image"} or {0}
     box = resolve_roi(spec, meta, min(level), name)
-    return meta, compile_plan(pipeline, meta, box, run_id, __version__)
+    existing = read_existing(meta, pipeline)
+    return meta, compile_plan(pipeline, meta, box, run_id, __version__, existing, overwrite)
 
 
 def run(
@@ -140,6 +158,11 @@ def run(
     id and scratch), skipping the chunks it marked, and refuses if the config, ROI or
     chunking differ. Outputs are locked for the run (`_engine/locks/`), and the run record
     (`_engine/runs/<run_id>` attributes) follows it; scratch is removed on success only.
+
+    Outputs already stored for the same config (upstream chain included) and this ROI by
+    a run that finished are reused, not computed (`overwrite=True` computes them again);
+    a run with nothing left to compute starts no cluster. With `versions: keep` a changed
+    config writes a new version of its output (engine/versions.py).
     """
     if overwrite and update:
         raise ConfigError("--overwrite and --update exclude each other")
@@ -147,13 +170,13 @@ def run(
         raise ConfigError("--resume continues a run with its own --overwrite/--update choice")
     started = time.perf_counter()
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    meta, plan = make_plan(pipeline, input, roi, run_id)
+    meta, plan = make_plan(pipeline, input, roi, run_id, overwrite)
     old: dict[str, Any] | None = None
     if resume:
         old = find_resumable(meta.path, [o.path for o in plan.outputs])
         run_id = old["run_id"]
-        meta, plan = make_plan(pipeline, input, roi, run_id)
         overwrite, update = bool(old.get("overwrite")), bool(old.get("update"))
+        meta, plan = make_plan(pipeline, input, roi, run_id, overwrite)
     layout = layout_hash(plan)
     config = pipeline.to_dict()
     if old is not None:
@@ -187,22 +210,24 @@ def run(
             row["done"], row["skipped"] = stat.done, stat.skipped
             record.update(stages=stage_rows, **_totals(stage_rows))
 
+        stages: list[StageStats] = []
         try:
-            with connect(workers, scheduler, cluster, pipeline.cluster) as client:
-                markers = Markers(meta.path, plan, layout)
-                executor = Executor(
-                    client,
-                    meta.path,
-                    plan,
-                    writer.prepare,
-                    progress,
-                    markers=markers,
-                    retries=retries,
-                    backoff=BACKOFF,
-                    on_stage=on_stage,
-                )
-                stages = executor.run()
-            writer.finish(executor)
+            if plan.stages:  # else every output is reused: no cluster to start
+                with connect(workers, scheduler, cluster, pipeline.cluster) as client:
+                    markers = Markers(meta.path, plan, layout)
+                    executor = Executor(
+                        client,
+                        meta.path,
+                        plan,
+                        writer.prepare,
+                        progress,
+                        markers=markers,
+                        retries=retries,
+                        backoff=BACKOFF,
+                        on_stage=on_stage,
+                    )
+                    stages = executor.run()
+                writer.finish(executor)
             save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
         except BaseException as exc:
             _fail_record(record, plan, meta.path, layout, stage_rows, executor, exc)
@@ -211,14 +236,29 @@ def run(
         writer.drop_scratch()
     finally:
         locks.release()
-    outputs = {out.name: str(Path(meta.path) / out.path) for out in plan.outputs}
+    every = (*plan.outputs, *plan.reused)
+    outputs = {out.name: str(Path(meta.path) / out.path) for out in every}
     labels = {
         next(o.name for o in plan.outputs if o.step == step): r.count
-        for step, r in executor.labels.items()
+        for step, r in (executor.labels.items() if executor is not None else ())
         if any(o.step == step for o in plan.outputs)
     }
+    evaluations = dict(writer.evaluations)
+    key = roi_key(plan.roi, plan.axes)
+    for out in plan.reused:
+        found = stored_scores(Path(meta.path) / out.path, key) if out.op == "evaluate" else None
+        if found is not None:
+            evaluations[out.name] = found
     return RunResult(
-        run_id, meta.path, plan.roi, outputs, stages, time.perf_counter() - started, labels
+        run_id,
+        meta.path,
+        plan.roi,
+        outputs,
+        stages,
+        time.perf_counter() - started,
+        labels,
+        [out.name for out in plan.reused],
+        evaluations,
     )
 
 
@@ -292,6 +332,7 @@ def _start_record(
             "chunks": list(plan.chunks),
             "layout_hash": layout,
             "outputs": [o.path for o in plan.outputs],
+            "reused": [o.path for o in plan.reused],
             "modes": modes,
             "overwrite": overwrite,
             "update": update,
@@ -380,27 +421,6 @@ def check_output(meta: ImageMeta, out: OutputPlan, overwrite: bool, update: bool
     return "update"
 
 
-def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """The first few differences between two provenance records, as `where: old -> new`."""
-    diffs: list[str] = []
-
-    def walk(a: Any, b: Any, where: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b), key=str):
-                walk(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
-        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            for i, (x, y) in enumerate(zip(a, b, strict=True)):
-                name = x.get("name") if isinstance(x, dict) else None
-                walk(x, y, f"{where}[{name or i}]")
-        elif a != b:
-            diffs.append(f"{where}: {a!r} -> {b!r}")
-
-    walk(old, new, "")
-    return (
-        "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "") if diffs else "unknown difference"
-    )
-
-
 class _OutputWriter:
     """Creates outputs when their first stage starts and records provenance at the end."""
 
@@ -424,6 +444,7 @@ class _OutputWriter:
         self.by_step = {out.step: out for out in plan.outputs}
         self.offsets: dict[str, int] = dict((resumed or {}).get("offsets", {}))
         self.max_labels: dict[str, int] = {}
+        self.evaluations: dict[str, Scores] = {}
         self.root = open_group(meta.path, mode="r+")
 
     def prepare(self, key: str, dtype: str | None, count: int | None) -> int:
@@ -533,13 +554,29 @@ class _OutputWriter:
             }
             if out.step in self.max_labels:
                 record["max_label"] = self.max_labels[out.step]
+            if out.version is not None:
+                record["version"] = dict(out.version)
             if out.kind == "table":
                 record["units"] = self._table_units(out)
             set_engine_attrs(group, record)
 
     def _write_table(self, out: OutputPlan, executor: Executor) -> dict[str, Any]:
-        """Write a measurement table (merging rows into it on --update); return the
-        provenance record it had before, for the run list."""
+        """Write a measurement or evaluation table (merging rows into it on --update);
+        return the provenance record it had before, for the run list."""
+        path = Path(self.meta.path) / out.path
+        update = self.modes[out.step] == "update"
+        record = engine_attrs(self.root[out.path]) if update else {}
+        if out.op == "evaluate":
+            result = scores(executor.evaluations[out.step])
+            self.evaluations[out.name] = result
+            key = roi_key(self.plan.roi, self.plan.axes)
+            rows = (np.asarray([key]), Scores.columns(), np.asarray([result.values()]))
+            if update:
+                rows = merge_rows(read_rows(path), rows)
+            provenance = out.provenance
+            attrs = evaluation_attrs(provenance["labels"], provenance["reference"])
+            write_table(self.root, out.name, *rows, attrs, index_name="roi")
+            return record
         spatial = self.plan.spatial
         level = out.levels[0]
         new = table_columns(
@@ -547,10 +584,8 @@ class _OutputWriter:
             [level.scale[a] for a in spatial],
             [level.translation[a] for a in spatial],
         )
-        record: dict[str, Any] = {}
-        if self.modes[out.step] == "update":
-            record = engine_attrs(self.root[out.path])
-            new = merge_rows(read_table(Path(self.meta.path) / out.path), new)
+        if update:
+            new = merge_rows(read_table(path), new)
         label = str(out.provenance["labels"]).removeprefix("labels/")
         write_table(self.root, out.name, *new, table_attrs(label))
         return record

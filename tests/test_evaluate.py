@@ -5,13 +5,22 @@ against its truth, for unaligned ROIs and several chunkings."""
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 
+import anndata
 import numpy as np
 import pytest
+import zarr
+from conftest import write_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
+from engine import Pipeline, run
+from engine.ngff.metadata import read_image
+from engine.ngff.write import create_image, image_label_json, list_in_parent
+from engine.sample_zarr import write_sample
 from tasks.evaluate import Scores, combine_counts, pair_counts, scores
 
 
@@ -123,3 +132,124 @@ def test_block_tables_combine_to_the_whole(seed: int, shape: tuple[int, ...], st
     parts = [pair_counts(pred[b], ref[b]) for b in blocks(shape, (step,) * len(shape))]
     rng.shuffle(parts)
     assert_same(scores(combine_counts(parts)), oracle(pred, ref))
+
+
+# --- through the engine ------------------------------------------------------------------
+
+
+def nuclei_pipeline(sigma: float = 1.0, reference: str = "truth", **output: str) -> Pipeline:
+    return (
+        Pipeline()
+        .add("smooth", "gaussian", sigma=sigma)
+        .add("mask", "threshold", "smooth", method="otsu")
+        .add("nuclei", "label", "mask", {"kind": "label", "name": "nuclei", **output})
+        .add(
+            "eval",
+            "evaluate",
+            "nuclei",
+            {"kind": "table", "name": "nuclei_eval", **output},
+            reference=reference,
+        )
+    )
+
+
+def read_eval(path: Path, name: str = "nuclei_eval") -> anndata.AnnData:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return anndata.read_zarr(str(path / "tables" / name))
+
+
+def labels_of(path: Path, name: str) -> np.ndarray:
+    return zarr.open_array(str(path / "labels" / name / "s0"), mode="r")[...]
+
+
+SAMPLE_CASES = [
+    # chunks, roi (None: the whole image)
+    ((8, 32, 32), {"z": (1, 15), "y": (5, 90), "x": (3, 77)}),
+    ((5, 23, 41), {"z": (2, 13), "y": (11, 96), "x": (0, 70)}),
+    ((5, 23, 41), None),
+]
+
+
+@pytest.mark.parametrize(("chunks", "roi"), SAMPLE_CASES)
+def test_scores_on_the_sample_equal_the_whole_array(tmp_path, scheduler, chunks, roi):
+    path = Path(write_sample(tmp_path / "s.zarr", (16, 96, 96), chunks, "0.5"))
+    result = run(nuclei_pipeline(), input=path, roi=roi, scheduler=scheduler)
+    bounds = roi or {"z": (0, 16), "y": (0, 96), "x": (0, 96)}
+    window = tuple(slice(*bounds[n]) for n in ("z", "y", "x"))
+    want = oracle(labels_of(path, "nuclei")[window], labels_of(path, "truth")[window])
+    got = result.evaluations["nuclei_eval"]
+    assert_same(got, want)
+    assert want.true_positives > 10 and 0.8 < want.dice < 1  # a real test, not a trivial one
+    table = read_eval(path)
+    key = ",".join(f"{n}={a}:{b}" for n, (a, b) in bounds.items())
+    assert list(table.obs_names) == [key] and table.obs_names.name == "roi"
+    assert_same(Scores.from_row(list(table.var_names), table.X[0]), want)
+    assert result.to_json()["evaluations"]["nuclei_eval"]["true_positives"] == want.true_positives
+
+
+def add_labels(path: Path, name: str, data: np.ndarray, chunks: tuple[int, ...]) -> None:
+    """A label image `labels/<name>` of `data` (one level) beside the image at `path`."""
+    meta = read_image(path)
+    root = zarr.open_group(str(path), mode="r+")
+    level = meta.levels[0]
+    spec = type(level)(
+        level.path, data.shape, chunks, data.dtype.str, level.scale, level.translation
+    )
+    group = create_image(
+        root,
+        f"labels/{name}",
+        version=meta.version,
+        axes=meta.axes,
+        levels=[spec],
+        dtype=data.dtype,
+        name=name,
+        method="nearest",
+        extra_ome=image_label_json(meta.version),
+    )
+    group[level.path][...] = data
+    list_in_parent(root, "label", name, meta.version)
+
+
+def test_known_answer_across_chunks(tmp_path, scheduler):
+    """Objects cut by chunk borders (chunks 8x8): the same answer as by hand."""
+    img = np.zeros((20, 24), dtype=np.uint16)
+    ref = np.zeros((20, 24), dtype=np.uint32)
+    img[2:10, 2:8] = 1000  # one predicted object of 48 voxels ...
+    ref[2:10, 2:10] = 4  # ... inside a reference of 64: IoU 0.75, a match
+    img[12:16, 4:20] = 1000  # 64 voxels ...
+    ref[12:14, 4:20] = 8  # ... half of them: IoU 0.5, a match
+    ref[14:16, 4:20] = 9  # the other half: IoU 0.5 too, but the prediction is taken
+    img[0:2, 20:24] = 1000  # 8 voxels, no reference: a false positive
+    path = write_image(tmp_path / "img.zarr", img, (8, 8), "0.4", levels=1)
+    add_labels(path, "ref", ref, (8, 8))
+    p = (
+        Pipeline()
+        .add("mask", "threshold", method="value", value=500)
+        .add("cells", "label", "mask", {"kind": "label", "name": "cells"})
+        .add("eval", "evaluate", "cells", {"kind": "table", "name": "e"}, reference="ref")
+    )
+    got = run(p, input=path, scheduler=scheduler).evaluations["e"]
+    assert (got.true_positives, got.predicted_objects, got.reference_objects) == (2, 3, 3)
+    assert (got.overlap_voxels, got.predicted_voxels, got.reference_voxels) == (112, 120, 128)
+    assert got.precision == got.recall == got.f1 == 2 / 3
+    assert got.dice == 224 / 248 and got.iou == 112 / 136
+
+
+def test_reference_is_a_step_of_the_pipeline(tmp_path, scheduler):
+    path = Path(write_sample(tmp_path / "s.zarr", (12, 64, 64), (6, 32, 32), "0.4"))
+    p = (
+        nuclei_pipeline(reference="coarse")
+        .add("coarse_smooth", "gaussian", sigma=2.5)
+        .add("coarse_mask", "threshold", "coarse_smooth", method="otsu")
+        .add("coarse", "label", "coarse_mask", {"kind": "label", "name": "coarse"})
+    )
+    roi = {"z": (1, 11), "y": (3, 61), "x": (7, 64)}
+    result = run(p, input=path, roi=roi, scheduler=scheduler)
+    window = (slice(1, 11), slice(3, 61), slice(7, 64))
+    want = oracle(labels_of(path, "nuclei")[window], labels_of(path, "coarse")[window])
+    assert_same(result.evaluations["nuclei_eval"], want)
+    attrs = zarr.open_group(str(path / "tables/nuclei_eval"), mode="r").attrs.asdict()
+    assert attrs["region"] == {"path": "../labels/nuclei"}
+    assert attrs["reference"] == {"path": "../labels/coarse"}
+    assert attrs["ngff_engine"]["provenance"]["reference"] == "labels/coarse"
