@@ -780,6 +780,42 @@ def downsample_factors(lower: LevelSpec, upper: LevelSpec) -> tuple[int, ...]:
     return tuple(max(1, round(u / lo)) for lo, u in zip(lower.scale, upper.scale, strict=True))
 
 
+def comparison_plan(
+    image: str, labels: tuple[str, ImageMeta], reference: tuple[str, ImageMeta], roi: Roi
+) -> Plan:
+    """One "evaluate" stage over an ROI at level 0 (`diff`): the label image at path
+    `labels[0]` (relative to `image`) against the one at `reference[0]`, both of the same
+    shape, on the chunk grid of the first."""
+    meta, level = labels[1], labels[1].levels[0]
+    ref_level = reference[1].levels[0]
+    bounds = Roi.from_shape(level.shape, 0)
+    tasks = tuple(
+        ChunkTask(index, chunk.intersect(roi), chunk.intersect(roi))
+        for index, chunk in chunks_touching(roi, level.chunks, bounds)
+    )
+    stage = Stage(
+        "diff/evaluate",
+        "diff",
+        "evaluate",
+        Source(f"{reference[0]}/{ref_level.path}", ref_level.dtype, bounds),
+        (),
+        tasks,
+        labels=Source(f"{labels[0]}/{level.path}", level.dtype, bounds),
+    )
+    return Plan(
+        image=image,
+        level=0,
+        roi=roi,
+        axes=meta.axis_names,
+        spatial=meta.spatial_axes,
+        chunks=level.chunks,
+        context=Context(spacing=meta.spacing_um(0)),
+        stages=(stage,),
+        outputs=(),
+        scratch=f"{ENGINE_GROUP}/diff",
+    )
+
+
 def _processing_level(pipeline: Pipeline) -> int:
     levels = {s.input_ref.level for s in pipeline.steps if s.source == IMAGE}
     if len(levels) > 1:
