@@ -91,7 +91,13 @@ class RunResult:
             "tasks_done": self.tasks_done,
             "seconds": round(self.seconds, 3),
             "stages": [
-                {"name": s.name, "kind": s.kind, "tasks": s.tasks, "seconds": round(s.seconds, 3)}
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "tasks": s.tasks,
+                    "done": s.done,
+                    "seconds": round(s.seconds, 3),
+                }
                 for s in self.stages
             ],
         }

@@ -75,6 +75,10 @@ class Scores:
             }
         )
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Scores:
+        return cls.from_row(list(data), [math.nan if v is None else v for v in data.values()])
+
     def to_json(self) -> dict[str, Any]:
         """NaN (an empty denominator) becomes null: JSON has no NaN."""
         return {
