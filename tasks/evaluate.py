@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from tasks.measure import group_starts
-from tasks.spec import OpSpec, Params, makes_a_table
+from tasks.spec import Params, table_op
 
 Counts = dict[str, np.ndarray]  # "pred", "ref" (uint64 ids), "count" (int64 voxels)
 MATCH_IOU = 0.5
@@ -185,14 +185,10 @@ def scores(table: Counts) -> Scores:
     )
 
 
-EVALUATE = OpSpec(
-    name="evaluate",
-    version="1",
-    params=EvaluateParams,
-    kind=lambda p: "global",
-    halo=lambda p, ctx: (0,) * len(ctx.spacing),
-    dtype=lambda p, dtype: np.dtype(np.float64),
-    apply=makes_a_table("evaluate"),
-    doc="Scores of a label step against a reference label image: pixel Dice and IoU, object "
+EVALUATE = table_op(
+    "evaluate",
+    "1",
+    EvaluateParams,
+    "Scores of a label step against a reference label image: pixel Dice and IoU, object "
     "precision, recall and F1 at IoU 0.5, object counts; output kind 'table'.",
 )

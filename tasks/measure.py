@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import Field
 
-from tasks.spec import OpSpec, Params, makes_a_table
+from tasks.spec import Params, table_op
 
 Partial = dict[str, np.ndarray]
 COORD_KEYS = ("sum", "min", "max")
@@ -172,14 +172,10 @@ def table_columns(
     return part["label"], column_names(ndim, intensity), matrix
 
 
-MEASURE = OpSpec(
-    name="measure",
-    version="1",
-    params=MeasureParams,
-    kind=lambda p: "global",
-    halo=lambda p, ctx: (0,) * len(ctx.spacing),
-    dtype=lambda p, dtype: np.dtype(np.float64),
-    apply=makes_a_table("measure"),
-    doc="Per-object table of a label step: area, centroid, bbox, intensity mean/min/max/sum, "
+MEASURE = table_op(
+    "measure",
+    "1",
+    MeasureParams,
+    "Per-object table of a label step: area, centroid, bbox, intensity mean/min/max/sum, "
     "physical volume and centroid; output kind 'table'.",
 )

@@ -72,14 +72,24 @@ class OpSpec:
     doc: str = ""
 
 
-def makes_a_table(name: str) -> Callable[..., np.ndarray]:
-    """`apply` of an op whose result is a table: the engine runs it as a stage of its own
-    over the ROI, so a call as a blockwise function is a mistake."""
+def table_op(name: str, version: str, params: type[Params], doc: str) -> OpSpec:
+    """The spec of an op whose result is a table (measure, evaluate): the engine runs it as
+    a stage of its own over the ROI, so it has no halo, and a call as a blockwise function
+    is a mistake."""
 
     def apply(block: np.ndarray, params: Any, ctx: Context, value: Any = None) -> np.ndarray:
         raise TypeError(f"op '{name}' makes a table: the engine runs it as its own stage")
 
-    return apply
+    return OpSpec(
+        name=name,
+        version=version,
+        params=params,
+        kind=lambda p: "global",
+        halo=lambda p, ctx: (0,) * len(ctx.spacing),
+        dtype=lambda p, dtype: np.dtype(np.float64),
+        apply=apply,
+        doc=doc,
+    )
 
 
 def per_axis(value: float | Sequence[float], ndim: int, what: str) -> tuple[float, ...]:

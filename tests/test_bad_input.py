@@ -149,6 +149,19 @@ def _edit(index: int, **changes: Any) -> list[dict[str, Any]]:
     return steps
 
 
+def _with_eval(reference: str) -> list[dict[str, Any]]:
+    return [
+        *base_steps(),
+        {
+            "name": "eval",
+            "op": "evaluate",
+            "input": "nuclei",
+            "params": {"reference": reference},
+            "output": {"kind": "table", "name": "nuclei_eval"},
+        },
+    ]
+
+
 CONFIG_CASES = {
     "unknown op": (_edit(0, op="gausian"), ["step 'smooth'", "gausian", "unknown op"]),
     "unknown param": (
@@ -212,6 +225,35 @@ CONFIG_CASES = {
     "label connectivity above 3": (
         _edit(2, params={"connectivity": 4}),
         ["step 'nuclei'", "params.connectivity", "less than or equal to 3"],
+    ),
+    "unknown reference label image": (
+        _with_eval("nosuch"),
+        ["step 'eval'", "params.reference 'nosuch'", "no label image", "truth, annotations"],
+    ),
+    "reference step without a label output": (
+        _with_eval("mask"),
+        ["step 'eval'", "params.reference 'mask'", "without a label output"],
+    ),
+    "evaluate with a label output": (
+        _with_eval("truth")[:-1]
+        + [{**_with_eval("truth")[-1], "output": {"kind": "label", "name": "e"}}],
+        ["step 'eval'", "op 'evaluate' needs output", "kind: table"],
+    ),
+    "evaluate with a table as input": (
+        [
+            *_with_eval("truth"),
+            {
+                **_with_eval("truth")[-1],
+                "name": "e2",
+                "input": "eval",
+                "output": {"kind": "table", "name": "e2"},
+            },
+        ],
+        ["step 'e2'", "input 'eval'", "is a table"],
+    ),
+    "versions value not allowed": (
+        _edit(2, output={"kind": "label", "name": "nuclei", "versions": "kep"}),
+        ["step 'nuclei'", "output.versions", "'kep' is not allowed", "allowed: keep"],
     ),
 }
 
@@ -603,61 +645,6 @@ def test_subprocess_user_function_that_raises(tmp_path: Path, scheduler: str) ->
 # --- evaluation, versions, diff ---------------------------------------------------------------
 
 
-def _with_eval(reference: str, **output: Any) -> list[dict[str, Any]]:
-    return [
-        *base_steps(),
-        {
-            "name": "eval",
-            "op": "evaluate",
-            "input": "nuclei",
-            "params": {"reference": reference},
-            "output": {"kind": "table", "name": "nuclei_eval", **output},
-        },
-    ]
-
-
-EVAL_CASES = {
-    "unknown reference label image": (
-        _with_eval("nosuch"),
-        ["step 'eval'", "params.reference 'nosuch'", "no label image", "truth, annotations"],
-    ),
-    "reference step without a label output": (
-        _with_eval("mask"),
-        ["step 'eval'", "params.reference 'mask'", "without a label output"],
-    ),
-    "evaluate with a label output": (
-        _with_eval("truth")[:-1]
-        + [{**_with_eval("truth")[-1], "output": {"kind": "label", "name": "e"}}],
-        ["step 'eval'", "op 'evaluate' needs output", "kind: table"],
-    ),
-    "evaluate with a table as input": (
-        [
-            *_with_eval("truth"),
-            {
-                **_with_eval("truth")[-1],
-                "name": "e2",
-                "input": "eval",
-                "output": {"kind": "table", "name": "e2"},
-            },
-        ],
-        ["step 'e2'", "input 'eval'", "is a table"],
-    ),
-    "versions value not allowed": (
-        _edit(2, output={"kind": "label", "name": "nuclei", "versions": "kep"}),
-        ["step 'nuclei'", "output.versions", "'kep' is not allowed", "allowed: keep"],
-    ),
-}
-
-
-@pytest.mark.parametrize("case", list(EVAL_CASES))
-def test_bad_evaluation_config(
-    case: str, tmp_path: Path, image3d: Path, scheduler: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    steps, words = EVAL_CASES[case]
-    config = write_config(tmp_path, steps)
-    expect_user_error(capsys, run_args(config, image3d, scheduler), [image3d], *words)
-
-
 def test_reference_of_another_shape(
     tmp_path: Path, scheduler: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -709,18 +696,3 @@ def test_diff_of_a_missing_label(
     )
     argv = ["diff", str(image3d), "truth", "annotations", "--roi", "0:4,0:99", "--json"]
     expect_user_error(capsys, argv, [image3d], "outside", "y: 0..64")
-
-
-def test_changed_config_without_versions_is_still_refused(
-    tmp_path: Path, image_with_output: Path, scheduler: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Only `versions: keep` makes new versions: without it a changed config is refused
-    as before, and with it the old output stays byte-identical."""
-    config = write_config(tmp_path, _edit(0, params={"sigma": 2.0}))
-    expect_user_error(
-        capsys,
-        run_args(config, image_with_output, scheduler),
-        [image_with_output],
-        "labels/nuclei",
-        "different step config",
-    )
