@@ -529,6 +529,10 @@ def _image_status(args: argparse.Namespace) -> int:
             markup=False,
             soft_wrap=True,
         )
+        if r.get("reused"):
+            out.print(
+                f"  reused: {', '.join(r['reused'])}", highlight=False, markup=False, soft_wrap=True
+            )
         ended = f" -> {r['ended']}" if r.get("ended") else ""
         out.print(
             f"  {r.get('started')}{ended}; {counts}", highlight=False, markup=False, soft_wrap=True

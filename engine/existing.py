@@ -5,7 +5,10 @@ reference (metadata only), and for each output of the pipeline its stored versio
 their config hashes, the ROIs they hold and whether the last run that wrote each one
 finished. That last fact comes from the run records (`_engine/runs`): a run that failed
 or was killed while writing an output leaves it half written, whatever its attributes
-still say, so it is never reused (`--resume` or a new run completes it).
+still say, so it is never reused (`--resume` or a new run completes it). Such an output
+has the config hash its run record planned for it (its attributes get theirs only when
+a run completes), so a versioned output is completed under its own name, not as a new
+version.
 """
 
 from __future__ import annotations
@@ -74,22 +77,26 @@ def _stored(folder: Path, path: str, number: int, records: list[dict[str, Any]])
         dtype = str(level.dtype) if isinstance(level, zarr.Array) else None
     except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError):
         record, dtype = {}, None
+    writer = last_writer(path, records)
+    finished = writer is None or writer.get("state") == "completed"
+    digest = record.get("config_hash")
+    if not finished:
+        digest = writer.get("config_hashes", {}).get(path, digest)
     return StoredOutput(
         name=folder.name,
         version=number,
-        config_hash=record.get("config_hash"),
+        config_hash=digest,
         provenance=record.get("provenance", {}),
         reusable_rois=reusable_rois(record.get("runs", [])),
-        finished=last_run_finished(path, records),
+        finished=finished,
         dtype=dtype,
         record=record.get("version") or {},
     )
 
 
-def last_run_finished(path: str, records: list[dict[str, Any]]) -> bool:
-    """Did the latest run that wrote output `path` complete? (True if none is recorded.)"""
+def last_writer(path: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The record of the latest run that wrote output `path`, if any."""
     writers = [r for r in records if path in r.get("outputs", [])]
     if not writers:
-        return True
-    latest = max(writers, key=lambda r: (str(r.get("started", "")), str(r.get("run_id", ""))))
-    return latest.get("state") == "completed"
+        return None
+    return max(writers, key=lambda r: (str(r.get("started", "")), str(r.get("run_id", ""))))

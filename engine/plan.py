@@ -659,7 +659,9 @@ class _Compiler:
             "ops": {s.op: OPS[s.op].version for s in self.pipeline.upstream(step.name)},
             **(extra or {}),
         }
-        digest = config_hash(provenance)
+        # the path the image was opened by (relative, absolute, after a move) is not part
+        # of what was computed: the output lives inside that image whichever path it is
+        digest = config_hash({k: v for k, v in provenance.items() if k != "input"})
         spec = step.output
         stored = self.existing.outputs.get((spec.kind, spec.name), ())
         keep = spec.versions == "keep"

@@ -338,6 +338,7 @@ def _start_record(
             "chunks": list(plan.chunks),
             "layout_hash": layout,
             "outputs": [o.path for o in plan.outputs],
+            "config_hashes": {o.path: o.config_hash for o in plan.outputs},
             "reused": [o.path for o in plan.reused],
             "modes": modes,
             "overwrite": overwrite,

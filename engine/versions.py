@@ -49,7 +49,7 @@ class StoredOutput:
 
     name: str
     version: int
-    config_hash: str | None  # None: not (or not completely) written by an engine run
+    config_hash: str | None  # None: not written by an engine run
     provenance: Mapping[str, Any]
     reusable_rois: tuple[RoiJson, ...]  # ROIs it holds as their runs wrote them
     finished: bool  # the last run that wrote it completed (run records know)
@@ -100,19 +100,22 @@ def decide(
         return Decision(base)
     if same:  # this config has a version already: it is written again (--update/--overwrite)
         target = same[-1]
-        return Decision(target.name, version=target.record or _record(base, target.version))
-    if not stored:
-        return Decision(base, version=_record(base, 1))
-    latest = max(stored, key=lambda s: s.version)
-    number = latest.version + 1
-    changed = describe_change(dict(latest.provenance), dict(provenance))
-    return Decision(version_name(base, number), version=_record(base, number, latest.name, changed))
+        record = target.record or _record(base, target.version, provenance, stored)
+        return Decision(target.name, version=record)
+    number = max((s.version for s in stored), default=0) + 1
+    return Decision(version_name(base, number), version=_record(base, number, provenance, stored))
 
 
 def _record(
-    base: str, number: int, previous: str | None = None, changed: str | None = None
+    base: str, number: int, provenance: Mapping[str, Any], stored: tuple[StoredOutput, ...]
 ) -> dict[str, Any]:
-    return {"of": base, "number": number, "previous": previous, "changed": changed}
+    """A version's record: its number, the version before it and what changed since."""
+    before = [s for s in stored if s.version < number]
+    if not before:
+        return {"of": base, "number": number, "previous": None, "changed": None}
+    previous = max(before, key=lambda s: s.version)
+    changed = describe_change(dict(previous.provenance), dict(provenance))
+    return {"of": base, "number": number, "previous": previous.name, "changed": changed}
 
 
 def reusable_rois(runs: list[dict[str, Any]]) -> tuple[RoiJson, ...]:

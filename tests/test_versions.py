@@ -52,7 +52,7 @@ def attrs(image: Path, path: str) -> dict:
     return zarr.open_group(str(image / path), mode="r").attrs.asdict()["ngff_engine"]
 
 
-def test_unchanged_pipeline_computes_nothing(image, scheduler, tmp_path, capsys):
+def test_unchanged_pipeline_computes_nothing(image, scheduler, tmp_path, capsys, monkeypatch):
     p = nuclei_pipeline()
     first = run(p, input=image, roi=ROI, scheduler=scheduler)
     assert first.tasks_done > 0 and first.reused == []
@@ -69,6 +69,11 @@ def test_unchanged_pipeline_computes_nothing(image, scheduler, tmp_path, capsys)
         "labels/nuclei",
         "tables/nuclei_eval",
     ]
+
+    # the image by a relative path: the same image, the same config
+    monkeypatch.chdir(image.parent)
+    relative = run(p, input=image.name, roi=ROI, scheduler=scheduler)
+    assert relative.tasks_done == 0 and len(relative.reused) == 2
 
     # the same through YAML and the CLI: zero tasks, scores printed
     config = tmp_path / "p.yaml"
@@ -174,25 +179,24 @@ def test_only_the_changed_downstream_step_runs(image, scheduler):
 BAD = 65535
 
 
-def test_output_of_a_failed_run_is_not_reused(tmp_path, scheduler):
-    image = Path(write_sample(tmp_path / "image.zarr", (8, 64, 64), (4, 32, 32), "0.5"))
-    zarr.open_array(str(image / "s0"), mode="r+")[5, 40, 40] = BAD  # in z 4..8 only
-    fixed = tmp_path / "fixed"
-    p = Pipeline.build(
-        {
-            "steps": [
-                {
-                    "name": "custom",
-                    "op": "function",
-                    "params": {
-                        "function": "user_ops:fail_on_value",
-                        "kwargs": {"value": BAD, "unless": str(fixed)},
-                    },
-                    "output": {"kind": "image", "name": "custom"},
-                }
-            ]
-        }
+def failing(unless: Path, **output: str) -> Pipeline:
+    """The identity, failing on the chunk holding BAD until the file `unless` exists."""
+    params = {"function": "user_ops:fail_on_value", "kwargs": {"value": BAD, "unless": str(unless)}}
+    step = {"name": "custom", "op": "function", "params": params}
+    return Pipeline.build(
+        {"steps": [{**step, "output": {"kind": "image", "name": "custom", **output}}]}
     )
+
+
+def bad_image(path: Path) -> Path:
+    image = Path(write_sample(path, (8, 64, 64), (4, 32, 32), "0.5"))
+    zarr.open_array(str(image / "s0"), mode="r+")[5, 40, 40] = BAD  # in z 4..8 only
+    return image
+
+
+def test_output_of_a_failed_run_is_not_reused(tmp_path, scheduler):
+    image = bad_image(tmp_path / "image.zarr")
+    p = failing(tmp_path / "fixed")
     top = {"z": (0, 4)}
     first = run(p, input=image, roi=top, scheduler=scheduler)
     _, plan = make_plan(p, image, top)
@@ -219,3 +223,28 @@ def test_yaml_round_trip_of_versions(tmp_path):
     config = tmp_path / "p.yaml"
     config.write_text(text)
     assert Pipeline.from_yaml(config).steps == nuclei_pipeline(versions="keep").steps
+
+
+def test_a_failed_version_is_completed_not_replaced_by_a_new_one(tmp_path, scheduler):
+    image = bad_image(tmp_path / "image.zarr")
+    (tmp_path / "fixed").touch()
+    run(failing(tmp_path / "fixed", versions="keep"), input=image, scheduler=scheduler)
+    second = failing(tmp_path / "fixed2", versions="keep")  # another config: version 2
+    with pytest.raises(TaskFailed) as failed:
+        run(second, input=image, scheduler=scheduler)
+    assert (image / "results" / "custom.v2").exists()
+    _, plan = make_plan(second, image)
+    assert [o.name for o in plan.outputs] == ["custom.v2"]  # not custom.v3
+    (tmp_path / "fixed2").touch()
+    done = run(second, input=image, scheduler=scheduler, resume=True)
+    assert list(done.outputs) == ["custom.v2"] and failed.value.stage == "custom"
+    version = attrs(image, "results/custom.v2")["version"]
+    assert version["previous"] == "custom" and "fixed2" in version["changed"]
+    assert sorted(p.name for p in (image / "results").iterdir() if p.is_dir()) == [
+        "custom",
+        "custom.v2",
+    ]
+    np.testing.assert_array_equal(
+        zarr.open_array(str(image / "results/custom.v2/s0"))[...],
+        zarr.open_array(str(image / "s0"))[...],
+    )
