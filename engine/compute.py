@@ -32,6 +32,7 @@ from engine.plan import (
     face_planes,
 )
 from tasks import OPS, Context
+from tasks.evaluate import Counts, pair_counts
 from tasks.instance import matching_pairs, number_core
 from tasks.label import FaceComponents, crossing_pairs, final_ids
 from tasks.measure import combine_partials, measure_block
@@ -371,6 +372,14 @@ def run_measure(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) 
         for t, index in time_slices(write, spatial)
     ]
     return combine_partials(parts)
+
+
+def run_evaluate(root: str, stage: Stage, task: ChunkTask) -> Counts:
+    """The contingency table of one chunk: the label output (`stage.labels`) against the
+    reference (`stage.source`), both read over the chunk's write box."""
+    assert stage.labels is not None and stage.source is not None
+    labels = read_source(root, stage.labels, task.write)
+    return pair_counts(labels, read_source(root, stage.source, task.write))
 
 
 def run_pyramid(root: str, stage: Stage, read: Roi, write: Roi, factors: Sequence[int]) -> int:

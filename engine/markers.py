@@ -4,9 +4,10 @@ neighbouring chunks never write the same file), tagged with the plan's layout ha
 
 A worker marks a chunk only after its data is written (and, for stages whose per-chunk
 result the driver combines: reductions, local label counts, face pairs, measurements,
-after that result is saved beside the marker). Zarr's local store writes each file
-atomically (temporary file, then rename), so after a SIGKILL a marker is either there,
-with its data and result complete, or absent and the chunk is simply done again.
+contingency tables, after that result is saved beside the marker). Zarr's local store
+writes each file atomically (temporary file, then rename), so after a SIGKILL a marker is
+either there, with its data and result complete, or absent and the chunk is simply done
+again.
 
 Layout: `_engine/runs/<run_id>/markers/<stage>` (a `/` in a stage name becomes `.`);
 saved results: `<that array's folder>/_results/<i.j.k>.pkl`, inside the array's folder so
@@ -28,7 +29,7 @@ from engine.errors import EngineError
 from engine.plan import Plan, Stage
 
 # Stage kinds whose per-chunk results the driver needs after the stage (kept on disk).
-KEEP_RESULTS = frozenset({"reduce", "label", "faces", "segment", "match", "measure"})
+KEEP_RESULTS = frozenset({"reduce", "label", "faces", "segment", "match", "measure", "evaluate"})
 RESULTS_DIR = "_results"
 
 

@@ -31,6 +31,8 @@ from tasks import OPS
 IMAGE = "image"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 AXES = ("t", "c", "z", "y", "x")
+# parameters that name another step: must it be one (True), or may it name a label image?
+STEP_PARAMS = {"intensity": True, "reference": False}
 
 
 class _Model(BaseModel):
@@ -69,14 +71,27 @@ class InputRef(_Model):
     level: int = Field(default=0, ge=0)
 
 
+VERSIONS = ("keep",)
+
+
 class OutputSpec(_Model):
     """Where a step's result goes. `shards` (zarr v3 / NGFF 0.5 only): the shard shape in
     voxels per work axis (the image's axes without c), a multiple of the chunks; tasks
-    writing the output are grouped per shard, so no two write one shard at once."""
+    writing the output are grouped per shard, so no two write one shard at once.
+    `versions: keep`: a run with another step config writes a new version beside the
+    old ones (`name`, `name.v2`, ...) instead of refusing; see engine/versions.py."""
 
     kind: Literal["label", "image", "table"]
     name: str
     shards: tuple[PositiveInt, ...] | None = None
+    versions: str | None = None
+
+    @field_validator("versions")
+    @classmethod
+    def _known_versions(cls, versions: str | None) -> str | None:
+        if versions is not None and versions not in VERSIONS:
+            raise ValueError(f"'{versions}' is not allowed (allowed: {', '.join(VERSIONS)})")
+        return versions
 
     @field_validator("name")
     @classmethod
@@ -123,10 +138,20 @@ class Step(_Model):
     def input_ref(self) -> InputRef:
         return self.input if isinstance(self.input, InputRef) else InputRef(source=self.input)
 
-    def extra_inputs(self) -> list[str]:
-        """Steps read through parameters (a measure step's `intensity`), as graph edges."""
-        intensity = self.params.get("intensity")
-        return [intensity] if isinstance(intensity, str) and intensity != IMAGE else []
+    def extra_inputs(self) -> dict[str, str]:
+        """Names read through parameters, by field: a measure step's `intensity` (a step),
+        an evaluate step's `reference` (a step, or else a label image in the zarr)."""
+        found = {}
+        for key in STEP_PARAMS:
+            value = self.params.get(key)
+            if isinstance(value, str) and value != IMAGE:
+                found[f"params.{key}"] = value
+        return found
+
+    def config(self) -> dict[str, Any]:
+        """The step as provenance records it: what decides its result. Whether old
+        versions are kept does not, so `output.versions` is left out."""
+        return self.model_dump(mode="json", exclude={"output": {"versions"}})
 
     def typed_params(self) -> Any:
         return OPS[self.op].params.model_validate(self.params)
@@ -223,10 +248,10 @@ class Pipeline(_Model):
                 raise ValueError(
                     f"step '{step.name}': input '{step.source}' is no step and not 'image'"
                 )
-            for name in step.extra_inputs():
-                if name not in known:
+            for field, name in step.extra_inputs().items():
+                if name not in known and STEP_PARAMS[field.removeprefix("params.")]:
                     raise ValueError(
-                        f"step '{step.name}': params.intensity '{name}' is no step and not 'image'"
+                        f"step '{step.name}': {field} '{name}' is no step and not 'image'"
                     )
             if step.source != IMAGE and isinstance(step.input, InputRef):
                 if step.input.channel is not None or step.input.level != 0:
@@ -262,8 +287,9 @@ class Pipeline(_Model):
             graph.add_node(step.name)
         for step in self.steps:
             graph.add_edge(step.source, step.name)
-            for name in step.extra_inputs():
-                graph.add_edge(name, step.name)
+            for name in step.extra_inputs().values():
+                if name in graph:
+                    graph.add_edge(name, step.name)
         return graph
 
     def step(self, name: str) -> Step:

@@ -20,14 +20,16 @@ import numpy as np
 import zarr
 
 from engine.errors import ConfigError, EngineError, OutputConflict
+from engine.evaluate import evaluation_attrs, roi_key, stored_scores
 from engine.execute.cluster import ClusterArg, connect, worker_memory
 from engine.execute.executor import Executor, StageStats, TaskFailed
+from engine.existing import read_existing
 from engine.geometry import Roi
 from engine.lock import OutputLocks
 from engine.markers import Markers
 from engine.memory import check_fits
 from engine.ngff.metadata import ImageMeta, open_group, read_image
-from engine.ngff.tables import merge_rows, read_table, table_attrs, write_table
+from engine.ngff.tables import merge_rows, read_rows, read_table, table_attrs, write_table
 from engine.ngff.write import (
     create_image,
     engine_attrs,
@@ -48,6 +50,8 @@ from engine.plan import (
 from engine.records import RunRecord, find_resumable, now, process_info
 from engine.rois import named_roi, resolve_roi, save_config_roi
 from engine.version import __version__
+from engine.versions import describe_change
+from tasks.evaluate import Scores, scores
 from tasks.measure import table_columns
 
 Mode = Literal["create", "overwrite", "update"]
@@ -68,6 +72,13 @@ class RunResult:
     merge: dict[str, dict[str, float]] = field(default_factory=dict)  # per global step
     peak_worker_bytes: dict[str, int] = field(default_factory=dict)  # per worker address
     projected_worker_bytes: int = 0  # engine/memory.py, checked before the run
+    reused: list[str] = field(default_factory=list)  # outputs read as they were, not computed
+    evaluations: dict[str, Scores] = field(default_factory=dict)  # by table, on this ROI
+
+    @property
+    def tasks_done(self) -> int:
+        """Chunk tasks this run computed (0 when every output was reused)."""
+        return sum(s.done for s in self.stages)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,9 +91,18 @@ class RunResult:
             },
             "outputs": self.outputs,
             "objects": self.labels,
+            "reused": self.reused,
+            "evaluations": {name: s.to_json() for name, s in self.evaluations.items()},
+            "tasks_done": self.tasks_done,
             "seconds": round(self.seconds, 3),
             "stages": [
-                {"name": s.name, "kind": s.kind, "tasks": s.tasks, "seconds": round(s.seconds, 3)}
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "tasks": s.tasks,
+                    "done": s.done,
+                    "seconds": round(s.seconds, 3),
+                }
                 for s in self.stages
             ],
             "merge": self.merge,
@@ -116,13 +136,17 @@ def make_plan(
     input: str | Path | None = None,
     roi: str | RoiSpec | dict | None = None,
     run_id: str = "plan",
+    overwrite: bool = False,
 ) -> tuple[ImageMeta, Plan]:
+    """The plan a run would follow: outputs stored for the same config and ROI are reused
+    (not with `overwrite`), versions are named; see engine/versions.py."""
     pipeline.check_complete()
     meta = read_image(resolve_input(pipeline, input))
     name, spec = roi_spec(pipeline, roi, meta.path)
     level = {s.input_ref.level for s in pipeline.steps if s.source == "image"} or {0}
     box = resolve_roi(spec, meta, min(level), name)
-    return meta, compile_plan(pipeline, meta, box, run_id, __version__)
+    existing = read_existing(meta, pipeline)
+    return meta, compile_plan(pipeline, meta, box, run_id, __version__, existing, overwrite)
 
 
 def run(
@@ -155,6 +179,11 @@ def run(
     stage, so its result is on disk early. Before any chunk runs, the plan's projected
     worker memory is checked against the workers' memory limit (engine/memory.py).
     `announce` receives one-line notices for the user (the dask dashboard address).
+
+    Outputs already stored for the same config (upstream chain included) and this ROI by
+    a run that finished are reused, not computed (`overwrite=True` computes them again);
+    a run with nothing left to compute starts no cluster. With `versions: keep` a changed
+    config writes a new version of its output (engine/versions.py).
     """
     if overwrite and update:
         raise ConfigError("--overwrite and --update exclude each other")
@@ -162,13 +191,13 @@ def run(
         raise ConfigError("--resume continues a run with its own --overwrite/--update choice")
     started = time.perf_counter()
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    meta, plan = make_plan(pipeline, input, roi, run_id)
+    meta, plan = make_plan(pipeline, input, roi, run_id, overwrite)
     old: dict[str, Any] | None = None
     if resume:
         old = find_resumable(meta.path, [o.path for o in plan.outputs])
         run_id = old["run_id"]
-        meta, plan = make_plan(pipeline, input, roi, run_id)
         overwrite, update = bool(old.get("overwrite")), bool(old.get("update"))
+        meta, plan = make_plan(pipeline, input, roi, run_id, overwrite)
     layout = layout_hash(plan)
     config = pipeline.to_dict()
     priority = priority_box(pipeline, priority_roi, meta, plan)
@@ -203,28 +232,31 @@ def run(
             row["done"], row["skipped"] = stat.done, stat.skipped
             record.update(stages=stage_rows, **_totals(stage_rows))
 
+        stages: list[StageStats] = []
         try:
-            with connect(workers, scheduler, cluster, pipeline.cluster) as client:
-                limit, threads = worker_memory(client)
-                projected = check_fits(plan, limit, threads)
-                record.update(projected_worker_bytes=projected, worker_memory_limit=limit)
-                if announce is not None and client.dashboard_link:
-                    announce(f"dask dashboard: {client.dashboard_link}")
-                markers = Markers(meta.path, plan, layout)
-                executor = Executor(
-                    client,
-                    meta.path,
-                    plan,
-                    writer.prepare,
-                    progress,
-                    markers=markers,
-                    retries=retries,
-                    backoff=BACKOFF,
-                    on_stage=on_stage,
-                    priority=priority,
-                )
-                stages = executor.run()
-            writer.finish(executor)
+            projected = 0
+            if plan.stages:  # else every output is reused: no cluster to start
+                with connect(workers, scheduler, cluster, pipeline.cluster) as client:
+                    limit, threads = worker_memory(client)
+                    projected = check_fits(plan, limit, threads)
+                    record.update(projected_worker_bytes=projected, worker_memory_limit=limit)
+                    if announce is not None and client.dashboard_link:
+                        announce(f"dask dashboard: {client.dashboard_link}")
+                    markers = Markers(meta.path, plan, layout)
+                    executor = Executor(
+                        client,
+                        meta.path,
+                        plan,
+                        writer.prepare,
+                        progress,
+                        markers=markers,
+                        retries=retries,
+                        backoff=BACKOFF,
+                        on_stage=on_stage,
+                        priority=priority,
+                    )
+                    stages = executor.run()
+                writer.finish(executor)
             save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
         except BaseException as exc:
             _fail_record(record, plan, meta.path, layout, stage_rows, executor, exc)
@@ -232,18 +264,25 @@ def run(
         record.update(
             state="completed",
             ended=now(),
-            peak_worker_bytes=max(executor.peak_memory.values(), default=0),
+            peak_worker_bytes=max(executor.peak_memory.values(), default=0) if executor else 0,
             **_totals(stage_rows),
         )
         writer.drop_scratch()
     finally:
         locks.release()
-    outputs = {out.name: str(Path(meta.path) / out.path) for out in plan.outputs}
+    every = (*plan.outputs, *plan.reused)
+    outputs = {out.name: str(Path(meta.path) / out.path) for out in every}
     labels = {
         next(o.name for o in plan.outputs if o.step == step): r.count
-        for step, r in executor.labels.items()
+        for step, r in (executor.labels.items() if executor is not None else ())
         if any(o.step == step for o in plan.outputs)
     }
+    evaluations = dict(writer.evaluations)
+    key = roi_key(plan.roi, plan.axes)
+    for out in plan.reused:
+        found = stored_scores(Path(meta.path) / out.path, key) if out.op == "evaluate" else None
+        if found is not None:
+            evaluations[out.name] = found
     return RunResult(
         run_id,
         meta.path,
@@ -252,9 +291,11 @@ def run(
         stages,
         time.perf_counter() - started,
         labels,
-        executor.merge_stats,
-        executor.peak_memory,
+        executor.merge_stats if executor is not None else {},
+        executor.peak_memory if executor is not None else {},
         projected,
+        [out.name for out in plan.reused],
+        evaluations,
     )
 
 
@@ -344,6 +385,8 @@ def _start_record(
             "chunks": list(plan.chunks),
             "layout_hash": layout,
             "outputs": [o.path for o in plan.outputs],
+            "config_hashes": {o.path: o.config_hash for o in plan.outputs},
+            "reused": [o.path for o in plan.reused],
             "modes": modes,
             "overwrite": overwrite,
             "update": update,
@@ -432,27 +475,6 @@ def check_output(meta: ImageMeta, out: OutputPlan, overwrite: bool, update: bool
     return "update"
 
 
-def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """The first few differences between two provenance records, as `where: old -> new`."""
-    diffs: list[str] = []
-
-    def walk(a: Any, b: Any, where: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b), key=str):
-                walk(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
-        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            for i, (x, y) in enumerate(zip(a, b, strict=True)):
-                name = x.get("name") if isinstance(x, dict) else None
-                walk(x, y, f"{where}[{name or i}]")
-        elif a != b:
-            diffs.append(f"{where}: {a!r} -> {b!r}")
-
-    walk(old, new, "")
-    return (
-        "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "") if diffs else "unknown difference"
-    )
-
-
 class _OutputWriter:
     """Creates outputs when their first stage starts and records provenance at the end."""
 
@@ -476,6 +498,7 @@ class _OutputWriter:
         self.by_step = {out.step: out for out in plan.outputs}
         self.offsets: dict[str, int] = dict((resumed or {}).get("offsets", {}))
         self.max_labels: dict[str, int] = {}
+        self.evaluations: dict[str, Scores] = {}
         self.root = open_group(meta.path, mode="r+")
 
     def prepare(self, key: str, dtype: str | None, count: int | None) -> int:
@@ -588,13 +611,29 @@ class _OutputWriter:
             }
             if out.step in self.max_labels:
                 record["max_label"] = self.max_labels[out.step]
+            if out.version is not None:
+                record["version"] = dict(out.version)
             if out.kind == "table":
                 record["units"] = self._table_units(out)
             set_engine_attrs(group, record)
 
     def _write_table(self, out: OutputPlan, executor: Executor) -> dict[str, Any]:
-        """Write a measurement table (merging rows into it on --update); return the
-        provenance record it had before, for the run list."""
+        """Write a measurement or evaluation table (merging rows into it on --update);
+        return the provenance record it had before, for the run list."""
+        path = Path(self.meta.path) / out.path
+        update = self.modes[out.step] == "update"
+        record = engine_attrs(self.root[out.path]) if update else {}
+        if out.op == "evaluate":
+            result = scores(executor.evaluations[out.step])
+            self.evaluations[out.name] = result
+            key = roi_key(self.plan.roi, self.plan.axes)
+            rows = (np.asarray([key]), Scores.columns(), np.asarray([result.values()]))
+            if update:
+                rows = merge_rows(read_rows(path), rows)
+            provenance = out.provenance
+            attrs = evaluation_attrs(provenance["labels"], provenance["reference"])
+            write_table(self.root, out.name, *rows, attrs, index_name="roi")
+            return record
         spatial = self.plan.spatial
         level = out.levels[0]
         new = table_columns(
@@ -602,10 +641,8 @@ class _OutputWriter:
             [level.scale[a] for a in spatial],
             [level.translation[a] for a in spatial],
         )
-        record: dict[str, Any] = {}
-        if self.modes[out.step] == "update":
-            record = engine_attrs(self.root[out.path])
-            new = merge_rows(read_table(Path(self.meta.path) / out.path), new)
+        if update:
+            new = merge_rows(read_table(path), new)
         label = str(out.provenance["labels"]).removeprefix("labels/")
         write_table(self.root, out.name, *new, table_attrs(label))
         return record

@@ -1,5 +1,6 @@
 """The op library: pure numpy functions with specs. Imports nothing from the engine."""
 
+from tasks.evaluate import EVALUATE
 from tasks.filters import GAUSSIAN, MEDIAN
 from tasks.function import FUNCTION
 from tasks.instance import INSTANCE
@@ -10,7 +11,17 @@ from tasks.threshold import NORMALIZE, THRESHOLD
 
 OPS: dict[str, OpSpec] = {
     op.name: op
-    for op in (GAUSSIAN, MEDIAN, THRESHOLD, NORMALIZE, LABEL, INSTANCE, FUNCTION, MEASURE)
+    for op in (
+        GAUSSIAN,
+        MEDIAN,
+        THRESHOLD,
+        NORMALIZE,
+        LABEL,
+        INSTANCE,
+        FUNCTION,
+        MEASURE,
+        EVALUATE,
+    )
 }
 
 __all__ = ["OPS", "Context", "OpSpec", "Params", "Reduction"]

@@ -34,6 +34,7 @@ from engine.geometry import Roi, chunks_touching
 from engine.markers import KEEP_RESULTS, ChunkMarker, Markers
 from engine.plan import ChunkTask, Plan, Stage, downsample_factors
 from tasks import OPS
+from tasks.evaluate import Counts, combine_counts
 from tasks.label import FaceComponents, resolve_face_components
 from tasks.measure import Partial, combine_partials
 
@@ -145,6 +146,8 @@ def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, co
         return compute.run_pyramid(root, stage, task.read, task.write, common["factors"])
     if kind == "measure":
         return compute.run_measure(root, stage, task, spatial, ctx, values)
+    if kind == "evaluate":
+        return compute.run_evaluate(root, stage, task)
     raise ValueError(f"unknown stage kind {kind}")
 
 
@@ -215,6 +218,7 @@ class Executor:
         self.components: dict[str, FaceComponents] = {}
         self.labels: dict[str, LabelResult] = {}
         self.measurements: dict[str, Partial] = {}
+        self.evaluations: dict[str, Counts] = {}
         self.merge_stats: dict[str, dict[str, float]] = {}
         self.workers = max(1, len(client.scheduler_info().get("workers", {})))
         self.max_in_flight = self.workers * IN_FLIGHT_PER_WORKER
@@ -534,6 +538,11 @@ class Executor:
             "partial_bytes": sum(v.nbytes for p in parts for v in p.values()),
             "table_bytes": sum(v.nbytes for v in combined.values()),
         }
+
+    def _evaluate(self, stage: Stage) -> None:
+        """Per-chunk contingency tables added up into one; the run scores it."""
+        self._enqueue(stage)
+        self.evaluations[stage.step] = combine_counts(self._collect(stage.name)[0])
 
     def _pyramid(self, stage: Stage) -> None:
         out = next(o for o in self.plan.outputs if o.step == stage.step)

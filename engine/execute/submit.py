@@ -207,6 +207,7 @@ def _scontrol_state(job_id: str) -> str | None:
 def _result_from_json(data: dict[str, Any]) -> RunResult:
     from engine.execute.executor import StageStats
     from engine.geometry import Roi
+    from tasks.evaluate import Scores
 
     roi = data["roi"]
     return RunResult(
@@ -214,9 +215,14 @@ def _result_from_json(data: dict[str, Any]) -> RunResult:
         image=data["image"],
         roi=Roi(tuple(roi["start"]), tuple(roi["stop"]), roi["level"]),
         outputs=data["outputs"],
-        stages=[StageStats(s["name"], s["kind"], s["tasks"], s["seconds"]) for s in data["stages"]],
+        stages=[
+            StageStats(s["name"], s["kind"], s["tasks"], s["seconds"], s.get("done", 0))
+            for s in data["stages"]
+        ],
         seconds=data["seconds"],
         labels=data.get("objects", {}),
+        reused=data.get("reused", []),
+        evaluations={k: Scores.from_json(v) for k, v in data.get("evaluations", {}).items()},
     )
 
 
