@@ -155,6 +155,7 @@ CLUSTER_FLAGS = {
     "processes": "processes",
     "memory": "memory",
     "walltime": "walltime",
+    "lifetime": "lifetime",
     "log_dir": "log_directory",
     "shared_dir": "shared_directory",
     "template": "template",
@@ -172,6 +173,12 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--processes", type=int, default=None, help="dask workers per job")
     g.add_argument("--memory", default=None, help="memory per worker job, e.g. 4GiB")
     g.add_argument("--walltime", default=None, help="time limit per job, e.g. 01:00:00")
+    g.add_argument(
+        "--lifetime",
+        default=None,
+        help="adaptive: a worker retires after this and a new job replaces it, e.g. 55m "
+        "(default: the walltime less a margin)",
+    )
     g.add_argument("--log-dir", default=None, help="SLURM log folder")
     g.add_argument(
         "--shared-dir", default=None, help="folder the compute nodes see (default ~/.ngff-engine)"
