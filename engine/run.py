@@ -23,7 +23,7 @@ from engine.errors import ConfigError, EngineError, OutputConflict
 from engine.execute.cluster import ClusterArg, connect, worker_memory
 from engine.execute.executor import Executor, StageStats, TaskFailed
 from engine.geometry import Roi
-from engine.lock import OutputLocks
+from engine.lock import OutputLocks, this_process
 from engine.markers import Markers
 from engine.memory import check_fits
 from engine.ngff.metadata import ImageMeta, open_group, read_image
@@ -44,7 +44,7 @@ from engine.plan import (
     face_array_path,
     layout_hash,
 )
-from engine.records import RunRecord, find_resumable, now, process_info
+from engine.records import RunRecord, find_resumable, now
 from engine.rois import named_roi, resolve_roi, save_config_roi
 from engine.version import __version__
 from tasks.measure import table_columns
@@ -325,7 +325,7 @@ def _start_record(
             error=None,
             started=now(),
             ended=None,
-            process=process_info(),
+            process=this_process(),
             stages={},
             attempts=[*old.get("attempts", []), attempt],
             chunks_done=0,
@@ -350,7 +350,7 @@ def _start_record(
             "offsets": {},
             "started": now(),
             "ended": None,
-            "process": process_info(),
+            "process": this_process(),
             "stages": {},
             "tasks": plan.task_count,
             "error": None,
