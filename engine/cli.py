@@ -527,9 +527,10 @@ def _image_status(args: argparse.Namespace) -> int:
             f"  {r.get('started')}{ended}; {counts}", highlight=False, markup=False, soft_wrap=True
         )
         for name, row in r.get("stages", {}).items():
+            timing = "running" if row.get("running") else f"{row.get('seconds', 0):.1f} s"
             out.print(
                 f"  {name:<24} {row.get('done', 0) + row.get('skipped', 0)}/{row.get('tasks')} "
-                f"({row.get('skipped', 0)} skipped) {row.get('seconds', 0):.1f} s",
+                f"({row.get('skipped', 0)} skipped) {timing}",
                 highlight=False,
                 markup=False,
             )

@@ -53,6 +53,7 @@ Mode = Literal["create", "overwrite", "update"]
 
 RETRIES = 2  # a failing chunk task is tried this many more times before the run fails
 BACKOFF = 0.2  # seconds before the first retry; doubled for each further one
+RECORD_INTERVAL = 1.0  # seconds between writes of the running stages' counts to the record
 
 
 @dataclass(frozen=True)
@@ -196,10 +197,13 @@ def run(
         executor = None
         stage_rows = record.data["stages"]
 
+        live = _LiveCounts(record, plan, stage_rows, progress)
+
         def on_stage(stat: StageStats) -> None:
             row = stage_rows.setdefault(stat.name, {"kind": stat.kind, "tasks": stat.tasks})
             row["seconds"] = round(row.get("seconds", 0.0) + stat.seconds, 3)
             row["done"], row["skipped"] = stat.done, stat.skipped
+            row.pop("running", None)
             record.update(stages=stage_rows, **_totals(stage_rows))
 
         try:
@@ -215,13 +219,14 @@ def run(
                     meta.path,
                     plan,
                     writer.prepare,
-                    progress,
+                    live,
                     markers=markers,
                     retries=retries,
                     backoff=BACKOFF,
                     on_stage=on_stage,
                     priority=priority,
                 )
+                live.executor = executor
                 stages = executor.run()
             writer.finish(executor)
             save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
@@ -361,6 +366,48 @@ def _start_record(
     return record
 
 
+class _LiveCounts:
+    """The run's progress callback around the caller's: it also writes the chunk counts
+    of the stages in progress (rows marked `running`) to the run record, at most once per
+    RECORD_INTERVAL, so `ngff-engine status IMAGE` follows a run going on elsewhere (a
+    batch job). The executor reports a stage only once it completes, and stages overlap."""
+
+    def __init__(
+        self,
+        record: RunRecord,
+        plan: Plan,
+        rows: dict[str, dict[str, Any]],
+        progress: Callable[[str, int], Callable[[int], None]] | None,
+    ) -> None:
+        self.record = record
+        self.plan = plan
+        self.rows = rows
+        self.progress = progress
+        self.executor: Executor | None = None
+        self.saved = time.monotonic()
+
+    def __call__(self, stage: str, total: int) -> Callable[[int], None]:
+        advance = self.progress(stage, total) if self.progress is not None else None
+
+        def step(n: int) -> None:
+            if advance is not None:
+                advance(n)
+            self.save()
+
+        return step
+
+    def save(self) -> None:
+        moment = time.monotonic()
+        if self.executor is None or moment - self.saved < RECORD_INTERVAL:
+            return
+        self.saved = moment
+        for name, (done, skipped) in self.executor.in_progress().items():
+            stage = self.plan.stage(name)
+            row = self.rows.setdefault(name, {"kind": stage.kind, "tasks": len(stage.tasks)})
+            row.update(done=done, skipped=skipped, running=True)
+        self.record.update(stages=self.rows, **_totals(self.rows))
+
+
 def _totals(stage_rows: dict[str, dict[str, Any]]) -> dict[str, int]:
     return {
         "chunks_done": sum(r.get("done", 0) for r in stage_rows.values()),
@@ -381,7 +428,7 @@ def _fail_record(
     """The record of a run that stopped: its error, and per stage the chunks marked done."""
     try:
         started = executor.in_progress() if executor is not None else {}
-        finished = {s for s, r in stage_rows.items() if "done" in r}
+        finished = {s for s, r in stage_rows.items() if "done" in r and not r.get("running")}
         for name, (_, skipped) in started.items():
             if name in finished:
                 continue
@@ -390,6 +437,7 @@ def _fail_record(
             row = stage_rows.setdefault(name, {"kind": stage.kind, "tasks": len(stage.tasks)})
             row["skipped"], row["done"] = skipped, max(0, marked - skipped)
             row["failed"] = 1 if isinstance(exc, TaskFailed) and exc.stage == name else 0
+            row.pop("running", None)
         message = str(exc) or type(exc).__name__
         if not isinstance(exc, EngineError):
             message = f"{type(exc).__name__}: {message}"
