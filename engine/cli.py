@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     _output_mode(p)
     p.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")
     p.add_argument("--wait", action="store_true", help="wait for the job; exit with its state")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="the job continues the latest killed or failed run of these outputs",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--template", default=None, help="sbatch template (default slurm/)")
     _cluster_flags(p)
@@ -420,6 +425,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         roi,
         overwrite=args.overwrite,
         update=args.update,
+        resume=args.resume,
         dry_run=args.dry_run,
         config=args.config,
     )
