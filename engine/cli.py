@@ -108,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     _output_mode(p)
     p.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")
     p.add_argument("--wait", action="store_true", help="wait for the job; exit with its state")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="the job continues the latest killed or failed run of these outputs",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--template", default=None, help="sbatch template (default slurm/)")
     _cluster_flags(p)
@@ -166,6 +171,7 @@ CLUSTER_FLAGS = {
     "processes": "processes",
     "memory": "memory",
     "walltime": "walltime",
+    "lifetime": "lifetime",
     "log_dir": "log_directory",
     "shared_dir": "shared_directory",
     "template": "template",
@@ -183,6 +189,12 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--processes", type=int, default=None, help="dask workers per job")
     g.add_argument("--memory", default=None, help="memory per worker job, e.g. 4GiB")
     g.add_argument("--walltime", default=None, help="time limit per job, e.g. 01:00:00")
+    g.add_argument(
+        "--lifetime",
+        default=None,
+        help="adaptive: a worker retires after this and a new job replaces it, e.g. 55m "
+        "(default: the walltime less a margin)",
+    )
     g.add_argument("--log-dir", default=None, help="SLURM log folder")
     g.add_argument(
         "--shared-dir", default=None, help="folder the compute nodes see (default ~/.ngff-engine)"
@@ -461,6 +473,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         roi,
         overwrite=args.overwrite,
         update=args.update,
+        resume=args.resume,
         dry_run=args.dry_run,
         config=args.config,
     )
@@ -572,9 +585,10 @@ def _image_status(args: argparse.Namespace) -> int:
             f"  {r.get('started')}{ended}; {counts}", highlight=False, markup=False, soft_wrap=True
         )
         for name, row in r.get("stages", {}).items():
+            timing = "running" if row.get("running") else f"{row.get('seconds', 0):.1f} s"
             out.print(
                 f"  {name:<24} {row.get('done', 0) + row.get('skipped', 0)}/{row.get('tasks')} "
-                f"({row.get('skipped', 0)} skipped) {row.get('seconds', 0):.1f} s",
+                f"({row.get('skipped', 0)} skipped) {timing}",
                 highlight=False,
                 markup=False,
             )

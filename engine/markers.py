@@ -146,3 +146,15 @@ def _write_atomic(target: Path, data: bytes) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(data)
     os.replace(tmp, target)
+
+
+def drop_torn_writes(root: str, paths: Sequence[str]) -> int:
+    """Remove what a killed run's interrupted writes left: zarr writes a chunk to
+    `<key>.<uuid>.partial` and renames it into place, so a SIGKILL in between leaves that
+    file (never a torn chunk). Called under the outputs' locks before a resume."""
+    removed = 0
+    for path in paths:
+        for torn in (Path(root) / path).rglob("*.partial"):
+            torn.unlink(missing_ok=True)
+            removed += 1
+    return removed

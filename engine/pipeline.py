@@ -159,6 +159,26 @@ class Step(_Model):
 
 MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*([kmgtp]i?b?|b)?\s*$", re.IGNORECASE)
 WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h)$")
+SPAN_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a SLURM time (`minutes`, `minutes:seconds`, `hours:minutes:seconds`,
+    `days-hours[:minutes[:seconds]]`) or a span such as `90s`, `55m`, `2h`."""
+    text = text.strip()
+    span = SPAN.match(text)
+    if span:
+        return float(span.group(1)) * SPAN_SECONDS[span.group(2)]
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:  # days-hours[:minutes[:seconds]]
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    elif len(parts) == 3:  # hours:minutes:seconds
+        hours, minutes, seconds = parts
+    else:  # minutes[:seconds]
+        hours, minutes, seconds = 0, parts[0], sum(parts[1:])
+    return float(((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 class ClusterSpec(_Model):
@@ -189,6 +209,7 @@ class ClusterSpec(_Model):
     tls: bool = True
     shared_directory: str | None = None
     template: str | None = None
+    lifetime: str | None = None  # adaptive mode: a worker retires after this; see slurm.py
 
     @field_validator("memory")
     @classmethod
@@ -203,6 +224,17 @@ class ClusterSpec(_Model):
         if not WALLTIME.match(walltime.strip()):
             raise ValueError(f"'{walltime}' is not a SLURM time such as 01:00:00 or 1-00:00:00")
         return walltime.strip()
+
+    @field_validator("lifetime")
+    @classmethod
+    def _lifetime(cls, lifetime: str | None) -> str | None:
+        if lifetime is None:
+            return None
+        if not (WALLTIME.match(lifetime.strip()) or SPAN.match(lifetime.strip())):
+            raise ValueError(f"'{lifetime}' is not a duration such as 00:55:00, 55m or 30s")
+        if duration_seconds(lifetime) <= 0:
+            raise ValueError(f"'{lifetime}' is not a positive duration")
+        return lifetime.strip()
 
     @field_validator("job_name")
     @classmethod
@@ -223,6 +255,17 @@ class ClusterSpec(_Model):
             raise ValueError("min_jobs needs max_jobs (adaptive mode scales between them)")
         if high is not None and low > high:
             raise ValueError(f"min_jobs ({low}) is above max_jobs ({high})")
+        if self.lifetime is not None:
+            if not adaptive:
+                raise ValueError(
+                    "lifetime needs adaptive mode (min_jobs/max_jobs): only there is a "
+                    "retired worker job replaced"
+                )
+            if duration_seconds(self.lifetime) >= duration_seconds(self.walltime):
+                raise ValueError(
+                    f"lifetime ({self.lifetime}) must be shorter than walltime "
+                    f"({self.walltime}): workers retire before SLURM ends their jobs"
+                )
         return self
 
     @property

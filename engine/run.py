@@ -25,8 +25,8 @@ from engine.execute.cluster import ClusterArg, connect, worker_memory
 from engine.execute.executor import Executor, StageStats, TaskFailed
 from engine.existing import read_existing
 from engine.geometry import Roi
-from engine.lock import OutputLocks
-from engine.markers import Markers
+from engine.lock import OutputLocks, this_process
+from engine.markers import Markers, drop_torn_writes
 from engine.memory import check_fits
 from engine.ngff.metadata import ImageMeta, open_group, read_image
 from engine.ngff.tables import merge_rows, read_rows, read_table, table_attrs, write_table
@@ -47,7 +47,7 @@ from engine.plan import (
     face_planes,
     layout_hash,
 )
-from engine.records import RunRecord, find_resumable, now, process_info
+from engine.records import RunRecord, find_resumable, now
 from engine.rois import named_roi, resolve_roi, save_config_roi
 from engine.version import __version__
 from engine.versions import describe_change
@@ -58,6 +58,7 @@ Mode = Literal["create", "overwrite", "update"]
 
 RETRIES = 2  # a failing chunk task is tried this many more times before the run fails
 BACKOFF = 0.2  # seconds before the first retry; doubled for each further one
+RECORD_INTERVAL = 1.0  # seconds between writes of the running stages' counts to the record
 
 
 @dataclass(frozen=True)
@@ -221,15 +222,20 @@ def run(
     locks = OutputLocks(meta.path, [o.path for o in plan.outputs], run_id).acquire()
     try:
         modes = decide()  # again, under the locks: another run may have finished meanwhile
+        if old is not None:
+            drop_torn_writes(meta.path, [*(o.path for o in plan.outputs), plan.scratch])
         record = _start_record(meta, plan, run_id, config, layout, modes, overwrite, update, old)
         writer = _OutputWriter(meta, plan, modes, run_id, record, created, old)
         executor = None
         stage_rows = record.data["stages"]
 
+        live = _LiveCounts(record, plan, stage_rows, progress)
+
         def on_stage(stat: StageStats) -> None:
             row = stage_rows.setdefault(stat.name, {"kind": stat.kind, "tasks": stat.tasks})
             row["seconds"] = round(row.get("seconds", 0.0) + stat.seconds, 3)
             row["done"], row["skipped"] = stat.done, stat.skipped
+            row.pop("running", None)
             record.update(stages=stage_rows, **_totals(stage_rows))
 
         stages: list[StageStats] = []
@@ -248,13 +254,14 @@ def run(
                         meta.path,
                         plan,
                         writer.prepare,
-                        progress,
+                        live,
                         markers=markers,
                         retries=retries,
                         backoff=BACKOFF,
                         on_stage=on_stage,
                         priority=priority,
                     )
+                    live.executor = executor
                     stages = executor.run()
                 writer.finish(executor)
             save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
@@ -367,7 +374,7 @@ def _start_record(
             error=None,
             started=now(),
             ended=None,
-            process=process_info(),
+            process=this_process(),
             stages={},
             attempts=[*old.get("attempts", []), attempt],
             chunks_done=0,
@@ -394,7 +401,7 @@ def _start_record(
             "offsets": {},
             "started": now(),
             "ended": None,
-            "process": process_info(),
+            "process": this_process(),
             "stages": {},
             "tasks": plan.task_count,
             "error": None,
@@ -403,6 +410,48 @@ def _start_record(
     record = RunRecord(str(meta.path), run_id, data)
     record.save()
     return record
+
+
+class _LiveCounts:
+    """The run's progress callback around the caller's: it also writes the chunk counts
+    of the stages in progress (rows marked `running`) to the run record, at most once per
+    RECORD_INTERVAL, so `ngff-engine status IMAGE` follows a run going on elsewhere (a
+    batch job). The executor reports a stage only once it completes, and stages overlap."""
+
+    def __init__(
+        self,
+        record: RunRecord,
+        plan: Plan,
+        rows: dict[str, dict[str, Any]],
+        progress: Callable[[str, int], Callable[[int], None]] | None,
+    ) -> None:
+        self.record = record
+        self.plan = plan
+        self.rows = rows
+        self.progress = progress
+        self.executor: Executor | None = None
+        self.saved = time.monotonic()
+
+    def __call__(self, stage: str, total: int) -> Callable[[int], None]:
+        advance = self.progress(stage, total) if self.progress is not None else None
+
+        def step(n: int) -> None:
+            if advance is not None:
+                advance(n)
+            self.save()
+
+        return step
+
+    def save(self) -> None:
+        moment = time.monotonic()
+        if self.executor is None or moment - self.saved < RECORD_INTERVAL:
+            return
+        self.saved = moment
+        for name, (done, skipped) in self.executor.in_progress().items():
+            stage = self.plan.stage(name)
+            row = self.rows.setdefault(name, {"kind": stage.kind, "tasks": len(stage.tasks)})
+            row.update(done=done, skipped=skipped, running=True)
+        self.record.update(stages=self.rows, **_totals(self.rows))
 
 
 def _totals(stage_rows: dict[str, dict[str, Any]]) -> dict[str, int]:
@@ -425,7 +474,7 @@ def _fail_record(
     """The record of a run that stopped: its error, and per stage the chunks marked done."""
     try:
         started = executor.in_progress() if executor is not None else {}
-        finished = {s for s, r in stage_rows.items() if "done" in r}
+        finished = {s for s, r in stage_rows.items() if "done" in r and not r.get("running")}
         for name, (_, skipped) in started.items():
             if name in finished:
                 continue
@@ -434,6 +483,7 @@ def _fail_record(
             row = stage_rows.setdefault(name, {"kind": stage.kind, "tasks": len(stage.tasks)})
             row["skipped"], row["done"] = skipped, max(0, marked - skipped)
             row["failed"] = 1 if isinstance(exc, TaskFailed) and exc.stage == name else 0
+            row.pop("running", None)
         message = str(exc) or type(exc).__name__
         if not isinstance(exc, EngineError):
             message = f"{type(exc).__name__}: {message}"

@@ -233,11 +233,13 @@ class Executor:
         self._batch_args: dict[str, tuple[Stage, Sequence[Any], dict[str, Any]]] = {}
 
     def run(self) -> list[StageStats]:
-        self.client.run(reset_peak_memory)
+        # on_error="ignore": a worker may leave meanwhile (an adaptive SLURM worker
+        # retiring before its walltime); the peaks are those of the workers still there.
+        self.client.run(reset_peak_memory, on_error="ignore")
         for stage in self.plan.stages:
             getattr(self, f"_{stage.kind}")(stage)
         self._drain(lambda: not self.live and not self.unsubmitted)
-        self.peak_memory = self.client.run(peak_memory)
+        self.peak_memory = self.client.run(peak_memory, on_error="ignore")
         return [self.stats[s.name] for s in self.plan.stages]
 
     def in_progress(self) -> dict[str, tuple[int, int]]:
