@@ -603,18 +603,18 @@ def test_job_script_lifetime_from_walltime(tmp_path):
 
 
 def test_slurm_worker_memory_refuses_a_plan_that_cannot_fit(slurm, image, tmp_path):
-    """Two workers in one 1 GiB job: each gets 512 MiB, less than the worker process and
+    """Two workers in one 600 MiB job: each gets 300 MiB, less than the worker process and
     its chunk cache alone are projected to need."""
     proc = cli(
         "run", str(CONFIG), "--input", str(image), "--cluster", "slurm", "--partition", slurm,
-        "--jobs", "1", "--cores", "2", "--processes", "2", "--memory", "1GiB",
+        "--jobs", "1", "--cores", "2", "--processes", "2", "--memory", "600MiB",
         "--shared-dir", str(tmp_path / "shared"), "--quiet", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     err = " ".join(proc.stderr.split())
     assert "Traceback" not in err
     assert "step '" in err and "with 1 thread(s)" in err, err
-    assert "more than the worker memory limit 512.0 MiB" in err, err
+    assert "more than the worker memory limit 300.0 MiB" in err, err
     assert not (image / OUTPUT).exists()
     (record,) = list_runs(image)
     assert record["state"] == "failed" and record["chunks_done"] == 0
