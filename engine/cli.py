@@ -108,9 +108,25 @@ def build_parser() -> argparse.ArgumentParser:
     _output_mode(p)
     p.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")
     p.add_argument("--wait", action="store_true", help="wait for the job; exit with its state")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="the job continues the latest killed or failed run of these outputs",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--template", default=None, help="sbatch template (default slurm/)")
     _cluster_flags(p)
+
+    p = sub.add_parser(
+        "diff", help="compare two label images (e.g. versions): the evaluate scores, B as reference"
+    )
+    p.add_argument("path", help="the image (.zarr)")
+    p.add_argument("a", help="label image to score, as in labels/A")
+    p.add_argument("b", help="reference label image, as in labels/B")
+    p.add_argument("--roi", default=None, help="z0:z1,y0:y1,x0:x1 in pixels (default: all)")
+    p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
+    p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("table", help="export a measurement table (tables/NAME) as CSV")
     p.add_argument("path", help="the image (.zarr)")
@@ -155,6 +171,7 @@ CLUSTER_FLAGS = {
     "processes": "processes",
     "memory": "memory",
     "walltime": "walltime",
+    "lifetime": "lifetime",
     "log_dir": "log_directory",
     "shared_dir": "shared_directory",
     "template": "template",
@@ -172,6 +189,12 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--processes", type=int, default=None, help="dask workers per job")
     g.add_argument("--memory", default=None, help="memory per worker job, e.g. 4GiB")
     g.add_argument("--walltime", default=None, help="time limit per job, e.g. 01:00:00")
+    g.add_argument(
+        "--lifetime",
+        default=None,
+        help="adaptive: a worker retires after this and a new job replaces it, e.g. 55m "
+        "(default: the walltime less a margin)",
+    )
     g.add_argument("--log-dir", default=None, help="SLURM log folder")
     g.add_argument(
         "--shared-dir", default=None, help="folder the compute nodes see (default ~/.ngff-engine)"
@@ -262,6 +285,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             f"{item.get('n_features')} features, halo {item.get('halo')}",
             highlight=False,
         )
+    for group in info["versions"]:
+        out.print(f"versions of {group['output']}:", highlight=False)
+        for v in group["versions"]:
+            change = f" (from {v['previous']}: {v['changed']})" if v.get("previous") else ""
+            out.print(f"  v{v['number']} {v['name']}{change}", highlight=False, markup=False)
     for roi in info["rois"]:
         box = ", ".join(f"{a}: {r[0]:g}..{r[1]:g}" for a, r in roi["micrometer"].items())
         out.print(f"roi {roi['name']} (tables/{roi['table']}): {box} micrometer", highlight=False)
@@ -303,8 +331,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _, plan = make_plan(pipeline, args.input, _roi(args, pipeline))
     seconds = time.perf_counter() - started
     rows = summarize(plan)
+    reused = [o.path for o in plan.reused]
     if args.json:
-        out.print_json(json.dumps({"roi": str(plan.roi), "plan_seconds": seconds, "stages": rows}))
+        data = {"roi": str(plan.roi), "plan_seconds": seconds, "stages": rows, "reused": reused}
+        out.print_json(json.dumps(data))
         return 0
     table = Table(title=f"plan for ROI {plan.roi} ({plan.task_count} tasks, {seconds:.3f} s)")
     for col in (
@@ -331,6 +361,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             halo,
         )
     out.print(table)
+    if reused:
+        out.print(f"reused as stored (same config and ROI): {', '.join(reused)}")
     return 0
 
 
@@ -387,10 +419,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _print_result(result: Any) -> None:
-    out.print(f"run {result.run_id} on {result.image} ROI {result.roi} in {result.seconds:.1f} s")
+    out.print(
+        f"run {result.run_id} on {result.image} ROI {result.roi} in {result.seconds:.1f} s, "
+        f"{result.tasks_done} chunk tasks"
+    )
     for name, path in result.outputs.items():
         objects = f" ({result.labels[name]} objects)" if name in result.labels else ""
-        out.print(f"  {name}: {path}{objects}")
+        reused = " (reused: same config and ROI)" if name in result.reused else ""
+        out.print(f"  {name}: {path}{objects}{reused}")
+    for name, found in result.evaluations.items():
+        out.print(f"  {name}: {_scores(found)}", highlight=False)
     if result.peak_worker_bytes:
         peak = max(result.peak_worker_bytes.values())
         out.print(
@@ -407,6 +445,28 @@ class RateColumn(ProgressColumn):
         return Text("" if speed is None else f"{speed:.1f}/s")
 
 
+def _scores(s: Any) -> str:
+    return (
+        f"Dice {s.dice:.4f}, IoU {s.iou:.4f}; objects at IoU 0.5: precision {s.precision:.4f}, "
+        f"recall {s.recall:.4f}, F1 {s.f1:.4f} ({s.true_positives} matched, "
+        f"{s.predicted_objects} predicted, {s.reference_objects} in the reference)"
+    )
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from engine.evaluate import diff
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    found = diff(args.path, args.a, args.b, args.roi, args.workers, args.scheduler)
+    if args.json:
+        data = {"labels": f"labels/{args.a}", "reference": f"labels/{args.b}", **found.to_json()}
+        out.print_json(json.dumps(data))
+        return 0
+    out.print(f"labels/{args.a} against labels/{args.b}: {_scores(found)}", highlight=False)
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from engine.execute.submit import submit_batch
 
@@ -420,6 +480,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         roi,
         overwrite=args.overwrite,
         update=args.update,
+        resume=args.resume,
         dry_run=args.dry_run,
         config=args.config,
     )
@@ -522,14 +583,19 @@ def _image_status(args: argparse.Namespace) -> int:
             markup=False,
             soft_wrap=True,
         )
+        if r.get("reused"):
+            out.print(
+                f"  reused: {', '.join(r['reused'])}", highlight=False, markup=False, soft_wrap=True
+            )
         ended = f" -> {r['ended']}" if r.get("ended") else ""
         out.print(
             f"  {r.get('started')}{ended}; {counts}", highlight=False, markup=False, soft_wrap=True
         )
         for name, row in r.get("stages", {}).items():
+            timing = "running" if row.get("running") else f"{row.get('seconds', 0):.1f} s"
             out.print(
                 f"  {name:<24} {row.get('done', 0) + row.get('skipped', 0)}/{row.get('tasks')} "
-                f"({row.get('skipped', 0)} skipped) {row.get('seconds', 0):.1f} s",
+                f"({row.get('skipped', 0)} skipped) {timing}",
                 highlight=False,
                 markup=False,
             )
@@ -563,6 +629,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "submit": cmd_submit,
     "status": cmd_status,
     "table": cmd_table,
+    "diff": cmd_diff,
     "preview": cmd_preview,
 }
 

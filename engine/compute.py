@@ -41,6 +41,7 @@ from tasks.classifier import (
     combine_samples,
     fit_classifier,
 )
+from tasks.evaluate import Counts, pair_counts
 from tasks.instance import matching_pairs, number_core
 from tasks.label import FaceComponents, crossing_pairs, final_ids
 from tasks.measure import combine_partials, measure_block
@@ -419,6 +420,14 @@ def fit_model(stage: Stage, samples: Samples) -> TrainedClassifier:
 def _train_params(stage: Stage) -> Any:
     link = stage.chain[-1]
     return OPS[link.op].params.model_validate(link.params)
+
+
+def run_evaluate(root: str, stage: Stage, task: ChunkTask) -> Counts:
+    """The contingency table of one chunk: the label output (`stage.labels`) against the
+    reference (`stage.source`), both read over the chunk's write box."""
+    assert stage.labels is not None and stage.source is not None
+    labels = read_source(root, stage.labels, task.write)
+    return pair_counts(labels, read_source(root, stage.source, task.write))
 
 
 def run_pyramid(root: str, stage: Stage, read: Roi, write: Roi, factors: Sequence[int]) -> int:

@@ -1,5 +1,6 @@
 """What an image's zarr holds: its levels, the label and result outputs and tables beside
-it, the models trained on it, and its named ROIs (from its ROI tables, in micrometers)."""
+it, the versions of outputs kept with `versions: keep`, the models trained on it, and
+its named ROIs (from its ROI tables, in micrometers)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import zarr
 from engine.models import model_info, model_path, trained_models
 from engine.ngff.metadata import read_image
 from engine.ngff.roi_tables import read_rois
-from engine.ngff.write import engine_attrs, read_ome
+from engine.ngff.write import engine_attrs, listed, read_ome
 
 
 def describe(path: str | Path) -> dict[str, Any]:
@@ -51,13 +52,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         ],
     }
     for kind in ("labels", "results"):
-        if kind not in root:
-            continue
-        attrs = root[kind].attrs.asdict()
-        names = (
-            read_ome(meta.version, attrs).get(kind, []) if kind == "labels" else attrs.get(kind, [])
-        )
-        for name in names:
+        for name in listed(root, kind, meta.version):
             group = root[f"{kind}/{name}"]
             levels = read_ome(meta.version, group.attrs.asdict())["multiscales"][0]["datasets"]
             record = engine_attrs(group)
@@ -69,9 +64,28 @@ def describe(path: str | Path) -> dict[str, Any]:
                     "runs": len(record.get("runs", [])),
                     "config_hash": record.get("config_hash"),
                     "max_label": record.get("max_label"),
+                    "version": record.get("version"),
                 }
             )
+    info["versions"] = _versions(info)
     return info
+
+
+def _versions(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per output with kept versions: each version's name, number, and what changed
+    from the one before it."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for kind in ("labels", "results", "tables"):
+        for item in info[kind]:
+            version = item.get("version")
+            if version:
+                groups.setdefault(f"{kind}/{version['of']}", []).append(
+                    {"name": item["name"], **{k: v for k, v in version.items() if k != "of"}}
+                )
+    return [
+        {"output": output, "versions": sorted(found, key=lambda v: v["number"])}
+        for output, found in groups.items()
+    ]
 
 
 def _tables(root: zarr.Group) -> list[dict[str, Any]]:
@@ -89,6 +103,7 @@ def _tables(root: zarr.Group) -> list[dict[str, Any]]:
                 "region": attrs.get("region", {}).get("path"),
                 "rows": int(rows),
                 "runs": len(engine_attrs(group).get("runs", [])),
+                "version": engine_attrs(group).get("version"),
             }
         )
     return found

@@ -1,9 +1,11 @@
 """One writer per output: a lock file `_engine/locks/<output path>` per output a run writes.
 
-The file holds the run id, host and pid. It is created atomically (written under a
-temporary name, then hard-linked into place: the link fails if the lock exists), and
-removed at the end of the run. A lock whose pid is gone on this host is stale (its run was
-killed) and is taken over; a lock from another host is never broken.
+The file holds the run id, host and pid, and the SLURM job id when the run is inside a
+job. It is created atomically (written under a temporary name, then hard-linked into
+place: the link fails if the lock exists), and removed at the end of the run. A lock whose
+pid is gone on this host is stale (its run was killed) and is taken over; so is one from
+another host whose SLURM job squeue no longer lists (a batch job that was cancelled or hit
+its walltime). Any other lock from another host is never broken.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,12 +44,34 @@ def _read(path: Path) -> dict[str, Any] | None:
         return {}
 
 
+def this_process() -> dict[str, Any]:
+    """Who holds a lock or runs a run: host, pid and, inside a SLURM job, its id (the one
+    thing another node can check)."""
+    owner: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:
+        owner["slurm_job"] = job
+    return owner
+
+
+def _slurm_job_ended(job: str) -> bool:
+    """SLURM no longer lists the job; False when squeue cannot tell (absent, no answer)."""
+    try:
+        proc = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%A"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if proc.returncode == 0:
+        return job not in proc.stdout.split()
+    return "Invalid job id" in proc.stderr  # purged from SLURM's memory: long over
+
+
 def is_stale(owner: dict[str, Any]) -> bool:
-    return (
-        owner.get("host") == socket.gethostname()
-        and isinstance(owner.get("pid"), int)
-        and not _alive(owner["pid"])
-    )
+    if owner.get("host") == socket.gethostname():
+        return isinstance(owner.get("pid"), int) and not _alive(owner["pid"])
+    job = owner.get("slurm_job")
+    return isinstance(job, str) and job.isdigit() and _slurm_job_ended(job)
 
 
 class OutputLocks:
@@ -55,7 +80,7 @@ class OutputLocks:
     def __init__(self, root: str | Path, outputs: Iterable[str], run_id: str) -> None:
         self.base = Path(root) / LOCKS
         self.outputs = sorted(set(outputs))
-        self.owner = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid()}
+        self.owner = {"run_id": run_id, **this_process()}
         self.held: list[Path] = []
         self.taken_over: list[dict[str, Any]] = []
 

@@ -4,10 +4,10 @@ neighbouring chunks never write the same file), tagged with the plan's layout ha
 
 A worker marks a chunk only after its data is written (and, for stages whose per-chunk
 result the driver combines: reductions, local label counts, face pairs, measurements,
-training samples, after that result is saved beside the marker). Zarr's local store
-writes each file atomically (temporary file, then rename), so after a SIGKILL a marker
-is either there, with its data and result complete, or absent and the chunk is simply
-done again.
+training samples, contingency tables, after that result is saved beside the marker).
+Zarr's local store writes each file atomically (temporary file, then rename), so after
+a SIGKILL a marker is either there, with its data and result complete, or absent and the
+chunk is simply done again.
 
 Layout: `_engine/runs/<run_id>/markers/<stage>` (a `/` in a stage name becomes `.`);
 saved results: `<that array's folder>/_results/<i.j.k>.pkl`, inside the array's folder so
@@ -29,7 +29,9 @@ from engine.errors import EngineError
 from engine.plan import Plan, Stage
 
 # Stage kinds whose per-chunk results the driver needs after the stage (kept on disk).
-KEEP_RESULTS = frozenset({"reduce", "label", "faces", "segment", "match", "measure", "train"})
+KEEP_RESULTS = frozenset(
+    {"reduce", "label", "faces", "segment", "match", "measure", "evaluate", "train"}
+)
 RESULTS_DIR = "_results"
 
 
@@ -146,3 +148,15 @@ def _write_atomic(target: Path, data: bytes) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(data)
     os.replace(tmp, target)
+
+
+def drop_torn_writes(root: str, paths: Sequence[str]) -> int:
+    """Remove what a killed run's interrupted writes left: zarr writes a chunk to
+    `<key>.<uuid>.partial` and renames it into place, so a SIGKILL in between leaves that
+    file (never a torn chunk). Called under the outputs' locks before a resume."""
+    removed = 0
+    for path in paths:
+        for torn in (Path(root) / path).rglob("*.partial"):
+            torn.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -57,7 +57,7 @@ def _task_bytes(stage: Stage, read, write) -> int:
             )
             dtype = out_dtype
         total += worst
-    if stage.target is not None and stage.kind != "measure":
+    if stage.target is not None and stage.kind not in ("measure", "evaluate"):
         total += write.size * np.dtype(stage.target_dtype or "uint64").itemsize
     return int(total)
 

@@ -19,15 +19,15 @@ from typing import Any
 import zarr
 
 from engine.errors import ConfigError
-from engine.ngff.write import engine_attrs
+from engine.ngff.write import GROUP_OF_KIND, engine_attrs, output_path
 from engine.pipeline import Pipeline, Step
 from tasks.classifier import MODEL_FILE, TrainedClassifier, model_op_params, save_classifier
 
-MODELS = "_engine/models"
+MODELS = GROUP_OF_KIND["model"]
 
 
 def model_path(name: str) -> str:
-    return f"{MODELS}/{name}"
+    return output_path("model", name)
 
 
 def trained_models(image: str | Path) -> list[str]:

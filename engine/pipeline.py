@@ -31,6 +31,8 @@ from tasks import OPS
 IMAGE = "image"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 AXES = ("t", "c", "z", "y", "x")
+# parameters that name another step: must it be one (True), or may it name a label image?
+STEP_PARAMS = {"intensity": True, "reference": False}
 
 
 class _Model(BaseModel):
@@ -69,14 +71,27 @@ class InputRef(_Model):
     level: int = Field(default=0, ge=0)
 
 
+VERSIONS = ("keep",)
+
+
 class OutputSpec(_Model):
     """Where a step's result goes. `shards` (zarr v3 / NGFF 0.5 only): the shard shape in
     voxels per work axis (the image's axes without c), a multiple of the chunks; tasks
-    writing the output are grouped per shard, so no two write one shard at once."""
+    writing the output are grouped per shard, so no two write one shard at once.
+    `versions: keep`: a run with another step config writes a new version beside the
+    old ones (`name`, `name.v2`, ...) instead of refusing; see engine/versions.py."""
 
     kind: Literal["label", "image", "table"]
     name: str
     shards: tuple[PositiveInt, ...] | None = None
+    versions: str | None = None
+
+    @field_validator("versions")
+    @classmethod
+    def _known_versions(cls, versions: str | None) -> str | None:
+        if versions is not None and versions not in VERSIONS:
+            raise ValueError(f"'{versions}' is not allowed (allowed: {', '.join(VERSIONS)})")
+        return versions
 
     @field_validator("name")
     @classmethod
@@ -123,10 +138,27 @@ class Step(_Model):
     def input_ref(self) -> InputRef:
         return self.input if isinstance(self.input, InputRef) else InputRef(source=self.input)
 
-    def extra_inputs(self) -> list[str]:
-        """Steps read through parameters (a measure step's `intensity`), as graph edges."""
-        intensity = self.params.get("intensity")
-        return [intensity] if isinstance(intensity, str) and intensity != IMAGE else []
+    def extra_inputs(self) -> dict[str, str]:
+        """Names read through parameters, by field: a measure step's `intensity` (a step),
+        an evaluate step's `reference` (a step, or else a label image in the zarr)."""
+        found = {}
+        for key in STEP_PARAMS:
+            value = self.params.get(key)
+            if isinstance(value, str) and value != IMAGE:
+                found[f"params.{key}"] = value
+        return found
+
+    def writes(self) -> tuple[str, str] | None:
+        """What the step writes, as (kind, name): its `output:`, or for an op that trains a
+        model the artifact `params.model` (kind "model"); None if it writes nothing."""
+        if OPS[self.op].artifact == "model":
+            return "model", self.typed_params().model
+        return (self.output.kind, self.output.name) if self.output is not None else None
+
+    def config(self) -> dict[str, Any]:
+        """The step as provenance records it: what decides its result. Whether old
+        versions are kept does not, so `output.versions` is left out."""
+        return self.model_dump(mode="json", exclude={"output": {"versions"}})
 
     def typed_params(self) -> Any:
         return OPS[self.op].params.model_validate(self.params)
@@ -134,6 +166,26 @@ class Step(_Model):
 
 MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*([kmgtp]i?b?|b)?\s*$", re.IGNORECASE)
 WALLTIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+SPAN = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h)$")
+SPAN_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a SLURM time (`minutes`, `minutes:seconds`, `hours:minutes:seconds`,
+    `days-hours[:minutes[:seconds]]`) or a span such as `90s`, `55m`, `2h`."""
+    text = text.strip()
+    span = SPAN.match(text)
+    if span:
+        return float(span.group(1)) * SPAN_SECONDS[span.group(2)]
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:  # days-hours[:minutes[:seconds]]
+        hours, minutes, seconds = (parts + [0, 0])[:3]
+    elif len(parts) == 3:  # hours:minutes:seconds
+        hours, minutes, seconds = parts
+    else:  # minutes[:seconds]
+        hours, minutes, seconds = 0, parts[0], sum(parts[1:])
+    return float(((int(days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 class ClusterSpec(_Model):
@@ -164,6 +216,7 @@ class ClusterSpec(_Model):
     tls: bool = True
     shared_directory: str | None = None
     template: str | None = None
+    lifetime: str | None = None  # adaptive mode: a worker retires after this; see slurm.py
 
     @field_validator("memory")
     @classmethod
@@ -178,6 +231,17 @@ class ClusterSpec(_Model):
         if not WALLTIME.match(walltime.strip()):
             raise ValueError(f"'{walltime}' is not a SLURM time such as 01:00:00 or 1-00:00:00")
         return walltime.strip()
+
+    @field_validator("lifetime")
+    @classmethod
+    def _lifetime(cls, lifetime: str | None) -> str | None:
+        if lifetime is None:
+            return None
+        if not (WALLTIME.match(lifetime.strip()) or SPAN.match(lifetime.strip())):
+            raise ValueError(f"'{lifetime}' is not a duration such as 00:55:00, 55m or 30s")
+        if duration_seconds(lifetime) <= 0:
+            raise ValueError(f"'{lifetime}' is not a positive duration")
+        return lifetime.strip()
 
     @field_validator("job_name")
     @classmethod
@@ -198,6 +262,17 @@ class ClusterSpec(_Model):
             raise ValueError("min_jobs needs max_jobs (adaptive mode scales between them)")
         if high is not None and low > high:
             raise ValueError(f"min_jobs ({low}) is above max_jobs ({high})")
+        if self.lifetime is not None:
+            if not adaptive:
+                raise ValueError(
+                    "lifetime needs adaptive mode (min_jobs/max_jobs): only there is a "
+                    "retired worker job replaced"
+                )
+            if duration_seconds(self.lifetime) >= duration_seconds(self.walltime):
+                raise ValueError(
+                    f"lifetime ({self.lifetime}) must be shorter than walltime "
+                    f"({self.walltime}): workers retire before SLURM ends their jobs"
+                )
         return self
 
     @property
@@ -223,10 +298,10 @@ class Pipeline(_Model):
                 raise ValueError(
                     f"step '{step.name}': input '{step.source}' is no step and not 'image'"
                 )
-            for name in step.extra_inputs():
-                if name not in known:
+            for field, name in step.extra_inputs().items():
+                if name not in known and STEP_PARAMS[field.removeprefix("params.")]:
                     raise ValueError(
-                        f"step '{step.name}': params.intensity '{name}' is no step and not 'image'"
+                        f"step '{step.name}': {field} '{name}' is no step and not 'image'"
                     )
             if step.source != IMAGE and isinstance(step.input, InputRef):
                 if step.input.channel is not None or step.input.level != 0:
@@ -252,8 +327,7 @@ class Pipeline(_Model):
             raise ConfigError("the pipeline has no steps")
         graph = self.graph()
         for step in self.steps:
-            makes = step.output is not None or OPS[step.op].artifact is not None
-            if not makes and graph.out_degree(step.name) == 0:
+            if step.writes() is None and graph.out_degree(step.name) == 0:
                 raise ConfigError(f"step '{step.name}': has no output and no step uses it")
 
     def graph(self) -> nx.DiGraph:
@@ -263,8 +337,9 @@ class Pipeline(_Model):
             graph.add_node(step.name)
         for step in self.steps:
             graph.add_edge(step.source, step.name)
-            for name in step.extra_inputs():
-                graph.add_edge(name, step.name)
+            for name in step.extra_inputs().values():
+                if name in graph:
+                    graph.add_edge(name, step.name)
         return graph
 
     def step(self, name: str) -> Step:

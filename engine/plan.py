@@ -15,15 +15,23 @@ chain receives. Labels (global) take four stages: local labels, face pairs,
 one merge, relabel. Instance segmentation (global) takes the same four, with a
 segmenter run on each chunk grown by an overlap instead of local labels, and
 pairs of objects whose segmentations of the band around a border agree instead
-of face pairs. A measurement table (`op: measure`) is one "measure" stage
-after everything else: per chunk of the ROI, partial sums per label of the label
-step's materialised output (and of the intensity chain, read with the same box),
-combined on the driver. A step that trains a model (`op.artifact == "model"`) is one
-"train" stage: per chunk, its chain (ending in the op's per-block features) and the
-annotation labels over the same box; the driver combines the samples and one fit
-makes the artifact. Predict steps run as the `op: model` step their artifact makes
-(engine/models.py); stages whose chain holds a model carry its worker resources, and a
-model step's output is read back by the chains after it rather than run again.
+of face pairs. A table (`op: measure`, `op: evaluate`) is one stage after
+everything else: per chunk of the ROI, partials of the label step's materialised output
+(sums per label with the intensity chain read over the same box; or a contingency table
+against the reference label image), combined on the driver. A step that trains a model
+(`op.artifact == "model"`) is one "train" stage: per chunk, its chain (ending in the
+op's per-block features) and the annotation labels over the same box; the driver
+combines the samples and one fit makes the artifact. Predict steps run as the
+`op: model` step their artifact makes (engine/models.py); stages whose chain holds a
+model carry its worker resources, and a model step's output is read back by the chains
+after it rather than run again.
+
+Reuse: given a snapshot of what the zarr holds (engine/versions.py), an output whose
+config and ROI are unchanged is not planned; the chains that read it start from it, as
+from any materialised source, and steps only it needed are not planned either (a step
+without an output is planned when the first chain that reads it is). A model artifact
+is an output here too: training it again with the same config on the same ROI is not
+planned, and the outputs of a predict step name the model's sha256 in their provenance.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +52,7 @@ from engine.models import model_path, model_steps, model_version
 from engine.ngff.metadata import Axis, ImageMeta, read_image
 from engine.ngff.write import LevelSpec, OutputKind, output_path
 from engine.pipeline import IMAGE, Pipeline, Step
+from engine.versions import Decision, Existing, RoiJson, decide
 from tasks import OPS, Context
 
 StageKind = Literal[
@@ -58,8 +67,10 @@ StageKind = Literal[
     "pyramid",
     "measure",
     "train",
+    "evaluate",
 ]
 ENGINE_GROUP = "_engine"
+TABLE_OPS = ("measure", "evaluate")  # ops whose output is a table: one stage of that kind
 
 
 @dataclass(frozen=True)
@@ -103,13 +114,11 @@ class OutputPlan:
     levels: tuple[LevelSpec, ...]
     provenance: dict[str, Any]
     config_hash: str
+    version: Mapping[str, Any] | None = None  # with `versions: keep`: number, previous, change
+    op: str = ""
 
     @property
     def path(self) -> str:
-        if self.kind == "table":
-            return f"tables/{self.name}"
-        if self.kind == "model":
-            return model_path(self.name)
         return output_path(self.kind, self.name)
 
 
@@ -127,7 +136,7 @@ class Stage:
     pass_no: int = 0
     level: int = 0
     connectivity: int = 1
-    labels: Source | None = None  # measure: the label image, read per chunk in the ROI
+    labels: Source | None = None  # measure, evaluate: the label image, read per chunk
     grid: tuple[int, ...] = ()  # chunk shape of the tasks' grid, when not the plan's
     shards: tuple[int, ...] = ()  # shard shape of the target: its tasks go per shard
     region: Roi | None = None  # segment: the ROI, where a chunk's overlap stops as objects do
@@ -147,6 +156,7 @@ class Plan:
     stages: tuple[Stage, ...]
     outputs: tuple[OutputPlan, ...]
     scratch: str
+    reused: tuple[OutputPlan, ...] = ()  # outputs read as they are, not written
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stage(self, name: str) -> Stage:
@@ -218,10 +228,24 @@ def config_hash(data: Any) -> str:
 
 
 def compile_plan(
-    pipeline: Pipeline, meta: ImageMeta, roi: Roi, run_id: str = "plan", engine_version: str = ""
+    pipeline: Pipeline,
+    meta: ImageMeta,
+    roi: Roi,
+    run_id: str = "plan",
+    engine_version: str = "",
+    existing: Existing | None = None,
+    overwrite: bool = False,
 ) -> Plan:
-    """Compile a validated pipeline against an image and an index-space ROI (image axes)."""
-    return _Compiler(pipeline, meta, roi, run_id, engine_version).compile()
+    """Compile a validated pipeline against an image and an index-space ROI (image axes).
+
+    `existing` is what the zarr holds (label images for references, stored outputs for
+    reuse and versions); without it every output is planned under its own name.
+    `overwrite` plans outputs even where a stored one could be reused.
+    """
+    compiler = _Compiler(pipeline, meta, roi, run_id, engine_version)
+    compiler.existing = existing or Existing()
+    compiler.overwrite = overwrite
+    return compiler.compile()
 
 
 class _Compiler:
@@ -252,36 +276,38 @@ class _Compiler:
         self.engine_version = engine_version
         self.stages: dict[str, Stage] = {}
         self.expanded = model_steps(pipeline, meta.path)  # predict steps as `op: model`
-        # step name -> (array holding its result, stage that writes it, usable only by
-        # chains that need no halo beyond it: true for ROI-only scratch of exact values)
-        self.materialised: dict[str, tuple[Source, str, bool]] = {}
+        # step name -> (array holding its result, stage that writes it (None: an output
+        # stored before this run), usable only by chains that need no halo beyond it: true
+        # for ROI-only arrays of exact values)
+        self.materialised: dict[str, tuple[Source, str | None, bool]] = {}
         self.outputs: list[OutputPlan] = []
+        self.reused: list[OutputPlan] = []
+        self.decisions: dict[str, tuple[Decision, dict[str, Any], str]] = {}
+        self.existing = Existing()
+        self.overwrite = False
 
     def compile(self) -> Plan:
         tables = []
         for step in self.pipeline.ordered_steps():
-            if step.op == "measure":
+            if step.op in TABLE_OPS:
                 tables.append(step)  # after every other step: whatever it reads is then planned
                 continue
             if OPS[step.op].artifact == "model":
                 self._train(step)
                 continue
             if step.output is not None and step.output.kind == "table":
+                ops = " and ".join(f"'{op}'" for op in TABLE_OPS)
                 raise ConfigError(
-                    f"step '{step.name}': output kind 'table' is made by op 'measure' only"
+                    f"step '{step.name}': output kind 'table' is made by ops {ops} only"
                 )
-            op = OPS[step.op]
-            kind = op.kind(step.typed_params())
-            if kind == "reduction":
-                self._reduction(step)
-            if kind == "global" and step.op == "instance":
-                self._instance(step)
-            elif kind == "global":
+            if step.output is None or self._reused(step):
+                continue  # a step without an output is planned when a chain reads it
+            if self._kind(step) == "global":
                 self._global(step)
-            elif step.output is not None:
+            else:
                 self._blockwise_output(step)
         for step in tables:
-            self._measure(step)
+            getattr(self, f"_{step.op}")(step)
         return Plan(
             image=self.meta.path,
             level=self.level,
@@ -293,7 +319,18 @@ class _Compiler:
             stages=tuple(_placed(s) for s in self.stages.values()),
             outputs=tuple(self.outputs),
             scratch=self.scratch,
+            reused=tuple(self.reused),
         )
+
+    def _kind(self, step: Step) -> str:
+        return OPS[step.op].kind(step.typed_params())
+
+    def _roi_json(self) -> RoiJson:
+        return {
+            "start": [int(v) for v in self.roi.start],
+            "stop": [int(v) for v in self.roi.stop],
+            "level": self.level,
+        }
 
     def _halo(self, step: Step) -> tuple[int, ...]:
         try:
@@ -313,19 +350,27 @@ class _Compiler:
         """
         steps: list[Step] = [self._resolved(last)] if include_last else []
         halo = sum(sum(self._halo(s)) for s in steps)
-        current = last.source
+        current, reader = last.source, last.name
         while current != IMAGE and not self._usable(current, halo):
             step = self._resolved(self.pipeline.step(current))
+            if step.op in TABLE_OPS:
+                raise ConfigError(f"step '{reader}': input '{current}' is a table, not an image")
+            kind = self._kind(step)
+            if current not in self.materialised and kind == "global":
+                self._global(step)  # planned when first read; its result is then usable
+                continue
+            if kind == "reduction":
+                self._reduction(step)  # first: it may store its input for the walk to stop at
             steps.append(step)
             halo += sum(self._halo(step))
-            current = step.source
+            current, reader = step.source, step.name
         steps.reverse()
         if current == IMAGE:
             source = self._image_source(steps[0] if steps else last)
             after: list[str] = []
         else:
             source, done_stage, _ = self.materialised[current]
-            after = [done_stage]
+            after = [done_stage] if done_stage else []
         links: list[Link] = []
         dtype = np.dtype(source.dtype)
         for step in steps:
@@ -449,6 +494,9 @@ class _Compiler:
         self._pyramid(step, out, name)
 
     def _global(self, step: Step) -> None:
+        if step.op == "instance":
+            self._instance(step)
+            return
         source, links, after = self._chain(step, include_last=False)
         params = step.typed_params()
         ndim = len(self.spatial)
@@ -554,45 +602,64 @@ class _Compiler:
         """One "measure" stage: per chunk of the ROI, partials of the label step's output
         (and of the intensity chain over the same box); the driver combines them."""
         n = step.name
-        if step.output is None or step.output.kind != "table":
-            raise ConfigError(f"step '{n}': op 'measure' needs output: {{kind: table, name: ...}}")
-        users = [s.name for s in self.pipeline.steps if s.source == n]
-        if users:
-            raise ConfigError(f"step '{users[0]}': input '{n}' is a table, not an image")
-        labels, label_name, after = self._label_input(step)
+        labels, label_name, after = self._table_input(step)
         params = step.typed_params()
-        source: Source | None = None
-        links: tuple[Link, ...] = ()
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"labels": f"labels/{label_name}"}
         if params.intensity is None:
             if params.channel is not None:
                 raise ConfigError(f"step '{n}': params.channel needs params.intensity: image")
-        elif params.intensity == IMAGE:
-            source = self._image_source(step, params.channel, "params.channel")
-        else:
+        elif params.intensity != IMAGE:
             if params.channel is not None:
                 raise ConfigError(
                     f"step '{n}': params.channel applies to params.intensity: image only"
                 )
+            extra["intensity_chain"] = [
+                s.config() for s in self.pipeline.upstream(params.intensity)
+            ]
+        if self._reused(step, extra):
+            return
+        source: Source | None = None
+        links: tuple[Link, ...] = ()
+        if params.intensity == IMAGE:
+            source = self._image_source(step, params.channel, "params.channel")
+        elif params.intensity is not None:
             source, links, more = self._intensity_chain(step, params.intensity)
             after += more
-            extra["intensity_chain"] = [
-                s.model_dump(mode="json") for s in self.pipeline.upstream(params.intensity)
-            ]
-        tasks = []
-        for index, chunk in chunks_touching(self.roi, self.chunks, self.bounds):
-            write = chunk.intersect(self.roi)
-            read = chain_boxes(write, links, source.bounds)[0] if source is not None else write
-            tasks.append(ChunkTask(index, read, write))
-        out = self._output(step, None, {**extra, "labels": f"labels/{label_name}"})
-        name = f"{n}/measure"
+        out = self._output(step, None, extra)
+        self._table_stage(step, "measure", labels, source, links, after, out)
+
+    def _evaluate(self, step: Step) -> None:
+        """One "evaluate" stage: per chunk of the ROI, the contingency table of the label
+        step's output against the reference label image; the driver adds them up."""
+        labels, label_name, after = self._table_input(step)
+        reference, reference_name, more = self._reference(step, label_name)
+        extra = {"labels": f"labels/{label_name}", "reference": f"labels/{reference_name}"}
+        if self._reused(step, extra):
+            return
+        out = self._output(step, None, extra)
+        self._table_stage(step, "evaluate", labels, reference, (), after + more, out)
+
+    def _table_stage(
+        self,
+        step: Step,
+        kind: StageKind,
+        labels: Source,
+        source: Source | None,
+        links: tuple[Link, ...],
+        after: list[str],
+        out: OutputPlan,
+    ) -> None:
+        """A table's stage: one task per chunk of the ROI, reading the labels (and `source`
+        through `links`) over its box."""
+        bounds = source.bounds if source is not None else self.bounds
+        name = f"{step.name}/{kind}"
         self.stages[name] = Stage(
             name,
-            n,
-            "measure",
+            step.name,
+            kind,
             source,
             links,
-            tuple(tasks),
+            self._tasks(links, bounds, self.roi),
             tuple(dict.fromkeys(after)),
             out.path,
             "float64",
@@ -603,7 +670,7 @@ class _Compiler:
         """One "train" stage: per chunk of the ROI, the op's chain (its last link maps the
         block to features, with their halo) and the annotations over the same box."""
         n = step.name
-        users = [s.name for s in self.pipeline.steps if n in (s.source, *s.extra_inputs())]
+        users = [s.name for s in self.pipeline.steps if n in (s.source, *s.extra_inputs().values())]
         if users:
             raise ConfigError(f"step '{users[0]}': input '{n}' is a model, not an image")
         params = step.typed_params()
@@ -613,8 +680,11 @@ class _Compiler:
                 "(params.model); it takes no output"
             )
         labels = self._annotations(step, params.annotations)
+        extra = {"annotations": f"labels/{params.annotations}"}
+        if self._reused(step, extra):
+            return
         source, links, after = self._chain(step, include_last=True)
-        self._output(step, None, {"annotations": f"labels/{params.annotations}"}, params.model)
+        self._output(step, None, extra)
         name = f"{n}/train"
         self.stages[name] = Stage(
             name,
@@ -648,22 +718,77 @@ class _Compiler:
             raise ConfigError(f"{where}: labels/{name} holds {level.dtype}, not integer classes")
         return Source(f"labels/{name}/{level.path}", level.dtype, self.bounds)
 
-    def _label_input(self, step: Step) -> tuple[Source, str, list[str]]:
-        """The label image a measure step reads (the label output of its input step)."""
-        n, src = step.name, step.source
-        label_step = None if src == IMAGE else self.pipeline.step(src)
-        if label_step is None or label_step.output is None or label_step.output.kind != "label":
+    def _table_input(self, step: Step) -> tuple[Source, str, list[str]]:
+        """The label image a table step reads: the label output of its input step."""
+        n = step.name
+        if step.output is None or step.output.kind != "table":
             raise ConfigError(
-                f"step '{n}': input '{src}' must be a step that writes a label output "
+                f"step '{n}': op '{step.op}' needs output: {{kind: table, name: ...}}"
+            )
+        users = [s.name for s in self.pipeline.steps if s.source == n]
+        if users:
+            raise ConfigError(f"step '{users[0]}': input '{n}' is a table, not an image")
+        found = None if step.source == IMAGE else self._label_output(step.source)
+        if found is None:
+            raise ConfigError(
+                f"step '{n}': input '{step.source}' must be a step that writes a label output "
                 "(output: {kind: label, name: ...}), so the table can point at it"
             )
-        if src in self.materialised:
-            labels, stage, _ = self.materialised[src]
+        return found
+
+    def _label_output(self, name: str) -> tuple[Source, str, list[str]] | None:
+        """The label output of step `name` (its array, its name on disk, the stage to wait
+        for), or None if `name` is no step writing one."""
+        step = next((s for s in self.pipeline.steps if s.name == name), None)
+        if step is None or step.output is None or step.output.kind != "label":
+            return None
+        decision, _, _ = self.decisions[name]  # decided: tables are planned last
+        if name in self.materialised:
+            source, stage, _ = self.materialised[name]
         else:  # a blockwise step writing integer labels
-            out = next(o for o in self.outputs if o.step == src)
-            labels = Source(f"{out.path}/{out.levels[0].path}", out.dtype or "uint32", self.roi)
-            stage = src
-        return labels, label_step.output.name, [stage]
+            out = next(o for o in self.outputs if o.step == name)
+            source = Source(f"{out.path}/{out.levels[0].path}", out.dtype or "uint32", self.roi)
+            stage = name
+        return source, decision.name, [stage] if stage else []
+
+    def _reference(self, step: Step, label_name: str) -> tuple[Source, str, list[str]]:
+        """What an evaluate step compares with: a step's label output, or a label image in
+        the zarr of the same shape as the label output at the processing level."""
+        n, name = step.name, step.typed_params().reference
+        found = self._label_output(name)
+        if found is not None:
+            return found
+        if name in {s.name for s in self.pipeline.steps}:
+            raise ConfigError(
+                f"step '{n}': params.reference '{name}' is a step without a label output "
+                "(output: {kind: label, name: ...})"
+            )
+        meta = self.existing.labels.get(name)
+        if meta is None:
+            known = ", ".join(self.existing.label_names) or "none"
+            raise ConfigError(
+                f"step '{n}': params.reference '{name}' is no step and no label image in "
+                f"{self.meta.path}/labels (label images: {known})"
+            )
+        path = f"labels/{name}"
+        writer = next((o.step for o in self.outputs if o.path == path), None)
+        if writer is not None:
+            raise ConfigError(
+                f"step '{n}': params.reference '{name}': {path} is written by step '{writer}' "
+                f"in this run; to compare with its new result, use reference: {writer}"
+            )
+        level = meta.levels[self.level] if self.level < len(meta.levels) else None
+        if level is None or meta.axis_names != self.axis_names or level.shape != self.shape:
+            found_shape = "no such level" if level is None else f"shape {list(level.shape)}"
+            raise ConfigError(
+                f"step '{n}': params.reference '{name}' has {found_shape} (axes "
+                f"{list(meta.axis_names)}) at level {self.level}, but the label output "
+                f"'{label_name}' has shape {list(self.shape)} (axes {list(self.axis_names)})"
+            )
+        source = Source(
+            f"{path}/{level.path}", level.dtype, Roi.from_shape(level.shape, self.level)
+        )
+        return source, name, []
 
     def _intensity_chain(self, step: Step, name: str) -> tuple[Source, tuple[Link, ...], list]:
         """The chain computing an intensity step over a chunk box, as a blockwise output's."""
@@ -673,41 +798,27 @@ class _Compiler:
             raise ConfigError(
                 f"step '{step.name}': params.intensity '{name}' is no step and not 'image'"
             ) from None
-        if istep.op == "measure":
+        if istep.op in TABLE_OPS:
             raise ConfigError(f"step '{step.name}': params.intensity '{name}' is a table")
+        if name not in self.materialised and self._kind(istep) == "global":
+            self._global(istep)
         if name in self.materialised and self._usable(name, 0):
             source, stage, _ = self.materialised[name]
-            return source, (), [stage]
-        if OPS[istep.op].kind(istep.typed_params()) == "global":
-            raise ConfigError(f"step '{step.name}': params.intensity '{name}' cannot be read")
+            return source, (), [stage] if stage else []
         source, links, after = self._chain(istep, include_last=True)
         return source, links, after
 
     def _face_halo(self) -> tuple[int, ...]:
         return tuple(1 if i in self.spatial else 0 for i in range(len(self.axes)))
 
-    def _output(
-        self,
-        step: Step,
-        dtype: str | None,
-        extra: dict[str, Any] | None = None,
-        model: str | None = None,
-    ) -> OutputPlan:
-        """The output a step writes: its `output:`, or the model artifact named `model`."""
-        if model is not None:
-            kind, name = "model", model
-        else:
-            assert step.output is not None
-            kind, name = step.output.kind, step.output.name
-        if dtype is not None:
-            np_dtype = np.dtype(dtype)
-            if np_dtype == np.bool_:
-                dtype = "uint8"
-            elif kind == "label" and not np.issubdtype(np_dtype, np.integer):
-                raise ConfigError(
-                    f"step '{step.name}': output kind 'label' needs integer data, "
-                    f"but this step makes {np_dtype}"
-                )
+    def _decide(
+        self, step: Step, extra: dict[str, Any] | None = None
+    ) -> tuple[Decision, dict[str, Any], str]:
+        """Provenance, config hash and what happens to a step's output (once per step)."""
+        if step.name in self.decisions:
+            return self.decisions[step.name]
+        target = step.writes()
+        assert target is not None
         upstream = self.pipeline.upstream(step.name)
         models = {
             s.name: model_version(self.expanded[s.name])
@@ -716,25 +827,75 @@ class _Compiler:
         }
         provenance = {
             "step": step.name,
-            "chain": [s.model_dump(mode="json") for s in upstream],
+            "chain": [s.config() for s in upstream],
             "input": str(self.meta.path),
             "level": self.level,
             "ops": {s.op: OPS[s.op].version for s in upstream},
             **({"models": models} if models else {}),
             **(extra or {}),
         }
-        out = OutputPlan(
+        # the path the image was opened by (relative, absolute, after a move) is not part
+        # of what was computed: the output lives inside that image whichever path it is
+        digest = config_hash({k: v for k, v in provenance.items() if k != "input"})
+        stored = self.existing.outputs.get(target, ())
+        keep = step.output is not None and step.output.versions == "keep"  # models: none
+        decision = decide(
+            target[1], keep, digest, provenance, self._roi_json(), stored, self.overwrite
+        )
+        self.decisions[step.name] = (decision, provenance, digest)
+        return self.decisions[step.name]
+
+    def _reused(self, step: Step, extra: dict[str, Any] | None = None) -> bool:
+        """True when the step's output is stored already for this config and ROI: it is
+        then read where chains need it, and none of its stages are planned."""
+        decision, _, _ = self._decide(step, extra)
+        if decision.reuse is None:
+            return False
+        out = self._output_plan(step, decision.reuse.dtype)
+        self.reused.append(out)
+        if out.kind not in ("table", "model"):
+            # as the result of a run: labels as a whole; a blockwise result is exact only
+            # inside the ROI, so a chain needing a halo around it computes it again
+            source = Source(f"{out.path}/{out.levels[0].path}", out.dtype or "uint32", self.roi)
+            self.materialised[step.name] = (source, None, self._kind(step) != "global")
+        return True
+
+    def _output(
+        self, step: Step, dtype: str | None, extra: dict[str, Any] | None = None
+    ) -> OutputPlan:
+        """The output a step writes: its `output:`, or the model artifact it trains."""
+        self._decide(step, extra)
+        label = step.output is not None and step.output.kind == "label"
+        if dtype is not None:
+            np_dtype = np.dtype(dtype)
+            if np_dtype == np.bool_:
+                dtype = "uint8"
+            elif label and not np.issubdtype(np_dtype, np.integer):
+                raise ConfigError(
+                    f"step '{step.name}': output kind 'label' needs integer data, "
+                    f"but this step makes {np_dtype}"
+                )
+        out = self._output_plan(step, dtype)
+        self.outputs.append(out)
+        return out
+
+    def _output_plan(self, step: Step, dtype: str | None) -> OutputPlan:
+        decision, provenance, digest = self.decisions[step.name]
+        target = step.writes()
+        assert target is not None
+        kind = target[0]
+        return OutputPlan(
             step=step.name,
             kind=kind,
-            name=name,
+            name=decision.name,
             dtype=dtype,
             axes=self.axes,
             levels=() if kind == "model" else self._output_levels(step),
             provenance=provenance,
-            config_hash=config_hash(provenance),
+            config_hash=digest,
+            version=decision.version,
+            op=step.op,
         )
-        self.outputs.append(out)
-        return out
 
     def _output_levels(self, step: Step) -> tuple[LevelSpec, ...]:
         keep = [i for i in range(len(self.meta.axes)) if i != self.c_axis]
@@ -846,6 +1007,42 @@ def downsample_factors(lower: LevelSpec, upper: LevelSpec) -> tuple[int, ...]:
     return tuple(max(1, round(u / lo)) for lo, u in zip(lower.scale, upper.scale, strict=True))
 
 
+def comparison_plan(
+    image: str, labels: tuple[str, ImageMeta], reference: tuple[str, ImageMeta], roi: Roi
+) -> Plan:
+    """One "evaluate" stage over an ROI at level 0 (`diff`): the label image at path
+    `labels[0]` (relative to `image`) against the one at `reference[0]`, both of the same
+    shape, on the chunk grid of the first."""
+    meta, level = labels[1], labels[1].levels[0]
+    ref_level = reference[1].levels[0]
+    bounds = Roi.from_shape(level.shape, 0)
+    tasks = tuple(
+        ChunkTask(index, chunk.intersect(roi), chunk.intersect(roi))
+        for index, chunk in chunks_touching(roi, level.chunks, bounds)
+    )
+    stage = Stage(
+        "diff/evaluate",
+        "diff",
+        "evaluate",
+        Source(f"{reference[0]}/{ref_level.path}", ref_level.dtype, bounds),
+        (),
+        tasks,
+        labels=Source(f"{labels[0]}/{level.path}", level.dtype, bounds),
+    )
+    return Plan(
+        image=image,
+        level=0,
+        roi=roi,
+        axes=meta.axis_names,
+        spatial=meta.spatial_axes,
+        chunks=level.chunks,
+        context=Context(spacing=meta.spacing_um(0)),
+        stages=(stage,),
+        outputs=(),
+        scratch=f"{ENGINE_GROUP}/diff",
+    )
+
+
 def _processing_level(pipeline: Pipeline) -> int:
     levels = {s.input_ref.level for s in pipeline.steps if s.source == IMAGE}
     if len(levels) > 1:
@@ -874,7 +1071,7 @@ def summarize(plan: Plan) -> list[dict[str, Any]]:
                 read_bytes += task.read.size * src_size
                 if grid is not None:
                     read_chunks += count_chunks(task.read, grid, bounds)
-            if stage.target is not None and stage.kind != "measure":
+            if stage.target is not None and stage.kind not in TABLE_OPS:
                 out_size = np.dtype(stage.target_dtype or "uint32").itemsize
                 write_bytes = sum(t.write.size for t in stage.tasks) * out_size
         rows.append(
@@ -915,6 +1112,8 @@ def layout_hash(plan: Plan) -> str:
 
     add((plan.level, plan.roi, plan.axes, plan.spatial, plan.chunks))
     add(sorted((o.path, o.config_hash, o.dtype) for o in plan.outputs))
+    if plan.reused:
+        add(sorted((o.path, o.config_hash) for o in plan.reused))
     for stage in plan.stages:
         add((stage.name, stage.kind, stage.source, stage.target, stage.target_dtype))
         add((stage.chain, stage.after, stage.pass_no, stage.level, stage.connectivity))

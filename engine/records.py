@@ -9,8 +9,6 @@ run's scratch (arrays and markers inside the same group), which is removed on su
 from __future__ import annotations
 
 import datetime as dt
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +94,3 @@ def find_resumable(root: str, outputs: list[str]) -> dict[str, Any]:
             f"in {Path(root) / RUNS}{more}; run without --resume"
         )
     return candidates[-1]
-
-
-def process_info() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}

@@ -20,6 +20,7 @@ import numpy as np
 import zarr
 
 from engine.errors import ConfigError, EngineError, OutputConflict
+from engine.evaluate import evaluation_attrs, roi_key, stored_scores
 from engine.execute.cluster import (
     ClusterArg,
     check_resources,
@@ -28,13 +29,14 @@ from engine.execute.cluster import (
     worker_memory,
 )
 from engine.execute.executor import Executor, StageStats, TaskFailed
+from engine.existing import read_existing
 from engine.geometry import Roi
-from engine.lock import OutputLocks
-from engine.markers import Markers
+from engine.lock import OutputLocks, this_process
+from engine.markers import Markers, drop_torn_writes
 from engine.memory import check_fits
 from engine.models import write_model
 from engine.ngff.metadata import ImageMeta, open_group, read_image
-from engine.ngff.tables import merge_rows, read_table, table_attrs, write_table
+from engine.ngff.tables import merge_rows, read_rows, read_table, table_attrs, write_table
 from engine.ngff.write import (
     create_image,
     engine_attrs,
@@ -52,15 +54,18 @@ from engine.plan import (
     face_planes,
     layout_hash,
 )
-from engine.records import RunRecord, find_resumable, now, process_info
+from engine.records import RunRecord, find_resumable, now
 from engine.rois import named_roi, resolve_roi, save_config_roi
 from engine.version import __version__
+from engine.versions import describe_change
+from tasks.evaluate import Scores, scores
 from tasks.measure import table_columns
 
 Mode = Literal["create", "overwrite", "update"]
 
 RETRIES = 2  # a failing chunk task is tried this many more times before the run fails
 BACKOFF = 0.2  # seconds before the first retry; doubled for each further one
+RECORD_INTERVAL = 1.0  # seconds between writes of the running stages' counts to the record
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,13 @@ class RunResult:
     merge: dict[str, dict[str, float]] = field(default_factory=dict)  # per global step
     peak_worker_bytes: dict[str, int] = field(default_factory=dict)  # per worker address
     projected_worker_bytes: int = 0  # engine/memory.py, checked before the run
+    reused: list[str] = field(default_factory=list)  # outputs read as they were, not computed
+    evaluations: dict[str, Scores] = field(default_factory=dict)  # by table, on this ROI
+
+    @property
+    def tasks_done(self) -> int:
+        """Chunk tasks this run computed (0 when every output was reused)."""
+        return sum(s.done for s in self.stages)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,9 +99,18 @@ class RunResult:
             },
             "outputs": self.outputs,
             "objects": self.labels,
+            "reused": self.reused,
+            "evaluations": {name: s.to_json() for name, s in self.evaluations.items()},
+            "tasks_done": self.tasks_done,
             "seconds": round(self.seconds, 3),
             "stages": [
-                {"name": s.name, "kind": s.kind, "tasks": s.tasks, "seconds": round(s.seconds, 3)}
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "tasks": s.tasks,
+                    "done": s.done,
+                    "seconds": round(s.seconds, 3),
+                }
                 for s in self.stages
             ],
             "merge": self.merge,
@@ -123,13 +144,17 @@ def make_plan(
     input: str | Path | None = None,
     roi: str | RoiSpec | dict | None = None,
     run_id: str = "plan",
+    overwrite: bool = False,
 ) -> tuple[ImageMeta, Plan]:
+    """The plan a run would follow: outputs stored for the same config and ROI are reused
+    (not with `overwrite`), versions are named; see engine/versions.py."""
     pipeline.check_complete()
     meta = read_image(resolve_input(pipeline, input))
     name, spec = roi_spec(pipeline, roi, meta.path)
     level = {s.input_ref.level for s in pipeline.steps if s.source == "image"} or {0}
     box = resolve_roi(spec, meta, min(level), name)
-    return meta, compile_plan(pipeline, meta, box, run_id, __version__)
+    existing = read_existing(meta, pipeline)
+    return meta, compile_plan(pipeline, meta, box, run_id, __version__, existing, overwrite)
 
 
 def run(
@@ -162,6 +187,11 @@ def run(
     stage, so its result is on disk early. Before any chunk runs, the plan's projected
     worker memory is checked against the workers' memory limit (engine/memory.py).
     `announce` receives one-line notices for the user (the dask dashboard address).
+
+    Outputs already stored for the same config (upstream chain included) and this ROI by
+    a run that finished are reused, not computed (`overwrite=True` computes them again);
+    a run with nothing left to compute starts no cluster. With `versions: keep` a changed
+    config writes a new version of its output (engine/versions.py).
     """
     if overwrite and update:
         raise ConfigError("--overwrite and --update exclude each other")
@@ -169,13 +199,13 @@ def run(
         raise ConfigError("--resume continues a run with its own --overwrite/--update choice")
     started = time.perf_counter()
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    meta, plan = make_plan(pipeline, input, roi, run_id)
+    meta, plan = make_plan(pipeline, input, roi, run_id, overwrite)
     old: dict[str, Any] | None = None
     if resume:
         old = find_resumable(meta.path, [o.path for o in plan.outputs])
         run_id = old["run_id"]
-        meta, plan = make_plan(pipeline, input, roi, run_id)
         overwrite, update = bool(old.get("overwrite")), bool(old.get("update"))
+        meta, plan = make_plan(pipeline, input, roi, run_id, overwrite)
     layout = layout_hash(plan)
     config = pipeline.to_dict()
     priority = priority_box(pipeline, priority_roi, meta, plan)
@@ -199,41 +229,50 @@ def run(
     locks = OutputLocks(meta.path, [o.path for o in plan.outputs], run_id).acquire()
     try:
         modes = decide()  # again, under the locks: another run may have finished meanwhile
+        if old is not None:
+            drop_torn_writes(meta.path, [*(o.path for o in plan.outputs), plan.scratch])
         record = _start_record(meta, plan, run_id, config, layout, modes, overwrite, update, old)
         writer = _OutputWriter(meta, plan, modes, run_id, record, created, old)
         executor = None
         stage_rows = record.data["stages"]
 
+        live = _LiveCounts(record, plan, stage_rows, progress)
+
         def on_stage(stat: StageStats) -> None:
             row = stage_rows.setdefault(stat.name, {"kind": stat.kind, "tasks": stat.tasks})
             row["seconds"] = round(row.get("seconds", 0.0) + stat.seconds, 3)
             row["done"], row["skipped"] = stat.done, stat.skipped
+            row.pop("running", None)
             record.update(stages=stage_rows, **_totals(stage_rows))
 
+        stages: list[StageStats] = []
         try:
-            resources = plan_resources(plan)
-            with connect(workers, scheduler, cluster, pipeline.cluster, resources) as client:
-                check_resources(client, plan)
-                limit, threads = worker_memory(client)
-                projected = check_fits(plan, limit, threads)
-                record.update(projected_worker_bytes=projected, worker_memory_limit=limit)
-                if announce is not None and client.dashboard_link:
-                    announce(f"dask dashboard: {client.dashboard_link}")
-                markers = Markers(meta.path, plan, layout)
-                executor = Executor(
-                    client,
-                    meta.path,
-                    plan,
-                    writer.prepare,
-                    progress,
-                    markers=markers,
-                    retries=retries,
-                    backoff=BACKOFF,
-                    on_stage=on_stage,
-                    priority=priority,
-                )
-                stages = executor.run()
-            writer.finish(executor)
+            projected = 0
+            if plan.stages:  # else every output is reused: no cluster to start
+                resources = plan_resources(plan)
+                with connect(workers, scheduler, cluster, pipeline.cluster, resources) as client:
+                    check_resources(client, plan)
+                    limit, threads = worker_memory(client)
+                    projected = check_fits(plan, limit, threads)
+                    record.update(projected_worker_bytes=projected, worker_memory_limit=limit)
+                    if announce is not None and client.dashboard_link:
+                        announce(f"dask dashboard: {client.dashboard_link}")
+                    markers = Markers(meta.path, plan, layout)
+                    executor = Executor(
+                        client,
+                        meta.path,
+                        plan,
+                        writer.prepare,
+                        live,
+                        markers=markers,
+                        retries=retries,
+                        backoff=BACKOFF,
+                        on_stage=on_stage,
+                        priority=priority,
+                    )
+                    live.executor = executor
+                    stages = executor.run()
+                writer.finish(executor)
             save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
         except BaseException as exc:
             _fail_record(record, plan, meta.path, layout, stage_rows, executor, exc)
@@ -241,18 +280,25 @@ def run(
         record.update(
             state="completed",
             ended=now(),
-            peak_worker_bytes=max(executor.peak_memory.values(), default=0),
+            peak_worker_bytes=max(executor.peak_memory.values(), default=0) if executor else 0,
             **_totals(stage_rows),
         )
         writer.drop_scratch()
     finally:
         locks.release()
-    outputs = {out.name: str(Path(meta.path) / out.path) for out in plan.outputs}
+    every = (*plan.outputs, *plan.reused)
+    outputs = {out.name: str(Path(meta.path) / out.path) for out in every}
     labels = {
         next(o.name for o in plan.outputs if o.step == step): r.count
-        for step, r in executor.labels.items()
+        for step, r in (executor.labels.items() if executor is not None else ())
         if any(o.step == step for o in plan.outputs)
     }
+    evaluations = dict(writer.evaluations)
+    key = roi_key(plan.roi, plan.axes)
+    for out in plan.reused:
+        found = stored_scores(Path(meta.path) / out.path, key) if out.op == "evaluate" else None
+        if found is not None:
+            evaluations[out.name] = found
     return RunResult(
         run_id,
         meta.path,
@@ -261,9 +307,11 @@ def run(
         stages,
         time.perf_counter() - started,
         labels,
-        executor.merge_stats,
-        executor.peak_memory,
+        executor.merge_stats if executor is not None else {},
+        executor.peak_memory if executor is not None else {},
         projected,
+        [out.name for out in plan.reused],
+        evaluations,
     )
 
 
@@ -335,7 +383,7 @@ def _start_record(
             error=None,
             started=now(),
             ended=None,
-            process=process_info(),
+            process=this_process(),
             stages={},
             attempts=[*old.get("attempts", []), attempt],
             chunks_done=0,
@@ -353,6 +401,8 @@ def _start_record(
             "chunks": list(plan.chunks),
             "layout_hash": layout,
             "outputs": [o.path for o in plan.outputs],
+            "config_hashes": {o.path: o.config_hash for o in plan.outputs},
+            "reused": [o.path for o in plan.reused],
             "modes": modes,
             "overwrite": overwrite,
             "update": update,
@@ -360,7 +410,7 @@ def _start_record(
             "offsets": {},
             "started": now(),
             "ended": None,
-            "process": process_info(),
+            "process": this_process(),
             "stages": {},
             "tasks": plan.task_count,
             "error": None,
@@ -369,6 +419,48 @@ def _start_record(
     record = RunRecord(str(meta.path), run_id, data)
     record.save()
     return record
+
+
+class _LiveCounts:
+    """The run's progress callback around the caller's: it also writes the chunk counts
+    of the stages in progress (rows marked `running`) to the run record, at most once per
+    RECORD_INTERVAL, so `ngff-engine status IMAGE` follows a run going on elsewhere (a
+    batch job). The executor reports a stage only once it completes, and stages overlap."""
+
+    def __init__(
+        self,
+        record: RunRecord,
+        plan: Plan,
+        rows: dict[str, dict[str, Any]],
+        progress: Callable[[str, int], Callable[[int], None]] | None,
+    ) -> None:
+        self.record = record
+        self.plan = plan
+        self.rows = rows
+        self.progress = progress
+        self.executor: Executor | None = None
+        self.saved = time.monotonic()
+
+    def __call__(self, stage: str, total: int) -> Callable[[int], None]:
+        advance = self.progress(stage, total) if self.progress is not None else None
+
+        def step(n: int) -> None:
+            if advance is not None:
+                advance(n)
+            self.save()
+
+        return step
+
+    def save(self) -> None:
+        moment = time.monotonic()
+        if self.executor is None or moment - self.saved < RECORD_INTERVAL:
+            return
+        self.saved = moment
+        for name, (done, skipped) in self.executor.in_progress().items():
+            stage = self.plan.stage(name)
+            row = self.rows.setdefault(name, {"kind": stage.kind, "tasks": len(stage.tasks)})
+            row.update(done=done, skipped=skipped, running=True)
+        self.record.update(stages=self.rows, **_totals(self.rows))
 
 
 def _totals(stage_rows: dict[str, dict[str, Any]]) -> dict[str, int]:
@@ -391,7 +483,7 @@ def _fail_record(
     """The record of a run that stopped: its error, and per stage the chunks marked done."""
     try:
         started = executor.in_progress() if executor is not None else {}
-        finished = {s for s, r in stage_rows.items() if "done" in r}
+        finished = {s for s, r in stage_rows.items() if "done" in r and not r.get("running")}
         for name, (_, skipped) in started.items():
             if name in finished:
                 continue
@@ -400,6 +492,7 @@ def _fail_record(
             row = stage_rows.setdefault(name, {"kind": stage.kind, "tasks": len(stage.tasks)})
             row["skipped"], row["done"] = skipped, max(0, marked - skipped)
             row["failed"] = 1 if isinstance(exc, TaskFailed) and exc.stage == name else 0
+            row.pop("running", None)
         message = str(exc) or type(exc).__name__
         if not isinstance(exc, EngineError):
             message = f"{type(exc).__name__}: {message}"
@@ -435,8 +528,8 @@ def check_output(meta: ImageMeta, out: OutputPlan, overwrite: bool, update: bool
         )
     if out.kind == "model":
         raise OutputConflict(
-            f"model {out.path} exists; a model is trained once: use --overwrite to train it "
-            "again, or another params.model"
+            f"model {out.path} exists, trained with this config on another ROI; a model is "
+            "trained once: use --overwrite to train it again, or another params.model"
         )
     if not update:
         raise OutputConflict(
@@ -444,27 +537,6 @@ def check_output(meta: ImageMeta, out: OutputPlan, overwrite: bool, update: bool
             "or --overwrite to replace it"
         )
     return "update"
-
-
-def describe_change(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """The first few differences between two provenance records, as `where: old -> new`."""
-    diffs: list[str] = []
-
-    def walk(a: Any, b: Any, where: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b), key=str):
-                walk(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
-        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-            for i, (x, y) in enumerate(zip(a, b, strict=True)):
-                name = x.get("name") if isinstance(x, dict) else None
-                walk(x, y, f"{where}[{name or i}]")
-        elif a != b:
-            diffs.append(f"{where}: {a!r} -> {b!r}")
-
-    walk(old, new, "")
-    return (
-        "; ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "") if diffs else "unknown difference"
-    )
 
 
 class _OutputWriter:
@@ -490,6 +562,7 @@ class _OutputWriter:
         self.by_step = {out.step: out for out in plan.outputs}
         self.offsets: dict[str, int] = dict((resumed or {}).get("offsets", {}))
         self.max_labels: dict[str, int] = {}
+        self.evaluations: dict[str, Scores] = {}
         self.root = open_group(meta.path, mode="r+")
 
     def prepare(self, key: str, dtype: str | None, count: int | None) -> int:
@@ -609,13 +682,29 @@ class _OutputWriter:
                 record["max_label"] = self.max_labels[out.step]
             if out.step in models:
                 record["model"] = models[out.step]
+            if out.version is not None:
+                record["version"] = dict(out.version)
             if out.kind == "table":
                 record["units"] = self._table_units(out)
             set_engine_attrs(group, record)
 
     def _write_table(self, out: OutputPlan, executor: Executor) -> dict[str, Any]:
-        """Write a measurement table (merging rows into it on --update); return the
-        provenance record it had before, for the run list."""
+        """Write a measurement or evaluation table (merging rows into it on --update);
+        return the provenance record it had before, for the run list."""
+        path = Path(self.meta.path) / out.path
+        update = self.modes[out.step] == "update"
+        record = engine_attrs(self.root[out.path]) if update else {}
+        if out.op == "evaluate":
+            result = scores(executor.evaluations[out.step])
+            self.evaluations[out.name] = result
+            key = roi_key(self.plan.roi, self.plan.axes)
+            rows = (np.asarray([key]), Scores.columns(), np.asarray([result.values()]))
+            if update:
+                rows = merge_rows(read_rows(path), rows)
+            provenance = out.provenance
+            attrs = evaluation_attrs(provenance["labels"], provenance["reference"])
+            write_table(self.root, out.name, *rows, attrs, index_name="roi")
+            return record
         spatial = self.plan.spatial
         level = out.levels[0]
         new = table_columns(
@@ -623,10 +712,8 @@ class _OutputWriter:
             [level.scale[a] for a in spatial],
             [level.translation[a] for a in spatial],
         )
-        record: dict[str, Any] = {}
-        if self.modes[out.step] == "update":
-            record = engine_attrs(self.root[out.path])
-            new = merge_rows(read_table(Path(self.meta.path) / out.path), new)
+        if update:
+            new = merge_rows(read_table(path), new)
         label = str(out.provenance["labels"]).removeprefix("labels/")
         write_table(self.root, out.name, *new, table_attrs(label))
         return record

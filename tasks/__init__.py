@@ -1,6 +1,7 @@
 """The op library: pure numpy functions with specs. Imports nothing from the engine."""
 
 from tasks.classifier import PREDICT, TRAIN
+from tasks.evaluate import EVALUATE
 from tasks.filters import GAUSSIAN, MEDIAN
 from tasks.function import FUNCTION
 from tasks.instance import INSTANCE
@@ -21,6 +22,7 @@ OPS: dict[str, OpSpec] = {
         INSTANCE,
         FUNCTION,
         MEASURE,
+        EVALUATE,
         MODEL,
         TRAIN,
         PREDICT,

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import Field
 
-from tasks.spec import OpSpec, Params, done_by_engine
+from tasks.spec import Params, table_op
 
 Partial = dict[str, np.ndarray]
 COORD_KEYS = ("sum", "min", "max")
@@ -56,7 +56,7 @@ def _sum_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64)
 
 
-def _starts(sorted_ids: np.ndarray) -> np.ndarray:
+def group_starts(sorted_ids: np.ndarray) -> np.ndarray:
     """Index of the first element of each run of equal values in a sorted array."""
     if len(sorted_ids) == 0:
         return np.zeros(0, dtype=np.intp)
@@ -85,7 +85,7 @@ def measure_block(
     ids = flat[where]
     order = np.argsort(ids, kind="stable")
     where, ids = where[order], ids[order]
-    starts = _starts(ids)
+    starts = group_starts(ids)
     count = np.diff(np.append(starts, len(ids))).astype(np.int64)
     coords = np.unravel_index(where, labels.shape)
     part: Partial = {
@@ -114,7 +114,7 @@ def combine_partials(parts: Sequence[Partial]) -> Partial:
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(merged["label"], kind="stable")
     merged = {k: v[order] for k, v in merged.items()}
-    starts = _starts(merged["label"])
+    starts = group_starts(merged["label"])
     if len(starts) == len(order):
         return merged
     out: Partial = {"label": merged["label"][starts]}
@@ -172,14 +172,10 @@ def table_columns(
     return part["label"], column_names(ndim, intensity), matrix
 
 
-MEASURE = OpSpec(
-    name="measure",
-    version="1",
-    params=MeasureParams,
-    kind=lambda p: "global",
-    halo=lambda p, ctx: (0,) * len(ctx.spacing),
-    dtype=lambda p, dtype: np.dtype(np.float64),
-    apply=done_by_engine("op 'measure' makes a table: the engine runs it as its own stage"),
-    doc="Per-object table of a label step: area, centroid, bbox, intensity mean/min/max/sum, "
+MEASURE = table_op(
+    "measure",
+    "1",
+    MeasureParams,
+    "Per-object table of a label step: area, centroid, bbox, intensity mean/min/max/sum, "
     "physical volume and centroid; output kind 'table'.",
 )

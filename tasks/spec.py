@@ -98,6 +98,22 @@ def check_each(value: Any, ok: Callable[[float], bool], rule: str) -> Any:
     return value
 
 
+def table_op(name: str, version: str, params: type[Params], doc: str) -> OpSpec:
+    """The spec of an op whose result is a table (measure, evaluate): the engine runs it as
+    a stage of its own over the ROI, so it has no halo, and a call as a blockwise function
+    is a mistake."""
+    return OpSpec(
+        name=name,
+        version=version,
+        params=params,
+        kind=lambda p: "global",
+        halo=lambda p, ctx: (0,) * len(ctx.spacing),
+        dtype=lambda p, dtype: np.dtype(np.float64),
+        apply=done_by_engine(f"op '{name}' makes a table: the engine runs it as its own stage"),
+        doc=doc,
+    )
+
+
 def per_axis(value: float | Sequence[float], ndim: int, what: str) -> tuple[float, ...]:
     """Broadcast a scalar parameter to every spatial axis, or check a per-axis list."""
     if isinstance(value, int | float):

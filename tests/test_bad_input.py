@@ -149,6 +149,19 @@ def _edit(index: int, **changes: Any) -> list[dict[str, Any]]:
     return steps
 
 
+def _with_eval(reference: str) -> list[dict[str, Any]]:
+    return [
+        *base_steps(),
+        {
+            "name": "eval",
+            "op": "evaluate",
+            "input": "nuclei",
+            "params": {"reference": reference},
+            "output": {"kind": "table", "name": "nuclei_eval"},
+        },
+    ]
+
+
 CONFIG_CASES = {
     "unknown op": (_edit(0, op="gausian"), ["step 'smooth'", "gausian", "unknown op"]),
     "unknown param": (
@@ -212,6 +225,35 @@ CONFIG_CASES = {
     "label connectivity above 3": (
         _edit(2, params={"connectivity": 4}),
         ["step 'nuclei'", "params.connectivity", "less than or equal to 3"],
+    ),
+    "unknown reference label image": (
+        _with_eval("nosuch"),
+        ["step 'eval'", "params.reference 'nosuch'", "no label image", "truth, annotations"],
+    ),
+    "reference step without a label output": (
+        _with_eval("mask"),
+        ["step 'eval'", "params.reference 'mask'", "without a label output"],
+    ),
+    "evaluate with a label output": (
+        _with_eval("truth")[:-1]
+        + [{**_with_eval("truth")[-1], "output": {"kind": "label", "name": "e"}}],
+        ["step 'eval'", "op 'evaluate' needs output", "kind: table"],
+    ),
+    "evaluate with a table as input": (
+        [
+            *_with_eval("truth"),
+            {
+                **_with_eval("truth")[-1],
+                "name": "e2",
+                "input": "eval",
+                "output": {"kind": "table", "name": "e2"},
+            },
+        ],
+        ["step 'e2'", "input 'eval'", "is a table"],
+    ),
+    "versions value not allowed": (
+        _edit(2, output={"kind": "label", "name": "nuclei", "versions": "kep"}),
+        ["step 'nuclei'", "output.versions", "'kep' is not allowed", "allowed: keep"],
     ),
 }
 
@@ -598,3 +640,59 @@ def test_subprocess_user_function_that_raises(tmp_path: Path, scheduler: str) ->
     assert "Traceback" not in proc.stdout + proc.stderr
     assert "failed on chunk" in proc.stderr and "cannot handle a block" in proc.stderr
     assert tree_hash(image, skip=("_engine",)) == before
+
+
+# --- evaluation, versions, diff ---------------------------------------------------------------
+
+
+def test_reference_of_another_shape(
+    tmp_path: Path, scheduler: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """labels/truth of a 2D sample under a 3D image: refused, naming both shapes."""
+    image = Path(write_sample(tmp_path / "image.zarr", (8, 64, 64), (4, 32, 32), "0.5"))
+    other = Path(write_sample(tmp_path / "flat.zarr", (48, 64), (32, 32), "0.5"))
+    shutil.copytree(other / "labels" / "truth", image / "labels" / "flat")
+    config = write_config(tmp_path, _with_eval("flat"))
+    expect_user_error(
+        capsys,
+        run_args(config, image, scheduler),
+        [image],
+        "step 'eval'",
+        "params.reference 'flat'",
+        "[48, 64]",
+        "[8, 64, 64]",
+        "label output 'nuclei'",
+    )
+    argv = ["diff", str(image), "truth", "flat", "--scheduler", scheduler]
+    expect_user_error(capsys, argv, [image], "labels/truth", "labels/flat", "one shape")
+
+
+def test_reference_written_by_this_run(
+    tmp_path: Path, image3d: Path, scheduler: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    steps = _with_eval("nuclei_out")
+    steps[2]["output"] = {"kind": "label", "name": "nuclei_out"}
+    steps[3]["params"] = {"reference": "nuclei_out"}
+    image = tmp_path / "image.zarr"
+    shutil.copytree(image3d, image)
+    shutil.copytree(image / "labels" / "truth", image / "labels" / "nuclei_out")
+    config = write_config(tmp_path, steps)
+    expect_user_error(
+        capsys,
+        run_args(config, image, scheduler, "--overwrite"),
+        [image],
+        "step 'eval'",
+        "labels/nuclei_out is written by step 'nuclei'",
+        "reference: nuclei",
+    )
+
+
+def test_diff_of_a_missing_label(
+    image3d: Path, scheduler: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["diff", str(image3d), "truth", "nosuch", "--scheduler", scheduler]
+    expect_user_error(
+        capsys, argv, [image3d], "labels/nosuch", "no such label image", "truth, annotations"
+    )
+    argv = ["diff", str(image3d), "truth", "annotations", "--roi", "0:4,0:99", "--json"]
+    expect_user_error(capsys, argv, [image3d], "outside", "y: 0..64")

@@ -114,8 +114,14 @@ def test_train_writes_the_model_artifact(
     assert "_engine/models/nuclei_rf: RandomForestClassifier, classes [1, 2]" in " ".join(
         capsys.readouterr().out.split()
     )
+    again = run(_train(sample, model="nuclei_rf", **TRAIN), roi="train", scheduler=scheduler)
+    assert again.tasks_done == 0 and again.stages == [] and again.reused == ["nuclei_rf"]
+    assert file_sha256(trained / info["file"]) == info["sha256"]  # reused: not trained again
+    changed = _train(sample, model="nuclei_rf", **{**TRAIN, "seed": 1})
+    with pytest.raises(OutputConflict, match=r"params.seed: 0 -> 1\); use --overwrite"):
+        run(changed, roi="train", scheduler=scheduler)
     with pytest.raises(OutputConflict, match="a model is trained once: use --overwrite"):
-        run(_train(sample, model="nuclei_rf", **TRAIN), roi="train", scheduler=scheduler)
+        run(_train(sample, model="nuclei_rf", **TRAIN), roi="test", scheduler=scheduler)
 
 
 def test_predict_on_test_roi_then_threshold_and_label(
@@ -140,6 +146,8 @@ def test_predict_on_test_roi_then_threshold_and_label(
     provenance = root["results/nuclei_prob"].attrs.asdict()["ngff_engine"]["provenance"]
     sha = zarr.open_group(str(trained), mode="r").attrs.asdict()["ngff_engine"]["model"]["sha256"]
     assert provenance["models"] == {"prob": {"file": "model.joblib", "sha256": sha}}
+    again = run(_predict(sample, "nuclei_rf", "nuclei_prob"), roi="test", scheduler=scheduler)
+    assert again.tasks_done == 0 and sorted(again.reused) == ["nuclei_prob", "nuclei_prob_labels"]
 
 
 def test_predict_equals_the_model_on_the_whole_image(tmp_path: Path, scheduler: str) -> None:

@@ -31,4 +31,10 @@ def test_config_is_valid_and_plans_on_the_sample(config, sample):
 
 
 def test_there_are_example_configs():
-    assert {"nuclei.yaml", "nuclei-measure.yaml", "nuclei-slurm.yaml"} <= {c.name for c in CONFIGS}
+    names = {c.name for c in CONFIGS}
+    assert {
+        "nuclei.yaml",
+        "nuclei-measure.yaml",
+        "nuclei-slurm.yaml",
+        "nuclei-evaluate.yaml",
+    } <= names

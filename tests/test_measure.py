@@ -232,7 +232,7 @@ def test_config_errors_name_the_step(tmp_path):
         ),
         (
             Pipeline().add("g", "gaussian", output={"kind": "table", "name": "t"}, sigma=1),
-            "step 'g': output kind 'table' is made by op 'measure' only",
+            "step 'g': output kind 'table' is made by ops 'measure' and 'evaluate' only",
         ),
         (pipeline(channel=3), "step .stats.: params.channel is set but the image has no c axis"),
     ]

@@ -6,7 +6,14 @@
 - `submit(...)` in a thread with adaptive SLURM workers;
 - a worker job scancelled mid-run: the run completes with identical output;
 - TLS: a client without the run's certificate cannot run a task on the scheduler;
-- SLURM's own error text for a bad partition, and a clear error when sbatch is missing.
+- SLURM's own error text for a bad partition, and a clear error when sbatch is missing;
+- a batch job cancelled mid-run (driver, scheduler and workers gone, as at a walltime),
+  submitted again with `--resume --wait`: output identical, marked chunks skipped; while
+  the first job ran, `status IMAGE` showed the run and its chunks done from the run record;
+- adaptive SLURM workers that retire at their lifetime (as before their walltime) are
+  replaced by new worker jobs;
+- the worker memory SLURM grants (memory / processes per job) refuses a plan that cannot
+  fit, with the numbers, before any chunk runs.
 
 The sample is small (32x128x128, chunks 16x64x64: 8 chunks) to keep the module short.
 """
@@ -14,14 +21,18 @@ The sample is small (32x128x128, chunks 16x64x64: 8 chunks) to keep the module s
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +42,7 @@ import zarr
 
 from engine import EngineError, Pipeline, run, submit
 from engine.pipeline import ClusterSpec
+from engine.records import list_runs, read_record
 from engine.sample_zarr import write_sample
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,16 +53,39 @@ OUTPUT = "labels/nuclei"
 METADATA = {"zarr.json", ".zattrs", ".zarray", ".zgroup"}
 
 
-def slow_identity(block: np.ndarray, delay: float = 0.0, trace: str = "") -> np.ndarray:
-    """For the fault test: the image unchanged, slowly (workers import it from tests/).
-    Each call leaves `<job>-<n>.start` and, if it finishes, `.end` in `trace`."""
+def slow_identity(
+    block: np.ndarray, delay: float = 0.0, trace: str = "", hold: str = ""
+) -> np.ndarray:
+    """For the fault tests: the image unchanged, slowly (workers import it from tests/).
+    Each call leaves `<job>-<n>.start` and, if it finishes, `.end` in `trace`; with `hold`,
+    it also waits until that file exists (the test makes it when it saw what it waits for)."""
     mark = Path(trace) / f"{os.environ.get('SLURM_JOB_ID', 'local')}-{uuid.uuid4().hex}"
     if trace:
         mark.with_suffix(".start").touch()
     time.sleep(delay)
+    while hold and not Path(hold).exists():
+        time.sleep(0.1)
     if trace:
         mark.with_suffix(".end").touch()
     return block
+
+
+def slow_pipeline(trace: Path, delay: float, hold: Path | None = None) -> dict:
+    """The standard pipeline after a `slow_identity` step: the same output, slowly (its
+    first stage, mask/reduce-0, calls it once per chunk)."""
+    standard = Pipeline.from_yaml(CONFIG).to_dict()
+    slow = {
+        "name": "slow",
+        "op": "function",
+        "input": "image",
+        "params": {
+            "function": "test_slurm_engine:slow_identity",
+            "kwargs": {"delay": delay, "trace": str(trace), "hold": str(hold or "")},
+        },
+    }
+    steps = [slow, *standard["steps"]]
+    steps[1] = {**steps[1], "input": "slow"}
+    return {**standard, "steps": steps}
 
 
 def sh(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
@@ -271,21 +306,9 @@ def test_scancel_one_worker_job_mid_run(slurm, local, image, tmp_path, monkeypat
     """Two worker jobs; one is scancelled after the first batches: the run completes on
     the other, output identical to the local run of the standard pipeline."""
     monkeypatch.setenv("PYTHONPATH", pythonpath())
-    standard = Pipeline.from_yaml(CONFIG).model_dump()
     trace = tmp_path / "trace"
     trace.mkdir()
-    slow = {
-        "name": "slow",
-        "op": "function",
-        "input": "image",
-        "params": {
-            "function": "test_slurm_engine:slow_identity",
-            "kwargs": {"delay": 0.4, "trace": str(trace)},
-        },
-    }
-    steps = [slow, *standard["steps"]]
-    steps[1] = {**steps[1], "input": "slow"}
-    pipeline = Pipeline.build({**standard, "steps": steps})
+    pipeline = Pipeline.build(slow_pipeline(trace, 0.4))
     cluster = spec(tmp_path, jobs=2)
     cancelled: list[tuple[str, str]] = []
     seen: list[str] = []
@@ -396,7 +419,219 @@ def test_python_submit_thread_with_adaptive_slurm_workers(slurm, local, image, t
     assert len(list((tmp_path / "shared" / "logs").glob("*.err"))) >= 1
 
 
+# --- faults: a cancelled batch job resumed, workers at their lifetime, worker memory ---------
+
+SLOW_STAGE = "mask/reduce-0"  # calls slow_identity once per chunk: 8 chunks
+
+
+def image_status(image: Path, cwd: Path) -> list[dict]:
+    proc = cli("status", str(image), "--json", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["runs"]
+
+
+def poll_status(image: Path, cwd: Path, accept: Callable[[dict], bool], timeout=90.0) -> dict:
+    """The latest run record as `ngff-engine status IMAGE --json` shows it, once accepted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = image_status(image, cwd)
+        if runs and accept(runs[-1]):
+            return runs[-1]
+        assert not runs or runs[-1]["state"] != "completed", "the run ended before it was seen"
+        assert time.monotonic() < deadline, f"status never showed what was awaited: {runs}"
+        time.sleep(0.2)
+
+
+def marked_chunks(image: Path, run_id: str, stage: str) -> int:
+    """Chunks a stage marked done (v3 chunk files of its marker array)."""
+    folder = image / "_engine/runs" / run_id / "markers" / stage.replace("/", ".") / "c"
+    return sum(1 for p in folder.rglob("*") if p.is_file())
+
+
+def test_killed_batch_run_resumes_and_status_follows_it(slurm, local, image, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", pythonpath())  # sbatch passes it on to the job
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    config = tmp_path / "slow.yaml"
+    cluster = spec(tmp_path, jobs=2)
+    config.write_text(yaml.safe_dump({**slow_pipeline(trace, 1.5), "cluster": cluster}))
+    submit = ["submit", str(config), "--input", str(image)]
+    proc = cli(*submit, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads(proc.stdout)["job_id"]
+    submitted = time.monotonic()
+
+    # while the job runs, `status IMAGE` shows its run, the stage running and its chunks done
+    def slow_stage_running(run: dict) -> bool:
+        row = run.get("stages", {}).get(SLOW_STAGE, {})
+        return run["state"] == "running" and row.get("running") and row["done"] > 0
+
+    seen = poll_status(image, tmp_path, slow_stage_running)
+    assert seen["stages"][SLOW_STAGE]["tasks"] == 8 and seen["chunks_done"] > 0
+    after = time.monotonic() - submitted
+    print(f"status showed {seen['chunks_done']} chunks done {after:.1f} s after submit")
+
+    assert sh(["scancel", job]).returncode == 0
+    wait_gone_id(job)
+    run_id = seen["run_id"]
+    killed = poll_status(image, tmp_path, lambda r: r["state"] == "killed", timeout=30)
+    assert killed["run_id"] == run_id
+    marked = marked_chunks(image, run_id, SLOW_STAGE)
+    assert marked > 0 and not (image / OUTPUT / "s1").exists()  # mid-run
+
+    started = time.monotonic()
+    proc = cli(*submit, "--resume", "--wait", "--json", cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    result = json.loads(proc.stdout)
+    print(f"resumed batch run: {time.monotonic() - started:.1f} s")
+    assert result["run_id"] == run_id
+    assert_same_output(image, local)
+
+    record = read_record(str(image), run_id)
+    assert record["state"] == "completed" and len(record["attempts"]) == 1
+    assert record["chunks_skipped"] >= marked > 0
+    assert record["stages"][SLOW_STAGE]["skipped"] == marked
+    assert all(r["done"] + r["skipped"] == r["tasks"] for r in record["stages"].values())
+    # chunks computed twice: those in flight when the job was cancelled, one per worker
+    first = len(list(trace.glob(f"{job}-*.start")))
+    redone = len(list(trace.glob("*.start"))) - 8
+    print(f"first job: {first} calls started, {marked} chunks marked; redone on resume: {redone}")
+    assert 0 <= redone <= 2
+
+
+# --- adaptive workers and their lifetime ----------------------------------------------------
+
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def first_time(log: Path, *words: str) -> float | None:
+    """When a worker job's log first has a line with all of `words` (epoch seconds)."""
+    for line in log.read_text(errors="replace").splitlines():
+        match = LOG_TIME.match(line)
+        if match and all(w in line for w in words):
+            return dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return None
+
+
+class JobWatch:
+    """squeue, every 0.2 s, for the jobs of one name: when each was first seen running and
+    how many ran at most at once; `flag` is created once `jobs` distinct jobs have run."""
+
+    def __init__(self, name: str, flag: Path, jobs: int) -> None:
+        self.name, self.flag, self.jobs = name, flag, jobs
+        self.running: dict[str, float] = {}
+        self.most = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.2):
+            lines = sh(["squeue", "-h", "-n", self.name, "-o", "%i %T"]).stdout.splitlines()
+            now = [line.split()[0] for line in lines if line.endswith(" RUNNING")]
+            for job in now:
+                self.running.setdefault(job, time.time())
+            self.most = max(self.most, len(now))
+            if len(self.running) >= self.jobs:
+                self.flag.touch()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.flag.touch()  # never leave a worker waiting
+
+
+def test_adaptive_workers_retire_at_their_lifetime_and_are_replaced(
+    slurm, local, image, tmp_path, monkeypatch
+):
+    """Workers of 1 to 2 jobs retire 6 s after they start. Every chunk waits until a third
+    job ran (the replacement of a retired one), so the run outlives its first workers:
+    it completes only on replacements, its waiting chunks redone after each retirement."""
+    import dask
+
+    monkeypatch.setenv("PYTHONPATH", pythonpath())
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    replaced = tmp_path / "replaced"
+    cluster = spec(tmp_path, min_jobs=1, max_jobs=2, lifetime="6s")
+    watch = JobWatch(cluster["job_name"], replaced, jobs=3)
+    pipeline = Pipeline.build(slow_pipeline(trace, 0.25, hold=replaced))
+    started = time.perf_counter()
+    # dask waits 15 s before it replaces a worker that left; 1 s keeps the test short
+    try:
+        with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
+            result = submit(pipeline, input=image, cluster=cluster).wait(timeout=150)
+    finally:
+        watch.close()
+    seconds = time.perf_counter() - started
+    assert_same_output(image, local)
+    assert result.labels["nuclei"] > 10
+
+    logs = {log.stem.rsplit("-", 1)[1]: log for log in (tmp_path / "shared/logs").glob("*.err")}
+    joined = {job: first_time(log, "Registered to:") for job, log in logs.items()}
+    retired = [first_time(log, "gracefully", "worker-lifetime-reached") for log in logs.values()]
+    retired = sorted(t for t in retired if t is not None)
+    startup = [t - watch.running[job] for job, t in joined.items() if t and job in watch.running]
+    rejoined = [min([t - r for t in joined.values() if t and t > r], default=None) for r in retired]
+    print(
+        f"adaptive 1..2 jobs, lifetime 6 s: run {seconds:.1f} s, {len(watch.running)} worker "
+        f"jobs ran, at most {watch.most} at once, {len(retired)} retired; worker start-up "
+        f"{', '.join(f'{s:.1f}' for s in startup)} s; a worker joined "
+        f"{', '.join('-' if w is None else f'{w:.1f}' for w in rejoined)} s after each retired"
+    )
+    # more jobs ran than ever at once: retired workers were replaced
+    assert retired and len(watch.running) > watch.most
+
+
+def test_job_script_lifetime_from_walltime(tmp_path):
+    from engine.execute.slurm import lifetime_args, worker_lifetime
+    from engine.pipeline import ClusterSpec
+
+    def cluster(**fields) -> ClusterSpec:
+        return ClusterSpec.model_validate(spec(tmp_path, **fields))
+
+    # adaptive: the walltime less min(5 min, a tenth of it), staggered inside that margin
+    assert worker_lifetime(cluster(min_jobs=0, max_jobs=4, walltime="01:00:00")) == (3300, 150)
+    assert worker_lifetime(cluster(min_jobs=0, max_jobs=4, walltime="00:10:00")) == (540, 30)
+    assert lifetime_args(cluster(min_jobs=1, max_jobs=2, lifetime="6s")) == [
+        "--lifetime", "6.0s", "--lifetime-stagger", "0.6s",
+    ]  # fmt: skip
+    assert lifetime_args(cluster(jobs=2)) == []  # nothing would replace a retired worker
+
+
+# --- worker memory from the SLURM request ----------------------------------------------------
+
+
+def test_slurm_worker_memory_refuses_a_plan_that_cannot_fit(slurm, image, tmp_path):
+    """Two workers in one 600 MiB job: each gets 300 MiB, less than the worker process and
+    its chunk cache alone are projected to need."""
+    proc = cli(
+        "run", str(CONFIG), "--input", str(image), "--cluster", "slurm", "--partition", slurm,
+        "--jobs", "1", "--cores", "2", "--processes", "2", "--memory", "600MiB",
+        "--shared-dir", str(tmp_path / "shared"), "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert "Traceback" not in err
+    assert "step '" in err and "with 1 thread(s)" in err, err
+    assert "more than the worker memory limit 300.0 MiB" in err, err
+    assert not (image / OUTPUT).exists()
+    (record,) = list_runs(image)
+    assert record["state"] == "failed" and record["chunks_done"] == 0
+    assert not (image / "_engine/runs" / record["run_id"] / "markers").exists()
+
+
 # --- configuration (no jobs) ----------------------------------------------------------------
+
+
+def test_submit_resume_with_nothing_to_resume_is_refused_at_once(image, tmp_path):
+    # refused before anything is submitted or started, in a batch job or in a thread
+    for batch in (True, False):
+        with pytest.raises(EngineError, match="--resume: no interrupted or failed run"):
+            submit(CONFIG, input=image, cluster=spec(tmp_path, jobs=1), batch=batch, resume=True)
+    with pytest.raises(EngineError, match="--resume continues a run with its own"):
+        submit(CONFIG, input=image, batch=True, resume=True, overwrite=True)
+    assert not (image / OUTPUT).exists() and not (tmp_path / "shared").exists()
 
 
 def test_cluster_section_and_flags(tmp_path, capsys):
@@ -410,6 +645,9 @@ def test_cluster_section_and_flags(tmp_path, capsys):
     flags = resolve_cluster(pipeline.cluster, {"min_jobs": 1, "max_jobs": 4, "cores": 2})
     assert (flags.jobs, flags.min_jobs, flags.max_jobs, flags.cores) == (None, 1, 4, 2)
     assert flags.memory == "4GiB" and flags.adaptive
+    adaptive = resolve_cluster(None, {"kind": "slurm", "max_jobs": 4, "lifetime": "50m"})
+    fixed = resolve_cluster(adaptive, {"jobs": 2})  # --jobs: the config's lifetime goes too
+    assert (fixed.jobs, fixed.max_jobs, fixed.lifetime) == (2, None, None)
     assert resolve_cluster(pipeline.cluster, "local").kind == "local"
 
     config = tmp_path / "c.yaml"
@@ -420,6 +658,13 @@ def test_cluster_section_and_flags(tmp_path, capsys):
         ({}, ["--jobs", "2"], "--jobs: SLURM options need --cluster slurm"),
         ({}, ["--cluster", "slurm", "--walltime", "soon"], "'soon' is not a SLURM time"),
         ({"kind": "slurm"}, ["--workers", "2"], "--workers is for --cluster local"),
+        ({"jobs": 2, "lifetime": "50m"}, ["--cluster", "slurm"], "lifetime needs adaptive mode"),
+        (
+            {"max_jobs": 2, "walltime": "01:00:00"},
+            ["--cluster", "slurm", "--lifetime", "2h"],
+            "lifetime (2h) must be shorter than walltime (01:00:00)",
+        ),
+        ({"max_jobs": 2}, ["--cluster", "slurm", "--lifetime", "soon"], "'soon' is not a duration"),
     ]:
         config.write_text(CONFIG.read_text() + yaml.safe_dump({"cluster": cluster}))
         args = ["run", str(config), "--input", str(tmp_path / "none.zarr"), *flags]

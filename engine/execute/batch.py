@@ -84,6 +84,7 @@ def drive(run_dir: Path, spec: dict[str, Any], scheduler: str) -> int:
             roi=spec["roi"],
             overwrite=spec["overwrite"],
             update=spec["update"],
+            resume=spec.get("resume", False),
             scheduler=scheduler,
             progress=Progress(run_dir / "progress.json"),
         )

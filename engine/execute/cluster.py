@@ -47,6 +47,7 @@ def resolve_cluster(config: ClusterSpec | None, cluster: ClusterArg = None) -> C
     if {"jobs"} & update.keys():
         base.pop("min_jobs", None)
         base.pop("max_jobs", None)
+        base.pop("lifetime", None)  # adaptive only
     if {"min_jobs", "max_jobs"} & update.keys():
         base.pop("jobs", None)
     try:

@@ -34,6 +34,7 @@ from engine.geometry import Roi, chunks_touching
 from engine.markers import KEEP_RESULTS, ChunkMarker, Markers
 from engine.plan import ChunkTask, Plan, Stage, downsample_factors
 from tasks import OPS
+from tasks.evaluate import Counts, combine_counts
 from tasks.label import FaceComponents, resolve_face_components
 from tasks.measure import Partial, combine_partials
 
@@ -147,6 +148,8 @@ def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, co
         return compute.run_measure(root, stage, task, spatial, ctx, values)
     if kind == "train":
         return compute.run_train(root, stage, task, spatial, ctx, values)
+    if kind == "evaluate":
+        return compute.run_evaluate(root, stage, task)
     raise ValueError(f"unknown stage kind {kind}")
 
 
@@ -218,6 +221,7 @@ class Executor:
         self.labels: dict[str, LabelResult] = {}
         self.measurements: dict[str, Partial] = {}
         self.models: dict[str, Any] = {}  # train step -> fitted model, for the run to save
+        self.evaluations: dict[str, Counts] = {}
         self.merge_stats: dict[str, dict[str, float]] = {}
         self.workers = max(1, len(client.scheduler_info().get("workers", {})))
         self.max_in_flight = self.workers * IN_FLIGHT_PER_WORKER
@@ -232,11 +236,13 @@ class Executor:
         self._batch_args: dict[str, tuple[Stage, Sequence[Any], dict[str, Any]]] = {}
 
     def run(self) -> list[StageStats]:
-        self.client.run(reset_peak_memory)
+        # on_error="ignore": a worker may leave meanwhile (an adaptive SLURM worker
+        # retiring before its walltime); the peaks are those of the workers still there.
+        self.client.run(reset_peak_memory, on_error="ignore")
         for stage in self.plan.stages:
             getattr(self, f"_{stage.kind}")(stage)
         self._drain(lambda: not self.live and not self.unsubmitted)
-        self.peak_memory = self.client.run(peak_memory)
+        self.peak_memory = self.client.run(peak_memory, on_error="ignore")
         return [self.stats[s.name] for s in self.plan.stages]
 
     def in_progress(self) -> dict[str, tuple[int, int]]:
@@ -554,6 +560,11 @@ class Executor:
             "sample_bytes": samples.features.nbytes,
             "seconds": time.perf_counter() - started,
         }
+
+    def _evaluate(self, stage: Stage) -> None:
+        """Per-chunk contingency tables added up into one; the run scores it."""
+        self._enqueue(stage)
+        self.evaluations[stage.step] = combine_counts(self._collect(stage.name)[0])
 
     def _pyramid(self, stage: Stage) -> None:
         out = next(o for o in self.plan.outputs if o.step == stage.step)

@@ -11,6 +11,14 @@ SLURM's own words reach the user: a job script that sbatch would refuse (bad
 partition, account, too much memory) is caught by `sbatch --test-only` before any
 job is queued, and a worker job that dies before its worker connects is reported
 with the tail of its log.
+
+Walltime, in adaptive mode: SLURM kills a worker job at its time limit, in the middle of
+its tasks. So each worker retires first (dask's `--lifetime`, a margin before the
+walltime, staggered so that jobs started together do not all leave at once): it hands
+its results to the other workers and exits, and adaptive scaling submits a job in its
+place (once dask's `distributed.deploy.lost-worker-timeout`, 15 s, has passed: a worker
+its nanny restarts keeps its job). A fixed-size cluster has nothing to replace a
+retired worker, so there the workers run until the walltime.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from distributed import Client
 from distributed.security import Security
 
 from engine.errors import EngineError
-from engine.pipeline import ClusterSpec
+from engine.pipeline import ClusterSpec, duration_seconds
 
 
 def _import_jobqueue():
@@ -52,6 +60,9 @@ SLURMCluster = _import_jobqueue().SLURMCluster
 # Wait this long for every requested worker before starting with those already there.
 ALL_WORKERS_WAIT = 60.0
 SLURM_COMMANDS = ("sbatch", "squeue", "scancel")
+# A worker retires this long before its walltime, at most (dask-jobqueue's docs use 5
+# minutes for a 1 hour walltime); a tenth of the walltime when that is shorter.
+LIFETIME_MARGIN = 300.0
 
 
 def base_directory(spec: ClusterSpec) -> Path:
@@ -158,6 +169,30 @@ def resource_directives(
     return directives, ["--resources", offer]
 
 
+def worker_lifetime(spec: ClusterSpec) -> tuple[float, float] | None:
+    """(lifetime, stagger) in seconds of each worker job's dask worker, in adaptive mode:
+    `spec.lifetime`, else the walltime less a margin; the stagger stays inside that margin.
+    None in fixed-size mode (see the module's docstring)."""
+    if not spec.adaptive:
+        return None
+    walltime = duration_seconds(spec.walltime)
+    if spec.lifetime is not None:
+        lifetime = duration_seconds(spec.lifetime)
+    else:
+        lifetime = walltime - min(LIFETIME_MARGIN, walltime / 10)
+    stagger = min((walltime - lifetime) / 2, lifetime / 10)
+    return lifetime, stagger
+
+
+def lifetime_args(spec: ClusterSpec) -> list[str]:
+    """The dask worker's command-line options for `worker_lifetime`."""
+    span = worker_lifetime(spec)
+    if span is None:
+        return []
+    lifetime, stagger = span
+    return ["--lifetime", f"{lifetime:.1f}s", "--lifetime-stagger", f"{stagger:.1f}s"]
+
+
 def make_cluster(
     spec: ClusterSpec,
     security: Security | None,
@@ -174,7 +209,7 @@ def make_cluster(
         memory=spec.memory,
         walltime=spec.walltime,
         job_extra_directives=[*spec.job_extra_directives, *directives],
-        worker_extra_args=worker_args,
+        worker_extra_args=[*worker_args, *lifetime_args(spec)],
         python=spec.python or sys.executable,
         job_name=spec.job_name,
         log_directory=str(logs),

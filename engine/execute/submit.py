@@ -31,7 +31,9 @@ from typing import Any
 from engine.errors import ConfigError, EngineError
 from engine.execute.cluster import ClusterArg, resolve_cluster
 from engine.pipeline import ClusterSpec, Pipeline, RoiSpec
-from engine.run import RunResult, check_output, make_plan, resolve_input, run
+from engine.plan import layout_hash
+from engine.records import find_resumable
+from engine.run import RunResult, check_output, check_resumable, make_plan, resolve_input, run
 
 TEMPLATE = Path(__file__).with_name("run.sbatch.template")  # slurm/ links to it
 FIELD = re.compile(r"{{\s*(\w+)\s*}}")
@@ -207,6 +209,7 @@ def _scontrol_state(job_id: str) -> str | None:
 def _result_from_json(data: dict[str, Any]) -> RunResult:
     from engine.execute.executor import StageStats
     from engine.geometry import Roi
+    from tasks.evaluate import Scores
 
     roi = data["roi"]
     return RunResult(
@@ -214,9 +217,14 @@ def _result_from_json(data: dict[str, Any]) -> RunResult:
         image=data["image"],
         roi=Roi(tuple(roi["start"]), tuple(roi["stop"]), roi["level"]),
         outputs=data["outputs"],
-        stages=[StageStats(s["name"], s["kind"], s["tasks"], s["seconds"]) for s in data["stages"]],
+        stages=[
+            StageStats(s["name"], s["kind"], s["tasks"], s["seconds"], s.get("done", 0))
+            for s in data["stages"]
+        ],
         seconds=data["seconds"],
         labels=data.get("objects", {}),
+        reused=data.get("reused", []),
+        evaluations={k: Scores.from_json(v) for k, v in data.get("evaluations", {}).items()},
     )
 
 
@@ -286,6 +294,30 @@ def _write_certificates(run_dir: Path) -> None:
     key_path.write_text(temporary.tls_client_key)
 
 
+def check_outputs(
+    pipeline: Pipeline,
+    input: str | Path | None,
+    roi: Any,
+    overwrite: bool,
+    update: bool,
+    resume: bool,
+) -> dict[str, str]:
+    """What `run()` would refuse about the outputs, refused here before anything starts:
+    a started run cannot report it until it runs. Returns name -> path of each output."""
+    if overwrite and update:
+        raise ConfigError("--overwrite and --update exclude each other")
+    if resume and (overwrite or update):
+        raise ConfigError("--resume continues a run with its own --overwrite/--update choice")
+    meta, plan = make_plan(pipeline, input, roi)
+    if resume:  # the outputs are the interrupted run's own
+        old = find_resumable(meta.path, [o.path for o in plan.outputs])
+        check_resumable(old, pipeline.to_dict(), plan, layout_hash(plan))
+    else:
+        for out in plan.outputs:
+            check_output(meta, out, overwrite, update)
+    return {out.name: str(Path(meta.path) / out.path) for out in plan.outputs}
+
+
 def submit_batch(
     pipeline: Pipeline,
     spec: ClusterSpec,
@@ -293,10 +325,13 @@ def submit_batch(
     roi: Any = None,
     overwrite: bool = False,
     update: bool = False,
+    resume: bool = False,
     dry_run: bool = False,
     config: str | None = None,
 ) -> BatchRun | str:
-    """Submit the run as one batch job; with `dry_run`, return the job script instead."""
+    """Submit the run as one batch job; with `dry_run`, return the job script instead.
+    `resume` makes the job continue the latest killed or failed run of the same outputs
+    (`run(..., resume=True)`), e.g. after the previous job hit its walltime."""
     from engine.execute.slurm import (
         base_directory,
         log_directory,
@@ -305,12 +340,7 @@ def submit_batch(
         slurm_message,
     )
 
-    if overwrite and update:
-        raise ConfigError("--overwrite and --update exclude each other")
-    meta, plan = make_plan(pipeline, input, roi)
-    for out in plan.outputs:
-        check_output(meta, out, overwrite, update)
-    outputs = {out.name: str(Path(meta.path) / out.path) for out in plan.outputs}
+    outputs = check_outputs(pipeline, input, roi, overwrite, update, resume)
     template, source = _read_template(spec)
     logs = log_directory(spec)
     log_pattern = str(logs / f"{spec.job_name}-%j.out")
@@ -343,6 +373,7 @@ def submit_batch(
         "roi": _roi_json(roi),
         "overwrite": overwrite,
         "update": update,
+        "resume": resume,
         "threads": spec.cores,
         "memory_limit": _memory_bytes(spec.memory),
         "tls": spec.tls,
@@ -385,6 +416,7 @@ def submit(
     scheduler: str | None = None,
     overwrite: bool = False,
     update: bool = False,
+    resume: bool = False,
 ) -> RunHandle:
     """Start a run and return at once.
 
@@ -392,6 +424,7 @@ def submit(
     pipeline's `cluster:` section ("local", "slurm", a dict of fields, a ClusterSpec).
     `batch=True` submits the whole run as one SLURM batch job (see slurm/run.sbatch.template);
     otherwise the run goes on in a thread of this process, its workers local or in SLURM jobs.
+    `resume=True` continues the latest killed or failed run of the same outputs.
     """
     config = None
     if not isinstance(pipeline, Pipeline):
@@ -402,19 +435,21 @@ def submit(
         if workers is not None or scheduler is not None:
             raise ConfigError("a batch job starts its own workers: drop --workers/--scheduler")
         result = submit_batch(
-            pipeline, spec, input, roi, overwrite=overwrite, update=update, config=config
+            pipeline,
+            spec,
+            input,
+            roi,
+            overwrite=overwrite,
+            update=update,
+            resume=resume,
+            config=config,
         )
         assert isinstance(result, BatchRun)
         return result
-    if overwrite and update:
-        raise ConfigError("--overwrite and --update exclude each other")
-    meta, plan = make_plan(pipeline, input, roi)
-    for out in plan.outputs:
-        check_output(meta, out, overwrite, update)
+    outputs = check_outputs(pipeline, input, roi, overwrite, update, resume)
     spec = resolve_cluster(pipeline.cluster, cluster)
     if spec.kind == "slurm" and scheduler is None:
         import engine.execute.slurm  # noqa: F401  (imports dask_jobqueue in the main thread)
-    outputs = {out.name: str(Path(meta.path) / out.path) for out in plan.outputs}
     return ThreadRun(
         pipeline,
         outputs,
@@ -424,6 +459,7 @@ def submit(
         scheduler=scheduler,
         overwrite=overwrite,
         update=update,
+        resume=resume,
         cluster=cluster,
     )
 

@@ -108,7 +108,9 @@ def open_group(path: str | Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
         raise NgffError(f"{path}: not a zarr group ({exc})") from exc
 
 
-def read_image(path: str | Path) -> ImageMeta:
+def read_image(path: str | Path, validate: bool = True) -> ImageMeta:
+    """An image's metadata; `validate=False` skips the ome-zarr-models check (for label
+    images, read as the plain multiscales they are)."""
     group = open_group(path)
     attrs = group.attrs.asdict()
     version, ome = _ome_attributes(path, attrs)
@@ -120,7 +122,8 @@ def read_image(path: str | Path) -> ImageMeta:
     levels = tuple(
         _level(path, group, ds, multiscale, len(axes)) for ds in _datasets(path, multiscale)
     )
-    _validate(path, group, version)
+    if validate:
+        _validate(path, group, version)
     return ImageMeta(str(path), version, axes, levels, multiscale.get("name"))
 
 

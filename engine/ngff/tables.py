@@ -50,12 +50,15 @@ def write_table(
     columns: Sequence[str],
     values: np.ndarray,
     attrs: dict[str, Any],
+    index_name: str = "label",
 ) -> zarr.Group:
-    """Write (replacing) `tables/<name>` and list it in `tables/` attributes."""
+    """Write (replacing) `tables/<name>` and list it in `tables/` attributes. Rows are
+    named by `labels`: integer ids, or strings (an evaluation table's ROIs)."""
     import anndata
     import pandas as pd
 
-    obs = pd.DataFrame(index=pd.Index([str(int(v)) for v in labels], name="label"))
+    names = [v if isinstance(v, str) else str(int(v)) for v in labels]
+    obs = pd.DataFrame(index=pd.Index(names, name=index_name))
     var = pd.DataFrame(index=pd.Index(list(columns)))
     table = anndata.AnnData(X=np.asarray(values, dtype=np.float64), obs=obs, var=var)
     return write_anndata(root, name, table, attrs)
@@ -95,16 +98,23 @@ def read_anndata(path: str | Path) -> Any:
 
 
 def read_table(path: str | Path) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(labels, column names, values) of a table group."""
+    """(labels, column names, values) of a feature table group."""
+    names, columns, values = read_rows(path)
+    return np.asarray([int(v) for v in names], dtype=np.uint64), columns, values
+
+
+def read_rows(path: str | Path) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(row names as strings, column names, values) of any table group."""
     table = read_anndata(path)
-    labels = np.asarray([int(v) for v in table.obs_names], dtype=np.uint64)
-    return labels, [str(v) for v in table.var_names], np.asarray(table.X, dtype=np.float64)
+    names = np.asarray([str(v) for v in table.obs_names], dtype=str)
+    return names, [str(v) for v in table.var_names], np.asarray(table.X, dtype=np.float64)
 
 
 def merge_rows(
     old: tuple[np.ndarray, list[str], np.ndarray], new: tuple[np.ndarray, list[str], np.ndarray]
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Rows of `new` replace rows of `old` with the same label; the rest are kept; sorted."""
+    """Rows of `new` replace rows of `old` with the same label (or name); the rest are
+    kept; sorted."""
     old_labels, old_columns, old_values = old
     labels, columns, values = new
     if old_columns != columns:

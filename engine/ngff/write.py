@@ -18,7 +18,13 @@ from engine.ngff.metadata import Axis, Version
 
 ENGINE_KEY = "ngff_engine"
 OutputKind = Literal["label", "image"]
-GROUP_OF_KIND: dict[OutputKind, str] = {"label": "labels", "image": "results"}
+# where outputs of each kind go (tables: engine/ngff/tables.py; models: engine/models.py)
+GROUP_OF_KIND: dict[str, str] = {
+    "label": "labels",
+    "image": "results",
+    "table": "tables",
+    "model": "_engine/models",
+}
 
 
 @dataclass(frozen=True)
@@ -107,20 +113,26 @@ def create_image(
     return group
 
 
+def listed(root: zarr.Group, group: str, version: Version) -> list[str]:
+    """The names listed in the attributes of `labels/` (NGFF), `results/` or `tables/`."""
+    if group not in root:
+        return []
+    attrs = root[group].attrs.asdict()
+    names = read_ome(version, attrs).get(group, []) if group == "labels" else attrs.get(group, [])
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
 def list_in_parent(root: zarr.Group, kind: OutputKind, name: str, version: Version) -> None:
     """Add `name` to the listing in `labels/` or `results/` attributes (idempotent)."""
-    parent_path = GROUP_OF_KIND[kind]
-    parent = root.require_group(parent_path)
-    attrs = parent.attrs.asdict()
-    key = "labels" if kind == "label" else "results"
-    listed = read_ome(version, attrs).get(key, []) if kind == "label" else attrs.get(key, [])
-    if name in listed:
+    key = GROUP_OF_KIND[kind]
+    names = listed(root, key, version)
+    if name in names:
         return
-    listed = [*listed, name]
+    parent = root.require_group(key)
     if kind == "label":
-        parent.attrs.update(ome_attrs(version, {key: listed}))
+        parent.attrs.update(ome_attrs(version, {key: [*names, name]}))
     else:
-        parent.attrs.update({key: listed})
+        parent.attrs.update({key: [*names, name]})
 
 
 def image_label_json(version: Version) -> dict[str, Any]:
@@ -138,5 +150,5 @@ def set_engine_attrs(group: zarr.Group, value: dict[str, Any]) -> None:
     group.attrs.update({ENGINE_KEY: value})
 
 
-def output_path(kind: OutputKind, name: str) -> str:
+def output_path(kind: str, name: str) -> str:
     return f"{GROUP_OF_KIND[kind]}/{name}"
