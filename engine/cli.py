@@ -429,6 +429,8 @@ def _print_result(result: Any) -> None:
         out.print(f"  {name}: {path}{objects}{reused}")
     for name, found in result.evaluations.items():
         out.print(f"  {name}: {_scores(found)}", highlight=False)
+        if name in result.previews:
+            out.print(f"    preview: {result.previews[name]}", highlight=False)
     if result.peak_worker_bytes:
         peak = max(result.peak_worker_bytes.values())
         out.print(

@@ -23,7 +23,7 @@ from engine.ngff.metadata import open_group, read_image
 from engine.ngff.tables import read_rows
 from engine.ngff.write import listed
 from engine.plan import comparison_plan
-from engine.rois import parse_cli_roi, resolve_roi
+from engine.rois import image_roi, parse_cli_roi, resolve_roi
 from tasks.evaluate import Scores, scores
 
 
@@ -63,7 +63,7 @@ def diff(
     scheduler: str | None = None,
 ) -> Scores:
     """Scores of `labels/<labels>` against `labels/<reference>` over the whole label image,
-    or an ROI given as `--roi` takes it (pixels of level 0)."""
+    or an ROI: a name from the image's ROI tables, or boxes as `--roi` takes them."""
     meta = read_image(image)
     found = {}
     for name in (labels, reference):
@@ -79,7 +79,9 @@ def diff(
             f"labels/{reference} has {list(b.levels[0].shape)} (axes {list(b.axis_names)}): "
             "diff compares label images of one shape"
         )
-    spec = parse_cli_roi(roi, a) if roi is not None else None
+    spec = None
+    if roi is not None:  # a name from the image's ROI tables, or boxes as --roi takes them
+        spec = parse_cli_roi(roi, a) if ":" in roi else image_roi(meta.path, roi)
     box = resolve_roi(spec, a, 0, roi or "whole image")
     plan = comparison_plan(meta.path, (f"labels/{labels}", a), (f"labels/{reference}", b), box)
     with connect(workers, scheduler) as client:

@@ -46,6 +46,7 @@ from engine.ngff.write import (
 )
 from engine.pipeline import Pipeline, RoiSpec
 from engine.plan import (
+    ENGINE_GROUP,
     OutputPlan,
     Plan,
     compile_plan,
@@ -54,6 +55,7 @@ from engine.plan import (
     face_planes,
     layout_hash,
 )
+from engine.preview import preview
 from engine.records import RunRecord, find_resumable, now
 from engine.rois import named_roi, resolve_roi, save_config_roi
 from engine.version import __version__
@@ -82,6 +84,7 @@ class RunResult:
     projected_worker_bytes: int = 0  # engine/memory.py, checked before the run
     reused: list[str] = field(default_factory=list)  # outputs read as they were, not computed
     evaluations: dict[str, Scores] = field(default_factory=dict)  # by table, on this ROI
+    previews: dict[str, str] = field(default_factory=dict)  # by table: its PNG (preview: true)
 
     @property
     def tasks_done(self) -> int:
@@ -101,6 +104,7 @@ class RunResult:
             "objects": self.labels,
             "reused": self.reused,
             "evaluations": {name: s.to_json() for name, s in self.evaluations.items()},
+            "previews": self.previews,
             "tasks_done": self.tasks_done,
             "seconds": round(self.seconds, 3),
             "stages": [
@@ -312,6 +316,7 @@ def run(
         projected,
         [out.name for out in plan.reused],
         evaluations,
+        dict(writer.previews),
     )
 
 
@@ -563,6 +568,7 @@ class _OutputWriter:
         self.offsets: dict[str, int] = dict((resumed or {}).get("offsets", {}))
         self.max_labels: dict[str, int] = {}
         self.evaluations: dict[str, Scores] = {}
+        self.previews: dict[str, str] = {}  # evaluation table -> PNG of its ROI
         self.root = open_group(meta.path, mode="r+")
 
     def prepare(self, key: str, dtype: str | None, count: int | None) -> int:
@@ -688,6 +694,23 @@ class _OutputWriter:
                 record["units"] = self._table_units(out)
             set_engine_attrs(group, record)
 
+    def _preview(self, out: OutputPlan, labels: str, key: str) -> str:
+        """A PNG of the run's ROI with the evaluated labels outlined (engine/preview.py),
+        in `_engine/previews/`; returns its path."""
+        box = {
+            a: [int(lo), int(hi)]
+            for a, lo, hi in zip(
+                self.plan.axes, self.plan.roi.start, self.plan.roi.stop, strict=True
+            )
+            if a in "zyx"
+        }
+        box["level"] = self.plan.level
+        target = Path(self.meta.path) / ENGINE_GROUP / "previews" / f"{out.name}_{key}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        name = labels.removeprefix("labels/")
+        preview(self.meta.path, target, box, name, level=self.plan.level)
+        return str(target)
+
     def _write_table(self, out: OutputPlan, executor: Executor) -> dict[str, Any]:
         """Write a measurement or evaluation table (merging rows into it on --update);
         return the provenance record it had before, for the run list."""
@@ -704,6 +727,9 @@ class _OutputWriter:
             provenance = out.provenance
             attrs = evaluation_attrs(provenance["labels"], provenance["reference"])
             write_table(self.root, out.name, *rows, attrs, index_name="roi")
+            config = next(c for c in provenance["chain"] if c["name"] == out.step)
+            if config["params"].get("preview"):
+                self.previews[out.name] = self._preview(out, provenance["labels"], key)
             return record
         spatial = self.plan.spatial
         level = out.levels[0]

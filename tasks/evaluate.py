@@ -38,9 +38,11 @@ MATCH_IOU = 0.5
 
 class EvaluateParams(Params):
     """`reference`: a label image in the zarr (`labels/<reference>`) or a step of the
-    pipeline that writes a label output."""
+    pipeline that writes a label output. `preview`: also write a PNG of the ROI with the
+    evaluated labels outlined, for a person to look at after each run."""
 
     reference: str
+    preview: bool = False
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ def overhead(tmp: Path, count: int, address: str, workers: int) -> dict:
     chunks = sum(s.tasks for s in result.stages if s.name == "copy")
 
     # the same chunk work, back to back in this process (no dask)
-    _, plan = make_plan(pipeline, image, run_id="bench")
+    _, plan = make_plan(pipeline, image, run_id="bench", overwrite=True)
     stage = plan.stage("copy")
     sample = stage.tasks[: min(2000, len(stage.tasks))]
     t0 = time.perf_counter()

@@ -7,16 +7,21 @@ from pathlib import Path
 import pytest
 
 from engine import Pipeline
-from engine.run import make_plan
+from engine.run import make_plan, run
 from engine.sample_zarr import write_sample
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS_DIR = Path(__file__).parents[1] / "configs"
+CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory) -> Path:
+def sample(tmp_path_factory, scheduler) -> Path:
+    """The default sample the example ROIs are made for, with the model that configs
+    predicting with a pixel classifier need (trained as the README's loop does)."""
     path = tmp_path_factory.mktemp("configs") / "sample.zarr"
-    write_sample(path)  # the default sample the example ROIs are made for
+    write_sample(path)
+    train = Pipeline.from_yaml(CONFIGS_DIR / "nuclei-train.yaml")
+    run(train, path, roi="train", scheduler=scheduler)
     return path
 
 
@@ -37,4 +42,6 @@ def test_there_are_example_configs():
         "nuclei-measure.yaml",
         "nuclei-slurm.yaml",
         "nuclei-evaluate.yaml",
+        "nuclei-train.yaml",
+        "adjust-test-eval.yaml",
     } <= names
