@@ -394,7 +394,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cluster=overrides or None,
         resume=args.resume,
         priority_roi=_roi(args, pipeline, args.priority_roi) if args.priority_roi else None,
-        announce=None if args.json else lambda text: console.print(text, highlight=False),
+        announce=None if args.json or args.quiet else lambda t: console.print(t, highlight=False),
     )
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")

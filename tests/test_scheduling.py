@@ -132,3 +132,16 @@ def test_run_reports_peak_and_projected_worker_memory(tmp_path, scheduler):
     peaks = summary["peak_worker_bytes"]
     assert len(peaks) == 2 and all(50 * 2**20 < p < 2**31 for p in peaks.values())
     assert summary["projected_worker_bytes"] > max(peaks.values())
+
+
+def test_cli_prints_the_dask_dashboard_address(tmp_path, scheduler, capsys):
+    from engine.cli import main
+
+    image = write_image(tmp_path / "img.zarr", blobs((16, 64, 64)), (8, 32, 32))
+    config = tmp_path / "smooth.yaml"
+    config.write_text(
+        "steps:\n  - {name: smooth, op: gaussian, params: {sigma: 1.5},"
+        " output: {kind: image, name: smooth}}\n"
+    )
+    assert main(["run", str(config), "--input", str(image), "--scheduler", scheduler]) == 0
+    assert "dask dashboard: http" in capsys.readouterr().err
