@@ -25,17 +25,17 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import joblib
 import numpy as np
-import sklearn
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-from sklearn.ensemble import RandomForestClassifier
 
 from tasks.features import FeatureSettings, pixel_features
 from tasks.model import Placement
 from tasks.spec import Context, OpSpec, Params, done_by_engine
+
+if TYPE_CHECKING:  # scikit-learn takes ~1.5 s to import: only training and prediction need it
+    from sklearn.ensemble import RandomForestClassifier
 
 MODEL_FACTORY = "tasks.classifier:pixel_classifier"
 MODEL_FILE = "model.joblib"
@@ -196,6 +196,8 @@ class TrainedClassifier:
 
     def info(self) -> dict[str, Any]:
         """JSON-able facts for the artifact's attributes."""
+        import sklearn
+
         est = self.estimator
         return {
             "estimator": type(est).__name__,
@@ -231,6 +233,8 @@ def check_samples(samples: Samples | None, params: TrainParams) -> Samples:
 
 def fit_classifier(samples: Samples, params: TrainParams) -> TrainedClassifier:
     """One RandomForestClassifier on the combined samples (seeded: reproducible)."""
+    from sklearn.ensemble import RandomForestClassifier
+
     samples = check_samples(samples, params)
     classes, counts = np.unique(samples.classes, return_counts=True)
     estimator = RandomForestClassifier(
@@ -264,6 +268,8 @@ def train_features_cropped(
 def save_classifier(trained: TrainedClassifier, path: str | Path) -> str:
     """Write the model file (joblib of plain data: estimator, feature settings, classes);
     return its sha256, by which plans and worker caches tell model versions apart."""
+    import joblib
+
     payload = {
         "estimator": trained.estimator,
         "features": trained.features.to_json(),
@@ -286,6 +292,8 @@ def file_sha256(path: str | Path) -> str:
 def load_classifier(path: str | Path, sha256: str | None = None) -> TrainedClassifier:
     if sha256 is not None and file_sha256(path) != sha256:
         raise ValueError(f"model file {path} changed since the plan was made (sha256 differs)")
+    import joblib
+
     payload = joblib.load(path)
     return TrainedClassifier(
         payload["estimator"],
