@@ -40,6 +40,7 @@ from engine.ngff.tables import merge_rows, read_rows, read_table, table_attrs, w
 from engine.ngff.write import (
     create_image,
     engine_attrs,
+    fast_compressor,
     image_label_json,
     list_in_parent,
     set_engine_attrs,
@@ -633,8 +634,14 @@ class _OutputWriter:
             dtype=dtype,
             fill_value=0,
             overwrite=True,
-            compressors=None if np.dtype(dtype).kind == "f" else "auto",
+            compressors=self._scratch_compressor(dtype),
         )
+
+    def _scratch_compressor(self, dtype: str) -> Any:
+        """Floats (e.g. a smoothed image) barely compress: raw; ids compress well."""
+        if np.dtype(dtype).kind == "f":
+            return None
+        return fast_compressor(dtype, self.root.metadata.zarr_format)
 
     def _create(self, out: OutputPlan, dtype: str) -> None:
         version = self.meta.version
