@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import shutil
 import signal
 import subprocess
@@ -40,6 +41,7 @@ from distributed import Client
 from distributed.security import Security
 
 from engine.errors import EngineError
+from engine.execute.cluster import worker_environ
 from engine.pipeline import ClusterSpec, duration_seconds
 
 
@@ -209,6 +211,11 @@ def make_cluster(
         memory=spec.memory,
         walltime=spec.walltime,
         job_extra_directives=[*spec.job_extra_directives, *directives],
+        # the nanny in the job starts its worker with this environment (dask config)
+        job_script_prologue=[
+            "export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="
+            + shlex.quote(repr(worker_environ()))
+        ],
         worker_extra_args=[*worker_args, *lifetime_args(spec)],
         python=spec.python or sys.executable,
         job_name=spec.job_name,
