@@ -80,7 +80,7 @@ def _open_cached(url: str, mode: str, stamp: tuple[int, int, int]) -> zarr.Array
     # Without this, zarr compares every chunk written with the fill value to skip empty
     # ones: 23 ms for a 64x256x256 uint32 chunk, as long as encoding it. An empty chunk,
     # written, costs a few hundred bytes.
-    return zarr.open_array(url, mode=mode, config={"write_empty_chunks": True})
+    return zarr.open_array(url, mode=mode).with_config({"write_empty_chunks": True})
 
 
 def read_source(root: str, source: Source, box: Roi) -> np.ndarray:
