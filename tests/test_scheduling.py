@@ -145,3 +145,22 @@ def test_cli_prints_the_dask_dashboard_address(tmp_path, scheduler, capsys):
     )
     assert main(["run", str(config), "--input", str(image), "--scheduler", scheduler]) == 0
     assert "dask dashboard: http" in capsys.readouterr().err
+
+
+def _worker_settings() -> tuple[str | None, bool]:
+    import os
+
+    import dask
+
+    return os.environ.get("MALLOC_TOP_PAD_"), dask.config.get("distributed.worker.profile.enabled")
+
+
+def test_local_workers_get_the_heap_pad_and_no_profiler():
+    """The workers a run starts keep freed memory for the next task and do not sample
+    their stacks (engine/execute/cluster.py: worker_config)."""
+    from engine.execute.cluster import connect
+    from engine.memory import HEAP_TOP_PAD_BYTES
+
+    with connect(workers=1) as client:
+        (settings,) = client.run(_worker_settings).values()
+    assert settings == (str(HEAP_TOP_PAD_BYTES), False)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shlex
 import shutil
 import signal
 import subprocess
@@ -41,7 +40,7 @@ from distributed import Client
 from distributed.security import Security
 
 from engine.errors import EngineError
-from engine.execute.cluster import worker_environ
+from engine.execute.cluster import config_exports, worker_config
 from engine.pipeline import ClusterSpec, duration_seconds
 
 
@@ -211,11 +210,7 @@ def make_cluster(
         memory=spec.memory,
         walltime=spec.walltime,
         job_extra_directives=[*spec.job_extra_directives, *directives],
-        # the nanny in the job starts its worker with this environment (dask config)
-        job_script_prologue=[
-            "export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="
-            + shlex.quote(repr(worker_environ()))
-        ],
+        job_script_prologue=config_exports(worker_config()),
         worker_extra_args=[*worker_args, *lifetime_args(spec)],
         python=spec.python or sys.executable,
         job_name=spec.job_name,
