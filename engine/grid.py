@@ -152,6 +152,28 @@ class ChunkGrid(Sequence[ChunkTask]):
             spans.append(np.arange(first - r.start, stop - r.start))
         return np.ravel_multi_index(np.ix_(*spans), self.shape).ravel()
 
+    def hull(self, positions: np.ndarray) -> tuple[Roi, Roi]:
+        """The smallest boxes around what the tasks at `positions` read, and write. Along
+        an axis, starts and stops grow with the chunk index: the extremes are at the
+        first and last chunk the tasks have on it."""
+        first, last = [], []
+        for p in np.unravel_index(np.asarray(positions), self.shape):
+            first.append(int(p.min()))
+            last.append(int(p.max()))
+        tiles = list(zip(self.tiles, first, last, strict=True))
+        return (
+            Roi(
+                tuple(t.read_start[a] for t, a, _ in tiles),
+                tuple(t.read_stop[b] for t, _, b in tiles),
+                self.read_bounds.level,
+            ),
+            Roi(
+                tuple(t.write_start[a] for t, a, _ in tiles),
+                tuple(t.write_stop[b] for t, _, b in tiles),
+                self.bounds.level,
+            ),
+        )
+
     def touching(self, box: Roi) -> np.ndarray:
         """Per task in C order: does the box it writes meet `box`?"""
         if box.empty():
