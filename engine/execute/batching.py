@@ -10,12 +10,16 @@ numpy over the grid: a batching holds a few bytes per task, not a Python object 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from engine.grid import ChunkGrid
+
+BATCHES_PER_WORKER = 4  # batches per worker and stage, when chunks are many enough
+MAX_BATCH = 64  # chunks per batch: bounds what one dask task ships, holds and redoes
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,6 +37,12 @@ class Batches:
     def members(self, k: int) -> np.ndarray:
         return self.order[self.cuts[k] : self.cuts[k + 1]]
 
+    def owners(self, count: int) -> np.ndarray:
+        """Per task of a grid of `count`: the batch computing it (-1: none, done before)."""
+        owner = np.full(count, -1, np.int32 if len(self) < 2**31 else np.int64)
+        owner[self.order] = np.repeat(np.arange(len(self), dtype=owner.dtype), np.diff(self.cuts))
+        return owner
+
 
 def morton_keys(coordinates: Sequence[np.ndarray]) -> np.ndarray:
     """Z-order keys of a product grid, in C order, from each axis's coordinates: bit b of
@@ -46,6 +56,12 @@ def morton_keys(coordinates: Sequence[np.ndarray]) -> np.ndarray:
             key |= ((values >> np.uint64(bit)) & np.uint64(1)) << np.uint64(bit * ndim + axis)
         spread.append(key)
     return functools.reduce(np.bitwise_or.outer, spread).ravel()
+
+
+def batch_size(tasks: int, workers: int, asked: int | None = None) -> int:
+    """Chunks per batch for a stage of `tasks` to do: `asked` (a model's batch size), or
+    enough batches for every worker to have a few, each at most MAX_BATCH."""
+    return asked or min(MAX_BATCH, max(1, math.ceil(tasks / (workers * BATCHES_PER_WORKER))))
 
 
 def batch(

@@ -13,7 +13,6 @@ driver nor the scheduler ever holds a graph the size of the plan.
 from __future__ import annotations
 
 import contextlib
-import math
 import resource
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from distributed import Client, Future, as_completed
 from engine import compute
 from engine.compute import RelabelTable
 from engine.errors import EngineError
-from engine.execute.batching import Batches, batch
+from engine.execute.batching import Batches, batch, batch_size
 from engine.geometry import Roi, chunks_touching
 from engine.markers import KEEP_RESULTS, ChunkMarker, Markers
 from engine.plan import ChunkTask, Plan, Stage, downsample_factors
@@ -36,8 +35,6 @@ from tasks.evaluate import Counts, combine_counts
 from tasks.label import FaceComponents, resolve_face_components
 from tasks.measure import Partial, combine_partials
 
-BATCHES_PER_WORKER = 4  # batches per worker and stage, when chunks are many enough
-MAX_BATCH = 64  # chunks per batch: bounds what one dask task ships, holds and redoes
 IN_FLIGHT_PER_WORKER = 16  # batches handed to dask at once, per worker
 PREVIEW_PRIORITY = 1_000_000  # added to dask priority for chunks in the priority box
 
@@ -276,26 +273,19 @@ class Executor:
         shared["retries"], shared["backoff"] = self.retries, self.backoff
         todo = np.flatnonzero(~finished)
         preview = self._preview_box(stage)
-        size = stage.batch_size or min(
-            MAX_BATCH, max(1, math.ceil(len(todo) / (self.workers * BATCHES_PER_WORKER)))
-        )
         batches = batch(
             tasks,
             todo,
-            size,
+            batch_size(len(todo), self.workers, stage.batch_size),
             stage.shards,
             tasks.touching(preview) if preview is not None and count else None,
-        )
-        batch_of = np.full(count, -1, np.int32 if len(batches) < 2**31 else np.int64)
-        batch_of[batches.order] = np.repeat(
-            np.arange(len(batches), dtype=batch_of.dtype), np.diff(batches.cuts)
         )
         advance = self.progress(stage.name, count) if self.progress and count else None
         run = _StageRun(
             stage,
             len(self.runs),
             batches,
-            batch_of,
+            batches.owners(count),
             results,
             extra,
             shared,
