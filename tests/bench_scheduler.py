@@ -77,10 +77,11 @@ def drive(image: str, address: str) -> dict:
     from engine.run import run
 
     before = peak_rss()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = run(noop_pipeline(), image, scheduler=address, overwrite=True)
     return {
         "wall_s": time.perf_counter() - started,
+        "driver_cpu_s": time.process_time() - cpu,
         "chunks": sum(s.tasks for s in result.stages if s.name == "copy"),
         "driver_rss_before_bytes": before,
         "driver_peak_rss_bytes": peak_rss(),
@@ -136,29 +137,45 @@ def overhead(tmp: Path, count: int, address: str, workers: int) -> dict:
 
     image = noop_image(tmp, count)
     pipeline = noop_pipeline()
-    driver = in_child("drive", str(image), address)
+    with Client(address) as client:
+        cpu_before = cluster_cpu(client)
+        driver = in_child("drive", str(image), address)
+        cluster_cpu_s = cluster_cpu(client) - cpu_before
     wall, chunks = driver["wall_s"], driver["chunks"]
 
     # the same chunk work, back to back in this process (no dask)
     _, plan = make_plan(pipeline, image, run_id="bench", overwrite=True)
     stage = plan.stage("copy")
     sample = stage.tasks[: min(2000, len(stage.tasks))]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for task in sample:
         compute.run_blockwise(
             str(image), stage, task.read, task.write, plan.spatial, plan.context, {}
         )
     work = (time.perf_counter() - t0) / len(sample)
+    work_cpu = (time.process_time() - cpu0) / len(sample)
     engine_per_chunk = wall / chunks
+    engine_cpu = (cluster_cpu_s + driver["driver_cpu_s"]) / chunks
     return {
         "chunks": chunks,
         "engine_wall_s": wall,
         "engine_per_chunk_us": engine_per_chunk * 1e6,
         "work_per_chunk_us": work * 1e6,
         "overhead_per_chunk_us": (engine_per_chunk - work / workers) * 1e6,
+        # CPU seconds of driver, scheduler and workers beyond the chunk work, spread over
+        # the workers: what the overhead is on an otherwise idle machine, whatever the load
+        "engine_cpu_per_chunk_us": engine_cpu * 1e6,
+        "work_cpu_per_chunk_us": work_cpu * 1e6,
+        "cpu_overhead_per_chunk_us": (engine_cpu - work_cpu) / workers * 1e6,
         "driver_peak_rss_bytes": driver["driver_peak_rss_bytes"],
         "driver_rss_before_bytes": driver["driver_rss_before_bytes"],
     }
+
+
+def cluster_cpu(client: Client) -> float:
+    """CPU seconds the scheduler and the workers have used so far (their processes)."""
+    workers = client.run(time.process_time)
+    return sum(workers.values()) + client.run_on_scheduler(time.process_time)
 
 
 def noop(i: int) -> int:
@@ -275,7 +292,9 @@ def main() -> None:
         print(
             f"  {row['chunks']:>7} chunks: engine {row['engine_wall_s']:6.1f} s, "
             f"{row['engine_per_chunk_us']:6.0f} us/chunk (work {row['work_per_chunk_us']:.0f} us "
-            f"in one process), overhead {row['overhead_per_chunk_us']:6.0f} us/chunk; "
+            f"in one process), overhead {row['overhead_per_chunk_us']:6.0f} us/chunk "
+            f"(in CPU time over {args.workers} workers: "
+            f"{row['cpu_overhead_per_chunk_us']:4.0f} us/chunk); "
             f"client.map no-op {raw['per_task_us']:6.0f} us/task; driver peak RSS "
             f"{row['driver_peak_rss_bytes'] / 2**20:.0f} MiB"
         )

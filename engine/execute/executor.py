@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,12 +72,22 @@ class TaskFailed(EngineError):
         return (TaskFailed, (str(self), self.stage, self.index))
 
 
-def _run_batch(kind: str, root: str, stage: Stage, items: list, common: dict, *after: Any) -> list:
-    """Run a batch of chunk tasks on a worker (`items`: their positions in the stage's
-    grid, with what the driver adds to each; `after`: the batches it waited for). Each
-    is tried `retries` more times after a failure (with backoff); each is marked done
-    (markers.py) right after it succeeds."""
+def _run_batch(
+    kind: str,
+    root: str,
+    stage: Stage,
+    positions: np.ndarray,
+    extras: list | None,
+    common: dict,
+    *after: Any,
+) -> list:
+    """Run a batch of chunk tasks on a worker: those at `positions` in the stage's grid,
+    with what the driver adds to each (`extras`, None: nothing); `after`: the batches it
+    waited for. Positions go as one array, which dask ships without looking inside. Each
+    task is tried `retries` more times after a failure (with backoff); each is marked
+    done (markers.py) right after it succeeds."""
     marker = ChunkMarker(root, common["marker"]) if common.get("marker") else None
+    items = zip(positions.tolist(), extras or [None] * len(positions), strict=True)
     try:
         return _run_tasks(kind, root, stage, items, common, marker)
     finally:
@@ -86,7 +96,12 @@ def _run_batch(kind: str, root: str, stage: Stage, items: list, common: dict, *a
 
 
 def _run_tasks(
-    kind: str, root: str, stage: Stage, items: list, common: dict, marker: ChunkMarker | None
+    kind: str,
+    root: str,
+    stage: Stage,
+    items: Iterable[tuple[int, Any]],
+    common: dict,
+    marker: ChunkMarker | None,
 ) -> list:
     retries, backoff = common.get("retries", 0), common.get("backoff", 0.2)
     results = []
@@ -349,9 +364,8 @@ class Executor:
 
     def _submit(self, run: _StageRun, k: int, deps: list[tuple[_StageRun, np.ndarray]]) -> None:
         stage = run.stage
-        members = run.batches.members(k).tolist()
-        extra = run.extra
-        items = [(p, extra(p) if extra is not None else None) for p in members]
+        members = run.batches.members(k)
+        extras = [run.extra(p) for p in members.tolist()] if run.extra is not None else None
         waits = [
             self.live[(up.order, d)]
             for up, found in deps
@@ -363,7 +377,8 @@ class Executor:
             stage.kind,
             self.root,
             stage,
-            items,
+            members,
+            extras,
             run.shared,
             *waits,
             pure=False,
