@@ -2,12 +2,14 @@
 
 Chunk tasks are grouped into batches (neighbouring chunks together, in Z order)
 so the scheduler's per-task cost is paid per batch, not per chunk; each chunk is
-still marked done on its own. A batch depends on exactly the batches of earlier
-stages that write what its chunks read, so a chunk of a later stage starts as
-soon as its inputs are written: reductions and the label merge are the only
-barriers, where the driver combines small per-chunk results. Batches are handed
-to dask in waves, a bounded number in flight, later stages first, so neither the
-driver nor the scheduler ever holds a graph the size of the plan.
+still marked done on its own. A batch depends on the batches of earlier stages
+that write what its chunks read (those around its box: a batch is compact), so a
+chunk of a later stage starts as soon as its inputs are written: reductions and
+the label merge are the only barriers, where the driver combines small per-chunk
+results. Batches are handed to dask in waves, a bounded number in flight, later
+stages first, so the scheduler never holds a graph the size of the plan; and the
+driver holds per chunk a few bytes in numpy arrays (its batch, the batch order),
+never a Python object: tasks are computed from the stage's grid when they go.
 """
 
 from __future__ import annotations
