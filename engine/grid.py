@@ -131,6 +131,11 @@ class ChunkGrid(Sequence[ChunkTask]):
             raise IndexError(f"task {key} of a grid of {n}")
         return self.task_at(np.unravel_index(key % n, self.shape))
 
+    def tasks_at(self, positions: np.ndarray) -> list[ChunkTask]:
+        """The tasks at `positions` (C order), unravelled at once."""
+        per_axis = np.unravel_index(np.asarray(positions, np.int64), self.shape)
+        return [self.task_at(p) for p in zip(*(a.tolist() for a in per_axis), strict=True)]
+
     def __iter__(self) -> Iterator[ChunkTask]:
         for positions in itertools.product(*(range(n) for n in self.shape)):
             yield self.task_at(positions)

@@ -86,6 +86,8 @@ def test_grid_gives_the_boxes_of_the_rule_chunk_by_chunk(grid: ChunkGrid) -> Non
         assert grid.position(index) == position
         assert grid[position].read == read and grid[position].write == write
     assert grid.position(tuple(r.stop for r in grid.ranges)) is None
+    backwards = list(range(len(expected)))[::-1]
+    assert [(t.index, t.read, t.write) for t in grid.tasks_at(backwards)] == expected[::-1]
     assert grid.volume("read") == sum(read.size for _, read, _ in expected)
     assert grid.volume("write") == sum(write.size for _, _, write in expected)
     bounds = Roi.from_shape(SHAPE)

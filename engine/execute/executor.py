@@ -89,7 +89,8 @@ def _run_batch(
     task is tried `retries` more times after a failure (with backoff); each is marked
     done (markers.py) right after it succeeds."""
     marker = ChunkMarker(root, common["marker"]) if common.get("marker") else None
-    items = zip(positions.tolist(), extras or [None] * len(positions), strict=True)
+    tasks = stage.tasks.tasks_at(positions)
+    items = zip(positions.tolist(), tasks, extras or [None] * len(positions), strict=True)
     try:
         return _run_tasks(kind, root, stage, items, common, marker)
     finally:
@@ -101,14 +102,13 @@ def _run_tasks(
     kind: str,
     root: str,
     stage: Stage,
-    items: Iterable[tuple[int, Any]],
+    items: Iterable[tuple[int, ChunkTask, Any]],
     common: dict,
     marker: ChunkMarker | None,
 ) -> list:
     retries, backoff = common.get("retries", 0), common.get("backoff", 0.2)
     results = []
-    for position, extra in items:
-        task = stage.tasks[position]
+    for position, task, extra in items:
         for attempt in range(retries + 1):
             try:
                 result = _run_one(kind, root, stage, task, extra, common)
