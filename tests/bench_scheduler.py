@@ -8,7 +8,9 @@ Prints, in one run, and writes JSON:
 (a) overhead per chunk task of a no-op chain (`function: numpy:asarray`, one tiny chunk
     read and written per task) on 10^4 and 10^5 chunks: the engine's wall time per chunk
     beyond the same chunk work done back to back in one process and divided over the
-    workers; next to raw `client.map` of a no-op function over the same count. The driver
+    workers, on workers warmed up by a run of 1000 chunks first (their imports of the
+    engine and the ops are a cost of starting a worker, paid once, not per chunk); next
+    to raw `client.map` of a no-op function over the same count. The driver
     runs in a process of its own (as `ngff-engine run --scheduler` does), which reports
     its peak RSS; and for a plan of about 10^6 chunks (`--plan-count`, 0 to skip), the
     compile time and the driver's peak RSS through the plan and the executor's setup
@@ -281,6 +283,8 @@ def main() -> None:
             silence_logs=logging.ERROR,
         ) as cluster:
             address = cluster.scheduler_address
+            if counts:
+                in_child("drive", str(noop_image(tmp, 1000)), address)  # warm the workers up
             report["overhead"] = [overhead(tmp, n, address, args.workers) for n in counts]
             report["client_map"] = [client_map(address, n) for n in counts]
             report["preview"] = preview_latency(tmp, address)
