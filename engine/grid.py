@@ -18,6 +18,7 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class AxisTiles:
     read_stop: tuple[int, ...]
 
 
-@dataclass(frozen=True, eq=True)
+@dataclass(frozen=True)
 class ChunkGrid(Sequence[ChunkTask]):
     """Tasks per chunk of `chunks` (origin 0, clipped to `bounds`) touching `region`.
 
@@ -123,7 +124,7 @@ class ChunkGrid(Sequence[ChunkTask]):
             ),
         )
 
-    def __getitem__(self, key):  # type: ignore[override]
+    def __getitem__(self, key: int | slice) -> Any:  # a task; a list of tasks for a slice
         if isinstance(key, slice):
             return [self[i] for i in range(*key.indices(len(self)))]
         n = len(self)
