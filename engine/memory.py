@@ -39,8 +39,10 @@ class Projection:
 
 def project_stage(stage: Stage) -> Projection:
     """Peak bytes of the stage's largest task."""
+    bounds = stage.source.bounds if stage.source is not None else stage.tasks.bounds
+    reach = [sum(link.halo[a] for link in stage.chain) for a in range(stage.tasks.ndim)]
     peak = 0
-    for task in stage.tasks:
+    for task in stage.tasks.representatives(bounds, reach):  # not all: the distinct shapes
         peak = max(peak, _task_bytes(stage, task.read, task.write))
     return Projection(stage.name, stage.step, peak)
 

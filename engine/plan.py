@@ -47,7 +47,9 @@ from typing import Any, Literal
 import numpy as np
 
 from engine.errors import ConfigError, NgffError
-from engine.geometry import Roi, chunks_touching, count_chunks
+from engine.geometry import Roi
+from engine.grid import ChunkGrid
+from engine.grid import ChunkTask as ChunkTask  # the compute kernels take it from here
 from engine.models import model_path, model_steps, model_version
 from engine.ngff.metadata import Axis, ImageMeta, read_image
 from engine.ngff.write import LevelSpec, OutputKind, output_path
@@ -98,13 +100,6 @@ class Link:
 
 
 @dataclass(frozen=True)
-class ChunkTask:
-    index: tuple[int, ...]
-    read: Roi
-    write: Roi
-
-
-@dataclass(frozen=True)
 class OutputPlan:
     step: str
     kind: OutputKind | Literal["table", "model"]
@@ -129,7 +124,7 @@ class Stage:
     kind: StageKind
     source: Source | None
     chain: tuple[Link, ...]
-    tasks: tuple[ChunkTask, ...]
+    tasks: ChunkGrid
     after: tuple[str, ...] = ()
     target: str | None = None
     target_dtype: str | None = None
@@ -425,15 +420,12 @@ class _Compiler:
         bounds: Roi,
         region: Roi,
         overlap: Sequence[int] | None = None,
-    ) -> tuple[ChunkTask, ...]:
+    ) -> ChunkGrid:
         """One task per chunk of `region`; the chain computes the chunk grown by `overlap`
-        (within `region`), and reads what that needs."""
-        tasks = []
-        for index, chunk in chunks_touching(region, self.chunks, self.bounds):
-            write = chunk.intersect(region)
-            seen = write if overlap is None else write.grow(overlap).intersect(region)
-            tasks.append(ChunkTask(index, chain_boxes(seen, chain, bounds)[0], write))
-        return tuple(tasks)
+        (within `region`), and reads what that needs: grown by each link's halo, clipped
+        to `bounds` (as `chain_boxes` does, in one step: clipping commutes with growing)."""
+        halo = tuple(sum(link.halo[a] for link in chain) for a in range(len(self.axes)))
+        return ChunkGrid(self.chunks, self.bounds, region, bounds, halo, tuple(overlap or ()))
 
     def _reduction(self, step: Step) -> str:
         """Stages for a reduction step; returns the name of the stage holding its value."""
@@ -549,7 +541,7 @@ class _Compiler:
     def _stitch(
         self,
         step: Step,
-        tasks: Sequence[ChunkTask],
+        tasks: ChunkGrid,
         after: str,
         pairs: Literal["faces", "match"],
         chain: tuple[Link, ...],
@@ -560,10 +552,7 @@ class _Compiler:
         object across chunk borders, one merge into consecutive ids, relabel, pyramid."""
         n = step.name
         local_source = Source(f"{self.scratch}/{n}/local", "uint32", self.roi)
-        border_tasks = tuple(
-            ChunkTask(t.index, t.write.grow(self._face_halo()).intersect(self.roi), t.write)
-            for t in tasks
-        )
+        border_tasks = ChunkGrid(tasks.chunks, tasks.bounds, self.roi, self.roi, self._face_halo())
         self.stages[f"{n}/{pairs}"] = Stage(
             f"{n}/{pairs}",
             n,
@@ -574,14 +563,17 @@ class _Compiler:
             (after,),
             connectivity=connectivity,
         )
-        self.stages[f"{n}/merge"] = Stage(f"{n}/merge", n, "merge", None, (), (), (f"{n}/{pairs}",))
+        nothing = ChunkGrid.none(self.chunks, self.bounds)
+        self.stages[f"{n}/merge"] = Stage(
+            f"{n}/merge", n, "merge", None, (), nothing, (f"{n}/{pairs}",)
+        )
         if step.output is not None:
             out = self._output(step, None)
             target = f"{out.path}/{out.levels[0].path}"
         else:
             out, target = None, f"{self.scratch}/{step.name}/final"
         relabel = f"{n}/relabel"
-        own = tuple(ChunkTask(t.index, t.write, t.write) for t in tasks)
+        own = ChunkGrid(tasks.chunks, tasks.bounds, self.roi, self.roi)
         self.stages[relabel] = Stage(
             relabel,
             n,
@@ -954,15 +946,7 @@ class _Compiler:
             )
             bounds = Roi.from_shape(upper.shape, self.level + k)
             lower_bounds = Roi.from_shape(lower.shape, self.level + k - 1)
-            tasks = []
-            for index, chunk in chunks_touching(region, upper.chunks, bounds):
-                write = chunk.intersect(region)
-                read = Roi(
-                    tuple(a * f for a, f in zip(write.start, factors, strict=True)),
-                    tuple(b * f for b, f in zip(write.stop, factors, strict=True)),
-                    self.level + k - 1,
-                ).intersect(lower_bounds)
-                tasks.append(ChunkTask(index, read, write))
+            tasks = ChunkGrid(upper.chunks, bounds, region, lower_bounds, factors=factors)
             name = f"{step.name}/pyramid-{k}"
             self.stages[name] = Stage(
                 name,
@@ -970,7 +954,7 @@ class _Compiler:
                 "pyramid",
                 Source(f"{out.path}/{lower.path}", out.dtype or "uint64", lower_bounds),
                 (),
-                tuple(tasks),
+                tasks,
                 (previous,),
                 f"{out.path}/{upper.path}",
                 out.dtype,
@@ -1016,10 +1000,7 @@ def comparison_plan(
     meta, level = labels[1], labels[1].levels[0]
     ref_level = reference[1].levels[0]
     bounds = Roi.from_shape(level.shape, 0)
-    tasks = tuple(
-        ChunkTask(index, chunk.intersect(roi), chunk.intersect(roi))
-        for index, chunk in chunks_touching(roi, level.chunks, bounds)
-    )
+    tasks = ChunkGrid(tuple(level.chunks), bounds, roi, bounds)
     stage = Stage(
         "diff/evaluate",
         "diff",
@@ -1058,22 +1039,17 @@ def summarize(plan: Plan) -> list[dict[str, Any]]:
     for stage in plan.stages:
         halo = [sum(link.halo[i] for link in stage.chain) for i in range(len(plan.axes))]
         read_bytes = write_bytes = read_chunks = 0
+        tasks = stage.tasks
         if stage.labels is not None:
-            label_size = np.dtype(stage.labels.dtype).itemsize
-            for task in stage.tasks:
-                read_bytes += task.write.size * label_size
-                read_chunks += count_chunks(task.write, plan.chunks, stage.labels.bounds)
+            read_bytes += tasks.volume("write") * np.dtype(stage.labels.dtype).itemsize
+            read_chunks += tasks.volume("write", plan.chunks, stage.labels.bounds)
         if stage.source is not None:
-            src_size = np.dtype(stage.source.dtype).itemsize
-            bounds = stage.source.bounds
-            grid = plan.chunks if stage.kind != "pyramid" else None
-            for task in stage.tasks:
-                read_bytes += task.read.size * src_size
-                if grid is not None:
-                    read_chunks += count_chunks(task.read, grid, bounds)
+            read_bytes += tasks.volume("read") * np.dtype(stage.source.dtype).itemsize
+            if stage.kind != "pyramid":
+                read_chunks += tasks.volume("read", plan.chunks, stage.source.bounds)
             if stage.target is not None and stage.kind not in TABLE_OPS:
                 out_size = np.dtype(stage.target_dtype or "uint32").itemsize
-                write_bytes = sum(t.write.size for t in stage.tasks) * out_size
+                write_bytes = tasks.volume("write") * out_size
         rows.append(
             {
                 "stage": stage.name,
@@ -1099,8 +1075,9 @@ def human_bytes(n: float) -> str:
 
 def layout_hash(plan: Plan) -> str:
     """A hash of what a run's chunk results depend on: per stage its kind, chain (step
-    configs), source, target and every task's boxes; the chunking; the ROI; the outputs'
-    config hashes. The run id (in scratch paths) is left out, so a resumed run matches.
+    configs), source, target and its tasks' grid (which gives every task's boxes); the
+    chunking; the ROI; the outputs' config hashes. The run id (in scratch paths) is left
+    out, so a resumed run matches.
 
     Per-chunk done markers carry it: a marker is only trusted by a plan with the same hash.
     """
@@ -1120,6 +1097,5 @@ def layout_hash(plan: Plan) -> str:
         add(stage.labels)
         if stage.region is not None:
             add(stage.region)
-        for task in stage.tasks:
-            add((task.index, task.read.start, task.read.stop, task.write.start, task.write.stop))
+        add(stage.tasks)
     return digest.hexdigest()[:16]

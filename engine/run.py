@@ -494,7 +494,7 @@ def _fail_record(
             if name in finished:
                 continue
             stage = plan.stage(name)
-            marked = len(Markers(root, plan, layout).done(stage)) if stage.tasks else 0
+            marked = len(Markers(root, plan, layout).done(stage).positions)
             row = stage_rows.setdefault(name, {"kind": stage.kind, "tasks": len(stage.tasks)})
             row["skipped"], row["done"] = skipped, max(0, marked - skipped)
             row["failed"] = 1 if isinstance(exc, TaskFailed) and exc.stage == name else 0

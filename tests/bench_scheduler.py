@@ -1,13 +1,20 @@
 """Benchmark of the micro-scheduler. Not a test (pytest does not collect it).
 
     python tests/bench_scheduler.py [--counts 10000,100000] [--workers 2]
-                                    [--sizes 64,512,512:128,1024,1024] [--out JSON]
+                                    [--sizes 64,512,512:128,1024,1024] [--plan-count 1000000]
+                                    [--out JSON]
 
 Prints, in one run, and writes JSON:
 (a) overhead per chunk task of a no-op chain (`function: numpy:asarray`, one tiny chunk
     read and written per task) on 10^4 and 10^5 chunks: the engine's wall time per chunk
     beyond the same chunk work done back to back in one process and divided over the
-    workers; next to raw `client.map` of a no-op function over the same count;
+    workers, on workers warmed up by a run of 1000 chunks first (their imports of the
+    engine and the ops are a cost of starting a worker, paid once, not per chunk); next
+    to raw `client.map` of a no-op function over the same count. The driver
+    runs in a process of its own (as `ngff-engine run --scheduler` does), which reports
+    its peak RSS; and for a plan of about 10^6 chunks (`--plan-count`, 0 to skip), the
+    compile time and the driver's peak RSS through the plan and the executor's setup
+    (layout hash, memory projection, markers, batches), with nothing run;
 (b) time to a preview result: the standard pipeline (configs/nuclei.yaml) on a 64^3 ROI
     of images 256^3, 1024^3 and a 2048x65536x65536 volume, on a running cluster; only
     the chunks around the ROI hold data, nothing else is ever written or read;
@@ -20,6 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,38 +56,128 @@ def empty_image(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...]) -> 
     return path
 
 
-def overhead(tmp: Path, count: int, address: str, workers: int) -> dict:
-    from engine import Pipeline, compute
-    from engine.run import make_plan, run
-
+def noop_image(tmp: Path, count: int) -> Path:
+    """About `count` chunks of 1x4x4 voxels, ten planes of them."""
     side = round((count / 10) ** 0.5)
-    image = empty_image(tmp / f"noop{count}.zarr", (10, side * 4, side * 4), (1, 4, 4))
-    pipeline = Pipeline.model_validate(
+    return empty_image(tmp / f"noop{count}.zarr", (10, side * 4, side * 4), (1, 4, 4))
+
+
+def noop_pipeline():
+    from engine import Pipeline
+
+    return Pipeline.model_validate(
         {"steps": [{**NOOP["steps"][0], "output": {"kind": "image", "name": "copy"}}]}
     )
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def drive(image: str, address: str) -> dict:
+    """In the driver's own process: one run of the no-op chain."""
+    from engine.run import run
+
+    before = peak_rss()
+    started, cpu = time.perf_counter(), time.process_time()
+    result = run(noop_pipeline(), image, scheduler=address, overwrite=True)
+    return {
+        "wall_s": time.perf_counter() - started,
+        "driver_cpu_s": time.process_time() - cpu,
+        "chunks": sum(s.tasks for s in result.stages if s.name == "copy"),
+        "driver_rss_before_bytes": before,
+        "driver_peak_rss_bytes": peak_rss(),
+    }
+
+
+def plan_and_setup(image: str) -> dict:
+    """In a process of its own: compile the no-op plan and set up what the executor sets
+    up before submitting anything, with the driver's peak RSS."""
+    import numpy as np
+
+    from engine.execute.batching import batch, batch_size
+    from engine.markers import Markers
+    from engine.memory import projected_peak
+    from engine.plan import layout_hash
+    from engine.run import make_plan
+
+    before = peak_rss()
     started = time.perf_counter()
-    result = run(pipeline, image, scheduler=address, overwrite=True)
-    wall = time.perf_counter() - started
-    chunks = sum(s.tasks for s in result.stages if s.name == "copy")
+    _, plan = make_plan(noop_pipeline(), image, run_id="bench", overwrite=True)
+    compiled = time.perf_counter()
+    layout = layout_hash(plan)
+    projected_peak(plan)
+    stage = plan.stage("copy")
+    done = Markers(image, plan, layout).prepare(stage)
+    finished = np.zeros(len(stage.tasks), bool)
+    finished[done.positions] = True
+    todo = np.flatnonzero(~finished)
+    batches = batch(stage.tasks, todo, batch_size(len(todo), 2))
+    owners = batches.owners(len(stage.tasks))
+    return {
+        "chunks": len(stage.tasks),
+        "batches": len(batches),
+        "compile_s": compiled - started,
+        "setup_s": time.perf_counter() - compiled,
+        "driver_state_bytes": owners.nbytes + batches.order.nbytes + batches.cuts.nbytes,
+        "driver_rss_before_bytes": before,
+        "driver_peak_rss_bytes": peak_rss(),
+    }
+
+
+def in_child(*argv: str) -> dict:
+    """One of this script's probes, run in a fresh Python process; its JSON answer."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--probe", *argv], capture_output=True, text=True, check=True
+    )
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def overhead(tmp: Path, count: int, address: str, workers: int) -> dict:
+    from engine import compute
+    from engine.run import make_plan
+
+    image = noop_image(tmp, count)
+    pipeline = noop_pipeline()
+    with Client(address) as client:
+        cpu_before = cluster_cpu(client)
+        driver = in_child("drive", str(image), address)
+        cluster_cpu_s = cluster_cpu(client) - cpu_before
+    wall, chunks = driver["wall_s"], driver["chunks"]
 
     # the same chunk work, back to back in this process (no dask)
     _, plan = make_plan(pipeline, image, run_id="bench", overwrite=True)
     stage = plan.stage("copy")
     sample = stage.tasks[: min(2000, len(stage.tasks))]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for task in sample:
         compute.run_blockwise(
             str(image), stage, task.read, task.write, plan.spatial, plan.context, {}
         )
     work = (time.perf_counter() - t0) / len(sample)
+    work_cpu = (time.process_time() - cpu0) / len(sample)
     engine_per_chunk = wall / chunks
+    engine_cpu = (cluster_cpu_s + driver["driver_cpu_s"]) / chunks
     return {
         "chunks": chunks,
         "engine_wall_s": wall,
         "engine_per_chunk_us": engine_per_chunk * 1e6,
         "work_per_chunk_us": work * 1e6,
         "overhead_per_chunk_us": (engine_per_chunk - work / workers) * 1e6,
+        # CPU seconds of driver, scheduler and workers beyond the chunk work, spread over
+        # the workers: what the overhead is on an otherwise idle machine, whatever the load
+        "engine_cpu_per_chunk_us": engine_cpu * 1e6,
+        "work_cpu_per_chunk_us": work_cpu * 1e6,
+        "cpu_overhead_per_chunk_us": (engine_cpu - work_cpu) / workers * 1e6,
+        "driver_peak_rss_bytes": driver["driver_peak_rss_bytes"],
+        "driver_rss_before_bytes": driver["driver_rss_before_bytes"],
     }
+
+
+def cluster_cpu(client: Client) -> float:
+    """CPU seconds the scheduler and the workers have used so far (their processes)."""
+    workers = client.run(time.process_time)
+    return sum(workers.values()) + client.run_on_scheduler(time.process_time)
 
 
 def noop(i: int) -> int:
@@ -160,13 +260,21 @@ def main() -> None:
     parser.add_argument("--counts", default="10000,100000")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--sizes", default="64,512,512:128,1024,1024")
+    parser.add_argument("--plan-count", type=int, default=10**6)
     parser.add_argument("--out", default="bench-results/scheduler.json")
+    parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)  # in_child's
     args = parser.parse_args()
+    if args.probe:
+        name, *rest = args.probe
+        print(json.dumps({"drive": drive, "plan": plan_and_setup}[name](*rest)))
+        return
     counts = [int(c) for c in args.counts.split(",") if c]
     sizes = [tuple(int(v) for v in s.split(",")) for s in args.sizes.split(":") if s]
-    report: dict = {"workers": args.workers}
+    report: dict = {"workers": args.workers, "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        if args.plan_count:
+            report["plan"] = in_child("plan", str(noop_image(tmp, args.plan_count)))
         with LocalCluster(
             n_workers=args.workers,
             threads_per_worker=1,
@@ -175,18 +283,33 @@ def main() -> None:
             silence_logs=logging.ERROR,
         ) as cluster:
             address = cluster.scheduler_address
+            if counts:
+                in_child("drive", str(noop_image(tmp, 1000)), address)  # warm the workers up
             report["overhead"] = [overhead(tmp, n, address, args.workers) for n in counts]
             report["client_map"] = [client_map(address, n) for n in counts]
             report["preview"] = preview_latency(tmp, address)
         report["memory"] = memory_at_sizes(tmp, sizes, args.workers)
+    report["load_after"] = os.getloadavg()
 
     print("(a) overhead per chunk task, no-op chain")
     for row, raw in zip(report["overhead"], report["client_map"], strict=True):
         print(
             f"  {row['chunks']:>7} chunks: engine {row['engine_wall_s']:6.1f} s, "
             f"{row['engine_per_chunk_us']:6.0f} us/chunk (work {row['work_per_chunk_us']:.0f} us "
-            f"in one process), overhead {row['overhead_per_chunk_us']:6.0f} us/chunk; "
-            f"client.map no-op {raw['per_task_us']:6.0f} us/task"
+            f"in one process), overhead {row['overhead_per_chunk_us']:6.0f} us/chunk "
+            f"(in CPU time over {args.workers} workers: "
+            f"{row['cpu_overhead_per_chunk_us']:4.0f} us/chunk); "
+            f"client.map no-op {raw['per_task_us']:6.0f} us/task; driver peak RSS "
+            f"{row['driver_peak_rss_bytes'] / 2**20:.0f} MiB"
+        )
+    if "plan" in report:
+        plan = report["plan"]
+        print(
+            f"  plan of {plan['chunks']} chunks: compiled in {plan['compile_s'] * 1e3:.0f} ms, "
+            f"executor setup {plan['setup_s'] * 1e3:.0f} ms ({plan['batches']} batches, "
+            f"{plan['driver_state_bytes'] / 2**20:.1f} MiB of state); driver peak RSS "
+            f"{plan['driver_peak_rss_bytes'] / 2**20:.0f} MiB "
+            f"({plan['driver_rss_before_bytes'] / 2**20:.0f} MiB after imports)"
         )
     print("(b) time to a 64^3 preview result (configs/nuclei.yaml, running cluster)")
     for row in report["preview"]:
@@ -200,6 +323,7 @@ def main() -> None:
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"load average {report['load_before']} before, {report['load_after']} after")
     print(f"wrote {args.out}")
 
 

@@ -41,6 +41,7 @@ import yaml
 import zarr
 
 from engine import EngineError, Pipeline, run, submit
+from engine.markers import read_records
 from engine.pipeline import ClusterSpec
 from engine.records import list_runs, read_record
 from engine.sample_zarr import write_sample
@@ -460,9 +461,9 @@ def poll_status(image: Path, cwd: Path, accept: Callable[[dict], bool], timeout=
 
 
 def marked_chunks(image: Path, run_id: str, stage: str) -> int:
-    """Chunks a stage marked done (v3 chunk files of its marker array)."""
-    folder = image / "_engine/runs" / run_id / "markers" / stage.replace("/", ".") / "c"
-    return sum(1 for p in folder.rglob("*") if p.is_file())
+    """Chunks a stage marked done (the records of its marker folder)."""
+    folder = image / "_engine/runs" / run_id / "markers" / stage.replace("/", ".")
+    return len(read_records(folder).positions)
 
 
 def test_killed_batch_run_resumes_and_status_follows_it(slurm, local, image, tmp_path, monkeypatch):

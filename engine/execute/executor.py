@@ -2,25 +2,23 @@
 
 Chunk tasks are grouped into batches (neighbouring chunks together, in Z order)
 so the scheduler's per-task cost is paid per batch, not per chunk; each chunk is
-still marked done on its own. A batch depends on exactly the batches of earlier
-stages that write what its chunks read, so a chunk of a later stage starts as
-soon as its inputs are written: reductions and the label merge are the only
-barriers, where the driver combines small per-chunk results. Batches are handed
-to dask in waves, a bounded number in flight, later stages first, so neither the
-driver nor the scheduler ever holds a graph the size of the plan.
+still marked done on its own. A batch depends on the batches of earlier stages
+that write what its chunks read (those around its box: a batch is compact), so a
+chunk of a later stage starts as soon as its inputs are written: reductions and
+the label merge are the only barriers, where the driver combines small per-chunk
+results. Batches are handed to dask in waves, a bounded number in flight, later
+stages first, so the scheduler never holds a graph the size of the plan; and the
+driver holds per chunk a few bytes in numpy arrays (its batch, the batch order),
+never a Python object: tasks are computed from the stage's grid when they go.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import itertools
-import math
 import resource
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from distributed import Client, Future, as_completed
 from engine import compute
 from engine.compute import RelabelTable
 from engine.errors import EngineError
+from engine.execute.batching import Batches, batch, batch_size
 from engine.geometry import Roi, chunks_touching
 from engine.markers import KEEP_RESULTS, ChunkMarker, Markers
 from engine.plan import ChunkTask, Plan, Stage, downsample_factors
@@ -38,8 +37,6 @@ from tasks.evaluate import Counts, combine_counts
 from tasks.label import FaceComponents, resolve_face_components
 from tasks.measure import Partial, combine_partials
 
-BATCHES_PER_WORKER = 4  # batches per worker and stage, when chunks are many enough
-MAX_BATCH = 64  # chunks per batch: bounds what one dask task ships, holds and redoes
 IN_FLIGHT_PER_WORKER = 16  # batches handed to dask at once, per worker
 PREVIEW_PRIORITY = 1_000_000  # added to dask priority for chunks in the priority box
 
@@ -77,14 +74,41 @@ class TaskFailed(EngineError):
         return (TaskFailed, (str(self), self.stage, self.index))
 
 
-def _run_batch(kind: str, root: str, stage: Stage, items: list, common: dict, *after: Any) -> list:
-    """Run a batch of chunk tasks on a worker (`after`: the batches it waited for). Each
-    is tried `retries` more times after a failure (with backoff); each is marked done
-    (markers.py) right after it succeeds."""
+def _run_batch(
+    kind: str,
+    root: str,
+    stage: Stage,
+    positions: np.ndarray,
+    extras: list | None,
+    common: dict,
+    *after: Any,
+) -> list:
+    """Run a batch of chunk tasks on a worker: those at `positions` in the stage's grid,
+    with what the driver adds to each (`extras`, None: nothing); `after`: the batches it
+    waited for. Positions go as one array, which dask ships without looking inside. Each
+    task is tried `retries` more times after a failure (with backoff); each is marked
+    done (markers.py) right after it succeeds."""
     marker = ChunkMarker(root, common["marker"]) if common.get("marker") else None
+    tasks = stage.tasks.tasks_at(positions)
+    items = zip(positions.tolist(), tasks, extras or [None] * len(positions), strict=True)
+    try:
+        return _run_tasks(kind, root, stage, items, common, marker)
+    finally:
+        if marker is not None:
+            marker.close()
+
+
+def _run_tasks(
+    kind: str,
+    root: str,
+    stage: Stage,
+    items: Iterable[tuple[int, ChunkTask, Any]],
+    common: dict,
+    marker: ChunkMarker | None,
+) -> list:
     retries, backoff = common.get("retries", 0), common.get("backoff", 0.2)
     results = []
-    for task, extra in items:
+    for position, task, extra in items:
         for attempt in range(retries + 1):
             try:
                 result = _run_one(kind, root, stage, task, extra, common)
@@ -108,7 +132,7 @@ def _run_batch(kind: str, root: str, stage: Stage, items: list, common: dict, *a
                     )
                 raise TaskFailed(message, stage.name, tuple(task.index)) from exc
         if marker is not None:
-            marker.mark(task.index, result)
+            marker.mark(position, result)
         results.append(result if marker is None or kind in KEEP_RESULTS else None)
     if kind == "reduce":  # the first level of the reduction tree, here on the worker
         return [combine_reduction(stage, results), *([None] * (len(results) - 1))]
@@ -153,39 +177,27 @@ def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, co
     raise ValueError(f"unknown stage kind {kind}")
 
 
-def morton_key(index: Sequence[int]) -> int:
-    """Z-order of a chunk index: consecutive keys are spatially compact groups of chunks,
-    so a batch shares its neighbours' decoded chunks instead of a thin row of them."""
-    key = 0
-    for bit in range(max((int(i).bit_length() for i in index), default=0)):
-        for axis, i in enumerate(index):
-            key |= ((int(i) >> bit) & 1) << (bit * len(index) + axis)
-    return key
-
-
-@dataclass
-class _Batch:
-    id: int
-    members: list[int]  # positions in the stage's tasks
-    deps: set[int]  # ids of the batches of earlier stages it reads from
-    preview: bool
-
-
 @dataclass
 class _StageRun:
-    """One stage's progress through the run: batches waiting, in flight and done."""
+    """One stage's progress through the run: its batches, how many went to dask, and per
+    task (numpy, a few bytes each) the batch computing it; results only where the driver
+    combines them."""
 
     stage: Stage
     order: int
-    results: list[Any]
-    waiting: deque[_Batch]
-    batch_of: dict[tuple[int, ...], int]  # chunk index -> id of the batch computing it
+    batches: Batches
+    batch_of: np.ndarray  # per task: its batch, -1 when done by an earlier attempt
+    results: list[Any] | None
+    extra: Callable[[int], Any] | None  # what the driver adds to the task at a position
+    shared: dict[str, Any]
     started: float
     advance: Callable[[int], None] | None
+    submitted: int = 0  # batches handed to dask, in order
     remaining: int = 0  # batches not yet completed
     done: int = 0
     skipped: int = 0
     seconds: float | None = None  # set when complete
+    head_deps: list[tuple[_StageRun, np.ndarray]] | None = field(default=None, repr=False)
 
 
 class Executor:
@@ -227,13 +239,10 @@ class Executor:
         self.max_in_flight = self.workers * IN_FLIGHT_PER_WORKER
         self.runs: dict[str, _StageRun] = {}
         self.stats: dict[str, StageStats] = {}
-        self.live: dict[int, Future] = {}  # batch id -> future, while in flight
-        self.unsubmitted: set[int] = set()
-        self.next_id = 0
+        self.live: dict[tuple[int, int], Future] = {}  # (stage order, batch) -> in flight
         self.completed = as_completed()
-        self.owner: dict[Future, tuple[_StageRun, _Batch]] = {}
+        self.owner: dict[Future, tuple[_StageRun, int]] = {}
         self.peak_memory: dict[str, int] = {}
-        self._batch_args: dict[str, tuple[Stage, Sequence[Any], dict[str, Any]]] = {}
 
     def run(self) -> list[StageStats]:
         # on_error="ignore": a worker may leave meanwhile (an adaptive SLURM worker
@@ -241,7 +250,7 @@ class Executor:
         self.client.run(reset_peak_memory, on_error="ignore")
         for stage in self.plan.stages:
             getattr(self, f"_{stage.kind}")(stage)
-        self._drain(lambda: not self.live and not self.unsubmitted)
+        self._drain(lambda: not self.live and all(r.remaining == 0 for r in self.runs.values()))
         self.peak_memory = self.client.run(peak_memory, on_error="ignore")
         return [self.stats[s.name] for s in self.plan.stages]
 
@@ -262,88 +271,69 @@ class Executor:
             **extra,
         }
 
-    def _enqueue(
-        self, stage: Stage, extras: Sequence[Any] | None = None, **common: Any
-    ) -> _StageRun:
-        """Queue every chunk task of a stage in batches; they go to dask as `_pump` allows."""
+    def _enqueue(self, stage: Stage, extra: Callable[[int], Any] | None = None, **common: Any):
+        """Queue every chunk task of a stage in batches; they go to dask as `_pump` allows.
+        `extra(position)` is what the driver adds to a task, computed as its batch goes."""
         tasks = stage.tasks
-        extras = extras if extras is not None else [None] * len(tasks)
-        shipped = dataclasses.replace(stage, tasks=())
+        count = len(tasks)
         shared = self._common(stage, **common)
-        results: list[Any] = [None] * len(tasks)
-        todo = list(range(len(tasks)))
-        if self.markers is not None and tasks:
+        keep = stage.kind in KEEP_RESULTS
+        results: list[Any] | None = [None] * count if keep else None
+        finished = np.zeros(count, bool)
+        if self.markers is not None and count:
             done = self.markers.prepare(stage)
-            todo = [i for i in todo if tasks[i].index not in done]
-            for i in set(range(len(tasks))) - set(todo):
-                results[i] = self.markers.load_result(stage, tasks[i].index)
+            finished[done.positions] = True
+            if results is not None:
+                for position, result in done.results.items():
+                    results[position] = result
             shared["marker"] = self.markers.worker_info(stage)
         shared["retries"], shared["backoff"] = self.retries, self.backoff
-        advance = self.progress(stage.name, len(tasks)) if self.progress and tasks else None
-        run = _StageRun(stage, len(self.runs), results, deque(), {}, time.perf_counter(), advance)
-        run.skipped = len(tasks) - len(todo)
+        todo = np.flatnonzero(~finished)
+        preview = self._preview_box(stage)
+        batches = batch(
+            tasks,
+            todo,
+            batch_size(len(todo), self.workers, stage.batch_size),
+            stage.shards,
+            tasks.touching(preview) if preview is not None and count else None,
+        )
+        advance = self.progress(stage.name, count) if self.progress and count else None
+        run = _StageRun(
+            stage,
+            len(self.runs),
+            batches,
+            batches.owners(count),
+            results,
+            extra,
+            shared,
+            time.perf_counter(),
+            advance,
+        )
+        run.skipped = count - len(todo)
+        run.remaining = len(batches)
         if advance and run.skipped:
             advance(run.skipped)
         self.runs[stage.name] = run
-        preview = self._preview_box(stage)
-        units = self._units(stage, todo)
-        first = [u for u in units if preview is not None and self._touches(stage, u, preview)]
-        rest = [u for u in units if not (preview is not None and self._touches(stage, u, preview))]
-        size = stage.batch_size or min(
-            MAX_BATCH, max(1, math.ceil(len(todo) / (self.workers * BATCHES_PER_WORKER)))
-        )
-        for group, is_preview in ((first, True), (rest, False)):
-            members: list[int] = []
-            for k, unit in enumerate(group):
-                members.extend(unit)
-                if len(members) >= size or k == len(group) - 1:
-                    batch = _Batch(self.next_id, members, self._deps(stage, members), is_preview)
-                    self.next_id += 1
-                    for i in members:
-                        run.batch_of[tasks[i].index] = batch.id
-                    run.waiting.append(batch)
-                    self.unsubmitted.add(batch.id)
-                    members = []
-        run.remaining = len(run.waiting)
-        self._batch_args[stage.name] = (shipped, extras, shared)
         if not run.remaining:
             self._complete(run)
         self._pump()
         return run
 
-    @staticmethod
-    def _units(stage: Stage, todo: list[int]) -> list[list[int]]:
-        """Tasks that must share a batch, in Z order: those writing one shard of a sharded
-        output (a shard is one file: two tasks writing it at once would lose chunks);
-        otherwise each task alone."""
-        if not stage.shards:
-            return [[i] for i in sorted(todo, key=lambda i: morton_key(stage.tasks[i].index))]
-        by_shard: dict[tuple[int, ...], list[int]] = {}
-        for i in sorted(todo, key=lambda i: morton_key(stage.tasks[i].index)):
-            start = stage.tasks[i].write.start
-            key = tuple(int(a) // s for a, s in zip(start, stage.shards, strict=True))
-            by_shard.setdefault(key, []).append(i)
-        return [by_shard[key] for key in sorted(by_shard, key=morton_key)]
-
-    @staticmethod
-    def _touches(stage: Stage, unit: list[int], box: Roi) -> bool:
-        return any(not stage.tasks[i].write.intersect(box).empty() for i in unit)
-
-    def _deps(self, stage: Stage, members: list[int]) -> set[int]:
-        """Batches of unfinished earlier stages whose chunks these tasks read."""
-        deps: set[int] = set()
+    def _deps(self, run: _StageRun, k: int) -> list[tuple[_StageRun, np.ndarray]]:
+        """Batches of unfinished earlier stages whose chunks batch `k` reads (or writes):
+        those touching the box around its tasks' boxes (a batch is compact, in Z order)."""
+        stage = run.stage
+        boxes = stage.tasks.hull(run.batches.members(k))
+        deps = []
         for name in stage.after:
             upstream = self.runs.get(name)
             if upstream is None or upstream.seconds is not None:
                 continue
-            grid = upstream.stage.grid or self.plan.chunks
-            for i in members:
-                task = stage.tasks[i]
-                for box in (task.read, task.write):
-                    for index in grid_indices(box, grid):
-                        batch = upstream.batch_of.get(index)
-                        if batch is not None:
-                            deps.add(batch)
+            positions = np.concatenate([upstream.stage.tasks.positions_in(b) for b in boxes])
+            found = np.unique(upstream.batch_of[positions])
+            found = found[found >= 0]
+            if len(found):
+                deps.append((upstream, found))
         return deps
 
     def _preview_box(self, stage: Stage) -> Roi | None:
@@ -365,33 +355,40 @@ class Executor:
         """Submit waiting batches, later stages first, up to the in-flight bound; a batch
         goes only once every batch it depends on has gone."""
         for run in sorted(self.runs.values(), key=lambda r: -r.order):
-            while run.waiting and len(self.live) < self.max_in_flight:
-                batch = run.waiting[0]
-                if batch.deps & self.unsubmitted:
+            while run.submitted < len(run.batches) and len(self.live) < self.max_in_flight:
+                if run.head_deps is None:
+                    run.head_deps = self._deps(run, run.submitted)
+                if any((found >= up.submitted).any() for up, found in run.head_deps):
                     break
-                run.waiting.popleft()
-                self._submit(run, batch)
+                self._submit(run, run.submitted, run.head_deps)
+                run.submitted += 1
+                run.head_deps = None
 
-    def _submit(self, run: _StageRun, batch: _Batch) -> None:
+    def _submit(self, run: _StageRun, k: int, deps: list[tuple[_StageRun, np.ndarray]]) -> None:
         stage = run.stage
-        shipped, extras, shared = self._batch_args[stage.name]
-        items = [(stage.tasks[i], extras[i]) for i in batch.members]
-        deps = [self.live[d] for d in batch.deps if d in self.live]
+        members = run.batches.members(k)
+        extras = [run.extra(p) for p in members.tolist()] if run.extra is not None else None
+        waits = [
+            self.live[(up.order, d)]
+            for up, found in deps
+            for d in found.tolist()
+            if (up.order, d) in self.live
+        ]
         future = self.client.submit(
             _run_batch,
             stage.kind,
             self.root,
-            shipped,
-            items,
-            shared,
-            *deps,
+            stage,
+            members,
+            extras,
+            run.shared,
+            *waits,
             pure=False,
-            priority=run.order + (PREVIEW_PRIORITY if batch.preview else 0),
+            priority=run.order + (PREVIEW_PRIORITY if k < run.batches.preview else 0),
             resources=dict(stage.resources) or None,
         )
-        self.unsubmitted.discard(batch.id)
-        self.live[batch.id] = future
-        self.owner[future] = (run, batch)
+        self.live[(run.order, k)] = future
+        self.owner[future] = (run, k)
         self.completed.add(future)
 
     def _drain(self, until: Callable[[], bool]) -> None:
@@ -401,8 +398,8 @@ class Executor:
             if not self.live:
                 raise RuntimeError("the executor waits for work that was never submitted")
             future = next(self.completed)
-            run, batch = self.owner.pop(future)
-            del self.live[batch.id]
+            run, k = self.owner.pop(future)
+            del self.live[(run.order, k)]
             try:
                 batch_results = future.result()
             except EngineError as exc:
@@ -411,12 +408,14 @@ class Executor:
                 if isinstance(exc, TaskFailed):
                     raise TaskFailed(f"{exc}; ROI {self.plan.roi}", exc.stage, exc.index) from None
                 raise
-            for i, result in zip(batch.members, batch_results, strict=True):
-                run.results[i] = result
-            run.done += len(batch.members)
+            members = run.batches.members(k)
+            if run.results is not None:
+                for position, result in zip(members.tolist(), batch_results, strict=True):
+                    run.results[position] = result
+            run.done += len(members)
             run.remaining -= 1
             if run.advance:
-                run.advance(len(batch.members))
+                run.advance(len(members))
             if not run.remaining:
                 self._complete(run)
             self._pump()
@@ -467,17 +466,18 @@ class Executor:
     def _faces(self, stage: Stage) -> None:
         """Face pairs in ids (chunk position << 32 | local id): known before any chunk
         is labelled, so a chunk's faces go as soon as it and its neighbours are done."""
-        position = {t.index: i for i, t in enumerate(stage.tasks)}
+        grid = stage.tasks
         bounds = Roi.from_shape(tuple(int(b) for b in self.plan.roi.stop), self.plan.level)
-        extras = [
-            {
-                idx: position[idx] << 32
-                for idx, _ in chunks_touching(t.read, self.plan.chunks, bounds)
-                if idx in position
-            }
-            for t in stage.tasks
-        ]
-        self._enqueue(stage, extras)
+
+        def bases(position: int) -> dict[tuple[int, ...], int]:
+            found = {}
+            for idx, _ in chunks_touching(grid[position].read, self.plan.chunks, bounds):
+                neighbour = grid.position(idx)
+                if neighbour is not None:
+                    found[idx] = neighbour << 32
+            return found
+
+        self._enqueue(stage, bases)
 
     def _segment(self, stage: Stage) -> None:
         self._label(stage)
@@ -517,17 +517,14 @@ class Executor:
         result = self.labels[stage.step]
         components = self.components.pop(stage.step)
         firsts = np.concatenate([[1], np.cumsum(result.counts) + 1]).astype(np.int64)
-        extras = [
-            RelabelTable(
-                components.within(int(firsts[i]), count),
-                int(firsts[i]),
-                count,
-                result.offset,
-                result.dtype,
+
+        def table(position: int) -> RelabelTable:
+            first, count = int(firsts[position]), result.counts[position]
+            return RelabelTable(
+                components.within(first, count), first, count, result.offset, result.dtype
             )
-            for i, count in enumerate(result.counts)
-        ]
-        self._enqueue(stage, extras)
+
+        self._enqueue(stage, table)
 
     def _measure(self, stage: Stage) -> None:
         """Per-chunk partials combined into one row per object; the run writes the table."""
@@ -570,17 +567,6 @@ class Executor:
         out = next(o for o in self.plan.outputs if o.step == stage.step)
         factors = downsample_factors(out.levels[stage.level - 1], out.levels[stage.level])
         self._enqueue(stage, factors=factors)
-
-
-def grid_indices(box: Roi, grid: Sequence[int]) -> Iterator[tuple[int, ...]]:
-    """Indices of the chunks of a regular grid (origin 0) that a box touches."""
-    if box.empty():
-        return iter(())
-    ranges = [
-        range(int(a) // g, -(-int(b) // g))
-        for a, b, g in zip(box.start, box.stop, grid, strict=True)
-    ]
-    return itertools.product(*ranges)
 
 
 def reset_peak_memory() -> None:
