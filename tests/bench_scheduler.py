@@ -7,7 +7,7 @@
 Prints, in one run, and writes JSON:
 (a) overhead per chunk task of a no-op chain (`function: numpy:asarray`, one tiny chunk
     read and written per task) on 10^4 and 10^5 chunks: the engine's wall time per chunk
-    beyond the same chunk work done back to back in one process and divided over the
+    beyond the same chunk work done back to back in one worker and divided over the
     workers, on workers warmed up by a run of 1000 chunks first (their imports of the
     engine and the ops are a cost of starting a worker, paid once, not per chunk); next
     to raw `client.map` of a no-op function over the same count. The driver
@@ -134,7 +134,6 @@ def in_child(*argv: str) -> dict:
 
 
 def overhead(tmp: Path, count: int, address: str, workers: int) -> dict:
-    from engine import compute
     from engine.run import make_plan
 
     image = noop_image(tmp, count)
@@ -145,17 +144,15 @@ def overhead(tmp: Path, count: int, address: str, workers: int) -> dict:
         cluster_cpu_s = cluster_cpu(client) - cpu_before
     wall, chunks = driver["wall_s"], driver["chunks"]
 
-    # the same chunk work, back to back in this process (no dask)
+    # the same chunk work, back to back in one worker (no scheduling): the worker's open
+    # arrays and imports are warm, as they are for the engine's chunk tasks
     _, plan = make_plan(pipeline, image, run_id="bench", overwrite=True)
     stage = plan.stage("copy")
-    sample = stage.tasks[: min(2000, len(stage.tasks))]
-    t0, cpu0 = time.perf_counter(), time.process_time()
-    for task in sample:
-        compute.run_blockwise(
-            str(image), stage, task.read, task.write, plan.spatial, plan.context, {}
-        )
-    work = (time.perf_counter() - t0) / len(sample)
-    work_cpu = (time.process_time() - cpu0) / len(sample)
+    sample = [stage.tasks[i] for i in range(min(2000, len(stage.tasks)))]
+    with Client(address) as client:
+        work, work_cpu = client.submit(
+            chunk_work, str(image), stage, sample, plan.spatial, plan.context, pure=False
+        ).result()
     engine_per_chunk = wall / chunks
     engine_cpu = (cluster_cpu_s + driver["driver_cpu_s"]) / chunks
     return {
@@ -172,6 +169,16 @@ def overhead(tmp: Path, count: int, address: str, workers: int) -> dict:
         "driver_peak_rss_bytes": driver["driver_peak_rss_bytes"],
         "driver_rss_before_bytes": driver["driver_rss_before_bytes"],
     }
+
+
+def chunk_work(image: str, stage, tasks: list, spatial, context) -> tuple[float, float]:
+    """Seconds of wall and CPU time per chunk of `tasks` run back to back, here."""
+    from engine import compute
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    for task in tasks:
+        compute.run_blockwise(image, stage, task.read, task.write, spatial, context, {})
+    return (time.perf_counter() - t0) / len(tasks), (time.process_time() - cpu0) / len(tasks)
 
 
 def cluster_cpu(client: Client) -> float:
@@ -296,7 +303,7 @@ def main() -> None:
         print(
             f"  {row['chunks']:>7} chunks: engine {row['engine_wall_s']:6.1f} s, "
             f"{row['engine_per_chunk_us']:6.0f} us/chunk (work {row['work_per_chunk_us']:.0f} us "
-            f"in one process), overhead {row['overhead_per_chunk_us']:6.0f} us/chunk "
+            f"in one worker), overhead {row['overhead_per_chunk_us']:6.0f} us/chunk "
             f"(in CPU time over {args.workers} workers: "
             f"{row['cpu_overhead_per_chunk_us']:4.0f} us/chunk); "
             f"client.map no-op {raw['per_task_us']:6.0f} us/task; driver peak RSS "
