@@ -1,7 +1,7 @@
 """Benchmark of the micro-scheduler. Not a test (pytest does not collect it).
 
     python tests/bench_scheduler.py [--counts 10000,100000] [--workers 2]
-                                    [--sizes 64,512,512:128,1024,1024] [--plan-count 1000000]
+                                    [--sizes 64,512,512:128,1024,1024:256,1024,1024] [--plan-count 1000000]
                                     [--out JSON]
 
 Prints, in one run, and writes JSON:
@@ -19,7 +19,8 @@ Prints, in one run, and writes JSON:
     of images 256^3, 1024^3 and a 2048x65536x65536 volume, on a running cluster; only
     the chunks around the ROI hold data, nothing else is ever written or read;
 (c) peak worker memory of the standard pipeline, gaussian -> Otsu -> label, on samples
-    of two sizes (tests/bench_pipeline.py runs it).
+    of three sizes (tests/bench_pipeline.py runs it). It grows until the worker's fixed
+    budgets are full (the 256 MiB decoded-chunk cache, the heap's free top), then stays.
 """
 
 from __future__ import annotations
@@ -266,7 +267,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="10000,100000")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--sizes", default="64,512,512:128,1024,1024")
+    parser.add_argument("--sizes", default="64,512,512:128,1024,1024:256,1024,1024")
     parser.add_argument("--plan-count", type=int, default=10**6)
     parser.add_argument("--out", default="bench-results/scheduler.json")
     parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)  # in_child's
