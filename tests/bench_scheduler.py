@@ -1,8 +1,8 @@
 """Benchmark of the micro-scheduler. Not a test (pytest does not collect it).
 
     python tests/bench_scheduler.py [--counts 10000,100000] [--workers 2]
-                                    [--sizes 64,512,512:128,1024,1024:256,1024,1024] [--plan-count 1000000]
-                                    [--out JSON]
+                                    [--sizes 64,512,512:128,1024,1024:256,1024,1024]
+                                    [--plan-count 1000000] [--out JSON]
 
 Prints, in one run, and writes JSON:
 (a) overhead per chunk task of a no-op chain (`function: numpy:asarray`, one tiny chunk

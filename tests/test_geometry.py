@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.geometry import Roi, chunks_touching, count_chunks
@@ -57,6 +57,7 @@ def test_index_physical_round_trip_is_exact(a, scale, translation):
     assert physical.to_index(0, scale, translation) == a
 
 
+@settings(deadline=None)  # up to 27,000 chunks of 2^3 in one example: seconds on a busy machine
 @given(
     boxes(lo=0, hi=60),
     st.lists(st.integers(2, 17), min_size=3, max_size=3),
