@@ -6,8 +6,8 @@ killed halfway through. The model is deliberately pessimistic and simple: a task
 holds its source block, and for each op of its chain the op's input, one float64
 working copy of it and the op's output; plus what it writes. A worker holds that for
 each thread, plus the decoded-chunk cache, the free memory glibc keeps for reuse and
-the Python process itself. After a run,
-the measured peak is reported next to it (RunResult.peak_worker_bytes).
+the Python process itself. After a run, the measured peak is reported next to it
+(RunResult.peak_worker_bytes).
 """
 
 from __future__ import annotations
