@@ -22,8 +22,8 @@ import zarr
 from engine.chunk_cache import read_cached
 from engine.errors import EngineError
 from engine.geometry import Roi, chunk_roi
+from engine.grid import ChunkTask
 from engine.plan import (
-    ChunkTask,
     Link,
     Source,
     Stage,

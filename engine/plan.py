@@ -49,7 +49,6 @@ import numpy as np
 from engine.errors import ConfigError, NgffError
 from engine.geometry import Roi
 from engine.grid import ChunkGrid
-from engine.grid import ChunkTask as ChunkTask  # the compute kernels take it from here
 from engine.models import model_path, model_steps, model_version
 from engine.ngff.metadata import Axis, ImageMeta, read_image
 from engine.ngff.write import LevelSpec, OutputKind, output_path

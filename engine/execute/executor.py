@@ -30,8 +30,9 @@ from engine.compute import RelabelTable
 from engine.errors import EngineError
 from engine.execute.batching import Batches, batch, batch_size
 from engine.geometry import Roi, chunks_touching
+from engine.grid import ChunkTask
 from engine.markers import KEEP_RESULTS, ChunkMarker, Markers
-from engine.plan import ChunkTask, Plan, Stage, downsample_factors
+from engine.plan import Plan, Stage, downsample_factors
 from tasks import OPS
 from tasks.evaluate import Counts, combine_counts
 from tasks.label import FaceComponents, resolve_face_components
