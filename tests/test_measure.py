@@ -271,3 +271,31 @@ def test_partials_combine_exactly_over_any_blocks(seed, shape, step):
     np.testing.assert_array_equal(
         values[:, columns.index("centroid_physical-0")], ref["centroid-0"] + 5.0
     )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 2**31),
+    st.sampled_from([(1,), (7,), (5, 1), (1, 9), (6, 11), (4, 5, 3), (3, 4, 1)]),
+    st.sampled_from([np.uint16, np.float32, np.bool_]),
+)
+def test_block_partials_equal_a_per_label_count(seed, shape, dtype):
+    """Every label's partial row against numpy on that label's voxels alone, for rows of
+    one voxel, labels that run into the next row, and float and bool intensities."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, shape).astype(np.uint32) * 7
+    intensity = (rng.random(shape) * 1000).astype(dtype)
+    offset = [int(v) for v in rng.integers(0, 100, len(shape))]
+    part = measure_block(labels, intensity, offset)
+    ids = np.unique(labels[labels > 0])
+    np.testing.assert_array_equal(part["label"], ids)
+    values = intensity.astype(np.uint8) if dtype == np.bool_ else intensity
+    for row, label in enumerate(ids):
+        coords = np.argwhere(labels == label) + offset
+        mine = values[labels == label]
+        assert part["count"][row] == len(coords)
+        np.testing.assert_array_equal(part["sum"][row], coords.sum(axis=0))
+        np.testing.assert_array_equal(part["min"][row], coords.min(axis=0))
+        np.testing.assert_array_equal(part["max"][row], coords.max(axis=0))
+        np.testing.assert_allclose(part["isum"][row], mine.astype(np.float64).sum(), rtol=1e-12)
+        assert part["imin"][row] == mine.min() and part["imax"][row] == mine.max()
