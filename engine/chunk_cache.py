@@ -18,6 +18,8 @@ from collections.abc import Hashable, Sequence
 import numpy as np
 import zarr
 
+from engine.chunk_files import ChunkFiles
+
 DEFAULT_BUDGET_BYTES = 256 * 1024**2
 
 
@@ -49,9 +51,14 @@ CACHE = ChunkCache()
 
 
 def read_cached(
-    array: zarr.Array, selection: Sequence[slice], run_key: Hashable, cache: ChunkCache = CACHE
+    array: zarr.Array,
+    selection: Sequence[slice],
+    run_key: Hashable,
+    cache: ChunkCache = CACHE,
+    files: ChunkFiles | None = None,
 ) -> np.ndarray:
-    """`array[selection]` (slices with steps of 1), assembled from whole cached chunks."""
+    """`array[selection]` (slices with steps of 1), assembled from whole cached chunks,
+    read from `files` (engine/chunk_files.py) when given, else through zarr."""
     chunks = array.chunks
     start = [s.start for s in selection]
     stop = [s.stop for s in selection]
@@ -60,10 +67,13 @@ def read_cached(
     for index in itertools.product(*ranges):
         lo = [i * c for i, c in zip(index, chunks, strict=True)]
         hi = [min(a + c, s) for a, c, s in zip(lo, chunks, array.shape, strict=True)]
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         block = cache.get(
             (run_key, array.path, index),
-            lambda lo=lo, hi=hi: np.asarray(
-                array[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
+            lambda index=index, box=box: (
+                np.asarray(array[box])
+                if files is None
+                else files.read(index)[tuple(slice(0, b.stop - b.start) for b in box)]
             ),
         )
         src = tuple(

@@ -20,6 +20,7 @@ import numpy as np
 import zarr
 
 from engine.chunk_cache import read_cached
+from engine.chunk_files import ChunkFiles, chunk_files
 from engine.errors import EngineError
 from engine.geometry import Roi, chunk_roi
 from engine.grid import ChunkTask
@@ -64,13 +65,30 @@ def open_array(root: str, path: str, mode: str = "r") -> zarr.Array:
     the metadata file's mtime and size, so an array created anew is opened anew.
     """
     url = f"{root}/{path}"
+    stamp = _metadata_stamp(url)
+    if stamp is None:
+        return zarr.open_array(url, mode=mode)
+    return _open_cached(url, mode, stamp)
+
+
+def direct_files(root: str, path: str) -> ChunkFiles | None:
+    """Direct access to an array's chunk files (engine/chunk_files.py), or None when it
+    needs zarr; cached as `open_array` is."""
+    url = f"{root}/{path}"
+    stamp = _metadata_stamp(url)
+    if stamp is None:
+        return None
+    return _files_cached(url, stamp)
+
+
+def _metadata_stamp(url: str) -> tuple[int, int, int] | None:
     for name in ("zarr.json", ".zarray"):
         try:
             info = os.stat(f"{url}/{name}")
         except OSError:
             continue
-        return _open_cached(url, mode, (info.st_mtime_ns, info.st_size, info.st_ino))
-    return zarr.open_array(url, mode=mode)
+        return (info.st_mtime_ns, info.st_size, info.st_ino)
+    return None
 
 
 @functools.lru_cache(maxsize=256)
@@ -83,17 +101,25 @@ def _open_cached(url: str, mode: str, stamp: tuple[int, int, int]) -> zarr.Array
     return zarr.open_array(url, mode=mode).with_config({"write_empty_chunks": True})
 
 
+@functools.lru_cache(maxsize=256)
+def _files_cached(url: str, stamp: tuple[int, int, int]) -> ChunkFiles | None:
+    return chunk_files(_open_cached(url, "r", stamp))
+
+
 def read_source(root: str, source: Source, box: Roi) -> np.ndarray:
     """A work-space box of a source; for the image, its one channel is selected.
 
     The input image (a source with a cache key) is read through the decoded-chunk cache.
     """
     array = open_array(root, source.path)
+    files = direct_files(root, source.path)
     slices = list(box.to_slices())
     if source.channel_axis is not None:
         slices.insert(source.channel_axis, slice(source.channel, source.channel + 1))
     if source.cache_key is not None:
-        data = read_cached(array, slices, (root, source.cache_key))
+        data = read_cached(array, slices, (root, source.cache_key), files=files)
+    elif files is not None:
+        data = files.read_box(slices)
     else:
         data = np.asarray(array[tuple(slices)])
     if source.channel_axis is not None:
@@ -102,8 +128,15 @@ def read_source(root: str, source: Source, box: Roi) -> np.ndarray:
 
 
 def write_target(root: str, path: str, box: Roi, data: np.ndarray) -> None:
+    """Write a box; a box that is exactly one chunk goes straight to its chunk file."""
     array = open_array(root, path, "r+")
-    array[box.to_slices()] = data.astype(array.dtype, copy=False)
+    files = direct_files(root, path)
+    slices = box.to_slices()
+    index = files.whole_chunk(slices) if files is not None else None
+    if index is not None:
+        files.write(index, data.astype(files.dtype, copy=False))
+    else:
+        array[slices] = data.astype(array.dtype, copy=False)
 
 
 def time_slices(box: Roi, spatial: Sequence[int]) -> Iterator[tuple[int | None, tuple[Any, ...]]]:
