@@ -33,7 +33,7 @@ from engine.ngff.metadata import read_image
 from engine.pipeline import Pipeline
 from engine.plan import human_bytes, summarize
 from engine.rois import parse_cli_roi
-from engine.run import make_plan, resolve_input, run
+from engine.runner import make_plan, resolve_input, run
 from engine.version import __version__
 
 console = Console(stderr=True)

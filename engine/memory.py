@@ -18,13 +18,11 @@ import numpy as np
 
 from engine.chunk_cache import DEFAULT_BUDGET_BYTES
 from engine.errors import ConfigError
+from engine.launch import HEAP_TOP_PAD_BYTES
 from engine.plan import Plan, Stage, chain_boxes, human_bytes
 
 PROCESS_BYTES = 200 * 1024**2  # a dask worker with numpy, scipy, zarr imported (~130 MiB measured)
 WORKING_ITEMSIZE = 8  # ops may compute in float64
-# glibc keeps this much free at the top of each heap of a worker (MALLOC_TOP_PAD_, set by
-# engine/execute/cluster.py), so the next task reuses memory instead of faulting it in
-HEAP_TOP_PAD_BYTES = 64 * 1024**2
 # the heaps that keep it: the task thread's and those of zarr's codec threads (measured:
 # 190 MiB more peak per worker than without the pad)
 HEAP_SLACK_BYTES = 3 * HEAP_TOP_PAD_BYTES

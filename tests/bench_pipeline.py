@@ -131,7 +131,7 @@ def run_engine(sample: str, workers: int, config: str = "configs/nuclei-measure.
     cmd = [
         sys.executable,
         "-m",
-        "engine.cli",
+        "engine",
         "run",
         str(REPO / config),
         "--input",

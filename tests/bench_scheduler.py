@@ -77,7 +77,7 @@ def peak_rss() -> int:
 
 def drive(image: str, address: str) -> dict:
     """In the driver's own process: one run of the no-op chain."""
-    from engine.run import run
+    from engine.runner import run
 
     before = peak_rss()
     started, cpu = time.perf_counter(), time.process_time()
@@ -100,7 +100,7 @@ def plan_and_setup(image: str) -> dict:
     from engine.markers import Markers
     from engine.memory import projected_peak
     from engine.plan import layout_hash
-    from engine.run import make_plan
+    from engine.runner import make_plan
 
     before = peak_rss()
     started = time.perf_counter()
@@ -135,7 +135,7 @@ def in_child(*argv: str) -> dict:
 
 
 def overhead(tmp: Path, count: int, address: str, workers: int) -> dict:
-    from engine.run import make_plan
+    from engine.runner import make_plan
 
     image = noop_image(tmp, count)
     pipeline = noop_pipeline()
@@ -215,7 +215,7 @@ def preview_image(path: Path, shape: tuple[int, ...], roi: tuple[slice, ...]) ->
 
 def preview_latency(tmp: Path, address: str) -> list[dict]:
     from engine import Pipeline
-    from engine.run import run
+    from engine.runner import run
 
     pipeline = Pipeline.from_yaml(REPO / "configs/nuclei.yaml")
     rows = []

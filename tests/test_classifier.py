@@ -14,7 +14,7 @@ from skimage.feature import multiscale_basic_features
 from engine import Pipeline, run
 from engine.cli import main
 from engine.errors import ConfigError, EngineError, OutputConflict
-from engine.run import make_plan
+from engine.runner import make_plan
 from engine.sample import sample_rois
 from engine.sample_zarr import write_sample
 from tasks.classifier import TrainParams, block_samples, combine_samples, file_sha256

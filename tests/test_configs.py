@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine import Pipeline
-from engine.run import make_plan, run
+from engine.runner import make_plan, run
 from engine.sample_zarr import write_sample
 
 CONFIGS_DIR = Path(__file__).parents[1] / "configs"

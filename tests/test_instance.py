@@ -15,7 +15,7 @@ from engine import Pipeline, run
 from engine.errors import ConfigError, EngineError
 from engine.execute.executor import TaskFailed
 from engine.geometry import Roi
-from engine.run import make_plan
+from engine.runner import make_plan
 from tasks.instance import seeded_watershed
 
 OVERLAP = 12

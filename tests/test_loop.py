@@ -13,7 +13,7 @@ import zarr
 
 from engine import Pipeline
 from engine.cli import main
-from engine.run import run
+from engine.runner import run
 from engine.sample_zarr import write_sample
 
 CONFIGS = Path(__file__).parents[1] / "configs"

@@ -18,7 +18,7 @@ from engine.ngff.metadata import open_group, read_image
 from engine.ngff.roi_tables import ROI_COLUMNS, box_to_micrometer, read_rois, write_rois
 from engine.pipeline import Pipeline
 from engine.rois import image_roi, resolve_roi
-from engine.run import make_plan, run
+from engine.runner import make_plan, run
 
 PIPELINE = """
 rois:

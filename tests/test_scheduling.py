@@ -4,6 +4,8 @@ ROIs, sharded outputs written by many workers, and the memory check before a run
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,10 @@ from engine import Pipeline
 from engine.errors import ConfigError
 from engine.ngff.metadata import Axis
 from engine.ngff.write import LevelSpec, create_image
-from engine.run import run
+from engine.runner import run
+from engine.sample_zarr import write_sample
+
+REPO = Path(__file__).resolve().parents[1]
 
 SMOOTH = {"name": "smooth", "op": "gaussian", "params": {"sigma": 1.5}}
 
@@ -159,8 +164,91 @@ def test_local_workers_get_the_heap_pad_and_no_profiler():
     """The workers a run starts keep freed memory for the next task and do not sample
     their stacks (engine/execute/cluster.py: worker_config)."""
     from engine.execute.cluster import connect
-    from engine.memory import HEAP_TOP_PAD_BYTES
+    from engine.launch import HEAP_TOP_PAD_BYTES
 
     with connect(workers=1) as client:
         (settings,) = client.run(_worker_settings).values()
     assert settings == (str(HEAP_TOP_PAD_BYTES), False)
+
+
+FORKED_WORKERS = """
+import json, multiprocessing.forkserver, os, sys
+from engine.launch import start_worker_server, worker_environment
+
+def probe():
+    import dask
+    profile = dask.config.get("distributed.worker.profile.enabled")
+    pad = os.environ.get("MALLOC_TOP_PAD_")
+    return [pad, profile, "engine.compute" in sys.modules, os.getppid()]
+
+if __name__ == "__main__":
+    start_worker_server(worker_environment())
+    from engine.execute.cluster import connect
+    with connect(workers=2) as client:
+        got = list(client.run(probe).values())
+    print(json.dumps({"server": multiprocessing.forkserver._forkserver._forkserver_pid,
+                      "workers": got}))
+"""
+
+
+def test_command_forks_local_workers_from_a_server_that_imported_the_engine(tmp_path):
+    """engine/launch.py: workers come from the fork server, with the engine imported
+    before their first task and the environment of spawned workers."""
+    from engine.launch import HEAP_TOP_PAD_BYTES
+
+    script = tmp_path / "forked.py"
+    script.write_text(FORKED_WORKERS)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["workers"] == [[str(HEAP_TOP_PAD_BYTES), False, True, found["server"]]] * 2
+
+
+def test_command_runs_the_pipeline_with_forked_workers(tmp_path):
+    """`python -m engine run` end to end (the command's own entry point), then the
+    outputs read back."""
+    sample = write_sample(str(tmp_path / "s.zarr"), (24, 80, 80), chunks=(12, 40, 40))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "--debug",
+            "run",
+            str(REPO / "configs/nuclei.yaml"),
+            "--input",
+            sample,
+            "--workers",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    labels = zarr.open_array(f"{result['outputs']['nuclei']}/s0")[...]
+    assert labels.max() == result["objects"]["nuclei"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "starts"),
+    [
+        (["run", "c.yaml"], True),
+        (["--debug", "run", "c.yaml", "--workers", "2"], True),
+        (["run", "c.yaml", "--scheduler", "tcp://x:1"], False),
+        (["run", "c.yaml", "--cluster", "slurm"], False),
+        (["run", "c.yaml", "--cluster=slurm"], False),
+        (["run", "c.yaml", "--cluster", "local"], True),
+        (["plan", "c.yaml"], False),
+        ([], False),
+    ],
+)
+def test_which_command_lines_start_the_worker_server(argv, starts):
+    from engine.launch import starts_local_workers
+
+    assert starts_local_workers(argv) is starts

@@ -259,7 +259,7 @@ def test_slurm_workers_get_the_heap_pad_and_no_profiler(slurm, tmp_path):
     """Worker jobs get the engine's worker settings through the job script's environment
     (engine/execute/cluster.py: worker_config)."""
     from engine.execute.slurm import slurm_client
-    from engine.memory import HEAP_TOP_PAD_BYTES
+    from engine.launch import HEAP_TOP_PAD_BYTES
 
     def settings() -> tuple[str | None, bool, str | None]:
         import dask

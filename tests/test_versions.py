@@ -22,7 +22,7 @@ from engine.cli import main
 from engine.errors import OutputConflict
 from engine.execute.executor import TaskFailed
 from engine.records import read_record
-from engine.run import make_plan
+from engine.runner import make_plan
 from engine.sample_zarr import write_sample
 
 ROI = {"z": (1, 15), "y": (5, 90), "x": (3, 77)}

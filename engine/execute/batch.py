@@ -74,7 +74,7 @@ class Progress:
 def drive(run_dir: Path, spec: dict[str, Any], scheduler: str) -> int:
     from engine.errors import EngineError
     from engine.pipeline import Pipeline
-    from engine.run import run
+    from engine.runner import run
 
     try:
         pipeline = Pipeline.build(spec["pipeline"], source=spec.get("config", "pipeline"))

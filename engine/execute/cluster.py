@@ -19,7 +19,7 @@ import dask
 from distributed import Client, LocalCluster
 
 from engine.errors import ConfigError, EngineError
-from engine.memory import HEAP_TOP_PAD_BYTES
+from engine.launch import HEAP_TOP_PAD_BYTES, worker_server_environment
 from engine.pipeline import ClusterSpec, _first_error
 from engine.plan import Plan
 
@@ -45,6 +45,20 @@ def worker_config() -> dict[str, Any]:
         "distributed.nanny.pre-spawn-environ": {**environ, "MALLOC_TOP_PAD_": HEAP_TOP_PAD_BYTES},
         "distributed.worker.profile.enabled": False,
     }
+
+
+def start_method() -> dict[str, Any]:
+    """Fork local workers from the server the command started (engine/launch.py) when
+    it has the environment dask's settings ask for; else spawn them."""
+    wanted = worker_config()["distributed.nanny.pre-spawn-environ"]
+    if worker_server_environment() != {k: str(v) for k, v in wanted.items()}:
+        return {}
+    import distributed.utils
+
+    # dask would otherwise import every package it knows in this process, to preload
+    # them in a server that is already running
+    distributed.utils._forkserver_preload_set = True
+    return {"distributed.worker.multiprocessing-method": "forkserver"}
 
 
 def config_exports(config: dict[str, Any]) -> list[str]:
@@ -124,6 +138,7 @@ def connect(
         raise EngineError(f"--workers must be at least 1, got {n}")
     with (
         dask.config.set(worker_config()),
+        dask.config.set(start_method()),
         LocalCluster(
             n_workers=n,
             threads_per_worker=1,

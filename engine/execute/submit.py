@@ -33,7 +33,7 @@ from engine.execute.cluster import ClusterArg, resolve_cluster
 from engine.pipeline import ClusterSpec, Pipeline, RoiSpec
 from engine.plan import layout_hash
 from engine.records import find_resumable
-from engine.run import RunResult, check_output, check_resumable, make_plan, resolve_input, run
+from engine.runner import RunResult, check_output, check_resumable, make_plan, resolve_input, run
 
 TEMPLATE = Path(__file__).with_name("run.sbatch.template")  # slurm/ links to it
 FIELD = re.compile(r"{{\s*(\w+)\s*}}")
