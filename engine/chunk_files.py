@@ -93,22 +93,28 @@ class ChunkFiles:
         )
 
     def read_box(self, box: Sequence[slice]) -> np.ndarray:
-        """`array[box]` (slices with steps of 1) from the chunks it touches."""
-        box = tuple(box)
+        """`array[box]` from the chunks it touches, one at a time: with steps (every
+        n-th voxel, as a label pyramid reads), never more than one chunk at full size."""
+        box = tuple(slice(s.start, s.stop, s.step or 1) for s in box)
         grid = zip(box, self.chunks, strict=True)
         ranges = [range(s.start // c, -(-s.stop // c)) for s, c in grid]
         indices = list(itertools.product(*ranges))
-        if len(indices) == 1 and box == self.chunk_box(indices[0]):
+        if len(indices) == 1 and box == tuple(
+            slice(h.start, h.stop, 1) for h in self.chunk_box(indices[0])
+        ):
             return self.read(indices[0])[tuple(slice(0, s.stop - s.start) for s in box)]
-        out = np.empty([s.stop - s.start for s in box], dtype=self.dtype)
+        out = np.empty([len(range(s.start, s.stop, s.step)) for s in box], dtype=self.dtype)
         for index in indices:
-            held = self.chunk_box(index)
             into, take = [], []
-            for h, s in zip(held, box, strict=True):
+            for h, s in zip(self.chunk_box(index), box, strict=True):
                 lo, hi = max(h.start, s.start), min(h.stop, s.stop)
-                into.append(slice(lo - s.start, hi - s.start))
-                take.append(slice(lo - h.start, hi - h.start))
-            out[tuple(into)] = self.read(index)[tuple(take)]
+                first = s.start + -(-(lo - s.start) // s.step) * s.step  # first taken >= lo
+                count = len(range(first, hi, s.step))
+                at = (first - s.start) // s.step
+                into.append(slice(at, at + count))
+                take.append(slice(first - h.start, first - h.start + count * s.step, s.step))
+            if all(t.start < t.stop for t in take):
+                out[tuple(into)] = self.read(index)[tuple(take)]
         return out
 
     def whole_chunk(self, box: Sequence[slice]) -> Index | None:

@@ -106,8 +106,11 @@ def _files_cached(url: str, stamp: tuple[int, int, int]) -> ChunkFiles | None:
     return chunk_files(_open_cached(url, "r", stamp))
 
 
-def read_source(root: str, source: Source, box: Roi) -> np.ndarray:
-    """A work-space box of a source; for the image, its one channel is selected.
+def read_source(
+    root: str, source: Source, box: Roi, step: Sequence[int] | None = None
+) -> np.ndarray:
+    """A work-space box of a source (every `step`-th voxel per axis, when given); for the
+    image, its one channel is selected.
 
     The input image (a source with a cache key) is read through the decoded-chunk cache.
     """
@@ -116,6 +119,10 @@ def read_source(root: str, source: Source, box: Roi) -> np.ndarray:
     slices = list(box.to_slices())
     if source.channel_axis is not None:
         slices.insert(source.channel_axis, slice(source.channel, source.channel + 1))
+    if step is not None:
+        if source.cache_key is not None or source.channel_axis is not None:
+            raise ValueError("a strided read is for arrays of the work space only")
+        slices = [slice(s.start, s.stop, f) for s, f in zip(slices, step, strict=True)]
     if source.cache_key is not None:
         data = read_cached(array, slices, (root, source.cache_key), files=files)
     elif files is not None:
@@ -469,12 +476,13 @@ def run_evaluate(root: str, stage: Stage, task: ChunkTask) -> Counts:
 
 
 def run_pyramid(root: str, stage: Stage, read: Roi, write: Roi, factors: Sequence[int]) -> int:
+    """One chunk of a pyramid level from the level below: every f-th voxel for labels
+    (read chunk by chunk, never the whole box), the mean over f-blocks for images."""
     assert stage.source is not None and stage.target is not None
-    data = read_source(root, stage.source, read)
     if stage.connectivity == 0:
-        result = data[tuple(slice(None, None, f) for f in factors)]
+        result = read_source(root, stage.source, read, step=factors)
     else:
-        result = block_mean(data, factors)
+        result = block_mean(read_source(root, stage.source, read), factors)
     write_target(root, stage.target, write, result[tuple(slice(0, int(s)) for s in write.shape)])
     return write.size
 

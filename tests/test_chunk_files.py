@@ -102,3 +102,19 @@ def test_layouts_that_need_zarr_are_left_to_it(tmp_path):
     in_memory = zarr.create_array(zarr.storage.MemoryStore(), shape=SHAPE, dtype="uint16")
     for array in (sharded, big_endian, filtered, gzip, in_memory):
         assert chunk_files(array) is None
+
+
+@pytest.mark.parametrize("layout", ["v3 raw", "v3 blosc lz4 bitshuffle", "v2 zstd"])
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_strided_boxes_read_as_zarr_reads_them(tmp_path_factory, layout, data):
+    """Every n-th voxel from any start, as a label pyramid reads the level below."""
+    path = tmp_path_factory.mktemp("strided") / "a.zarr"
+    array = create(path, layout)
+    array[:6] = DATA[:6]
+    files = chunk_files(array)
+    start = [data.draw(st.integers(0, s - 1)) for s in SHAPE]
+    stop = [data.draw(st.integers(a + 1, s)) for a, s in zip(start, SHAPE, strict=True)]
+    step = [data.draw(st.integers(1, 5)) for _ in SHAPE]
+    box = tuple(slice(a, b, f) for a, b, f in zip(start, stop, step, strict=True))
+    np.testing.assert_array_equal(files.read_box(box), array[box])
