@@ -20,7 +20,8 @@ SHAPE, CHUNKS = (11, 13, 7), (4, 5, 3)
 LAYOUTS = {
     "v3 raw": (3, None),
     "v3 zstd": (3, ZstdCodec(level=1)),
-    "v3 blosc lz4 bitshuffle": (3, fast_compressor("uint16", 3)),
+    "v3 blosc lz4 shuffle": (3, fast_compressor("uint16", 3)),
+    "v3 blosc lz4 bitshuffle": (3, BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")),
     "v3 blosc zstd": (3, BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")),
     "v2 raw": (2, None),
     "v2 zstd": (2, numcodecs.Zstd(level=1)),

@@ -38,19 +38,23 @@ class LevelSpec:
 
 
 def fast_compressor(dtype: np.dtype | str, zarr_format: Literal[2, 3]) -> Any:
-    """LZ4 in Blosc, bit-shuffled for integers (byte-shuffled for floats): every output
-    chunk is encoded once and decoded by each later read (pyramid levels, tables,
-    viewers). On a 64x256x256 chunk it encoded a uint16 image 3x and a uint32 label
-    image 2x faster than zarr's default zstd, decoded both 2x faster, at the same or
-    a smaller size. Both Zarr formats know Blosc, so any reader opens the result."""
-    kind = np.dtype(dtype).kind
+    """LZ4 in Blosc, byte-shuffled (bit-shuffled for 1-byte types): every output chunk is
+    encoded once and decoded by each later read (pyramid levels, tables, viewers). Both
+    Zarr formats know Blosc, so any reader opens the result.
+
+    On a 64x256x256 chunk of the sample, against zarr's default zstd: a uint16 image
+    encoded 4.5 ms (zstd 75 ms) and decoded 2.8 ms (16 ms) at the same size. Byte
+    against bit shuffle: uint32 labels 7.2 against 12.5 ms to encode, 4.2 against 6.4 ms
+    to decode, 1.11 against 1.23 MB; a uint8 mask is 0.56 against 0.23 MB, so 1-byte
+    types keep bit shuffle."""
+    bits = np.dtype(dtype).itemsize == 1
     if zarr_format == 2:
         import numcodecs
 
-        shuffle = numcodecs.Blosc.SHUFFLE if kind == "f" else numcodecs.Blosc.BITSHUFFLE
+        shuffle = numcodecs.Blosc.BITSHUFFLE if bits else numcodecs.Blosc.SHUFFLE
         return numcodecs.Blosc(cname="lz4", clevel=5, shuffle=shuffle)
     return zarr.codecs.BloscCodec(
-        cname="lz4", clevel=5, shuffle="shuffle" if kind == "f" else "bitshuffle"
+        cname="lz4", clevel=5, shuffle="bitshuffle" if bits else "shuffle"
     )
 
 
