@@ -36,7 +36,14 @@ from engine.markers import Markers, drop_torn_writes
 from engine.memory import check_fits
 from engine.models import write_model
 from engine.ngff.metadata import ImageMeta, open_group, read_image
-from engine.ngff.tables import merge_rows, read_rows, read_table, table_attrs, write_table
+from engine.ngff.tables import (
+    import_in_background,
+    merge_rows,
+    read_rows,
+    read_table,
+    table_attrs,
+    write_table,
+)
 from engine.ngff.write import (
     create_image,
     engine_attrs,
@@ -251,6 +258,8 @@ def run(
             record.update(stages=stage_rows, **_totals(stage_rows))
 
         stages: list[StageStats] = []
+        if any(out.kind == "table" for out in plan.outputs):
+            import_in_background()
         try:
             projected = 0
             if plan.stages:  # else every output is reused: no cluster to start
