@@ -20,6 +20,7 @@ before the server starts; keep their imports to the standard library.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import sys
@@ -36,8 +37,8 @@ DASK_WORKER_ENVIRONMENT = {
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
 }
-# what a worker imports to run chunk tasks
-WORKER_MODULES = ["distributed", "engine.execute.executor"]
+# what a worker imports to run chunk tasks, and the server's own exit (engine/fork_server.py)
+WORKER_MODULES = ["distributed", "engine.execute.executor", "engine.fork_server"]
 
 _server_environment: dict[str, str] | None = None
 
@@ -82,8 +83,18 @@ def starts_local_workers(argv: Sequence[str]) -> bool:
 
 
 def main() -> int:
-    if starts_local_workers(sys.argv[1:]):
+    """Run the command. After a run that started the worker server, the process ends
+    without the interpreter's teardown (its modules and dask's and zarr's threads:
+    0.3 s, with everything written and closed by then)."""
+    server = starts_local_workers(sys.argv[1:])
+    if server:
         start_worker_server(worker_environment())
     from engine.cli import main as run_command
 
-    return run_command()
+    code = run_command()
+    if not server:
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)

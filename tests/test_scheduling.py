@@ -252,3 +252,17 @@ def test_which_command_lines_start_the_worker_server(argv, starts):
     from engine.launch import starts_local_workers
 
     assert starts_local_workers(argv) is starts
+
+
+def test_command_with_forked_workers_reports_bad_input_with_exit_2(tmp_path):
+    """The command's own entry point ends a run without the interpreter's teardown
+    (engine/launch.py); its message and exit code still come through."""
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "run", str(tmp_path / "missing.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == 2
+    assert "missing.yaml: cannot read config" in done.stderr
