@@ -67,10 +67,11 @@ class ChunkFiles:
 
     def write(self, index: Index, data: np.ndarray) -> None:
         """Store a whole chunk (its part inside the array; an edge chunk is padded)."""
-        if data.shape != self.chunks or not data.flags.c_contiguous or data.dtype != self.dtype:
+        if data.shape != self.chunks:
             full = np.full(self.chunks, self.fill_value, dtype=self.dtype)
             full[tuple(slice(0, s) for s in data.shape)] = data
             data = full
+        data = np.ascontiguousarray(data, dtype=self.dtype)
         path = self.path(index)
         partial = f"{path}.{uuid.uuid4().hex}.partial"
         try:

@@ -241,7 +241,8 @@ def number_time_points(
     parts, count = [], 0
     for labels, n in numbered:
         labels = labels.astype(np.uint32, copy=False)
-        labels[labels > 0] += np.uint32(count)
+        if count:
+            labels[labels > 0] += np.uint32(count)
         parts.append(labels)
         count += n
     return _stack(parts, spatial, box), count

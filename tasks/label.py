@@ -34,8 +34,9 @@ def structure(ndim: int, connectivity: int) -> np.ndarray:
 
 def label_block(mask: np.ndarray, params: LabelParams, ctx: Context, value: None = None):
     """Labels of one block, 1..n in scan order, as uint32 (a block never holds 2**32 objects)."""
-    labels, _ = ndimage.label(mask, structure=structure(mask.ndim, params.connectivity))
-    return labels.astype(np.uint32, copy=False)
+    labels = np.empty(mask.shape, dtype=np.uint32)  # scipy's int32 would need a copy
+    ndimage.label(mask, structure=structure(mask.ndim, params.connectivity), output=labels)
+    return labels
 
 
 def crossing_pairs(
