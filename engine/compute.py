@@ -134,6 +134,14 @@ def read_source(
     return data
 
 
+def read_array(root: str, path: str, box: Roi) -> np.ndarray:
+    """A box of an array of the run (a face array): from its chunk files when it can."""
+    files = direct_files(root, path)
+    if files is not None:
+        return files.read_box(box.to_slices())
+    return np.asarray(open_array(root, path)[box.to_slices()])
+
+
 def write_target(root: str, path: str, box: Roi, data: np.ndarray) -> None:
     """Write a box; a box that is exactly one chunk goes straight to its chunk file."""
     array = open_array(root, path, "r+")
@@ -292,9 +300,8 @@ def run_faces(
         if write.stop[axis] >= read.stop[axis]:
             continue
         slab_box = face_box(read, index, axis, 1, faces=2)
-        slab = np.asarray(
-            open_array(root, face_array_path(stage.source.path, axis))[slab_box.to_slices()]
-        ).astype(np.uint64)
+        slab = read_array(root, face_array_path(stage.source.path, axis), slab_box)
+        slab = slab.astype(np.uint64)
         for other, base in bases.items():
             side = other[axis] - index[axis]
             if side not in (0, 1) or base == 0:
@@ -389,9 +396,7 @@ def run_match(
         if write.stop[axis] >= read.stop[axis]:
             continue
         box = face_box(write, index, axis, 1, faces=2, planes=face_planes(stage, axis))
-        faces = np.asarray(
-            open_array(root, face_array_path(stage.source.path, axis))[box.to_slices()]
-        )
+        faces = read_array(root, face_array_path(stage.source.path, axis), box)
         low, high = np.split(faces, 2, axis=axis)
         pairs = matching_pairs(low, high, params.iou_threshold)
         upper = tuple(i + (a == axis) for a, i in enumerate(index))
