@@ -39,6 +39,9 @@ Index = tuple[int, ...]
 
 @dataclass(frozen=True)
 class ChunkFiles:
+    """An array's chunk files and what reading and writing them takes: where they are,
+    how a chunk index names its file, the grid, and the codec."""
+
     directory: str
     encode_key: Callable[[Index], str]
     shape: tuple[int, ...]
