@@ -30,6 +30,12 @@ from collections.abc import Sequence
 # the next task reuses memory instead of faulting it in; see worker_config() in
 # engine/execute/cluster.py
 HEAP_TOP_PAD_BYTES = 64 * 1024**2
+# arrays up to this size come from the heap, not from a fresh mmap each (glibc's most)
+HEAP_MMAP_THRESHOLD_BYTES = 32 * 1024**2
+HEAP_ENVIRONMENT = {
+    "MALLOC_TOP_PAD_": str(HEAP_TOP_PAD_BYTES),
+    "MALLOC_MMAP_THRESHOLD_": str(HEAP_MMAP_THRESHOLD_BYTES),
+}
 # what dask's nanny sets before it spawns a worker (distributed.nanny.pre-spawn-environ)
 DASK_WORKER_ENVIRONMENT = {
     "MALLOC_TRIM_THRESHOLD_": "65536",
@@ -44,7 +50,7 @@ _server_environment: dict[str, str] | None = None
 
 
 def worker_environment() -> dict[str, str]:
-    return {**DASK_WORKER_ENVIRONMENT, "MALLOC_TOP_PAD_": str(HEAP_TOP_PAD_BYTES)}
+    return {**DASK_WORKER_ENVIRONMENT, **HEAP_ENVIRONMENT}
 
 
 def start_worker_server(environment: dict[str, str]) -> None:

@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from engine import Pipeline
 from engine.errors import ConfigError
+from engine.launch import HEAP_ENVIRONMENT
 from engine.ngff.metadata import Axis
 from engine.ngff.write import LevelSpec, create_image
 from engine.runner import run
@@ -157,29 +158,29 @@ def _worker_settings() -> tuple[str | None, bool]:
 
     import dask
 
-    return os.environ.get("MALLOC_TOP_PAD_"), dask.config.get("distributed.worker.profile.enabled")
+    heap = {name: os.environ.get(name) for name in HEAP_ENVIRONMENT}
+    return heap, dask.config.get("distributed.worker.profile.enabled")
 
 
 def test_local_workers_get_the_heap_pad_and_no_profiler():
     """The workers a run starts keep freed memory for the next task and do not sample
     their stacks (engine/execute/cluster.py: worker_config)."""
     from engine.execute.cluster import connect
-    from engine.launch import HEAP_TOP_PAD_BYTES
 
     with connect(workers=1) as client:
         (settings,) = client.run(_worker_settings).values()
-    assert settings == (str(HEAP_TOP_PAD_BYTES), False)
+    assert settings == (HEAP_ENVIRONMENT, False)
 
 
 FORKED_WORKERS = """
 import json, multiprocessing.forkserver, os, sys
-from engine.launch import start_worker_server, worker_environment
+from engine.launch import HEAP_ENVIRONMENT, start_worker_server, worker_environment
 
 def probe():
     import dask
     profile = dask.config.get("distributed.worker.profile.enabled")
-    pad = os.environ.get("MALLOC_TOP_PAD_")
-    return [pad, profile, "engine.compute" in sys.modules, os.getppid()]
+    heap = {name: os.environ.get(name) for name in HEAP_ENVIRONMENT}
+    return [heap, profile, "engine.compute" in sys.modules, os.getppid()]
 
 if __name__ == "__main__":
     start_worker_server(worker_environment())
@@ -194,8 +195,6 @@ if __name__ == "__main__":
 def test_command_forks_local_workers_from_a_server_that_imported_the_engine(tmp_path):
     """engine/launch.py: workers come from the fork server, with the engine imported
     before their first task and the environment of spawned workers."""
-    from engine.launch import HEAP_TOP_PAD_BYTES
-
     script = tmp_path / "forked.py"
     script.write_text(FORKED_WORKERS)
     done = subprocess.run(
@@ -203,7 +202,7 @@ def test_command_forks_local_workers_from_a_server_that_imported_the_engine(tmp_
     )
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
-    assert found["workers"] == [[str(HEAP_TOP_PAD_BYTES), False, True, found["server"]]] * 2
+    assert found["workers"] == [[HEAP_ENVIRONMENT, False, True, found["server"]]] * 2
 
 
 def test_command_runs_the_pipeline_with_forked_workers(tmp_path):

@@ -259,17 +259,20 @@ def test_slurm_workers_get_the_heap_pad_and_no_profiler(slurm, tmp_path):
     """Worker jobs get the engine's worker settings through the job script's environment
     (engine/execute/cluster.py: worker_config)."""
     from engine.execute.slurm import slurm_client
-    from engine.launch import HEAP_TOP_PAD_BYTES
+    from engine.launch import HEAP_ENVIRONMENT
 
-    def settings() -> tuple[str | None, bool, str | None]:
+    names = list(HEAP_ENVIRONMENT)
+
+    def settings() -> tuple[dict[str, str | None], bool, str | None]:
         import dask
 
         profile = dask.config.get("distributed.worker.profile.enabled")
-        return os.environ.get("MALLOC_TOP_PAD_"), profile, os.environ.get("SLURM_JOB_ID")
+        heap = {name: os.environ.get(name) for name in names}
+        return heap, profile, os.environ.get("SLURM_JOB_ID")
 
     with slurm_client(ClusterSpec.model_validate(spec(tmp_path, jobs=1))) as client:
-        pad, profile, job = client.submit(settings, pure=False).result(timeout=60)
-    assert (pad, profile) == (str(HEAP_TOP_PAD_BYTES), False) and job
+        heap, profile, job = client.submit(settings, pure=False).result(timeout=60)
+    assert (heap, profile) == (HEAP_ENVIRONMENT, False) and job
 
 
 def test_tls_refuses_a_client_without_the_certificate(slurm, tmp_path):
