@@ -23,7 +23,8 @@ from engine.plan import Plan, Stage, chain_boxes, human_bytes
 
 PROCESS_BYTES = 200 * 1024**2  # a dask worker with numpy, scipy, zarr imported (~130 MiB measured)
 WORKING_ITEMSIZE = 8  # ops may compute in float64
-# the heaps that keep it: the task thread's and those of zarr's codec threads (measured:
+# freed memory a worker's heaps keep for the next task (HEAP_TOP_PAD_BYTES each, see
+# engine/launch.py): the task thread's heap and those of zarr's codec threads (measured:
 # 190 MiB more peak per worker than without the pad)
 HEAP_SLACK_BYTES = 3 * HEAP_TOP_PAD_BYTES
 
