@@ -114,8 +114,6 @@ def read_source(
 
     The input image (a source with a cache key) is read through the decoded-chunk cache.
     """
-    array = open_array(root, source.path)
-    files = direct_files(root, source.path)
     slices = list(box.to_slices())
     if source.channel_axis is not None:
         slices.insert(source.channel_axis, slice(source.channel, source.channel + 1))
@@ -124,22 +122,22 @@ def read_source(
             raise ValueError("a strided read is for arrays of the work space only")
         slices = [slice(s.start, s.stop, f) for s, f in zip(slices, step, strict=True)]
     if source.cache_key is not None:
+        array, files = open_array(root, source.path), direct_files(root, source.path)
         data = read_cached(array, slices, (root, source.cache_key), files=files)
-    elif files is not None:
-        data = files.read_box(slices)
     else:
-        data = np.asarray(array[tuple(slices)])
+        data = read_array(root, source.path, slices)
     if source.channel_axis is not None:
         data = data[tuple(0 if i == source.channel_axis else slice(None) for i in range(data.ndim))]
     return data
 
 
-def read_array(root: str, path: str, box: Roi) -> np.ndarray:
-    """A box of an array of the run (a face array): from its chunk files when it can."""
+def read_array(root: str, path: str, box: Roi | Sequence[slice]) -> np.ndarray:
+    """A box (or slices) of an array: from its chunk files when it can, else through zarr."""
+    slices = tuple(box.to_slices() if isinstance(box, Roi) else box)
     files = direct_files(root, path)
     if files is not None:
-        return files.read_box(box.to_slices())
-    return np.asarray(open_array(root, path)[box.to_slices()])
+        return files.read_box(slices)
+    return np.asarray(open_array(root, path)[slices])
 
 
 def write_target(root: str, path: str, box: Roi, data: np.ndarray) -> None:
