@@ -4,7 +4,7 @@ The public API: build or load a `Pipeline`, `run` it (or `submit` it and get a h
 at once); `make_plan` to inspect what would run without running it.
 
 Names are imported on first use (PEP 562), so `import engine` costs nothing: the
-command line (engine/launch.py) starts its workers' process server before the
+command line (engine/cli/entry.py) starts its workers' process server before the
 engine's own imports, which take over a second, and both then import side by side.
 """
 
@@ -14,23 +14,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _WHERE = {
-    "ClusterSpec": "engine.pipeline",
-    "ConfigError": "engine.errors",
-    "EngineError": "engine.errors",
-    "InputRef": "engine.pipeline",
-    "NgffError": "engine.errors",
-    "OutputConflict": "engine.errors",
-    "OutputSpec": "engine.pipeline",
-    "Pipeline": "engine.pipeline",
-    "Roi": "engine.geometry",
-    "RoiSpec": "engine.pipeline",
-    "RunHandle": "engine.execute.submit",
-    "RunResult": "engine.runner",
-    "Step": "engine.pipeline",
-    "__version__": "engine.version",
-    "make_plan": "engine.runner",
-    "run": "engine.runner",
-    "submit": "engine.execute.submit",
+    "ClusterSpec": "engine.core.pipeline",
+    "ConfigError": "engine.core.errors",
+    "EngineError": "engine.core.errors",
+    "InputRef": "engine.core.pipeline",
+    "NgffError": "engine.core.errors",
+    "OutputConflict": "engine.core.errors",
+    "OutputSpec": "engine.core.pipeline",
+    "Pipeline": "engine.core.pipeline",
+    "Roi": "engine.core.geometry",
+    "RoiSpec": "engine.core.pipeline",
+    "RunHandle": "engine.runs.submit",
+    "RunResult": "engine.runs.runner",
+    "Step": "engine.core.pipeline",
+    "__version__": "engine.core.version",
+    "make_plan": "engine.runs.runner",
+    "run": "engine.runs.runner",
+    "submit": "engine.runs.submit",
 }
 __all__ = [
     "ClusterSpec",
@@ -66,9 +66,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from engine.errors import ConfigError, EngineError, NgffError, OutputConflict
-    from engine.execute.submit import RunHandle, submit
-    from engine.geometry import Roi
-    from engine.pipeline import ClusterSpec, InputRef, OutputSpec, Pipeline, RoiSpec, Step
-    from engine.runner import RunResult, make_plan, run
-    from engine.version import __version__
+    from engine.core.errors import ConfigError, EngineError, NgffError, OutputConflict
+    from engine.core.geometry import Roi
+    from engine.core.pipeline import ClusterSpec, InputRef, OutputSpec, Pipeline, RoiSpec, Step
+    from engine.core.version import __version__
+    from engine.runs.runner import RunResult, make_plan, run
+    from engine.runs.submit import RunHandle, submit

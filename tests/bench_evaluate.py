@@ -65,7 +65,7 @@ def main() -> None:
         return
 
     from engine import Pipeline, run
-    from engine.evaluate import diff
+    from engine.runs.evaluation import diff
 
     standard = Pipeline.from_yaml(REPO / "configs" / "nuclei.yaml")
     args.sample = str(Path(args.sample).resolve())

@@ -42,9 +42,9 @@ sys.path.insert(0, str(REPO / "tests"))
 def plan_time_huge(tmp: Path) -> dict:
     from test_plan import NUCLEI, huge_image
 
-    from engine.geometry import Roi
-    from engine.ngff.metadata import read_image
-    from engine.plan import compile_plan
+    from engine.core.geometry import Roi
+    from engine.io.metadata import read_image
+    from engine.plan.compiler import compile_plan
 
     meta = read_image(huge_image(tmp / "huge.zarr"))
     roi = Roi((1000, 30000, 40000), (1064, 30064, 40064))
@@ -99,7 +99,7 @@ PROPS = ("label", "area", "centroid", "bbox", "intensity_mean", "intensity_min",
 
 def table_equal(ref: dict, labels: np.ndarray, engine: np.ndarray, table: str) -> bool:
     """Every regionprops column of every object, after mapping scipy's ids to the engine's."""
-    from engine.ngff.tables import read_table
+    from engine.io.tables import read_table
 
     ids, columns, values = read_table(table)
     fg = labels != 0
@@ -214,7 +214,7 @@ def main() -> None:
         scipy_child(*args.scipy_child)
         return
 
-    from engine.sample_zarr import write_sample
+    from engine.io.sample_zarr import write_sample
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -47,8 +47,8 @@ NOOP = {"steps": [{"name": "copy", "op": "function", "params": {"function": "num
 
 def empty_image(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...]) -> Path:
     """An NGFF 0.5 image with one level and no chunk written (reads give zeros)."""
-    from engine.ngff.metadata import Axis
-    from engine.ngff.write import LevelSpec, create_image
+    from engine.io.metadata import Axis
+    from engine.io.ngff_write import LevelSpec, create_image
 
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     axes = tuple(Axis(n, "space", "micrometer") for n in "zyx")
@@ -77,7 +77,7 @@ def peak_rss() -> int:
 
 def drive(image: str, address: str) -> dict:
     """In the driver's own process: one run of the no-op chain."""
-    from engine.runner import run
+    from engine.runs.runner import run
 
     before = peak_rss()
     started, cpu = time.perf_counter(), time.process_time()
@@ -97,10 +97,10 @@ def plan_and_setup(image: str) -> dict:
     import numpy as np
 
     from engine.execute.batching import batch, batch_size
-    from engine.markers import Markers
-    from engine.memory import projected_peak
-    from engine.plan import layout_hash
-    from engine.runner import make_plan
+    from engine.plan.compiler import layout_hash
+    from engine.plan.memory import projected_peak
+    from engine.runs.runner import make_plan
+    from engine.state.markers import Markers
 
     before = peak_rss()
     started = time.perf_counter()
@@ -135,7 +135,7 @@ def in_child(*argv: str) -> dict:
 
 
 def overhead(tmp: Path, count: int, address: str, workers: int) -> dict:
-    from engine.runner import make_plan
+    from engine.runs.runner import make_plan
 
     image = noop_image(tmp, count)
     pipeline = noop_pipeline()
@@ -174,7 +174,7 @@ def overhead(tmp: Path, count: int, address: str, workers: int) -> dict:
 
 def chunk_work(image: str, stage, tasks: list, spatial, context) -> tuple[float, float]:
     """Seconds of wall and CPU time per chunk of `tasks` run back to back, here."""
-    from engine import compute
+    from engine.worker import compute
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     for task in tasks:
@@ -204,7 +204,7 @@ def client_map(address: str, count: int) -> dict:
 
 def preview_image(path: Path, shape: tuple[int, ...], roi: tuple[slice, ...]) -> Path:
     """Sample data in the chunks around `roi` (with the gaussian's halo); the rest empty."""
-    from engine.sample import make_nuclei
+    from engine.io.sample_image import make_nuclei
 
     image = empty_image(path, shape, (64, 64, 64))
     box = tuple(slice(max(0, s.start - 64), s.stop + 64) for s in roi)
@@ -215,7 +215,7 @@ def preview_image(path: Path, shape: tuple[int, ...], roi: tuple[slice, ...]) ->
 
 def preview_latency(tmp: Path, address: str) -> list[dict]:
     from engine import Pipeline
-    from engine.runner import run
+    from engine.runs.runner import run
 
     pipeline = Pipeline.from_yaml(REPO / "configs/nuclei.yaml")
     rows = []
@@ -245,7 +245,7 @@ def preview_latency(tmp: Path, address: str) -> list[dict]:
 def memory_at_sizes(tmp: Path, sizes: list[tuple[int, ...]], workers: int) -> list[dict]:
     from bench_pipeline import run_engine
 
-    from engine.sample_zarr import write_sample
+    from engine.io.sample_zarr import write_sample
 
     rows = []
     for shape in sizes:

@@ -10,8 +10,8 @@ import pytest
 import zarr
 from distributed import LocalCluster
 
-from engine.ngff.metadata import Axis
-from engine.ngff.write import LevelSpec, create_image, zarr_format
+from engine.io.metadata import Axis
+from engine.io.ngff_write import LevelSpec, create_image, zarr_format
 
 TESTS = Path(__file__).parent
 

@@ -23,10 +23,10 @@ import yaml
 import zarr
 
 from engine import Pipeline, run
-from engine.cli import main
-from engine.errors import ConfigError
-from engine.records import list_runs
-from engine.sample_zarr import write_sample
+from engine.cli.commands import main
+from engine.core.errors import ConfigError
+from engine.io.sample_zarr import write_sample
+from engine.state.records import list_runs
 
 TESTS = Path(__file__).resolve().parent
 

@@ -10,10 +10,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.core.geometry import Roi
+from engine.core.grid import ChunkGrid
 from engine.execute.batching import batch, morton_keys
-from engine.geometry import Roi
-from engine.grid import ChunkGrid
-from engine.markers import ChunkMarker, read_records
+from engine.state.markers import ChunkMarker, read_records
 
 
 def morton_key(index: tuple[int, ...]) -> int:

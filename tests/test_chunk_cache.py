@@ -5,7 +5,7 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.chunk_cache import ChunkCache, read_cached
+from engine.io.chunk_cache import ChunkCache, read_cached
 
 DATA = np.arange(20 * 30 * 40, dtype=np.uint16).reshape(20, 30, 40)
 

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from engine.chunk_files import chunk_files
-from engine.ngff.write import fast_compressor
+from engine.io.chunk_files import chunk_files
+from engine.io.ngff_write import fast_compressor
 
 SHAPE, CHUNKS = (11, 13, 7), (4, 5, 3)
 LAYOUTS = {

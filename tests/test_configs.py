@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from engine import Pipeline
-from engine.runner import make_plan, run
-from engine.sample_zarr import write_sample
+from engine.io.sample_zarr import write_sample
+from engine.runs.runner import make_plan, run
 
 CONFIGS_DIR = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))

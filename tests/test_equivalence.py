@@ -17,7 +17,7 @@ from skimage.filters import threshold_otsu
 from user_ops import local_range
 
 from engine import Pipeline, run
-from engine.ngff.write import read_ome
+from engine.io.ngff_write import read_ome
 
 FIXED = 2000.0
 

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from engine import Pipeline, run
-from engine.ngff.metadata import read_image
-from engine.ngff.write import create_image, image_label_json, list_in_parent
-from engine.sample_zarr import write_sample
+from engine.io.metadata import read_image
+from engine.io.ngff_write import create_image, image_label_json, list_in_parent
+from engine.io.sample_zarr import write_sample
 from tasks.evaluate import Scores, combine_counts, pair_counts, scores
 
 

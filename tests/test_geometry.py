@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.geometry import Roi, chunks_touching, count_chunks
+from engine.core.geometry import Roi, chunks_touching, count_chunks
 
 
 def boxes(ndim: int = 3, lo: int = -50, hi: int = 200):

@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Pipeline
-from engine.geometry import Roi, chunks_touching, count_chunks
-from engine.grid import ChunkGrid
-from engine.memory import _task_bytes, project_stage
-from engine.ngff.metadata import Axis, read_image
-from engine.ngff.write import LevelSpec, create_image
-from engine.plan import Link, chain_boxes, compile_plan, layout_hash, summarize
+from engine.core.geometry import Roi, chunks_touching, count_chunks
+from engine.core.grid import ChunkGrid
+from engine.io.metadata import Axis, read_image
+from engine.io.ngff_write import LevelSpec, create_image
+from engine.plan.compiler import Link, chain_boxes, compile_plan, layout_hash, summarize
+from engine.plan.memory import _task_bytes, project_stage
 
 SHAPE = (23, 30, 17)
 NUCLEI = (

@@ -12,10 +12,10 @@ from conftest import same_partition, write_image
 from scipy import ndimage
 
 from engine import Pipeline, run
-from engine.errors import ConfigError, EngineError
+from engine.core.errors import ConfigError, EngineError
+from engine.core.geometry import Roi
 from engine.execute.executor import TaskFailed
-from engine.geometry import Roi
-from engine.runner import make_plan
+from engine.runs.runner import make_plan
 from tasks.instance import seeded_watershed
 
 OVERLAP = 12

@@ -12,9 +12,9 @@ import yaml
 import zarr
 
 from engine import Pipeline
-from engine.cli import main
-from engine.runner import run
-from engine.sample_zarr import write_sample
+from engine.cli.commands import main
+from engine.io.sample_zarr import write_sample
+from engine.runs.runner import run
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 

@@ -19,8 +19,8 @@ from scipy import ndimage
 from skimage.measure import regionprops_table
 
 from engine import Pipeline, run
-from engine.cli import main
-from engine.errors import ConfigError, OutputConflict
+from engine.cli.commands import main
+from engine.core.errors import ConfigError, OutputConflict
 from tasks.measure import combine_partials, measure_block, table_columns
 
 PROPS = ("label", "area", "centroid", "bbox", "intensity_mean", "intensity_min", "intensity_max")

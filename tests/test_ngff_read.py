@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from engine.ngff import ImageMeta, read_image
 from ome_zarr.format import FormatV04, FormatV05
 from scipy import ndimage as ndi
 
 from engine import Pipeline, RoiSpec, run
-from engine.errors import NgffError
-from engine.ngff import ImageMeta, read_image
-from engine.sample import make_nuclei
-from engine.sample_zarr import write_sample
+from engine.core.errors import NgffError
+from engine.io.sample_image import make_nuclei
+from engine.io.sample_zarr import write_sample
 
 with warnings.catch_warnings():  # its own deprecated default argument, at import time
     warnings.simplefilter("ignore", DeprecationWarning)

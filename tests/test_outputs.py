@@ -9,7 +9,7 @@ import zarr
 from conftest import blobs, same_partition, write_image
 from scipy import ndimage
 
-from engine.cli import main
+from engine.cli.commands import main
 
 CONFIG = """
 rois:

@@ -8,10 +8,10 @@ import numpy as np
 import zarr
 
 from engine import Pipeline
-from engine.geometry import Roi
-from engine.ngff.metadata import Axis, read_image
-from engine.ngff.write import LevelSpec, create_image
-from engine.plan import compile_plan, summarize
+from engine.core.geometry import Roi
+from engine.io.metadata import Axis, read_image
+from engine.io.ngff_write import LevelSpec, create_image
+from engine.plan.compiler import compile_plan, summarize
 
 NUCLEI = (
     Pipeline()

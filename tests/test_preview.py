@@ -10,9 +10,9 @@ import pytest
 import zarr
 from skimage.segmentation import find_boundaries
 
-from engine.cli import main
-from engine.preview import label_colour, stretch
-from engine.sample_zarr import write_sample
+from engine.cli.commands import main
+from engine.io.preview import label_colour, stretch
+from engine.io.sample_zarr import write_sample
 
 SHAPE = (32, 128, 160)
 

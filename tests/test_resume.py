@@ -24,12 +24,12 @@ import pytest
 import zarr
 
 from engine import Pipeline, run
-from engine.cli import main
-from engine.errors import EngineError, OutputConflict
+from engine.cli.commands import main
+from engine.core.errors import EngineError, OutputConflict
 from engine.execute.executor import TaskFailed
-from engine.markers import read_records
-from engine.records import read_record
-from engine.sample_zarr import write_sample
+from engine.io.sample_zarr import write_sample
+from engine.state.markers import read_records
+from engine.state.records import read_record
 
 TESTS = Path(__file__).parent
 CONFIG = TESTS.parent / "configs" / "nuclei.yaml"

@@ -11,14 +11,14 @@ import pytest
 import zarr
 from conftest import blobs, write_image
 
-from engine.cli import main
-from engine.errors import ConfigError
-from engine.geometry import Roi
-from engine.ngff.metadata import open_group, read_image
-from engine.ngff.roi_tables import ROI_COLUMNS, box_to_micrometer, read_rois, write_rois
-from engine.pipeline import Pipeline
-from engine.rois import image_roi, resolve_roi
-from engine.runner import make_plan, run
+from engine.cli.commands import main
+from engine.core.errors import ConfigError
+from engine.core.geometry import Roi
+from engine.core.pipeline import Pipeline
+from engine.io.metadata import open_group, read_image
+from engine.io.roi_tables import ROI_COLUMNS, box_to_micrometer, read_rois, write_rois
+from engine.io.rois import image_roi, resolve_roi
+from engine.runs.runner import make_plan, run
 
 PIPELINE = """
 rois:

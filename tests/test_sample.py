@@ -1,4 +1,4 @@
-"""Tests for the synthetic nuclei sample (engine.sample).
+"""Tests for the synthetic nuclei sample (engine.io.sample_image).
 
 The sample feeds `ngff-engine sample`, other tests and benchmarks, so these
 pin down its contract: shapes/dtypes, exact reproducibility, label invariants,
@@ -14,7 +14,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.filters import gaussian, threshold_otsu
 
-from engine.sample import NucleiSample, make_nuclei
+from engine.io.sample_image import NucleiSample, make_nuclei
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

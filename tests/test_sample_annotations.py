@@ -9,14 +9,14 @@ import pytest
 import zarr
 from scipy import ndimage
 
-from engine.cli import main
-from engine.geometry import Roi
-from engine.ngff.metadata import read_image
-from engine.ngff.roi_tables import read_rois
-from engine.pipeline import Pipeline
-from engine.rois import named_roi, resolve_roi
-from engine.sample import BACKGROUND, NUCLEUS, make_annotations, make_nuclei, sample_rois
-from engine.sample_zarr import write_sample
+from engine.cli.commands import main
+from engine.core.geometry import Roi
+from engine.core.pipeline import Pipeline
+from engine.io.metadata import read_image
+from engine.io.roi_tables import read_rois
+from engine.io.rois import named_roi, resolve_roi
+from engine.io.sample_image import BACKGROUND, NUCLEUS, make_annotations, make_nuclei, sample_rois
+from engine.io.sample_zarr import write_sample
 
 SHAPE = (32, 128, 128)
 

@@ -15,12 +15,12 @@ from conftest import blobs, same_partition, write_image
 from scipy import ndimage
 
 from engine import Pipeline
-from engine.errors import ConfigError
-from engine.launch import HEAP_ENVIRONMENT
-from engine.ngff.metadata import Axis
-from engine.ngff.write import LevelSpec, create_image
-from engine.runner import run
-from engine.sample_zarr import write_sample
+from engine.core.errors import ConfigError
+from engine.core.worker_env import HEAP_ENVIRONMENT
+from engine.io.metadata import Axis
+from engine.io.ngff_write import LevelSpec, create_image
+from engine.io.sample_zarr import write_sample
+from engine.runs.runner import run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,7 +141,7 @@ def test_run_reports_peak_and_projected_worker_memory(tmp_path, scheduler):
 
 
 def test_cli_prints_the_dask_dashboard_address(tmp_path, scheduler, capsys):
-    from engine.cli import main
+    from engine.cli.commands import main
 
     image = write_image(tmp_path / "img.zarr", blobs((16, 64, 64)), (8, 32, 32))
     config = tmp_path / "smooth.yaml"
@@ -174,13 +174,13 @@ def test_local_workers_get_the_heap_pad_and_no_profiler():
 
 FORKED_WORKERS = """
 import json, multiprocessing.forkserver, os, sys
-from engine.launch import HEAP_ENVIRONMENT, start_worker_server, worker_environment
+from engine.core.worker_env import HEAP_ENVIRONMENT, start_worker_server, worker_environment
 
 def probe():
     import dask
     profile = dask.config.get("distributed.worker.profile.enabled")
     heap = {name: os.environ.get(name) for name in HEAP_ENVIRONMENT}
-    return [heap, profile, "engine.compute" in sys.modules, os.getppid()]
+    return [heap, profile, "engine.worker.compute" in sys.modules, os.getppid()]
 
 if __name__ == "__main__":
     start_worker_server(worker_environment())
@@ -193,7 +193,7 @@ if __name__ == "__main__":
 
 
 def test_command_forks_local_workers_from_a_server_that_imported_the_engine(tmp_path):
-    """engine/launch.py: workers come from the fork server, with the engine imported
+    """engine/cli/entry.py: workers come from the fork server, with the engine imported
     before their first task and the environment of spawned workers."""
     script = tmp_path / "forked.py"
     script.write_text(FORKED_WORKERS)
@@ -248,14 +248,14 @@ def test_command_runs_the_pipeline_with_forked_workers(tmp_path):
     ],
 )
 def test_which_command_lines_start_the_worker_server(argv, starts):
-    from engine.launch import starts_local_workers
+    from engine.cli.entry import starts_local_workers
 
     assert starts_local_workers(argv) is starts
 
 
 def test_command_with_forked_workers_reports_bad_input_with_exit_2(tmp_path):
     """The command's own entry point ends a run without the interpreter's teardown
-    (engine/launch.py); its message and exit code still come through."""
+    (engine/cli/entry.py); its message and exit code still come through."""
     done = subprocess.run(
         [sys.executable, "-m", "engine", "run", str(tmp_path / "missing.yaml")],
         capture_output=True,

@@ -41,10 +41,10 @@ import yaml
 import zarr
 
 from engine import EngineError, Pipeline, run, submit
-from engine.markers import read_records
-from engine.pipeline import ClusterSpec
-from engine.records import list_runs, read_record
-from engine.sample_zarr import write_sample
+from engine.core.pipeline import ClusterSpec
+from engine.io.sample_zarr import write_sample
+from engine.state.markers import read_records
+from engine.state.records import list_runs, read_record
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
@@ -258,8 +258,8 @@ def test_missing_sbatch_is_one_clear_error(slurm, image, tmp_path):
 def test_slurm_workers_get_the_heap_pad_and_no_profiler(slurm, tmp_path):
     """Worker jobs get the engine's worker settings through the job script's environment
     (engine/execute/cluster.py: worker_config)."""
+    from engine.core.worker_env import HEAP_ENVIRONMENT
     from engine.execute.slurm import slurm_client
-    from engine.launch import HEAP_ENVIRONMENT
 
     names = list(HEAP_ENVIRONMENT)
 
@@ -381,7 +381,7 @@ def test_cli_submit_wait_equals_local(slurm, local, image, tmp_path):
     dry = cli("submit", str(config), *base, "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     assert "#SBATCH --ntasks=4" in dry.stdout and "#SBATCH --partition=debug" in dry.stdout
-    assert "-m engine.execute.batch" in dry.stdout and "{{" not in dry.stdout
+    assert "-m engine.runs.batch" in dry.stdout and "{{" not in dry.stdout
     assert not shared.exists() and not (image / OUTPUT).exists()  # nothing submitted
 
     started = time.perf_counter()
@@ -613,8 +613,8 @@ def test_adaptive_workers_retire_at_their_lifetime_and_are_replaced(
 
 
 def test_job_script_lifetime_from_walltime(tmp_path):
+    from engine.core.pipeline import ClusterSpec
     from engine.execute.slurm import lifetime_args, worker_lifetime
-    from engine.pipeline import ClusterSpec
 
     def cluster(**fields) -> ClusterSpec:
         return ClusterSpec.model_validate(spec(tmp_path, **fields))
@@ -664,7 +664,7 @@ def test_submit_resume_with_nothing_to_resume_is_refused_at_once(image, tmp_path
 
 
 def test_cluster_section_and_flags(tmp_path, capsys):
-    from engine.cli import main
+    from engine.cli.commands import main
     from engine.execute.cluster import resolve_cluster
 
     yaml_spec = {"kind": "slurm", "queue": "batch", "jobs": 3, "memory": "4GiB"}

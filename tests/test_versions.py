@@ -18,12 +18,12 @@ import zarr
 from test_evaluate import assert_same, labels_of, nuclei_pipeline, oracle, read_eval
 
 from engine import Pipeline, run
-from engine.cli import main
-from engine.errors import OutputConflict
+from engine.cli.commands import main
+from engine.core.errors import OutputConflict
 from engine.execute.executor import TaskFailed
-from engine.records import read_record
-from engine.runner import make_plan
-from engine.sample_zarr import write_sample
+from engine.io.sample_zarr import write_sample
+from engine.runs.runner import make_plan
+from engine.state.records import read_record
 
 ROI = {"z": (1, 15), "y": (5, 90), "x": (3, 77)}
 WINDOW = (slice(1, 15), slice(5, 90), slice(3, 77))

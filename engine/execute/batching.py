@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.grid import ChunkGrid
+from engine.core.grid import ChunkGrid
 
 BATCHES_PER_WORKER = 4  # batches per worker and stage, when chunks are many enough
 MAX_BATCH = 64  # chunks per batch: bounds what one dask task ships, holds and redoes

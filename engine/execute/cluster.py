@@ -18,10 +18,14 @@ from typing import Any
 import dask
 from distributed import Client, LocalCluster
 
-from engine.errors import ConfigError, EngineError
-from engine.launch import HEAP_ENVIRONMENT, worker_server_environment
-from engine.pipeline import ClusterSpec, _first_error
-from engine.plan import Plan
+from engine.core.errors import ConfigError, EngineError
+from engine.core.pipeline import ClusterSpec, _first_error
+from engine.core.worker_env import (
+    HEAP_ENVIRONMENT,
+    WORKER_DASK_SETTINGS,
+    worker_server_environment,
+)
+from engine.plan.compiler import Plan
 
 ClusterArg = ClusterSpec | dict[str, Any] | str | None
 
@@ -31,7 +35,7 @@ def worker_config() -> dict[str, Any]:
 
     - The environment dask's nanny sets before it starts a worker process (glibc reads
       MALLOC_* variables once, at start): dask's own, plus the engine's heap settings
-      (HEAP_ENVIRONMENT in engine/launch.py). dask sets MALLOC_TRIM_THRESHOLD_ to 64 KiB
+      (HEAP_ENVIRONMENT in engine/core/worker_env.py). dask sets MALLOC_TRIM_THRESHOLD_ to 64 KiB
       so freed memory goes back to the OS at once; chunk tasks allocate and free arrays
       of tens of MiB, which then fault in again page by page. In the standard pipeline
       on 256x1024x1024 (2 workers):
@@ -48,12 +52,12 @@ def worker_config() -> dict[str, Any]:
     environ = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
     return {
         "distributed.nanny.pre-spawn-environ": {**environ, **HEAP_ENVIRONMENT},
-        "distributed.worker.profile.enabled": False,
+        **WORKER_DASK_SETTINGS,
     }
 
 
 def start_method() -> dict[str, Any]:
-    """Fork local workers from the server the command started (engine/launch.py) when
+    """Fork local workers from the server the command started (engine/core/worker_env.py) when
     it has the environment dask's settings ask for; else spawn them."""
     wanted = worker_config()["distributed.nanny.pre-spawn-environ"]
     if worker_server_environment() != {k: str(v) for k, v in wanted.items()}:

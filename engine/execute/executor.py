@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 from distributed import Client, Future, as_completed
 
-from engine import compute
-from engine.compute import RelabelTable
-from engine.errors import EngineError
+from engine.core.errors import EngineError
+from engine.core.geometry import Roi, chunks_touching
+from engine.core.grid import ChunkTask
 from engine.execute.batching import Batches, batch, batch_size
-from engine.geometry import Roi, chunks_touching
-from engine.grid import ChunkTask
-from engine.markers import KEEP_RESULTS, ChunkMarker, Markers
-from engine.plan import Plan, Stage, downsample_factors
+from engine.plan.compiler import Plan, Stage, downsample_factors
+from engine.state.markers import KEEP_RESULTS, ChunkMarker, Markers
+from engine.worker import compute
+from engine.worker.compute import RelabelTable
 from tasks import OPS
 from tasks.evaluate import Counts, combine_counts
 from tasks.label import FaceComponents, resolve_face_components

@@ -39,9 +39,9 @@ from pathlib import Path
 from distributed import Client
 from distributed.security import Security
 
-from engine.errors import EngineError
+from engine.core.errors import EngineError
+from engine.core.pipeline import ClusterSpec, duration_seconds
 from engine.execute.cluster import config_exports, worker_config
-from engine.pipeline import ClusterSpec, duration_seconds
 
 
 def _import_jobqueue():

@@ -1,0 +1,1 @@
+"""The `ngff-engine` command: entry point (entry.py) and its commands (commands.py)."""

@@ -1,0 +1,109 @@
+"""What an image's zarr holds: its levels, the label and result outputs and tables beside
+it, the versions of outputs kept with `versions: keep`, the models trained on it, and
+its named ROIs (from its ROI tables, in micrometers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from engine.io.metadata import read_image
+from engine.io.models import model_info, model_path, trained_models
+from engine.io.ngff_write import engine_attrs, listed, read_ome
+from engine.io.roi_tables import read_rois
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    meta = read_image(path)
+    root = zarr.open_group(str(path), mode="r")
+    info: dict[str, Any] = {
+        "image": {
+            "path": str(path),
+            "version": meta.version,
+            "axes": [a.to_json() for a in meta.axes],
+            "levels": [
+                {
+                    "path": lv.path,
+                    "shape": list(lv.shape),
+                    "chunks": list(lv.chunks),
+                    "dtype": lv.dtype,
+                    "scale": list(lv.scale),
+                    "translation": list(lv.translation),
+                }
+                for lv in meta.levels
+            ],
+        },
+        "labels": [],
+        "results": [],
+        "tables": _tables(root),
+        "models": [
+            {"name": name, "path": model_path(name), **(model_info(path, name) or {})}
+            for name in trained_models(path)
+        ],
+        "rois": [
+            {
+                "name": name,
+                "table": table,
+                "micrometer": {a: list(box[a]) for a in meta.axis_names if a in box},
+            }
+            for name, (table, box) in read_rois(path).items()
+        ],
+    }
+    for kind in ("labels", "results"):
+        for name in listed(root, kind, meta.version):
+            group = root[f"{kind}/{name}"]
+            levels = read_ome(meta.version, group.attrs.asdict())["multiscales"][0]["datasets"]
+            record = engine_attrs(group)
+            info[kind].append(
+                {
+                    "name": name,
+                    "dtype": str(group[levels[0]["path"]].dtype),
+                    "levels": len(levels),
+                    "runs": len(record.get("runs", [])),
+                    "config_hash": record.get("config_hash"),
+                    "max_label": record.get("max_label"),
+                    "version": record.get("version"),
+                }
+            )
+    info["versions"] = _versions(info)
+    return info
+
+
+def _versions(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per output with kept versions: each version's name, number, and what changed
+    from the one before it."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for kind in ("labels", "results", "tables"):
+        for item in info[kind]:
+            version = item.get("version")
+            if version:
+                groups.setdefault(f"{kind}/{version['of']}", []).append(
+                    {"name": item["name"], **{k: v for k, v in version.items() if k != "of"}}
+                )
+    return [
+        {"output": output, "versions": sorted(found, key=lambda v: v["number"])}
+        for output, found in groups.items()
+    ]
+
+
+def _tables(root: zarr.Group) -> list[dict[str, Any]]:
+    if "tables" not in root:
+        return []
+    found = []
+    for name in root["tables"].attrs.asdict().get("tables", []):
+        group = root[f"tables/{name}"]
+        attrs = group.attrs.asdict()
+        rows = group["X"].shape[0] if "X" in group else 0
+        found.append(
+            {
+                "name": name,
+                "type": attrs.get("type"),
+                "region": attrs.get("region", {}).get("path"),
+                "rows": int(rows),
+                "runs": len(engine_attrs(group).get("runs", [])),
+                "version": engine_attrs(group).get("version"),
+            }
+        )
+    return found

@@ -1,0 +1,218 @@
+"""Reading an OME-Zarr image's metadata into plain values.
+
+The metadata is validated with ome-zarr-models; shapes, chunks and dtypes come
+from the arrays themselves. The result, `ImageMeta`, is all the compiler needs,
+so planning never opens pixel data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pydantic
+import zarr
+from ome_zarr_models.v04.image import Image as ImageV04
+from ome_zarr_models.v05.image import Image as ImageV05
+
+from engine.core.errors import NgffError
+from tasks.spec import LENGTH_UNITS_IN_MICROMETER
+
+Version = Literal["0.4", "0.5"]
+SPATIAL = ("z", "y", "x")
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    type: str | None = None
+    unit: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        out = {"name": self.name}
+        if self.type is not None:
+            out["type"] = self.type
+        if self.unit is not None:
+            out["unit"] = self.unit
+        return out
+
+
+@dataclass(frozen=True)
+class Level:
+    path: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: str
+    scale: tuple[float, ...]
+    translation: tuple[float, ...]
+    shards: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    path: str
+    version: Version
+    axes: tuple[Axis, ...]
+    levels: tuple[Level, ...]
+    name: str | None = None
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.axes)
+
+    def axis_index(self, name: str) -> int | None:
+        names = self.axis_names
+        return names.index(name) if name in names else None
+
+    @property
+    def spatial_axes(self) -> tuple[int, ...]:
+        """Axes a spatial op works on: type 'space', or named z/y/x when untyped."""
+        return tuple(
+            i
+            for i, a in enumerate(self.axes)
+            if a.type == "space" or (a.type is None and a.name in SPATIAL)
+        )
+
+    @property
+    def channel_axis(self) -> int | None:
+        for i, a in enumerate(self.axes):
+            if a.type == "channel" or (a.type is None and a.name == "c"):
+                return i
+        return None
+
+    def level(self, index: int) -> Level:
+        if not 0 <= index < len(self.levels):
+            raise NgffError(
+                f"{self.path}: level {index} does not exist (it has {len(self.levels)})"
+            )
+        return self.levels[index]
+
+    def spacing_um(self, level: int) -> tuple[float, ...]:
+        """Voxel size along the spatial axes in micrometers (1.0 where no length unit is given)."""
+        scale = self.level(level).scale
+        return tuple(
+            scale[i] * LENGTH_UNITS_IN_MICROMETER.get(self.axes[i].unit or "", 1.0)
+            for i in self.spatial_axes
+        )
+
+
+def open_group(path: str | Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
+    path = Path(path)
+    if not path.exists():
+        raise NgffError(f"{path}: no such file or directory")
+    try:
+        return zarr.open_group(str(path), mode=mode)
+    except (OSError, ValueError, zarr.errors.BaseZarrError) as exc:
+        raise NgffError(f"{path}: not a zarr group ({exc})") from exc
+
+
+def read_image(path: str | Path, validate: bool = True) -> ImageMeta:
+    """An image's metadata; `validate=False` skips the ome-zarr-models check (for label
+    images, read as the plain multiscales they are)."""
+    group = open_group(path)
+    attrs = group.attrs.asdict()
+    version, ome = _ome_attributes(path, attrs)
+    multiscales = ome.get("multiscales")
+    if not isinstance(multiscales, list) or not multiscales:
+        raise NgffError(f"{path}: not an OME-Zarr image (no 'multiscales' in its attributes)")
+    multiscale = multiscales[0]
+    axes = _axes(path, multiscale)
+    levels = tuple(
+        _level(path, group, ds, multiscale, len(axes)) for ds in _datasets(path, multiscale)
+    )
+    if validate:
+        _validate(path, group, version)
+    return ImageMeta(str(path), version, axes, levels, multiscale.get("name"))
+
+
+def _ome_attributes(path: str | Path, attrs: dict[str, Any]) -> tuple[Version, dict[str, Any]]:
+    if "ome" in attrs:
+        version = attrs["ome"].get("version")
+        if version != "0.5":
+            raise NgffError(f"{path}: unsupported OME-Zarr version {version!r} (0.4 and 0.5 are)")
+        return "0.5", attrs["ome"]
+    multiscales = attrs.get("multiscales")
+    if isinstance(multiscales, list) and multiscales:
+        version = multiscales[0].get("version")
+        if version != "0.4":
+            raise NgffError(f"{path}: unsupported OME-Zarr version {version!r} (0.4 and 0.5 are)")
+        return "0.4", attrs
+    raise NgffError(f"{path}: not an OME-Zarr image (no 'multiscales' in its attributes)")
+
+
+def _axes(path: str | Path, multiscale: dict[str, Any]) -> tuple[Axis, ...]:
+    raw = multiscale.get("axes")
+    if not isinstance(raw, list) or not raw:
+        raise NgffError(f"{path}: multiscales has no 'axes'")
+    try:
+        return tuple(Axis(a["name"], a.get("type"), a.get("unit")) for a in raw)
+    except (TypeError, KeyError) as exc:
+        raise NgffError(f"{path}: malformed 'axes' entry ({exc})") from exc
+
+
+def _datasets(path: str | Path, multiscale: dict[str, Any]) -> list[dict[str, Any]]:
+    datasets = multiscale.get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise NgffError(f"{path}: multiscales has no 'datasets'")
+    return datasets
+
+
+def _transform(transforms: list[dict[str, Any]] | None, kind: str, ndim: int) -> tuple[float, ...]:
+    for t in transforms or []:
+        if t.get("type") == kind:
+            return tuple(float(v) for v in t[kind])
+    return (1.0,) * ndim if kind == "scale" else (0.0,) * ndim
+
+
+def _level(
+    path: str | Path,
+    group: zarr.Group,
+    dataset: dict[str, Any],
+    multiscale: dict[str, Any],
+    ndim: int,
+) -> Level:
+    level_path = dataset.get("path")
+    if not isinstance(level_path, str):
+        raise NgffError(f"{path}: a multiscales dataset has no 'path'")
+    try:
+        array = group[level_path]
+    except KeyError:
+        raise NgffError(
+            f"{path}: level array '{level_path}' listed in multiscales is missing"
+        ) from None
+    if not isinstance(array, zarr.Array):
+        raise NgffError(f"{path}: '{level_path}' is a group, not an array")
+    if array.ndim != ndim:
+        raise NgffError(f"{path}/{level_path}: array has {array.ndim} dimensions but {ndim} axes")
+    scale = _transform(dataset.get("coordinateTransformations"), "scale", ndim)
+    translation = _transform(dataset.get("coordinateTransformations"), "translation", ndim)
+    global_transforms = multiscale.get("coordinateTransformations")
+    g_scale = _transform(global_transforms, "scale", ndim)
+    g_translation = _transform(global_transforms, "translation", ndim)
+    return Level(
+        path=level_path,
+        shape=tuple(int(s) for s in array.shape),
+        chunks=tuple(int(c) for c in array.chunks),
+        dtype=str(np.dtype(array.dtype)),
+        scale=tuple(s * g for s, g in zip(scale, g_scale, strict=True)),
+        translation=tuple(
+            t * g + gt for t, g, gt in zip(translation, g_scale, g_translation, strict=True)
+        ),
+        shards=tuple(int(s) for s in array.shards) if getattr(array, "shards", None) else None,
+    )
+
+
+def _validate(path: str | Path, group: zarr.Group, version: Version) -> None:
+    model = ImageV05 if version == "0.5" else ImageV04
+    try:
+        model.from_zarr(group)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise NgffError(
+            f"{path}: invalid OME-Zarr {version} metadata at {where}: {first['msg']}"
+        ) from exc
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise NgffError(f"{path}: invalid OME-Zarr {version} image: {exc}") from exc

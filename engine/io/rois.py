@@ -1,0 +1,191 @@
+"""Turning what a user calls an ROI (a name, a YAML spec, a CLI string) into an index box.
+
+The result is always a `Roi` over all image axes at the processing level; axes
+the user did not restrict span the whole image. A box outside the image is an
+error that states the image's extent, not a silent clip.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import ValidationError
+
+from engine.core.errors import ConfigError, NgffError
+from engine.core.geometry import Roi
+from engine.core.pipeline import AXES, Pipeline, RoiSpec
+from engine.io.metadata import ImageMeta, open_group, read_image
+from engine.io.roi_tables import (
+    DEFAULT_TABLE,
+    PhysicalBox,
+    box_to_micrometer,
+    read_rois,
+    write_rois,
+)
+from tasks.spec import LENGTH_UNITS_IN_MICROMETER
+
+_CLI_RANGE = re.compile(r"^\s*(?:([a-z])\s*=\s*)?(-?\d+)\s*:\s*(-?\d+)\s*$")
+
+
+def parse_cli_roi(text: str, meta: ImageMeta) -> RoiSpec:
+    """`z0:z1,y0:y1,x0:x1` (spatial axes in order) or `t=0:1,x=5:9` (named), in pixels."""
+    parts = text.split(",")
+    ranges: dict[str, tuple[float, float]] = {}
+    spatial_names = [meta.axes[i].name for i in meta.spatial_axes]
+    positional = 0
+    for part in parts:
+        match = _CLI_RANGE.match(part)
+        if not match:
+            raise ConfigError(f"--roi '{text}': '{part}' is not start:stop or axis=start:stop")
+        axis, start, stop = match.group(1), int(match.group(2)), int(match.group(3))
+        if axis is None:
+            if positional >= len(spatial_names):
+                raise ConfigError(
+                    f"--roi '{text}': more ranges than the image's spatial axes {spatial_names}"
+                )
+            axis = spatial_names[positional]
+            positional += 1
+        if axis not in AXES:
+            raise ConfigError(f"--roi '{text}': axis '{axis}' is not one of {', '.join(AXES)}")
+        if axis in ranges:
+            raise ConfigError(f"--roi '{text}': axis '{axis}' is given twice")
+        ranges[axis] = (start, stop)
+    try:
+        return RoiSpec(units="pixel", **ranges)
+    except ValidationError as exc:
+        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"--roi '{text}': {message}") from None
+
+
+def resolve_roi(spec: RoiSpec | None, meta: ImageMeta, level: int, name: str = "roi") -> Roi:
+    """An index box at `level` over all image axes."""
+    lv = meta.level(level)
+    whole = Roi.from_shape(lv.shape, level)
+    if spec is None:
+        return whole
+    ranges = spec.ranges()
+    names = meta.axis_names
+    if spec.units == "pixel" and not 0 <= spec.level < len(meta.levels):
+        raise ConfigError(
+            f"roi '{name}': level {spec.level} does not exist (the image has "
+            f"{len(meta.levels)} levels, 0..{len(meta.levels) - 1})"
+        )
+    for axis in ranges:
+        if axis not in names:
+            raise ConfigError(
+                f"roi '{name}': axis '{axis}' is not an axis of the image {list(names)}"
+            )
+    if spec.units == "pixel":
+        box = _pixel_box(spec, meta, whole, name)
+    else:
+        box = _physical_box(spec, meta, level, whole, name)
+    if box.empty():
+        raise ConfigError(f"roi '{name}': selects no voxels at level {level}")
+    if not whole.contains(box):
+        extent = ", ".join(f"{n}: 0..{s}" for n, s in zip(names, lv.shape, strict=True))
+        raise ConfigError(
+            f"roi '{name}': {_describe(box, names)} lies outside the image "
+            f"(level {level}: {extent})"
+        )
+    return box
+
+
+def _pixel_box(spec: RoiSpec, meta: ImageMeta, whole: Roi, name: str) -> Roi:
+    ranges = spec.ranges()
+    for axis, (a, b) in ranges.items():
+        if a != int(a) or b != int(b):
+            raise ConfigError(f"roi '{name}': pixel range {axis}: [{a}, {b}] must be whole numbers")
+    start, stop = list(whole.start), list(whole.stop)
+    if spec.level != whole.level:
+        src = meta.level(spec.level)
+        start, stop = list(Roi.from_shape(src.shape, spec.level).start), list(src.shape)
+    for i, axis in enumerate(meta.axis_names):
+        if axis in ranges:
+            start[i], stop[i] = int(ranges[axis][0]), int(ranges[axis][1])
+    box = Roi(tuple(start), tuple(stop), spec.level)
+    if spec.level == whole.level:
+        return box
+    src = meta.level(spec.level)
+    dst = meta.level(whole.level)
+    return box.to_physical(src.scale, src.translation).to_index(
+        whole.level, dst.scale, dst.translation
+    )
+
+
+def _physical_box(spec: RoiSpec, meta: ImageMeta, level: int, whole: Roi, name: str) -> Roi:
+    if spec.units not in LENGTH_UNITS_IN_MICROMETER:
+        known = ", ".join(["pixel", *LENGTH_UNITS_IN_MICROMETER])
+        raise ConfigError(f"roi '{name}': units '{spec.units}' is not one of {known}")
+    lv = meta.level(level)
+    physical = whole.to_physical(lv.scale, lv.translation)
+    start, stop = list(physical.start), list(physical.stop)
+    factor = LENGTH_UNITS_IN_MICROMETER[spec.units]
+    for i, axis in enumerate(meta.axes):
+        if axis.name not in spec.ranges():
+            continue
+        a, b = spec.ranges()[axis.name]
+        if axis.type in ("channel", "time") or axis.name in ("c", "t"):
+            start[i], stop[i] = (
+                lv.translation[i] + a * lv.scale[i],
+                lv.translation[i] + b * lv.scale[i],
+            )
+            continue
+        if axis.unit not in LENGTH_UNITS_IN_MICROMETER:
+            raise ConfigError(
+                f"roi '{name}': axis '{axis.name}' has no length unit in the image "
+                f"({axis.unit!r}); give this ROI in pixels"
+            )
+        to_axis_unit = factor / LENGTH_UNITS_IN_MICROMETER[axis.unit]
+        start[i], stop[i] = a * to_axis_unit, b * to_axis_unit
+    return Roi(tuple(start), tuple(stop), None).to_index(level, lv.scale, lv.translation)
+
+
+def _describe(box: Roi, names: tuple[str, ...]) -> str:
+    return (
+        "{"
+        + ", ".join(f"{n}: {a}..{b}" for n, a, b in zip(names, box.start, box.stop, strict=True))
+        + "}"
+    )
+
+
+def named_roi(pipeline: Pipeline, name: str, image: str | None = None) -> RoiSpec:
+    """An ROI by name: the config's `rois:` first, then the image's ROI tables."""
+    if name in pipeline.rois:
+        return pipeline.rois[name]
+    stored = read_rois(image) if image is not None else {}
+    if name in stored:
+        return spec_from_table(stored[name][1], read_image(image).axis_names)
+    known = ", ".join(sorted(pipeline.rois)) or "none defined"
+    where = "the config"
+    if image is not None:
+        where = f"the config or the ROI tables of {image}"
+        known += f"; in the image: {', '.join(sorted(stored)) or 'none'}"
+    raise ConfigError(f"roi '{name}' is not defined in {where} (known: {known})")
+
+
+def image_roi(image: str, name: str) -> RoiSpec:
+    """An ROI by name from the image's ROI tables (for commands without a config)."""
+    stored = read_rois(image)
+    if name not in stored:
+        known = ", ".join(sorted(stored)) or "none"
+        raise ConfigError(f"roi '{name}' is not in the ROI tables of {image} (known: {known})")
+    return spec_from_table(stored[name][1], read_image(image).axis_names)
+
+
+def spec_from_table(box: PhysicalBox, axes: tuple[str, ...]) -> RoiSpec:
+    """A micrometer RoiSpec from an ROI-table row, for the image's spatial axes only
+    (a 2D image ignores the table's z)."""
+    return RoiSpec(units="micrometer", **{a: r for a, r in box.items() if a in axes})
+
+
+def save_config_roi(
+    pipeline: Pipeline, roi: object, meta: ImageMeta, box: Roi, table: str = DEFAULT_TABLE
+) -> None:
+    """After a run on a config-defined ROI: store it (as run, in um) in `tables/<table>`."""
+    if not isinstance(roi, str) or roi not in pipeline.rois:
+        return
+    try:
+        physical = box_to_micrometer(meta, box)
+        write_rois(open_group(meta.path, mode="r+"), {roi: physical}, table)
+    except (NgffError, OSError):
+        return  # no physical units, `tables/<table>` is another kind, or read-only: config only

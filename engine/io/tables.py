@@ -1,0 +1,176 @@
+"""Measurement tables in the image's zarr: AnnData on zarr, Fractal/ngio table convention.
+
+Layout (fractal-tasks-core table spec V1, as ngio reads it):
+
+    image.zarr/tables/            attributes {"tables": [names...]}
+    image.zarr/tables/<name>/     an AnnData group (anndata's own `encoding-type`), plus
+        fractal_table_version "1", type "feature_table", region {path: ../labels/<label>},
+        instance_key "label" (and ngio's table_version/backend/index_key/index_type)
+
+obs index: label ids as strings (index name `label`); X: float64 feature columns; var
+index: the column names. Written in the image's zarr format (v2 for NGFF 0.4, v3 for
+0.5); `anndata.read_zarr(path)` opens it. A table is written to a temporary group and
+then moved into place, so a failure never leaves half a table under its name.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import threading
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import zarr
+
+from engine.core.errors import NgffError
+
+TABLES = "tables"
+
+
+def table_attrs(label: str) -> dict[str, Any]:
+    return {
+        "fractal_table_version": "1",
+        "type": "feature_table",
+        "region": {"path": f"../labels/{label}"},
+        "instance_key": "label",
+        "table_version": "1",
+        "backend": "anndata",
+        "index_key": "label",
+        "index_type": "int",
+    }
+
+
+def import_in_background() -> threading.Thread:
+    """Import anndata and pandas (0.4 to 0.7 s) in a thread, so a run writing a table has
+    them by the time its chunks are done instead of importing them after."""
+
+    def load() -> None:
+        import anndata.io  # noqa: F401
+        import pandas  # noqa: F401
+
+    thread = threading.Thread(target=load, name="import-anndata", daemon=True)
+    thread.start()
+    return thread
+
+
+def write_table(
+    root: zarr.Group,
+    name: str,
+    labels: np.ndarray,
+    columns: Sequence[str],
+    values: np.ndarray,
+    attrs: dict[str, Any],
+    index_name: str = "label",
+) -> zarr.Group:
+    """Write (replacing) `tables/<name>` and list it in `tables/` attributes. Rows are
+    named by `labels`: integer ids, or strings (an evaluation table's ROIs)."""
+    import anndata
+    import pandas as pd
+
+    names = [v if isinstance(v, str) else str(int(v)) for v in labels]
+    obs = pd.DataFrame(index=pd.Index(names, name=index_name))
+    var = pd.DataFrame(index=pd.Index(list(columns)))
+    table = anndata.AnnData(X=np.asarray(values, dtype=np.float64), obs=obs, var=var)
+    return write_anndata(root, name, table, attrs)
+
+
+def write_anndata(root: zarr.Group, name: str, data: Any, attrs: dict[str, Any]) -> zarr.Group:
+    """Write an AnnData as `tables/<name>` (replacing it whole: written beside, then renamed
+    into place) and list it in `tables/` attributes."""
+    from anndata.io import write_elem
+
+    tables = root.require_group(TABLES)
+    temporary = f"_writing-{name}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr's note on future sharding defaults
+        write_elem(tables, temporary, data)
+    tables[temporary].attrs.update(attrs)
+    folder = Path(str(root.store.root)) / root.path / TABLES
+    if (folder / name).exists():
+        shutil.rmtree(folder / name)
+    (folder / temporary).rename(folder / name)
+    listed = list(tables.attrs.get("tables", []))
+    if name not in listed:
+        tables.attrs.update({"tables": [*listed, name]})
+    return zarr.open_group(str(folder / name), mode="r+")
+
+
+def read_anndata(path: str | Path) -> Any:
+    """An AnnData table group, or one line saying why it is not one."""
+    import anndata
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return anndata.read_zarr(str(path))
+    except Exception as exc:
+        raise NgffError(f"{path}: not an AnnData table ({type(exc).__name__}: {exc})") from None
+
+
+def read_table(path: str | Path) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(labels, column names, values) of a feature table group."""
+    names, columns, values = read_rows(path)
+    return np.asarray([int(v) for v in names], dtype=np.uint64), columns, values
+
+
+def read_rows(path: str | Path) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(row names as strings, column names, values) of any table group."""
+    table = read_anndata(path)
+    names = np.asarray([str(v) for v in table.obs_names], dtype=str)
+    return names, [str(v) for v in table.var_names], np.asarray(table.X, dtype=np.float64)
+
+
+def merge_rows(
+    old: tuple[np.ndarray, list[str], np.ndarray], new: tuple[np.ndarray, list[str], np.ndarray]
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Rows of `new` replace rows of `old` with the same label (or name); the rest are
+    kept; sorted."""
+    old_labels, old_columns, old_values = old
+    labels, columns, values = new
+    if old_columns != columns:
+        raise NgffError(f"existing table has columns {old_columns}, this run makes {columns}")
+    keep = ~np.isin(old_labels, labels)
+    all_labels = np.concatenate([old_labels[keep], labels])
+    all_values = np.concatenate([old_values[keep], values])
+    order = np.argsort(all_labels, kind="stable")
+    return all_labels[order], columns, all_values[order]
+
+
+def table_path(image: str | Path, name: str) -> Path:
+    return Path(image) / TABLES / name
+
+
+def export_csv(image: str | Path, name: str, out: str | Path | TextIO) -> int:
+    """Write a table as CSV (`label` then the feature columns); returns the row count."""
+    path = table_path(image, name)
+    if not path.exists():
+        listed: list[str] = []
+        tables = Path(image) / TABLES
+        if tables.exists():
+            try:
+                listed = list(zarr.open_group(str(tables), mode="r").attrs.get("tables", []))
+            except (OSError, ValueError, zarr.errors.BaseZarrError):
+                listed = []
+        known = f" (tables: {', '.join(listed)})" if listed else " (the image has no tables)"
+        raise NgffError(f"{path}: no such table{known}")
+    labels, columns, values = read_table(path)
+    if not isinstance(out, str | Path):
+        _write_csv(out, labels, columns, values)
+        return len(labels)
+    try:
+        with open(out, "w", newline="") as handle:
+            _write_csv(handle, labels, columns, values)
+    except OSError as exc:
+        raise NgffError(f"{out}: cannot write CSV ({exc.strerror})") from None
+    return len(labels)
+
+
+def _write_csv(handle: TextIO, labels: np.ndarray, columns: list[str], values: np.ndarray) -> None:
+    writer = csv.writer(handle)
+    writer.writerow(["label", *columns])
+    for label, row in zip(labels, values, strict=True):
+        writer.writerow([int(label), *(repr(float(v)) for v in row)])

@@ -1,0 +1,99 @@
+"""Memory a plan needs per worker, projected from chunk, halo, dtypes and the op chain.
+
+Checked before anything runs (as cubed checks its projected memory), so a plan whose
+chunks cannot fit in a worker is refused with the numbers instead of a worker being
+killed halfway through. The model is deliberately pessimistic and simple: a task
+holds its source block, and for each op of its chain the op's input, one float64
+working copy of it and the op's output; plus what it writes. A worker holds that for
+each thread, plus the decoded-chunk cache, the free memory glibc keeps for reuse and
+the Python process itself. After a run, the measured peak is reported next to it
+(RunResult.peak_worker_bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.core.errors import ConfigError
+from engine.core.worker_env import HEAP_TOP_PAD_BYTES
+from engine.io.chunk_cache import DEFAULT_BUDGET_BYTES
+from engine.plan.compiler import Plan, Stage, chain_boxes, human_bytes
+
+PROCESS_BYTES = 200 * 1024**2  # a dask worker with numpy, scipy, zarr imported (~130 MiB measured)
+WORKING_ITEMSIZE = 8  # ops may compute in float64
+# freed memory a worker's heaps keep for the next task (HEAP_TOP_PAD_BYTES each, see
+# engine/cli/entry.py): the task thread's heap and those of zarr's codec threads (measured:
+# 190 MiB more peak per worker than without the pad)
+HEAP_SLACK_BYTES = 3 * HEAP_TOP_PAD_BYTES
+
+
+@dataclass(frozen=True)
+class Projection:
+    stage: str
+    step: str
+    task_bytes: int  # the largest task of the stage
+
+
+def project_stage(stage: Stage) -> Projection:
+    """Peak bytes of the stage's largest task."""
+    bounds = stage.source.bounds if stage.source is not None else stage.tasks.bounds
+    reach = [sum(link.halo[a] for link in stage.chain) for a in range(stage.tasks.ndim)]
+    peak = 0
+    for task in stage.tasks.representatives(bounds, reach):  # not all: the distinct shapes
+        peak = max(peak, _task_bytes(stage, task.read, task.write))
+    return Projection(stage.name, stage.step, peak)
+
+
+def _task_bytes(stage: Stage, read, write) -> int:
+    total = 0
+    if stage.source is not None:
+        total += read.size * np.dtype(stage.source.dtype).itemsize
+    if stage.labels is not None:
+        total += write.size * np.dtype(stage.labels.dtype).itemsize
+    if stage.chain and stage.source is not None:
+        boxes = chain_boxes(write, stage.chain, stage.source.bounds)
+        dtype = np.dtype(stage.source.dtype)
+        worst = 0
+        for link, box_in, box_out in zip(stage.chain, boxes[:-1], boxes[1:], strict=True):
+            out_dtype = np.dtype(link.dtype or "uint32")
+            worst = max(
+                worst,
+                box_in.size * (dtype.itemsize + WORKING_ITEMSIZE + out_dtype.itemsize)
+                + box_out.size * out_dtype.itemsize,
+            )
+            dtype = out_dtype
+        total += worst
+    if stage.target is not None and stage.kind not in ("measure", "evaluate"):
+        total += write.size * np.dtype(stage.target_dtype or "uint64").itemsize
+    return int(total)
+
+
+def worker_bytes(task_bytes: int, threads: int) -> int:
+    return PROCESS_BYTES + HEAP_SLACK_BYTES + DEFAULT_BUDGET_BYTES + threads * task_bytes
+
+
+def projected_peak(plan: Plan, threads: int = 1) -> tuple[int, Projection | None]:
+    """The projected worker peak and the stage that sets it."""
+    worst: Projection | None = None
+    for stage in plan.stages:
+        projection = project_stage(stage)
+        if worst is None or projection.task_bytes > worst.task_bytes:
+            worst = projection
+    return worker_bytes(worst.task_bytes if worst else 0, threads), worst
+
+
+def check_fits(plan: Plan, limit: int, threads: int = 1) -> int:
+    """Refuse a plan whose projected worker peak exceeds the worker memory limit."""
+    peak, worst = projected_peak(plan, threads)
+    if limit and worst is not None and peak > limit:
+        raise ConfigError(
+            f"step '{worst.step}' ({worst.stage}): a task needs about "
+            f"{human_bytes(worst.task_bytes)} (chunk plus halo through its op chain); with "
+            f"{threads} thread(s), the decoded-chunk cache and the worker process that is "
+            f"{human_bytes(peak)} per worker, more than the worker memory limit "
+            f"{human_bytes(limit)}: use smaller chunks, fewer threads per worker or "
+            "workers with more memory"
+        )
+    return peak

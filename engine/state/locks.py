@@ -1,0 +1,156 @@
+"""One writer per output: a lock file `_engine/locks/<output path>` per output a run writes.
+
+The file holds the run id, host and pid, and the SLURM job id when the run is inside a
+job. It is created atomically (written under a temporary name, then hard-linked into
+place: the link fails if the lock exists), and removed at the end of the run. A lock whose
+pid is gone on this host is stale (its run was killed) and is taken over; so is one from
+another host whose SLURM job squeue no longer lists (a batch job that was cancelled or hit
+its walltime). Any other lock from another host is never broken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from engine.core.errors import OutputConflict
+from engine.plan.compiler import ENGINE_GROUP
+
+LOCKS = f"{ENGINE_GROUP}/locks"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def this_process() -> dict[str, Any]:
+    """Who holds a lock or runs a run: host, pid and, inside a SLURM job, its id (the one
+    thing another node can check)."""
+    owner: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:
+        owner["slurm_job"] = job
+    return owner
+
+
+def _slurm_job_ended(job: str) -> bool:
+    """SLURM no longer lists the job; False when squeue cannot tell (absent, no answer)."""
+    try:
+        proc = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%A"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    if proc.returncode == 0:
+        return job not in proc.stdout.split()
+    return "Invalid job id" in proc.stderr  # purged from SLURM's memory: long over
+
+
+def is_stale(owner: dict[str, Any]) -> bool:
+    if owner.get("host") == socket.gethostname():
+        return isinstance(owner.get("pid"), int) and not _alive(owner["pid"])
+    job = owner.get("slurm_job")
+    return isinstance(job, str) and job.isdigit() and _slurm_job_ended(job)
+
+
+class OutputLocks:
+    """Locks on every output of a run, taken all or none (in sorted order)."""
+
+    def __init__(self, root: str | Path, outputs: Iterable[str], run_id: str) -> None:
+        self.base = Path(root) / LOCKS
+        self.outputs = sorted(set(outputs))
+        self.owner = {"run_id": run_id, **this_process()}
+        self.held: list[Path] = []
+        self.taken_over: list[dict[str, Any]] = []
+
+    def path(self, output: str) -> Path:
+        return self.base / output
+
+    def acquire(self) -> OutputLocks:
+        try:
+            for output in self.outputs:
+                self._acquire(output)
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def _acquire(self, output: str) -> None:
+        path = self.path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        tmp.write_text(json.dumps(self.owner))
+        try:
+            for _ in range(3):
+                try:
+                    os.link(tmp, path)
+                    self.held.append(path)
+                    return
+                except FileExistsError:
+                    pass
+                owner = _read(path)
+                if owner is None:
+                    continue  # released meanwhile: try again
+                if owner and is_stale(owner):
+                    self._break(path, owner)
+                    continue
+                who = owner.get("run_id", "an unknown run")
+                where = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "?"
+                raise OutputConflict(
+                    f"output {output} is being written by run {who} ({where}); wait for it to "
+                    f"finish, or remove {path} if that run is gone"
+                )
+            raise OutputConflict(f"output {output}: could not take its lock {path}")
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _break(self, path: Path, owner: dict[str, Any]) -> None:
+        """Remove a stale lock, and only that one: move it aside first, check it is
+        the lock judged stale, and put back a lock another run took in between."""
+        aside = path.with_name(f".{path.name}.stale.{uuid.uuid4().hex}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return
+        if _read(aside) != owner:
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass
+        else:
+            self.taken_over.append(owner)
+        aside.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        for path in self.held:
+            if _read(path) == self.owner:
+                path.unlink(missing_ok=True)
+            parent = path.parent
+            while parent != self.base.parent.parent:  # up to `_engine/`, if empty
+                try:
+                    parent.rmdir()  # only if empty
+                except OSError:
+                    break
+                parent = parent.parent
+        self.held = []
