@@ -1,23 +1,57 @@
-"""Shared fixtures: one real dask LocalCluster for the session, and image writers."""
+"""Shared fixtures and helpers.
+
+- `scheduler`: one real 2-worker dask LocalCluster for the session;
+- `sample_image`: the synthetic nuclei sample (`ngff-engine sample`), written once per
+  parameter set and session, copied for a test that writes into it;
+- `write_image`, `blobs`, `huge_image`: images of a test's own data (or metadata only);
+- `tree_hash`: every file under a folder, hashed (inputs stay byte-identical);
+- `cli`: the command in-process (`engine.cli.commands.main`), its exit code and output;
+  `expect_user_error`: the bad-input contract (exit 2, one line, nothing changed);
+- `engine_command`, `tests_on_pythonpath`: the command as a process, finding `user.*`.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
 import zarr
 from distributed import LocalCluster
 
+from engine import Pipeline
+from engine.cli.commands import main
 from engine.io.metadata import Axis
 from engine.io.ngff_write import LevelSpec, create_image, zarr_format
+from engine.io.sample_zarr import write_sample
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+CONFIGS = REPO / "configs"
+# an output's metadata files: they hold run ids and times, so runs that computed the same
+# voxels differ there
+METADATA_FILES = frozenset({"zarr.json", ".zattrs", ".zarray", ".zgroup"})
+# the standard pipeline (configs/nuclei.yaml without its ROIs)
+NUCLEI = (
+    Pipeline()
+    .add("smooth", "gaussian", sigma=2.0)
+    .add("mask", "threshold", "smooth", method="otsu")
+    .add("nuclei", "label", "mask", {"kind": "label", "name": "nuclei"})
+)
+
+
+# --- a dask cluster ----------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
-def scheduler() -> str:
+def scheduler() -> Iterator[str]:
     """Address of a real 2-worker dask cluster (processes), shared by all tests."""
     with LocalCluster(
         n_workers=2,
@@ -27,6 +61,59 @@ def scheduler() -> str:
         silence_logs=logging.ERROR,
     ) as cluster:
         yield cluster.scheduler_address
+
+
+# --- images ------------------------------------------------------------------------------
+
+
+class SampleImages:
+    """The nuclei sample of `write_sample` (image, labels/truth, labels/annotations, the ROI
+    table with `train` and `test`), written once per (shape, chunks, version, seed) in a
+    session. Called without `copy_to` it gives that one image, to read only; with
+    `copy_to`, a fresh copy at that path, for a test that writes into the image."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.written: dict[tuple, Path] = {}
+
+    def __call__(
+        self,
+        shape: tuple[int, ...] = (8, 64, 64),
+        chunks: tuple[int, ...] | None = None,
+        version: str = "0.5",
+        seed: int = 0,
+        *,
+        copy_to: Path | None = None,
+    ) -> Path:
+        key = (tuple(shape), tuple(chunks) if chunks else None, version, seed)
+        if key not in self.written:
+            name = "x".join(map(str, shape)) + ("-" + "x".join(map(str, chunks)) if chunks else "")
+            path = self.folder / f"{name}-v{version}-seed{seed}.zarr"
+            write_sample(path, tuple(shape), chunks and tuple(chunks), version, seed)
+            self.written[key] = path
+        if copy_to is None:
+            return self.written[key]
+        shutil.copytree(self.written[key], copy_to)
+        return copy_to
+
+
+@pytest.fixture(scope="session")
+def sample_image(tmp_path_factory: pytest.TempPathFactory) -> SampleImages:
+    """`sample_image(shape, chunks, version, seed)`: the shared sample (read only);
+    `sample_image(..., copy_to=tmp_path / "image.zarr")`: a copy of it to write into."""
+    return SampleImages(tmp_path_factory.mktemp("samples"))
+
+
+@pytest.fixture(scope="session")
+def image3d(sample_image: SampleImages) -> Path:
+    """The (8, 64, 64) sample in 4x32x32 chunks, NGFF 0.5: read only."""
+    return sample_image((8, 64, 64), (4, 32, 32), "0.5", seed=1)
+
+
+@pytest.fixture(scope="session")
+def image2d(sample_image: SampleImages) -> Path:
+    """The (64, 64) sample in 32x32 chunks, NGFF 0.4: read only."""
+    return sample_image((64, 64), (32, 32), "0.4", seed=2)
 
 
 def write_image(
@@ -81,6 +168,71 @@ def blobs(shape: tuple[int, ...], seed: int = 0, sigma: float = 2.0) -> np.ndarr
     return np.clip((field + noise) * 4000 + 100, 0, 65535).astype(np.uint16)
 
 
+def huge_image(path: Path) -> str:
+    """Metadata only: 2048 x 65536 x 65536 uint16 (16 TiB), no chunk ever written."""
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    axes = tuple(Axis(n, "space", "micrometer") for n in "zyx")
+    levels = [
+        LevelSpec(
+            f"s{k}",
+            (2048, 65536 // 2**k, 65536 // 2**k),
+            (64, 256, 256),
+            (1.0, 2.0**k, 2.0**k),
+            (0, 0, 0),
+        )
+        for k in range(3)
+    ]
+    create_image(root, "", version="0.5", axes=axes, levels=levels, dtype="uint16", name="huge")
+    return str(path)
+
+
+# a voxel value the sample never has: `user.ops:fail_on_value` fails on the chunk holding it
+BAD_VALUE = 65535
+
+
+def image_with_a_bad_voxel(
+    sample_image: SampleImages, path: Path, chunks: tuple[int, ...] = (4, 32, 32)
+) -> Path:
+    """An (8, 64, 64) sample with BAD_VALUE at [5, 40, 40] (z 4..8 only; in chunk
+    (1, 1, 1) of 4x32x32 chunks)."""
+    image = sample_image((8, 64, 64), chunks, "0.5", copy_to=path)
+    s0 = zarr.open_array(str(image / "s0"), mode="r+")
+    assert int(s0[...].max()) < BAD_VALUE
+    s0[5, 40, 40] = BAD_VALUE
+    return image
+
+
+def function_pipeline(function: str, kwargs: dict[str, Any], **output: Any) -> Pipeline:
+    """One step 'custom': the user function `function` writing results/custom."""
+    step = {
+        "name": "custom",
+        "op": "function",
+        "input": "image",
+        "params": {"function": function, "kwargs": kwargs},
+        "output": {"kind": "image", "name": "custom", **output},
+    }
+    return Pipeline.build({"steps": [step]})
+
+
+# --- what a run wrote ----------------------------------------------------------------------
+
+
+def tree_hash(root: Path, skip: tuple[str, ...] = (), *, chunks_only: bool = False) -> dict:
+    """Every file under `root` by its relative path, with a hash of its bytes, and every
+    folder as "<dir>": equal before and after means nothing under `root` was added,
+    removed or changed. `skip`: relative paths left out with all below them;
+    `chunks_only`: the chunk files alone (no folders, no METADATA_FILES)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if any(rel == s or rel.startswith(s + "/") for s in skip):
+            continue
+        if chunks_only and (p.is_dir() or p.name in METADATA_FILES):
+            continue
+        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+    return out
+
+
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     """True when two label images describe the same objects (any ids)."""
     if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
@@ -88,3 +240,73 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     fg = a != 0
     pairs = np.unique(np.stack([a[fg], b[fg]], axis=1), axis=0)
     return len(np.unique(pairs[:, 0])) == len(pairs) == len(np.unique(pairs[:, 1]))
+
+
+# --- the command -------------------------------------------------------------------------
+
+
+class CliResult(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+    @property
+    def output(self) -> str:
+        return self.out + self.err
+
+
+Cli = Callable[[list[str]], CliResult]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    """`cli([...])`: `engine.cli.commands.main` in this process; its exit code and what it
+    printed to stdout and stderr (argparse's usage errors exit through SystemExit)."""
+
+    def call(argv: list[str]) -> CliResult:
+        capsys.readouterr()  # what earlier calls printed is theirs
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return call
+
+
+def expect_user_error(cli: Cli, argv: list[str], watched: list[Path], *words: str) -> str:
+    """Run the CLI; it must refuse with exit 2 and one line naming `words`, changing nothing
+    under the `watched` folders. Returns that line."""
+    before = {p: tree_hash(p) for p in watched}
+    result = cli(argv)
+    output = result.output
+    assert result.code == 2, output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got: {output!r}"
+    line = lines[0]
+    assert line.startswith("error: "), line
+    for word in words:
+        assert word in line, f"{word!r} not in {line!r}"
+    for p in watched:
+        assert tree_hash(p) == before[p], f"{p} changed"
+    return line
+
+
+def engine_command() -> str:
+    """The installed `ngff-engine` command (beside this Python, else on PATH)."""
+    beside = Path(sys.executable).with_name("ngff-engine")
+    found = str(beside) if beside.exists() else shutil.which("ngff-engine")
+    assert found, "the ngff-engine command is not installed"
+    return found
+
+
+def tests_on_pythonpath() -> str:
+    """PYTHONPATH for a process (or SLURM job) that must import `user.*` as workers do."""
+    return os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+
+
+def engine_environment() -> dict[str, str]:
+    """This process's environment, with tests/ on PYTHONPATH."""
+    return {**os.environ, "PYTHONPATH": tests_on_pythonpath()}

@@ -1,8 +1,4 @@
-"""User segmenters for `op: instance` in tests (imported as `user_segmenters:NAME`).
-
-Workers of a test's dask cluster import this module by name, as they do
-user_functions (pytest puts tests/ on sys.path).
-"""
+"""User segmenters for `op: instance` in tests (named `user.segmenters:NAME`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""User functions for the `function` op in tests (importable by dask workers)."""
+"""User functions for `op: function` in tests (named `user.ops:NAME`)."""
 
 import numpy as np
 from scipy import ndimage

@@ -1,4 +1,4 @@
-"""Model factories for `op: model` in tests (importable by dask workers as `user_models:NAME`).
+"""Model factories for `op: model` in tests (named `user.models:NAME`).
 
 Each factory stands for a user's model loader: it is called once per worker process with
 the step's kwargs and returns the callable applied to each chunk plus its halo.
