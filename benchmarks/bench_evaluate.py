@@ -3,7 +3,7 @@ the engine and on the whole arrays with numpy.
 
 Not a test (pytest does not collect it). Prints JSON:
 
-    python tests/bench_evaluate.py SAMPLE.zarr [--workers 2]
+    python benchmarks/bench_evaluate.py SAMPLE.zarr [--workers 2]
 
 On a sample written by `ngff-engine sample` (the standard pipeline runs first if
 `labels/nuclei` is missing): the engine's run of configs/nuclei.yaml plus an evaluate

@@ -2,7 +2,7 @@
 
 Not a test (pytest does not collect it). Prints a table and writes JSON:
 
-    python tests/bench_pipeline.py [--shape 256,1024,1024] [--small 128,512,512]
+    python benchmarks/bench_pipeline.py [--shape 256,1024,1024] [--small 128,512,512]
                                    [--workers 2] [--repeat 3] [--out bench.json]
 
 Measured in one run, on the same sample: plan time for a 64^3 ROI in a metadata-only
@@ -36,11 +36,11 @@ import psutil
 import zarr
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests"))  # conftest: NUCLEI, huge_image, as the plan tests
 
 
 def plan_time_huge(tmp: Path) -> dict:
-    from test_plan import NUCLEI, huge_image
+    from conftest import NUCLEI, huge_image
 
     from engine.core.geometry import Roi
     from engine.io.metadata import read_image

@@ -1,6 +1,6 @@
 """Benchmark of the micro-scheduler. Not a test (pytest does not collect it).
 
-    python tests/bench_scheduler.py [--counts 10000,100000] [--workers 2]
+    python benchmarks/bench_scheduler.py [--counts 10000,100000] [--workers 2]
                                     [--sizes 64,512,512:128,1024,1024:256,1024,1024]
                                     [--plan-count 1000000] [--out JSON]
 
@@ -19,7 +19,7 @@ Prints, in one run, and writes JSON:
     of images 256^3, 1024^3 and a 2048x65536x65536 volume, on a running cluster; only
     the chunks around the ROI hold data, nothing else is ever written or read;
 (c) peak worker memory of the standard pipeline, gaussian -> Otsu -> label, on samples
-    of three sizes (tests/bench_pipeline.py runs it). It grows until the worker's fixed
+    of three sizes (benchmarks/bench_pipeline.py runs it). It grows until the worker's fixed
     budgets are full (the 256 MiB decoded-chunk cache, the heap's free top), then stays.
 """
 
@@ -40,7 +40,7 @@ import zarr
 from distributed import Client, LocalCluster
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_pipeline
 
 NOOP = {"steps": [{"name": "copy", "op": "function", "params": {"function": "numpy:asarray"}}]}
 

@@ -14,7 +14,7 @@ from ome_zarr_models.v04.image import Image as ImageV04
 from ome_zarr_models.v05.image import Image as ImageV05
 from scipy import ndimage
 from skimage.filters import threshold_otsu
-from user_ops import local_range
+from user.ops import local_range
 
 from engine import Pipeline, run
 from engine.io.ngff_write import read_ome
@@ -33,7 +33,7 @@ def pipeline(connectivity: int) -> Pipeline:
             "function",
             img,
             {"kind": "image", "name": "fn"},
-            function="user_ops:local_range",
+            function="user.ops:local_range",
             halo=1,
         )
         .add("g2", "gaussian", img, sigma=2.0)

@@ -8,25 +8,22 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import zarr
+from conftest import Cli, SampleImages
 from skimage.segmentation import find_boundaries
 
-from engine.cli.commands import main
 from engine.io.preview import label_colour, stretch
-from engine.io.sample_zarr import write_sample
 
 SHAPE = (32, 128, 160)
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(write_sample(tmp_path_factory.mktemp("preview") / "s.zarr", SHAPE, seed=2))
+def sample(sample_image: SampleImages) -> Path:
+    return sample_image(SHAPE, seed=2)
 
 
-def _preview(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    capsys.readouterr()
-    code = main(["preview", *argv])
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+def _preview(cli: Cli, *argv: str) -> tuple[int, str]:
+    ran = cli(["preview", *argv])
+    return ran.code, ran.output
 
 
 def _coloured(rgb: np.ndarray) -> np.ndarray:
@@ -35,12 +32,10 @@ def _coloured(rgb: np.ndarray) -> np.ndarray:
 
 
 def test_max_projection_of_the_test_roi_with_truth_outlines(
-    sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    sample: Path, tmp_path: Path, cli: Cli
 ) -> None:
     png = tmp_path / "p.png"
-    code, text = _preview(
-        capsys, str(sample), "--roi", "test", "--labels", "truth", "--out", str(png)
-    )
+    code, text = _preview(cli, str(sample), "--roi", "test", "--labels", "truth", "--out", str(png))
     assert code == 0, text
     assert "80x64 px" in text
     rgb = iio.imread(png)
@@ -63,12 +58,10 @@ def test_max_projection_of_the_test_roi_with_truth_outlines(
     assert grey.min() == 0 and grey.max() == 255  # stretched to the full range
 
 
-def test_a_plane_and_the_annotations(
-    sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_plane_and_the_annotations(sample: Path, tmp_path: Path, cli: Cli) -> None:
     png = tmp_path / "plane.png"
     argv = [str(sample), "--roi", "train", "--labels", "truth", "--plane", "16", "--out", str(png)]
-    assert _preview(capsys, *argv)[0] == 0
+    assert _preview(cli, *argv)[0] == 0
     rgb = iio.imread(png)
     assert rgb.shape == (64, 80, 3)
     ids = zarr.open_group(str(sample), mode="r")["labels/truth/s0"][16, :64, :80]
@@ -76,9 +69,9 @@ def test_a_plane_and_the_annotations(
     # scribbles: two classes, two colours, all inside the train ROI
     png = tmp_path / "ann.png"
     assert (
-        _preview(
-            capsys, str(sample), "--roi", "train", "--labels", "annotations", "--out", str(png)
-        )[0]
+        _preview(cli, str(sample), "--roi", "train", "--labels", "annotations", "--out", str(png))[
+            0
+        ]
         == 0
     )
     rgb = iio.imread(png)
@@ -87,7 +80,7 @@ def test_a_plane_and_the_annotations(
     # a pixel range at level 1, no labels: grey only
     png = tmp_path / "range.png"
     argv = [str(sample), "--roi", "0:32,0:20,0:30", "--level", "1", "--max", "--out", str(png)]
-    assert _preview(capsys, *argv)[0] == 0
+    assert _preview(cli, *argv)[0] == 0
     rgb = iio.imread(png)
     assert rgb.shape == (20, 30, 3) and not _coloured(rgb).any() and rgb.std() > 10
 
@@ -100,10 +93,8 @@ def test_a_plane_and_the_annotations(
         (["--roi", "train", "--plane", "99"], ["--plane 99", "0..31"]),
     ],
 )
-def test_mistakes_get_one_line(
-    sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra, words
-) -> None:
-    code, text = _preview(capsys, str(sample), "--out", str(tmp_path / "x.png"), *extra)
+def test_mistakes_get_one_line(sample: Path, tmp_path: Path, cli: Cli, extra, words) -> None:
+    code, text = _preview(cli, str(sample), "--out", str(tmp_path / "x.png"), *extra)
     assert code == 2
     assert "Traceback" not in text and all(w in text for w in words), text
     assert not (tmp_path / "x.png").exists()

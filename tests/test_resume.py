@@ -8,56 +8,43 @@ of the output with an uninterrupted run's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import zarr
+from conftest import (
+    BAD_VALUE,
+    CONFIGS,
+    Cli,
+    SampleImages,
+    engine_command,
+    engine_environment,
+    function_pipeline,
+    image_with_a_bad_voxel,
+    tree_hash,
+)
 
 from engine import Pipeline, run
-from engine.cli.commands import main
 from engine.core.errors import EngineError, OutputConflict
 from engine.execute.executor import TaskFailed
-from engine.io.sample_zarr import write_sample
 from engine.state.markers import read_records
 from engine.state.records import read_record
 
-TESTS = Path(__file__).parent
-CONFIG = TESTS.parent / "configs" / "nuclei.yaml"
+CONFIG = CONFIGS / "nuclei.yaml"
 SHAPE, CHUNKS = (64, 256, 256), (16, 64, 64)
 OUTPUT = "labels/nuclei"
 
 
-def _executable() -> str:
-    beside = Path(sys.executable).with_name("ngff-engine")
-    found = str(beside) if beside.exists() else shutil.which("ngff-engine")
-    assert found, "the ngff-engine command is not installed"
-    return found
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
-    return env
-
-
 def checksums(image: Path, output: str = OUTPUT) -> dict[str, str]:
     """sha256 of every chunk file of an output (metadata holds run times: left out)."""
-    base = image / output
-    sums = {}
-    for path in sorted(base.rglob("*")):
-        if path.is_file() and path.name not in ("zarr.json", ".zattrs", ".zarray", ".zgroup"):
-            sums[str(path.relative_to(base))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return sums
+    return tree_hash(image / output, chunks_only=True)
 
 
 def marker_files(image: Path, stage: str) -> int:
@@ -78,8 +65,8 @@ def run_ids(image: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fresh(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(write_sample(tmp_path_factory.mktemp("resume") / "fresh.zarr", SHAPE, CHUNKS))
+def fresh(sample_image: SampleImages) -> Path:
+    return sample_image(SHAPE, CHUNKS)
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +80,11 @@ def reference(fresh: Path, scheduler: str, tmp_path_factory: pytest.TempPathFact
 
 
 def start(image: Path) -> subprocess.Popen:
-    argv = [_executable(), "run", str(CONFIG), "--input", str(image), "--workers", "2"]
+    argv = [engine_command(), "run", str(CONFIG), "--input", str(image), "--workers", "2"]
     return subprocess.Popen(
         [*argv, "--quiet"],
         cwd=image.parent,
-        env=_env(),
+        env=engine_environment(),
         start_new_session=True,  # its own process group: driver, nannies, workers
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -117,11 +104,11 @@ def kill_when(proc: subprocess.Popen, ready, timeout: float = 60) -> float:
 
 
 def resume_cli(image: Path, scheduler: str, config: Path = CONFIG, *extra: str):
-    argv = [_executable(), "run", str(config), "--input", str(image), "--resume", "--json"]
+    argv = [engine_command(), "run", str(config), "--input", str(image), "--resume", "--json"]
     return subprocess.run(
         [*argv, "--scheduler", scheduler, *extra],
         cwd=image.parent,
-        env=_env(),
+        env=engine_environment(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -226,39 +213,13 @@ def test_two_runs_on_one_output(
     assert not lock.exists()
 
 
-def _function_pipeline(function: str, **kwargs: Any) -> Pipeline:
-    return Pipeline.build(
-        {
-            "steps": [
-                {
-                    "name": "custom",
-                    "op": "function",
-                    "input": "image",
-                    "params": {"function": f"user_ops:{function}", "kwargs": kwargs},
-                    "output": {"kind": "image", "name": "custom"},
-                }
-            ]
-        }
-    )
-
-
-BAD = 65535
-
-
-def _bad_image(path: Path, chunks: tuple[int, ...]) -> Path:
-    image = Path(write_sample(path, (8, 64, 64), chunks, "0.5"))
-    s0 = zarr.open_array(str(image / "s0"), mode="r+")
-    assert int(s0[...].max()) < BAD
-    s0[5, 40, 40] = BAD  # in chunk (1, 1, 1) of 4x32x32 chunks
-    return image
-
-
 def test_failing_chunk_report_keeps_done_chunks(
-    scheduler: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    scheduler: str, sample_image: SampleImages, tmp_path: Path, cli: Cli
 ) -> None:
-    image = _bad_image(tmp_path / "image.zarr", (4, 32, 32))
+    image = image_with_a_bad_voxel(sample_image, tmp_path / "image.zarr", (4, 32, 32))
     fixed = tmp_path / "fixed"
-    pipeline = _function_pipeline("fail_on_value", value=BAD, unless=str(fixed))
+    kwargs = {"value": BAD_VALUE, "unless": str(fixed)}
+    pipeline = function_pipeline("user.ops:fail_on_value", kwargs)
     with pytest.raises(TaskFailed) as failed:
         run(pipeline, input=image, scheduler=scheduler)
     message = str(failed.value)
@@ -287,12 +248,13 @@ def test_failing_chunk_report_keeps_done_chunks(
         box = np.s_[4 * z : 4 * z + 4, 32 * y : 32 * y + 32, 32 * x : 32 * x + 32]
         np.testing.assert_array_equal(written[box], source[box])
 
-    assert main(["status", str(image), "--json"]) == 0
-    (listed,) = json.loads(capsys.readouterr().out)["runs"]
+    ran = cli(["status", str(image), "--json"])
+    assert ran.code == 0
+    (listed,) = json.loads(ran.out)["runs"]
     assert listed["state"] == "failed" and listed["error"] == message
 
     # the same image chunked otherwise (with this run's _engine/): --resume is refused
-    other = _bad_image(tmp_path / "other.zarr", (4, 16, 16))
+    other = image_with_a_bad_voxel(sample_image, tmp_path / "other.zarr", (4, 16, 16))
     shutil.copytree(image / "_engine", other / "_engine")
     with pytest.raises(EngineError, match=r"chunks \[4, 32, 32\].*\[4, 16, 16\]"):
         run(pipeline, input=other, scheduler=scheduler, resume=True)
@@ -307,11 +269,14 @@ def test_failing_chunk_report_keeps_done_chunks(
     np.testing.assert_array_equal(zarr.open_array(str(image / "results/custom/s0"))[...], source)
 
 
-def test_retries_get_flaky_chunks_through(scheduler: str, tmp_path: Path) -> None:
-    image = Path(write_sample(tmp_path / "image.zarr", (8, 64, 64), (4, 32, 32), "0.4"))
+def test_retries_get_flaky_chunks_through(
+    scheduler: str, sample_image: SampleImages, tmp_path: Path
+) -> None:
+    image = sample_image((8, 64, 64), (4, 32, 32), "0.4", copy_to=tmp_path / "image.zarr")
     flags = tmp_path / "flags"
     flags.mkdir()
-    result = run(_function_pipeline("flaky", flags=str(flags)), input=image, scheduler=scheduler)
+    pipeline = function_pipeline("user.ops:flaky", {"flags": str(flags)})
+    result = run(pipeline, input=image, scheduler=scheduler)
     record = read_record(str(image), result.run_id)
     assert record["state"] == "completed" and record["chunks_done"] == record["tasks"]
     assert len(list(flags.iterdir())) >= 8  # every chunk failed once

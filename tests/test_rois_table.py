@@ -9,9 +9,8 @@ import anndata
 import numpy as np
 import pytest
 import zarr
-from conftest import blobs, write_image
+from conftest import Cli, blobs, write_image
 
-from engine.cli.commands import main
 from engine.core.errors import ConfigError
 from engine.core.geometry import Roi
 from engine.core.pipeline import Pipeline
@@ -104,7 +103,7 @@ def test_names_come_from_the_config_first_then_the_zarr(tmp_path: Path) -> None:
 
 
 def test_a_run_saves_its_config_roi_and_the_cli_finds_it(
-    tmp_path: Path, scheduler: str, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, scheduler: str, cli: Cli
 ) -> None:
     path = _image(tmp_path)
     config = tmp_path / "p.yaml"
@@ -118,18 +117,20 @@ def test_a_run_saves_its_config_roi_and_the_cli_finds_it(
     # a config without that ROI: `plan --roi corner` finds it in the zarr
     bare = tmp_path / "bare.yaml"
     bare.write_text("steps:" + PIPELINE.split("steps:")[1])
-    capsys.readouterr()
-    assert main(["plan", str(bare), "--input", str(path), "--roi", "corner", "--json"]) == 0
-    shown = json.loads(capsys.readouterr().out)
+    ran = cli(["plan", str(bare), "--input", str(path), "--roi", "corner", "--json"])
+    assert ran.code == 0
+    shown = json.loads(ran.out)
     assert shown["roi"] == str(result.roi)
     # `info` lists it, in micrometers
-    assert main(["info", str(path), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    ran = cli(["info", str(path), "--json"])
+    assert ran.code == 0
+    info = json.loads(ran.out)
     assert [r["name"] for r in info["rois"]] == ["corner"]
     assert info["rois"][0]["table"] == "rois"
     assert info["rois"][0]["micrometer"]["z"] == [0.0, 16.0]
-    assert main(["info", str(path)]) == 0
-    assert "roi corner (tables/rois): z: 0..16" in capsys.readouterr().out
+    ran = cli(["info", str(path)])
+    assert ran.code == 0
+    assert "roi corner (tables/rois): z: 0..16" in ran.out
     # a run on a pixel range saves nothing new
     run(pipeline, path, {"z": [8, 16]}, scheduler=scheduler, update=True)
     assert list(read_rois(path)) == ["corner"]

@@ -19,7 +19,6 @@ from engine.core.errors import ConfigError
 from engine.core.worker_env import HEAP_ENVIRONMENT
 from engine.io.metadata import Axis
 from engine.io.ngff_write import LevelSpec, create_image
-from engine.io.sample_zarr import write_sample
 from engine.runs.runner import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,8 +139,7 @@ def test_run_reports_peak_and_projected_worker_memory(tmp_path, scheduler):
     assert summary["projected_worker_bytes"] > max(peaks.values())
 
 
-def test_cli_prints_the_dask_dashboard_address(tmp_path, scheduler, capsys):
-    from engine.cli.commands import main
+def test_cli_prints_the_dask_dashboard_address(tmp_path, scheduler, cli):
 
     image = write_image(tmp_path / "img.zarr", blobs((16, 64, 64)), (8, 32, 32))
     config = tmp_path / "smooth.yaml"
@@ -149,8 +147,9 @@ def test_cli_prints_the_dask_dashboard_address(tmp_path, scheduler, capsys):
         "steps:\n  - {name: smooth, op: gaussian, params: {sigma: 1.5},"
         " output: {kind: image, name: smooth}}\n"
     )
-    assert main(["run", str(config), "--input", str(image), "--scheduler", scheduler]) == 0
-    assert "dask dashboard: http" in capsys.readouterr().err
+    ran = cli(["run", str(config), "--input", str(image), "--scheduler", scheduler])
+    assert ran.code == 0
+    assert "dask dashboard: http" in ran.err
 
 
 def _worker_settings() -> tuple[str | None, bool]:
@@ -205,10 +204,10 @@ def test_command_forks_local_workers_from_a_server_that_imported_the_engine(tmp_
     assert found["workers"] == [[HEAP_ENVIRONMENT, False, True, found["server"]]] * 2
 
 
-def test_command_runs_the_pipeline_with_forked_workers(tmp_path):
+def test_command_runs_the_pipeline_with_forked_workers(sample_image, tmp_path):
     """`python -m engine run` end to end (the command's own entry point), then the
     outputs read back."""
-    sample = write_sample(str(tmp_path / "s.zarr"), (24, 80, 80), chunks=(12, 40, 40))
+    sample = str(sample_image((24, 80, 80), (12, 40, 40), copy_to=tmp_path / "s.zarr"))
     done = subprocess.run(
         [
             sys.executable,

@@ -8,6 +8,7 @@ import pickle
 import tracemalloc
 
 import zarr
+from conftest import NUCLEI
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,12 +21,6 @@ from engine.plan.compiler import Link, chain_boxes, compile_plan, layout_hash, s
 from engine.plan.memory import _task_bytes, project_stage
 
 SHAPE = (23, 30, 17)
-NUCLEI = (
-    Pipeline()
-    .add("smooth", "gaussian", sigma=2.0)
-    .add("mask", "threshold", "smooth", method="otsu")
-    .add("nuclei", "label", "mask", {"kind": "label", "name": "nuclei"})
-)
 
 
 def boxes(shape: tuple[int, ...]) -> st.SearchStrategy[Roi]:

@@ -6,22 +6,25 @@ failed run is never reused; `--overwrite` computes again; `info` lists versions 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 import zarr
-from test_evaluate import assert_same, labels_of, nuclei_pipeline, oracle, read_eval
+from conftest import (
+    BAD_VALUE,
+    SampleImages,
+    function_pipeline,
+    image_with_a_bad_voxel,
+    tree_hash,
+)
+from test_tables_evaluate import assert_same, labels_of, nuclei_pipeline, oracle, read_eval
 
 from engine import Pipeline, run
-from engine.cli.commands import main
 from engine.core.errors import OutputConflict
 from engine.execute.executor import TaskFailed
-from engine.io.sample_zarr import write_sample
 from engine.runs.runner import make_plan
 from engine.state.records import read_record
 
@@ -29,40 +32,26 @@ ROI = {"z": (1, 15), "y": (5, 90), "x": (3, 77)}
 WINDOW = (slice(1, 15), slice(5, 90), slice(3, 77))
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("pristine") / "s.zarr"
-    return Path(write_sample(path, (16, 96, 96), (8, 32, 32), "0.4"))
-
-
 @pytest.fixture
-def image(pristine: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(pristine, tmp_path / "s.zarr"))
-
-
-def tree_hash(root: Path, skip: str = "_engine") -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.relative_to(root).as_posix().startswith(skip)
-    }
+def image(sample_image: SampleImages, tmp_path: Path) -> Path:
+    return sample_image((16, 96, 96), (8, 32, 32), "0.4", copy_to=tmp_path / "s.zarr")
 
 
 def attrs(image: Path, path: str) -> dict:
     return zarr.open_group(str(image / path), mode="r").attrs.asdict()["ngff_engine"]
 
 
-def test_unchanged_pipeline_computes_nothing(image, scheduler, tmp_path, capsys, monkeypatch):
+def test_unchanged_pipeline_computes_nothing(image, scheduler, tmp_path, cli, monkeypatch):
     p = nuclei_pipeline()
     first = run(p, input=image, roi=ROI, scheduler=scheduler)
     assert first.tasks_done > 0 and first.reused == []
-    before = tree_hash(image)
+    before = tree_hash(image, skip=("_engine",))
 
     again = run(p, input=image, roi=ROI, scheduler=scheduler)
     assert again.tasks_done == 0 and again.stages == []
     assert sorted(again.reused) == ["nuclei", "nuclei_eval"]
     assert again.evaluations == first.evaluations  # read back from the stored table
-    assert tree_hash(image) == before
+    assert tree_hash(image, skip=("_engine",)) == before
     record = read_record(str(image), again.run_id)
     assert record["state"] == "completed" and record["tasks"] == record["chunks_done"] == 0
     assert record["outputs"] == [] and sorted(record["reused"]) == [
@@ -79,11 +68,13 @@ def test_unchanged_pipeline_computes_nothing(image, scheduler, tmp_path, capsys,
     config = tmp_path / "p.yaml"
     config.write_text(p.to_yaml())
     argv = ["run", str(config), "--input", str(image), "--scheduler", scheduler, "--quiet"]
-    assert main([*argv, "--roi", "1:15,5:90,3:77"]) == 0
-    printed = capsys.readouterr().out
+    ran = cli([*argv, "--roi", "1:15,5:90,3:77"])
+    assert ran.code == 0
+    printed = ran.out
     assert "0 chunk tasks" in printed and "(reused" in printed and "Dice 0.9" in printed
-    assert main([*argv, "--roi", "1:15,5:90,3:77", "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
+    ran = cli([*argv, "--roi", "1:15,5:90,3:77", "--json"])
+    assert ran.code == 0
+    data = json.loads(ran.out)
     assert data["tasks_done"] == 0 and data["evaluations"]["nuclei_eval"]["true_positives"] > 10
 
     # --overwrite computes again, to the same result
@@ -92,7 +83,7 @@ def test_unchanged_pipeline_computes_nothing(image, scheduler, tmp_path, capsys,
     assert forced.evaluations == first.evaluations
 
 
-def test_changed_config_writes_a_new_version(image, scheduler, capsys):
+def test_changed_config_writes_a_new_version(image, scheduler, cli):
     keep = {"versions": "keep"}
     v1 = run(nuclei_pipeline(1.0, **keep), input=image, roi=ROI, scheduler=scheduler)
     first = tree_hash(image / "labels" / "nuclei")
@@ -125,8 +116,9 @@ def test_changed_config_writes_a_new_version(image, scheduler, capsys):
     run(nuclei_pipeline(3.0, **keep), input=image, roi=ROI, scheduler=scheduler)
     assert attrs(image, "labels/nuclei.v3")["version"]["previous"] == "nuclei.v2"
 
-    assert main(["info", str(image), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    ran = cli(["info", str(image), "--json"])
+    assert ran.code == 0
+    info = json.loads(ran.out)
     (labels,) = [g for g in info["versions"] if g["output"] == "labels/nuclei"]
     assert [(v["name"], v["number"]) for v in labels["versions"]] == [
         ("nuclei", 1),
@@ -134,19 +126,22 @@ def test_changed_config_writes_a_new_version(image, scheduler, capsys):
         ("nuclei.v3", 3),
     ]
     assert labels["versions"][2]["changed"] == "chain[smooth].params.sigma: 2.0 -> 3.0"
-    assert main(["info", str(image)]) == 0
-    text = capsys.readouterr().out
+    ran = cli(["info", str(image)])
+    assert ran.code == 0
+    text = ran.out
     assert "versions of labels/nuclei:" in text and "v2 nuclei.v2 (from nuclei: chain" in text
 
     # diff: version 2 scored against version 1, as on whole arrays
     argv = ["diff", str(image), "nuclei.v2", "nuclei", "--scheduler", scheduler, "--json"]
-    assert main(argv) == 0
-    found = json.loads(capsys.readouterr().out)
+    ran = cli(argv)
+    assert ran.code == 0
+    found = json.loads(ran.out)
     want = oracle(labels_of(image, "nuclei.v2"), labels_of(image, "nuclei"))
     assert found["reference"] == "labels/nuclei" and found["dice"] == want.dice
     assert found["true_positives"] == want.true_positives > 10
-    assert main(argv[:-1] + ["--roi", "2:9,0:50,10:60"]) == 0
-    assert "labels/nuclei.v2 against labels/nuclei: Dice" in capsys.readouterr().out
+    ran = cli(argv[:-1] + ["--roi", "2:9,0:50,10:60"])
+    assert ran.code == 0
+    assert "labels/nuclei.v2 against labels/nuclei: Dice" in ran.out
 
 
 def test_only_the_changed_downstream_step_runs(image, scheduler):
@@ -176,26 +171,14 @@ def test_only_the_changed_downstream_step_runs(image, scheduler):
     )
 
 
-BAD = 65535
-
-
 def failing(unless: Path, **output: str) -> Pipeline:
-    """The identity, failing on the chunk holding BAD until the file `unless` exists."""
-    params = {"function": "user_ops:fail_on_value", "kwargs": {"value": BAD, "unless": str(unless)}}
-    step = {"name": "custom", "op": "function", "params": params}
-    return Pipeline.build(
-        {"steps": [{**step, "output": {"kind": "image", "name": "custom", **output}}]}
-    )
+    """The identity, failing on the chunk holding BAD_VALUE until the file `unless` exists."""
+    kwargs = {"value": BAD_VALUE, "unless": str(unless)}
+    return function_pipeline("user.ops:fail_on_value", kwargs, **output)
 
 
-def bad_image(path: Path) -> Path:
-    image = Path(write_sample(path, (8, 64, 64), (4, 32, 32), "0.5"))
-    zarr.open_array(str(image / "s0"), mode="r+")[5, 40, 40] = BAD  # in z 4..8 only
-    return image
-
-
-def test_output_of_a_failed_run_is_not_reused(tmp_path, scheduler):
-    image = bad_image(tmp_path / "image.zarr")
+def test_output_of_a_failed_run_is_not_reused(tmp_path, sample_image, scheduler):
+    image = image_with_a_bad_voxel(sample_image, tmp_path / "image.zarr")
     p = failing(tmp_path / "fixed")
     top = {"z": (0, 4)}
     first = run(p, input=image, roi=top, scheduler=scheduler)
@@ -225,8 +208,8 @@ def test_yaml_round_trip_of_versions(tmp_path):
     assert Pipeline.from_yaml(config).steps == nuclei_pipeline(versions="keep").steps
 
 
-def test_a_failed_version_is_completed_not_replaced_by_a_new_one(tmp_path, scheduler):
-    image = bad_image(tmp_path / "image.zarr")
+def test_a_failed_version_is_completed_not_replaced_by_a_new_one(tmp_path, sample_image, scheduler):
+    image = image_with_a_bad_voxel(sample_image, tmp_path / "image.zarr")
     (tmp_path / "fixed").touch()
     run(failing(tmp_path / "fixed", versions="keep"), input=image, scheduler=scheduler)
     second = failing(tmp_path / "fixed2", versions="keep")  # another config: version 2

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import blobs, write_image
-from user_models import contrast
+from user.models import contrast
 
 from engine import Pipeline, run
 from engine.core.errors import ConfigError, EngineError
@@ -43,7 +43,7 @@ def test_user_model_equals_numpy_on_the_whole_array(
     log.mkdir()
     kwargs = {"size": 5, "gain": 2.0, "log": str(log)}
     p = _pipeline(
-        image, factory, model=f"user_models:{factory}", kwargs=kwargs, halo=2, dtype="float32"
+        image, factory, model=f"user.models:{factory}", kwargs=kwargs, halo=2, dtype="float32"
     )
     result = run(p, roi=ROI, scheduler=scheduler)
     assert result.stages[0].tasks == 3 * 3 * 3
@@ -64,7 +64,7 @@ def test_batch_size_and_resources_reach_the_plan(image: Path) -> None:
         _pipeline(
             image,
             "edges",
-            model="user_models:contrast",
+            model="user.models:contrast",
             halo=2,
             dtype="float32",
             batch_size=3,
@@ -89,7 +89,7 @@ def test_resources_local_workers_offer_them_and_missing_ones_are_named(
     p = _pipeline(
         image,
         "gpu_edges",
-        model="user_models:contrast",
+        model="user.models:contrast",
         halo=2,
         dtype="float32",
         resources={"gpu": 1},
@@ -117,12 +117,12 @@ def test_factory_that_cannot_be_imported_is_one_config_error(image: Path) -> Non
         _pipeline(image, "seg", model="no_such_module:load", halo=1)
     assert str(err.value).startswith("pipeline: step 'seg': params.model: cannot import module")
     with pytest.raises(ConfigError, match=r"step 'seg': params.model: .* has no function 'nope'"):
-        _pipeline(image, "seg", model="user_models:nope")
+        _pipeline(image, "seg", model="user.models:nope")
     with pytest.raises(ConfigError, match=r"step 'seg': params.resources: .*'gpu' needs a pos"):
-        _pipeline(image, "seg", model="user_models:contrast", resources={"gpu": 0})
+        _pipeline(image, "seg", model="user.models:contrast", resources={"gpu": 0})
 
 
 def test_model_returning_the_wrong_shape_names_the_step(image: Path, scheduler: str) -> None:
-    p = _pipeline(image, "bad", model="user_models:wrong_shape", halo=1)
+    p = _pipeline(image, "bad", model="user.models:wrong_shape", halo=1)
     with pytest.raises(TaskFailed, match=r"step 'bad' failed on chunk .*returned shape"):
         run(p, roi=ROI, scheduler=scheduler, retries=0)

@@ -9,13 +9,12 @@ import joblib
 import numpy as np
 import pytest
 import zarr
+from conftest import Cli, SampleImages
 from skimage.feature import multiscale_basic_features
 
 from engine import Pipeline, run
-from engine.cli.commands import main
 from engine.core.errors import ConfigError, EngineError, OutputConflict
 from engine.io.sample_image import sample_rois
-from engine.io.sample_zarr import write_sample
 from engine.runs.runner import make_plan
 from tasks.classifier import TrainParams, block_samples, combine_samples, file_sha256
 from tasks.features import FeatureSettings, pixel_features
@@ -30,9 +29,9 @@ DICE = 0.9319  # measured on this sample, seed 0: the fit is seeded, so it is re
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sample(sample_image: SampleImages, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("classifier") / "sample.zarr"
-    return Path(write_sample(path, SHAPE, CHUNKS, seed=0))
+    return sample_image(SHAPE, CHUNKS, seed=0, copy_to=path)
 
 
 def _train(image: Path, **params) -> Pipeline:
@@ -95,7 +94,7 @@ def test_capped_samples_do_not_depend_on_chunking() -> None:
 
 
 def test_train_writes_the_model_artifact(
-    sample: Path, trained: Path, scheduler: str, capsys: pytest.CaptureFixture[str]
+    sample: Path, trained: Path, scheduler: str, cli: Cli
 ) -> None:
     record = zarr.open_group(str(trained), mode="r").attrs.asdict()["ngff_engine"]
     info = record["model"]
@@ -110,9 +109,10 @@ def test_train_writes_the_model_artifact(
     assert record["provenance"]["annotations"] == "labels/annotations"
     payload = joblib.load(trained / "model.joblib")
     assert payload["estimator"].n_estimators == 50 and payload["classes"] == [1, 2]
-    assert main(["info", str(sample)]) == 0
+    ran = cli(["info", str(sample)])
+    assert ran.code == 0
     assert "_engine/models/nuclei_rf: RandomForestClassifier, classes [1, 2]" in " ".join(
-        capsys.readouterr().out.split()
+        ran.out.split()
     )
     again = run(_train(sample, model="nuclei_rf", **TRAIN), roi="train", scheduler=scheduler)
     assert again.tasks_done == 0 and again.stages == [] and again.reused == ["nuclei_rf"]
@@ -150,11 +150,13 @@ def test_predict_on_test_roi_then_threshold_and_label(
     assert again.tasks_done == 0 and sorted(again.reused) == ["nuclei_prob", "nuclei_prob_labels"]
 
 
-def test_predict_equals_the_model_on_the_whole_image(tmp_path: Path, scheduler: str) -> None:
+def test_predict_equals_the_model_on_the_whole_image(
+    sample_image: SampleImages, tmp_path: Path, scheduler: str
+) -> None:
     """All feature kinds, chunks that do not divide the image, an ROI off the chunk grid:
     the engine's probabilities equal the forest on features of the whole image."""
     shape = (32, 128, 128)
-    image = Path(write_sample(tmp_path / "small.zarr", shape, (16, 48, 48), seed=0))
+    image = sample_image(shape, (16, 48, 48), seed=0, copy_to=tmp_path / "small.zarr")
     params = {"sigma_min": 0.5, "sigma_max": 4, "n_estimators": 10, "seed": 3}
     run(_train(image, model="all_features", **params), roi="train", scheduler=scheduler)
     roi = {"z": [5, 27], "y": [40, 113], "x": [3, 128]}
@@ -176,7 +178,7 @@ def test_predict_equals_the_model_on_the_whole_image(tmp_path: Path, scheduler: 
 
 
 def test_bad_input_is_one_config_error(
-    sample: Path, trained: Path, scheduler: str, capsys: pytest.CaptureFixture[str]
+    sample: Path, trained: Path, scheduler: str, cli: Cli
 ) -> None:
     with pytest.raises(ConfigError) as err:
         make_plan(_predict(sample, "nope", "x"), roi="test")
@@ -203,6 +205,7 @@ def test_bad_input_is_one_config_error(
     assert not (sample / "_engine/models/empty").exists()
     config = sample.parent / "predict.yaml"
     config.write_text(_predict(sample, "nope", "x").to_yaml())
-    assert main(["run", str(config), "--roi", "test", "--scheduler", scheduler]) == 2
-    err_lines = capsys.readouterr().err.strip().splitlines()
+    ran = cli(["run", str(config), "--roi", "test", "--scheduler", scheduler])
+    assert ran.code == 2
+    err_lines = ran.err.strip().splitlines()
     assert len(err_lines) == 1 and "params.model: no trained model 'nope'" in err_lines[0]

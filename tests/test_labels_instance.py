@@ -144,7 +144,7 @@ def test_user_segmenter_by_import_path(tmp_path: Path, scheduler: str) -> None:
     pipeline = instance_pipeline(
         Pipeline().add("smooth", "gaussian", "image", sigma=1.0),
         "smooth",
-        segmenter="user_segmenters:components",
+        segmenter="user.segmenters:components",
         overlap=[6, 12, 12],
         kwargs={"level": 500},
     )
@@ -164,7 +164,7 @@ def test_resume_after_a_failed_chunk_redoes_only_that_chunk(tmp_path: Path, sche
     path = write_image(tmp_path / "m.zarr", mask, (16, 32, 32), levels=1)
     fixed = tmp_path / "fixed"
     pipeline = instance_pipeline(
-        segmenter="user_segmenters:components_unless",
+        segmenter="user.segmenters:components_unless",
         overlap=6,
         kwargs={"value": 2, "unless": str(fixed)},
     )
@@ -183,7 +183,7 @@ def test_resume_after_a_failed_chunk_redoes_only_that_chunk(tmp_path: Path, sche
 def test_a_segmenter_that_returns_no_labels_fails_clearly(tmp_path: Path, scheduler: str) -> None:
     mask, _ = spheres((16, 32, 32), 3, 4, 2.5, seed=1)
     path = write_image(tmp_path / "m.zarr", mask, (8, 16, 16), levels=1)
-    pipeline = instance_pipeline(segmenter="user_segmenters:float_labels", overlap=4)
+    pipeline = instance_pipeline(segmenter="user.segmenters:float_labels", overlap=4)
     with pytest.raises(EngineError, match="step 'nuc'.*float_labels returned float32, not"):
         run(pipeline, input=path, scheduler=scheduler)
 
@@ -219,7 +219,7 @@ def bad(params: dict) -> list[dict]:
     [
         ({"segmenter": "watershedd"}, ["params.segmenter", "unknown segmenter 'watershedd'"]),
         ({"segmenter": "no_such_mod:f"}, ["params.segmenter", "no_such_mod"]),
-        ({"segmenter": "user_segmenters:nope"}, ["params.segmenter", "'nope'"]),
+        ({"segmenter": "user.segmenters:nope"}, ["params.segmenter", "'nope'"]),
         ({"overlap": -3}, ["params.overlap", "at least 1", "-3"]),
         ({"overlap": [4, -2, 4]}, ["params.overlap", "at least 1"]),
         ({"iou_threshold": 0}, ["params.iou_threshold", "greater than 0"]),

@@ -10,23 +10,19 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from conftest import CONFIGS, SampleImages
 
 from engine import Pipeline
-from engine.cli.commands import main
-from engine.io.sample_zarr import write_sample
 from engine.runs.runner import run
-
-CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sample(sample_image: SampleImages, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("loop") / "sample.zarr"
-    write_sample(path, (64, 256, 256), chunks=(32, 64, 64))
-    return path
+    return sample_image((64, 256, 256), (32, 64, 64), copy_to=path)
 
 
-def test_adjust_test_evaluate_then_full_image(sample, scheduler, tmp_path, capsys):
+def test_adjust_test_evaluate_then_full_image(sample, scheduler, tmp_path, cli):
     train = Pipeline.from_yaml(CONFIGS / "nuclei-train.yaml")
     run(train, sample, roi="train", scheduler=scheduler)
     assert (sample / "_engine/models/nuclei_rf/model.joblib").is_file()
@@ -39,8 +35,8 @@ def test_adjust_test_evaluate_then_full_image(sample, scheduler, tmp_path, capsy
     assert written.ndim == 3 and written.std() > 0
 
     preview = tmp_path / "test.png"
-    assert main(["preview", str(sample), "--roi", "test", "--labels", "nuclei_rf",
-                 "--out", str(preview)]) == 0  # fmt: skip
+    assert cli(["preview", str(sample), "--roi", "test", "--labels", "nuclei_rf",
+                "--out", str(preview)]).code == 0  # fmt: skip
     picture = iio.imread(preview)
     assert picture.ndim == 3 and picture.std() > 0
 
@@ -53,13 +49,14 @@ def test_adjust_test_evaluate_then_full_image(sample, scheduler, tmp_path, capsy
     assert {"nuclei_rf.v2", "nuclei_rf_eval.v2"} <= set(second.outputs)
     assert second.evaluations["nuclei_rf_eval.v2"].dice != scores.dice
 
-    capsys.readouterr()
-    assert main(["info", str(sample)]) == 0
-    info = capsys.readouterr().out
+    ran = cli(["info", str(sample)])
+    assert ran.code == 0
+    info = ran.out
     assert "nuclei_rf.v2" in info and "0.5 -> 0.6" in info
-    assert main(["diff", str(sample), "nuclei_rf.v2", "nuclei_rf", "--roi", "test",
-                 "--scheduler", scheduler]) == 0  # fmt: skip
-    assert "Dice" in capsys.readouterr().out
+    ran = cli(["diff", str(sample), "nuclei_rf.v2", "nuclei_rf", "--roi", "test",
+               "--scheduler", scheduler])  # fmt: skip
+    assert ran.code == 0
+    assert "Dice" in ran.out
 
     again = run(changed, sample, roi="test", scheduler=scheduler)
     assert again.tasks_done == 0

@@ -20,7 +20,6 @@ from scipy import ndimage
 from engine import Pipeline, run
 from engine.io.metadata import read_image
 from engine.io.ngff_write import create_image, image_label_json, list_in_parent
-from engine.io.sample_zarr import write_sample
 from tasks.evaluate import Scores, combine_counts, pair_counts, scores
 
 
@@ -172,8 +171,8 @@ SAMPLE_CASES = [
 
 
 @pytest.mark.parametrize(("chunks", "roi"), SAMPLE_CASES)
-def test_scores_on_the_sample_equal_the_whole_array(tmp_path, scheduler, chunks, roi):
-    path = Path(write_sample(tmp_path / "s.zarr", (16, 96, 96), chunks, "0.5"))
+def test_scores_on_the_sample_equal_the_whole_array(tmp_path, sample_image, scheduler, chunks, roi):
+    path = sample_image((16, 96, 96), chunks, "0.5", copy_to=tmp_path / "s.zarr")
     result = run(nuclei_pipeline(), input=path, roi=roi, scheduler=scheduler)
     bounds = roi or {"z": (0, 16), "y": (0, 96), "x": (0, 96)}
     window = tuple(slice(*bounds[n]) for n in ("z", "y", "x"))
@@ -236,8 +235,8 @@ def test_known_answer_across_chunks(tmp_path, scheduler):
     assert got.dice == 224 / 248 and got.iou == 112 / 136
 
 
-def test_reference_is_a_step_of_the_pipeline(tmp_path, scheduler):
-    path = Path(write_sample(tmp_path / "s.zarr", (12, 64, 64), (6, 32, 32), "0.4"))
+def test_reference_is_a_step_of_the_pipeline(tmp_path, sample_image, scheduler):
+    path = sample_image((12, 64, 64), (6, 32, 32), "0.4", copy_to=tmp_path / "s.zarr")
     p = (
         nuclei_pipeline(reference="coarse")
         .add("coarse_smooth", "gaussian", sigma=2.5)

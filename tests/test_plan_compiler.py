@@ -6,37 +6,13 @@ import time
 
 import numpy as np
 import zarr
+from conftest import NUCLEI, huge_image
 
 from engine import Pipeline
 from engine.core.geometry import Roi
 from engine.io.metadata import Axis, read_image
 from engine.io.ngff_write import LevelSpec, create_image
 from engine.plan.compiler import compile_plan, summarize
-
-NUCLEI = (
-    Pipeline()
-    .add("smooth", "gaussian", sigma=2.0)
-    .add("mask", "threshold", "smooth", method="otsu")
-    .add("nuclei", "label", "mask", {"kind": "label", "name": "nuclei"})
-)
-
-
-def huge_image(path) -> str:
-    """Metadata only: 2048 x 65536 x 65536 uint16 (16 TiB), no chunk ever written."""
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    axes = tuple(Axis(n, "space", "micrometer") for n in "zyx")
-    levels = [
-        LevelSpec(
-            f"s{k}",
-            (2048, 65536 // 2**k, 65536 // 2**k),
-            (64, 256, 256),
-            (1.0, 2.0**k, 2.0**k),
-            (0, 0, 0),
-        )
-        for k in range(3)
-    ]
-    create_image(root, "", version="0.5", axes=axes, levels=levels, dtype="uint16", name="huge")
-    return str(path)
 
 
 def test_plan_for_small_roi_in_huge_image_is_fast_and_small(tmp_path):

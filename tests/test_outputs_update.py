@@ -71,7 +71,7 @@ def test_update_adds_a_second_roi_and_keeps_the_first(tmp_path, scheduler):
     assert record["max_label"] == int(labels.max())
 
 
-def test_overwrite_replaces_and_info_lists_outputs(tmp_path, scheduler, capsys):
+def test_overwrite_replaces_and_info_lists_outputs(tmp_path, scheduler, cli):
     write_image(tmp_path / "img.zarr", blobs((20, 60, 70), seed=6), (10, 16, 16))
     assert run_cli(tmp_path, scheduler, "--roi", "left") == 0
     assert run_cli(tmp_path, scheduler, "--roi", "right", "--overwrite") == 0
@@ -80,9 +80,9 @@ def test_overwrite_replaces_and_info_lists_outputs(tmp_path, scheduler, capsys):
     assert not labels[:, :, :30].any()  # the left ROI's result is gone
     assert len(root["labels/cells"].attrs["ngff_engine"]["runs"]) == 1
 
-    capsys.readouterr()
-    assert main(["info", str(tmp_path / "img.zarr"), "--json"]) == 0
-    info = json.loads(capsys.readouterr().out)
+    ran = cli(["info", str(tmp_path / "img.zarr"), "--json"])
+    assert ran.code == 0
+    info = json.loads(ran.out)
     assert [x["name"] for x in info["labels"]] == ["cells"]
     assert [x["name"] for x in info["results"]] == ["smooth"]
     assert info["labels"][0]["runs"] == 1 and info["labels"][0]["levels"] == 2
