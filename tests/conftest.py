@@ -16,7 +16,9 @@ import hashlib
 import logging
 import os
 import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,7 +28,7 @@ import pytest
 import zarr
 from distributed import LocalCluster
 
-from engine import Pipeline
+from engine import Pipeline, run
 from engine.cli.commands import main
 from engine.io.metadata import Axis
 from engine.io.ngff_write import LevelSpec, create_image, zarr_format
@@ -61,6 +63,38 @@ def scheduler() -> Iterator[str]:
         silence_logs=logging.ERROR,
     ) as cluster:
         yield cluster.scheduler_address
+
+
+# --- SLURM ---------------------------------------------------------------------------------
+
+# the SLURM tests' sample: 32x128x128 in 16x64x64 chunks (8 chunks), to keep them short
+SLURM_SAMPLE = ((32, 128, 128), (16, 64, 64))
+
+
+@pytest.fixture(scope="session")
+def slurm() -> str:
+    """The real one-node SLURM of slurm/dev-cluster.sh, started if it is not running (the
+    first start may apt-get install slurm and munge: a generous bound); its partition."""
+    proc = subprocess.run(
+        ["bash", str(REPO / "slurm" / "dev-cluster.sh"), "start"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, f"dev-cluster.sh start failed:\n{proc.stdout}\n{proc.stderr}"
+    return "debug"
+
+
+@pytest.fixture(scope="session")
+def slurm_reference(sample_image: SampleImages, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The standard pipeline on the SLURM sample on a local 2-worker cluster: the output
+    every SLURM run of it must equal."""
+    image = sample_image(*SLURM_SAMPLE, copy_to=tmp_path_factory.mktemp("local") / "sample.zarr")
+    started = time.perf_counter()
+    result = run(Pipeline.from_yaml(CONFIGS / "nuclei.yaml"), input=image, workers=2)
+    print(f"local run (2 workers, incl. cluster start): {time.perf_counter() - started:.1f} s")
+    assert result.labels["nuclei"] > 10
+    return image
 
 
 # --- images ------------------------------------------------------------------------------

@@ -1,10 +1,8 @@
-"""Reading OME-Zarr images (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3) with `engine.ngff.read_image`.
+"""Reading OME-Zarr images (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3) with `read_image`.
 
-Images come from three writers: our own sample writer, ome-zarr-py's `write_image`,
-and zarr by hand as in the NGFF spec examples (5D with units, per-level scale and
-translation, a global transform; 4D; 2D). A small pipeline then runs on the 5D and
-the t,z,y,x images and is checked against scipy on the whole array. Broken images
-must raise `NgffError` naming the path and the problem.
+Images come from three writers: our own sample writer, ome-zarr-py's `write_image`, and
+zarr by hand as in the NGFF spec examples (tests/ngff_by_hand.py: 5D with units,
+per-level scale and translation, a global transform; 4D; 2D).
 """
 
 from __future__ import annotations
@@ -16,156 +14,25 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from engine.ngff import ImageMeta, read_image
+from ngff_by_hand import (
+    CHUNKS_5D,
+    SCALES_5D,
+    TRANSLATIONS_5D,
+    nuclei_stack,
+    write_5d,
+    write_by_hand,
+    write_tzyx,
+)
 from ome_zarr.format import FormatV04, FormatV05
-from scipy import ndimage as ndi
 
-from engine import Pipeline, RoiSpec, run
 from engine.core.errors import NgffError
+from engine.io.metadata import ImageMeta, read_image
 from engine.io.sample_image import make_nuclei
 from engine.io.sample_zarr import write_sample
 
 with warnings.catch_warnings():  # its own deprecated default argument, at import time
     warnings.simplefilter("ignore", DeprecationWarning)
     from ome_zarr.writer import write_image
-
-THRESHOLD = 500.0
-
-
-# --- helpers -----------------------------------------------------------------------------
-
-
-def write_by_hand(
-    path: Path,
-    version: str,
-    axes: list[dict[str, str]],
-    levels: list[dict[str, Any]],
-    global_transforms: list[dict[str, Any]] | None = None,
-    version_string: str | None = None,
-) -> Path:
-    """An NGFF image written with zarr alone, as the spec examples lay it out.
-
-    Each level: {"path", "data", "chunks", "scale", "translation" (optional)}.
-    """
-    zarr_format = 2 if version == "0.4" else 3
-    root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
-    datasets = []
-    for lv in levels:
-        kwargs: dict[str, Any] = {}
-        if zarr_format == 3 and len(axes) == lv["data"].ndim:
-            kwargs["dimension_names"] = [a["name"] for a in axes]
-        array = root.create_array(
-            lv["path"],
-            shape=lv["data"].shape,
-            chunks=lv["chunks"],
-            dtype=lv["data"].dtype,
-            fill_value=0,
-            **kwargs,
-        )
-        array[...] = lv["data"]
-        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": list(lv["scale"])}]
-        if lv.get("translation") is not None:
-            transforms.append({"type": "translation", "translation": list(lv["translation"])})
-        datasets.append({"path": lv["path"], "coordinateTransformations": transforms})
-    multiscale: dict[str, Any] = {"name": "by-hand", "axes": axes, "datasets": datasets}
-    if global_transforms is not None:
-        multiscale["coordinateTransformations"] = global_transforms
-    if version == "0.4":
-        root.attrs.update({"multiscales": [{"version": version_string or "0.4", **multiscale}]})
-    else:
-        root.attrs.update(
-            {"ome": {"version": version_string or "0.5", "multiscales": [multiscale]}}
-        )
-    return path
-
-
-def nuclei_stack(lead: tuple[int, ...], spatial: tuple[int, ...], seed: int = 0) -> np.ndarray:
-    """A uint16 stack: a different synthetic nuclei volume for every leading index."""
-    out = np.empty(lead + spatial, dtype=np.uint16)
-    for k, index in enumerate(np.ndindex(*lead)):
-        out[index] = make_nuclei(spatial, seed=seed + k).image
-    return out
-
-
-def downsample_yx(data: np.ndarray, factor: int) -> np.ndarray:
-    return np.ascontiguousarray(data[..., ::factor, ::factor])
-
-
-def assert_same_partition(got: np.ndarray, want: np.ndarray) -> None:
-    """Same objects, any ids: foregrounds match and ids correspond one to one."""
-    assert got.shape == want.shape
-    np.testing.assert_array_equal(got > 0, want > 0)
-    fg = want > 0
-    pairs = np.unique(np.stack([got[fg].astype(np.int64), want[fg].astype(np.int64)]), axis=1)
-    n_got = len(np.unique(got[fg]))
-    n_want = len(np.unique(want[fg]))
-    assert n_got == n_want == pairs.shape[1], (n_got, n_want, pairs.shape[1])
-
-
-AXES_5D = [
-    {"name": "t", "type": "time", "unit": "second"},
-    {"name": "c", "type": "channel"},
-    {"name": "z", "type": "space", "unit": "nanometer"},
-    {"name": "y", "type": "space", "unit": "nanometer"},
-    {"name": "x", "type": "space", "unit": "nanometer"},
-]
-SHAPE_5D = (3, 2, 6, 40, 36)
-CHUNKS_5D = (1, 1, 3, 16, 16)
-# per level: scale and translation (nanometers in space; the global transform scales t by 2)
-SCALES_5D = [
-    (1.0, 1.0, 500.0, 200.0, 200.0),
-    (1.0, 1.0, 500.0, 400.0, 400.0),
-    (1.0, 1.0, 500.0, 800.0, 800.0),
-]
-TRANSLATIONS_5D = [
-    (0.0, 0.0, 1000.0, 50.0, 60.0),
-    (0.0, 0.0, 1000.0, 150.0, 160.0),
-    (0.0, 0.0, 1000.0, 350.0, 360.0),
-]
-
-
-def write_5d(path: Path, version: str) -> np.ndarray:
-    data = nuclei_stack(SHAPE_5D[:2], SHAPE_5D[2:], seed=10)
-    levels = [
-        {
-            "path": str(k),
-            "data": downsample_yx(data, 2**k),
-            "chunks": CHUNKS_5D,
-            "scale": SCALES_5D[k],
-            "translation": TRANSLATIONS_5D[k],
-        }
-        for k in range(3)
-    ]
-    write_by_hand(
-        path,
-        version,
-        AXES_5D,
-        levels,
-        global_transforms=[{"type": "scale", "scale": [2.0, 1.0, 1.0, 1.0, 1.0]}],
-    )
-    return data
-
-
-def write_tzyx(path: Path, version: str) -> np.ndarray:
-    axes = [
-        {"name": "t", "type": "time", "unit": "millisecond"},
-        {"name": "z", "type": "space", "unit": "micrometer"},
-        {"name": "y", "type": "space", "unit": "micrometer"},
-        {"name": "x", "type": "space", "unit": "micrometer"},
-    ]
-    data = nuclei_stack((3,), (6, 40, 36), seed=30)
-    levels = [
-        {
-            "path": f"s{k}",
-            "data": downsample_yx(data, 2**k),
-            "chunks": (1, 4, 16, 16),
-            "scale": (100.0, 2.0, 0.5 * 2**k, 0.5 * 2**k),
-            "translation": (0.0, 0.0, 0.25 * (2**k - 1), 0.25 * (2**k - 1)),
-        }
-        for k in range(2)
-    ]
-    write_by_hand(path, version, axes, levels)
-    return data
 
 
 # --- images written by `ngff-engine sample` ---------------------------------------------
@@ -352,191 +219,3 @@ def test_spec_2d_yx(tmp_path: Path, version: str) -> None:
     assert [lv.shape for lv in meta.levels] == [(30, 50), (15, 25)]
     assert [lv.chunks for lv in meta.levels] == [(16, 16), (16, 16)]
     assert meta.spacing_um(1) == pytest.approx((0.6, 0.6))
-
-
-# --- running a pipeline on them ------------------------------------------------------------
-
-
-def _pipeline(path: Path) -> Pipeline:
-    return (
-        Pipeline(input=str(path))
-        .add("smooth", "gaussian", sigma=1.0)
-        .add("mask", "threshold", input="smooth", method="value", value=THRESHOLD)
-        .add("nuclei", "label", input="mask", output={"kind": "label", "name": "nuclei"})
-    )
-
-
-def _oracle(volume: np.ndarray, box: tuple[slice, ...]) -> tuple[np.ndarray, int]:
-    smooth = ndi.gaussian_filter(volume.astype(np.float32), 1)
-    return ndi.label(smooth[box] > THRESHOLD)
-
-
-def _check_labels(
-    path: Path,
-    source: ImageMeta,
-    frames: np.ndarray,
-    t_range: range,
-    box: tuple[slice, ...],
-    count: int,
-) -> None:
-    """Labels at labels/nuclei: t,z,y,x; per time point in `t_range` equal to the oracle
-    inside `box` and zero outside it; zero at every other time point."""
-    out = read_image(path / "labels" / "nuclei")
-    assert out.version == source.version
-    assert out.axis_names == ("t", "z", "y", "x")
-    keep = [i for i, a in enumerate(source.axis_names) if a != "c"]
-    assert len(out.levels) == len(source.levels)
-    for lv, src in zip(out.levels, source.levels, strict=True):
-        assert lv.shape == tuple(src.shape[i] for i in keep)
-        assert lv.scale == pytest.approx(tuple(src.scale[i] for i in keep))
-        assert lv.translation == pytest.approx(tuple(src.translation[i] for i in keep))
-    labels = zarr.open_array(str(path / "labels" / "nuclei" / out.levels[0].path), mode="r")[...]
-    total = 0
-    ids_seen: set[int] = set()
-    for t in range(labels.shape[0]):
-        if t not in t_range:
-            assert not labels[t].any(), f"time point {t} is outside the ROI but has labels"
-            continue
-        want, n = _oracle(frames[t], box)
-        assert n >= 3, "the test data should hold several objects per time point"
-        assert_same_partition(labels[t][box], want)
-        outside = labels[t].copy()
-        outside[box] = 0
-        assert not outside.any(), f"time point {t}: labels outside the ROI"
-        ids = set(np.unique(labels[t][box]).tolist()) - {0}
-        assert not ids & ids_seen, "ids repeat across time points"
-        ids_seen |= ids
-        total += n
-    assert count == total
-    # coarser levels hold something where the ROI was, nothing at other time points
-    coarse = zarr.open_array(str(path / "labels" / "nuclei" / out.levels[-1].path), mode="r")[...]
-    for t in range(coarse.shape[0]):
-        assert coarse[t].any() == (t in t_range)
-    listed = zarr.open_group(str(path / "labels"), mode="r").attrs.asdict()
-    listed = listed.get("ome", listed)
-    assert "nuclei" in listed["labels"]
-
-
-@pytest.mark.parametrize("version", ["0.4", "0.5"])
-def test_run_on_5d_roi_restricts_t_and_c(tmp_path: Path, version: str, scheduler: str) -> None:
-    path = tmp_path / "5d.zarr"
-    data = write_5d(path, version)
-    source = read_image(path)
-    roi = RoiSpec(t=(1, 3), c=(1, 2), y=(5, 37))
-    result = run(_pipeline(path), roi=roi, scheduler=scheduler)
-    assert result.outputs == {"nuclei": str(path / "labels" / "nuclei")}
-    box = (slice(None), slice(5, 37), slice(None))
-    # the ROI's first channel (1) is the one to process; channel 0 would give other objects
-    assert not np.array_equal(_oracle(data[1, 0], box)[0] > 0, _oracle(data[1, 1], box)[0] > 0)
-    _check_labels(path, source, data[:, 1], range(1, 3), box, result.labels["nuclei"])
-
-
-def test_run_on_tzyx(tmp_path: Path, scheduler: str) -> None:
-    path = tmp_path / "tzyx.zarr"
-    data = write_tzyx(path, "0.5")
-    source = read_image(path)
-    result = run(_pipeline(path), roi={"t": (1, 2), "z": (1, 5)}, scheduler=scheduler)
-    box = (slice(1, 5), slice(None), slice(None))
-    _check_labels(path, source, data, range(1, 2), box, result.labels["nuclei"])
-
-
-# --- broken inputs -------------------------------------------------------------------------
-
-
-def _raises(path: Path, *words: str) -> None:
-    with pytest.raises(NgffError) as info:
-        read_image(path)
-    message = str(info.value)
-    assert str(path) in message, message
-    for word in words:
-        assert word in message, message
-    assert "\n" not in message
-
-
-def _good_3d(path: Path, version: str = "0.4") -> Path:
-    data = make_nuclei((4, 16, 16), seed=1).image
-    axes = [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
-    return write_by_hand(
-        path,
-        version,
-        axes,
-        [
-            {"path": "0", "data": data, "chunks": (2, 8, 8), "scale": (1.0, 1.0, 1.0)},
-            {
-                "path": "1",
-                "data": data[:, ::2, ::2].copy(),
-                "chunks": (2, 8, 8),
-                "scale": (1, 2, 2),
-            },
-        ],
-    )
-
-
-def test_good_helper_image_reads(tmp_path: Path) -> None:
-    """The base of the broken cases below is itself valid, so each break is what fails."""
-    for version in ("0.4", "0.5"):
-        meta = read_image(_good_3d(tmp_path / f"ok{version}.zarr", version))
-        assert len(meta.levels) == 2
-
-
-def test_missing_path(tmp_path: Path) -> None:
-    _raises(tmp_path / "nowhere.zarr", "no such file or directory")
-
-
-def test_directory_that_is_not_zarr(tmp_path: Path) -> None:
-    path = tmp_path / "plain_dir"
-    path.mkdir()
-    (path / "notes.txt").write_text("not zarr")
-    _raises(path, "not a zarr group")
-
-
-def test_file_that_is_not_zarr(tmp_path: Path) -> None:
-    path = tmp_path / "image.tif"
-    path.write_bytes(b"II*\x00")
-    _raises(path, "not a zarr group")
-
-
-@pytest.mark.parametrize("zarr_format", [2, 3])
-def test_zarr_group_without_multiscales(tmp_path: Path, zarr_format: int) -> None:
-    path = tmp_path / "group.zarr"
-    group = zarr.open_group(str(path), mode="w", zarr_format=zarr_format)
-    group.attrs.update({"something": "else"} if zarr_format == 2 else {"ome": {"version": "0.5"}})
-    _raises(path, "no 'multiscales'")
-
-
-@pytest.mark.parametrize("version", ["0.4", "0.5"])
-def test_dataset_path_to_missing_array(tmp_path: Path, version: str) -> None:
-    path = _good_3d(tmp_path / "img.zarr", version)
-    group = zarr.open_group(str(path), mode="r+")
-    attrs = group.attrs.asdict()
-    ome = attrs["ome"] if version == "0.5" else attrs
-    ome["multiscales"][0]["datasets"][1]["path"] = "s9"
-    group.attrs.update(attrs)
-    _raises(path, "'s9'", "missing")
-
-
-@pytest.mark.parametrize("version", ["0.4", "0.5"])
-def test_axes_count_differs_from_ndim(tmp_path: Path, version: str) -> None:
-    data = make_nuclei((16, 16), seed=1).image
-    axes = [{"name": n, "type": "space"} for n in "zyx"]
-    path = write_by_hand(
-        tmp_path / "img.zarr",
-        version,
-        axes,
-        [{"path": "0", "data": data, "chunks": (8, 8), "scale": (1.0, 1.0, 1.0)}],
-    )
-    _raises(path, "2 dimensions", "3 axes")
-
-
-@pytest.mark.parametrize(("version", "bad"), [("0.4", "0.3"), ("0.4", "0.6"), ("0.5", "0.6")])
-def test_unsupported_version(tmp_path: Path, version: str, bad: str) -> None:
-    data = make_nuclei((4, 16, 16), seed=1).image
-    axes = [{"name": n, "type": "space"} for n in "zyx"]
-    path = write_by_hand(
-        tmp_path / "img.zarr",
-        version,
-        axes,
-        [{"path": "0", "data": data, "chunks": (2, 8, 8), "scale": (1.0, 1.0, 1.0)}],
-        version_string=bad,
-    )
-    _raises(path, "unsupported", repr(bad))

@@ -11,11 +11,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "slurm" / "dev-cluster.sh"
 
 
@@ -30,10 +29,8 @@ def queued_job_ids() -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def slurm_cluster():
-    # First start may apt-get install slurm and munge: allow a generous bound.
-    proc = run(["bash", str(SCRIPT), "start"], timeout=900)
-    assert proc.returncode == 0, f"dev-cluster.sh start failed:\n{proc.stdout}\n{proc.stderr}"
+def slurm_cluster(slurm: str) -> str:
+    """The host's name, once `slurm` started the cluster and its status is good."""
     status = run(["bash", str(SCRIPT), "status"])
     assert status.returncode == 0, f"dev-cluster.sh status:\n{status.stdout}\n{status.stderr}"
     return socket.gethostname().split(".")[0]
