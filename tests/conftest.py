@@ -7,7 +7,7 @@
 - `tree_hash`: every file under a folder, hashed (inputs stay byte-identical);
 - `cli`: the command in-process (`engine.cli.commands.main`), its exit code and output;
   `expect_user_error`: the bad-input contract (exit 2, one line, nothing changed);
-- `engine_command`, `tests_on_pythonpath`: the command as a process, finding `user.*`.
+- `engine_command`, `pythonpath_with_tests`: the command as a process, finding `user.*`.
 """
 
 from __future__ import annotations
@@ -336,11 +336,11 @@ def engine_command() -> str:
     return found
 
 
-def tests_on_pythonpath() -> str:
+def pythonpath_with_tests() -> str:
     """PYTHONPATH for a process (or SLURM job) that must import `user.*` as workers do."""
     return os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
 
 
 def engine_environment() -> dict[str, str]:
     """This process's environment, with tests/ on PYTHONPATH."""
-    return {**os.environ, "PYTHONPATH": tests_on_pythonpath()}
+    return {**os.environ, "PYTHONPATH": pythonpath_with_tests()}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SLURM_SAMPLE, SampleImages, tests_on_pythonpath
+from conftest import SLURM_SAMPLE, SampleImages, pythonpath_with_tests
 from slurm_jobs import (
     CONFIG,
     OUTPUT,
@@ -86,7 +86,7 @@ def test_python_submit_batch_wait_equals_local(slurm, slurm_reference, image, tm
 
 
 def test_python_submit_batch_failure_and_cancel(slurm, sample_image, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", tests_on_pythonpath())  # sbatch passes it on to the job
+    monkeypatch.setenv("PYTHONPATH", pythonpath_with_tests())  # sbatch passes it on to the job
     images = [tmp_path / "a.zarr", tmp_path / "b.zarr"]
     for path in images:
         sample_image(*SLURM_SAMPLE, copy_to=path)
@@ -147,7 +147,7 @@ def marked_chunks(image: Path, run_id: str, stage: str) -> int:
 def test_killed_batch_run_resumes_and_status_follows_it(
     slurm, slurm_reference, image, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("PYTHONPATH", tests_on_pythonpath())  # sbatch passes it on to the job
+    monkeypatch.setenv("PYTHONPATH", pythonpath_with_tests())  # sbatch passes it on to the job
     trace = tmp_path / "trace"
     trace.mkdir()
     config = tmp_path / "slow.yaml"

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SLURM_SAMPLE, SampleImages, tests_on_pythonpath
+from conftest import SLURM_SAMPLE, SampleImages, pythonpath_with_tests
 from slurm_jobs import assert_same_output, sh, slow_pipeline, spec
 
 from engine import Pipeline, submit
@@ -70,7 +70,7 @@ def test_adaptive_workers_retire_at_their_lifetime_and_are_replaced(
     it completes only on replacements, its waiting chunks redone after each retirement."""
     import dask
 
-    monkeypatch.setenv("PYTHONPATH", tests_on_pythonpath())
+    monkeypatch.setenv("PYTHONPATH", pythonpath_with_tests())
     trace = tmp_path / "trace"
     trace.mkdir()
     replaced = tmp_path / "replaced"

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SLURM_SAMPLE, SampleImages, tests_on_pythonpath
+from conftest import SLURM_SAMPLE, SampleImages, pythonpath_with_tests
 from slurm_jobs import (
     CONFIG,
     OUTPUT,
@@ -190,7 +190,7 @@ def in_flight(trace: Path, job: str) -> set[str]:
 def test_scancel_one_worker_job_mid_run(slurm, slurm_reference, image, tmp_path, monkeypatch):
     """Two worker jobs; one is scancelled after the first batches: the run completes on
     the other, output identical to the local run of the standard pipeline."""
-    monkeypatch.setenv("PYTHONPATH", tests_on_pythonpath())
+    monkeypatch.setenv("PYTHONPATH", pythonpath_with_tests())
     trace = tmp_path / "trace"
     trace.mkdir()
     pipeline = Pipeline.build(slow_pipeline(trace, 0.4))

@@ -5,5 +5,5 @@ segmenters for `op: instance` (`user.segmenters`).
 The workers of a test's dask cluster (local or in SLURM jobs) import these modules by
 name, so the package must stay importable from tests/: pytest puts that folder on
 sys.path (and worker processes inherit it); subprocesses and SLURM jobs get it through
-PYTHONPATH (conftest.tests_on_pythonpath).
+PYTHONPATH (conftest.pythonpath_with_tests).
 """
