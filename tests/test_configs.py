@@ -1,42 +1,185 @@
-"""The shipped example configs stay valid and plan against the sample image."""
+"""The shipped example configs stay valid and mean what they say on the sample image.
+
+Each config is planned (metadata only, no chunk computed) on the default sample, whose
+chunks are 64x256x256 (2x2x2 chunks): the stages and their kinds, the outputs with their
+kinds and dtypes, the box of every ROI the config names (its own and the sample's
+`train` and `test`) and the tasks on it, and the cluster of the SLURM config. A config
+that silently changes meaning (another op, threshold, output, ROI) fails here.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import CONFIGS, SampleImages
 
 from engine import Pipeline
-from engine.io.sample_zarr import write_sample
+from engine.core.geometry import Roi
+from engine.execute.cluster import resolve_cluster
 from engine.runs.runner import make_plan, run
 
-CONFIGS_DIR = Path(__file__).parents[1] / "configs"
-CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))
+CONFIG_FILES = sorted(CONFIGS.glob("*.yaml"))
+SHAPE = (128, 512, 512)  # the default sample: the example ROIs are made for it
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a config makes of the sample."""
+
+    stages: list[tuple[str, str]]  # (name, kind) in plan order
+    outputs: list[tuple[str, str, str | None, int]]  # path, kind, dtype, levels
+    # ROI name (None: the whole image) -> (start, stop) at level 0, tasks
+    rois: dict[str | None, tuple[tuple[int, ...], tuple[int, ...], int]]
+    reused: dict[str, list[str]] = field(default_factory=dict)  # ROI -> outputs read as they are
+
+
+def box(start: tuple[int, ...], stop: tuple[int, ...], tasks: int) -> tuple:
+    return start, stop, tasks
+
+
+WHOLE = ((0, 0, 0), SHAPE)
+TRAIN = ((0, 0, 0), (128, 256, 256))  # the sample's ROI table: y and x halves
+TEST = ((0, 256, 256), (128, 512, 512))
+PREVIEW = ((0, 100, 40), (64, 356, 296))  # pixels, as in the config
+ORGANOID = ((5, 100, 40), (30, 240, 180))  # micrometers / the sample's spacing (1, 0.5, 0.5)
+
+# gaussian -> Otsu (two passes over the ROI) -> connected components stitched across chunks
+STANDARD = [
+    ("mask/reduce-0", "reduce"),
+    ("mask/reduce-1", "reduce"),
+    ("nuclei/label", "label"),
+    ("nuclei/faces", "faces"),
+    ("nuclei/merge", "merge"),
+    ("nuclei/relabel", "relabel"),
+    ("nuclei/pyramid-1", "pyramid"),
+    ("nuclei/pyramid-2", "pyramid"),
+]
+NUCLEI_LABELS = ("labels/nuclei", "label", None, 3)  # label dtype: chosen when written
+
+EXPECTED = {
+    "nuclei.yaml": Expected(
+        STANDARD,
+        [NUCLEI_LABELS],
+        {
+            None: box(*WHOLE, 44),
+            "preview": box(*PREVIEW, 22),
+            "organoid": box(*ORGANOID, 7),
+            "train": box(*TRAIN, 14),
+            "test": box(*TEST, 14),
+        },
+    ),
+    "nuclei-slurm.yaml": Expected(
+        STANDARD, [NUCLEI_LABELS], {None: box(*WHOLE, 44), "test": box(*TEST, 14)}
+    ),
+    "nuclei-measure.yaml": Expected(
+        [*STANDARD, ("stats/measure", "measure")],
+        [NUCLEI_LABELS, ("tables/nuclei_stats", "table", None, 3)],
+        {None: box(*WHOLE, 52), "test": box(*TEST, 16)},
+    ),
+    "nuclei-evaluate.yaml": Expected(
+        [*STANDARD, ("eval/evaluate", "evaluate")],
+        [NUCLEI_LABELS, ("tables/nuclei_eval", "table", None, 3)],
+        {None: box(*WHOLE, 52), "train": box(*TRAIN, 16)},
+    ),
+    "nuclei-instance.yaml": Expected(
+        [
+            ("mask/reduce-0", "reduce"),
+            ("mask/reduce-1", "reduce"),
+            ("nuclei/segment", "segment"),
+            ("nuclei/match", "match"),
+            ("nuclei/merge", "merge"),
+            ("nuclei/relabel", "relabel"),
+            ("nuclei/pyramid-1", "pyramid"),
+            ("nuclei/pyramid-2", "pyramid"),
+        ],
+        [("labels/nuclei_ws", "label", None, 3)],
+        {None: box(*WHOLE, 44), "preview": box(*PREVIEW, 22)},
+    ),
+    "nuclei-train.yaml": Expected(
+        [("train/train", "train")],
+        [("_engine/models/nuclei_rf", "model", None, 0)],
+        # on ROI train the fixture trained this very model: it is reused, nothing runs
+        {None: box(*WHOLE, 8), "train": box(*TRAIN, 0)},
+        reused={"train": ["_engine/models/nuclei_rf"]},
+    ),
+    "adjust-test-eval.yaml": Expected(
+        [
+            ("prob", "blockwise"),
+            ("prob/pyramid-1", "pyramid"),
+            ("prob/pyramid-2", "pyramid"),
+            ("nuclei/label", "label"),
+            ("nuclei/faces", "faces"),
+            ("nuclei/merge", "merge"),
+            ("nuclei/relabel", "relabel"),
+            ("nuclei/pyramid-1", "pyramid"),
+            ("nuclei/pyramid-2", "pyramid"),
+            ("eval/evaluate", "evaluate"),
+        ],
+        [
+            ("results/nuclei_prob", "image", "float32", 3),
+            ("labels/nuclei_rf", "label", None, 3),
+            ("tables/nuclei_rf_eval", "table", None, 3),
+        ],
+        {None: box(*WHOLE, 48), "test": box(*TEST, 18)},
+    ),
+}
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory, scheduler) -> Path:
+def sample(sample_image: SampleImages, tmp_path_factory, scheduler) -> Path:
     """The default sample the example ROIs are made for, with the model that configs
     predicting with a pixel classifier need (trained as the README's loop does)."""
-    path = tmp_path_factory.mktemp("configs") / "sample.zarr"
-    write_sample(path)
-    train = Pipeline.from_yaml(CONFIGS_DIR / "nuclei-train.yaml")
+    path = sample_image(SHAPE, copy_to=tmp_path_factory.mktemp("configs") / "sample.zarr")
+    train = Pipeline.from_yaml(CONFIGS / "nuclei-train.yaml")
     run(train, path, roi="train", scheduler=scheduler)
     return path
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIG_FILES, ids=[c.name for c in CONFIG_FILES])
 def test_config_is_valid_and_plans_on_the_sample(config, sample):
     pipeline = Pipeline.from_yaml(config)
     pipeline.check_complete()
     assert Pipeline.build(pipeline.to_dict()) == pipeline
+    assert pipeline.input == "sample.zarr"  # what `ngff-engine sample sample.zarr` writes
     for roi in [None, *pipeline.rois]:
         _, plan = make_plan(pipeline, sample, roi)
         assert plan.task_count > 0
 
 
+@pytest.mark.parametrize("config", CONFIG_FILES, ids=[c.name for c in CONFIG_FILES])
+def test_config_makes_what_it_says(config, sample):
+    want = EXPECTED[config.name]  # a new config gets its expectations here
+    pipeline = Pipeline.from_yaml(config)
+    assert set(pipeline.rois) <= set(want.rois)  # every ROI of the config is checked
+    for roi, (start, stop, tasks) in want.rois.items():
+        _, plan = make_plan(pipeline, sample, roi)
+        assert plan.roi == Roi(start, stop, 0), roi
+        assert plan.task_count == tasks, roi
+        assert [o.path for o in plan.reused] == want.reused.get(roi, []), roi
+        if roi in want.reused:
+            assert plan.stages == () and plan.outputs == (), roi
+            continue
+        assert [(s.name, s.kind) for s in plan.stages] == want.stages, roi
+        outputs = [(o.path, o.kind, o.dtype, len(o.levels)) for o in plan.outputs]
+        assert outputs == want.outputs, roi
+
+
+def test_slurm_config_cluster():
+    pipeline = Pipeline.from_yaml(CONFIGS / "nuclei-slurm.yaml")
+    cluster = pipeline.cluster
+    assert (cluster.kind, cluster.partition, cluster.walltime) == ("slurm", "debug", "00:30:00")
+    assert (cluster.jobs, cluster.cores, cluster.processes, cluster.memory) == (2, 1, 1, "2GiB")
+    assert not cluster.adaptive  # a fixed number of worker jobs
+    assert resolve_cluster(cluster, {}) == cluster  # no flags: the config's cluster as it is
+    for name in CONFIG_FILES:  # the only config that leaves this machine
+        if name.name != "nuclei-slurm.yaml":
+            assert Pipeline.from_yaml(name).cluster is None, name
+
+
 def test_there_are_example_configs():
-    names = {c.name for c in CONFIGS}
+    names = {c.name for c in CONFIG_FILES}
     assert {
         "nuclei.yaml",
         "nuclei-measure.yaml",
@@ -45,3 +188,4 @@ def test_there_are_example_configs():
         "nuclei-train.yaml",
         "adjust-test-eval.yaml",
     } <= names
+    assert names == set(EXPECTED)
