@@ -30,6 +30,9 @@ class Expected:
 
     stages: list[tuple[str, str]]  # (name, kind) in plan order
     outputs: list[tuple[str, str, str | None, int]]  # path, kind, dtype, levels
+    # stage -> its fused ops: (op, halo, params; for op "model" its own params aside: they
+    # hold the model file's path), on the whole image
+    chains: dict[str, list[tuple]]
     # ROI name (None: the whole image) -> (start, stop) at level 0, tasks
     rois: dict[str | None, tuple[tuple[int, ...], tuple[int, ...], int]]
     reused: dict[str, list[str]] = field(default_factory=dict)  # ROI -> outputs read as they are
@@ -56,12 +59,32 @@ STANDARD = [
     ("nuclei/pyramid-1", "pyramid"),
     ("nuclei/pyramid-2", "pyramid"),
 ]
+OTSU = ("threshold", (0, 0, 0), {"method": "otsu"})
+STANDARD_CHAINS = {
+    # sigma 2 -> halo int(4 * 2 + 0.5) = 8
+    "mask/reduce-0": [("gaussian", (8, 8, 8), {"sigma": 2.0}), OTSU],
+    "mask/reduce-1": [OTSU],
+    "nuclei/label": [OTSU, ("label", (0, 0, 0), {})],
+}
 NUCLEI_LABELS = ("labels/nuclei", "label", None, 3)  # label dtype: chosen when written
+
+WATERSHED = {"segmenter": "watershed", "overlap": 12, "iou_threshold": 0.5}
+TRAIN_PARAMS = {
+    "annotations": "annotations",
+    "model": "nuclei_rf",
+    "sigma_min": 0.5,
+    "sigma_max": 8,
+    "edges": False,
+    "texture": False,
+    "n_estimators": 50,
+    "seed": 0,
+}
 
 EXPECTED = {
     "nuclei.yaml": Expected(
         STANDARD,
         [NUCLEI_LABELS],
+        STANDARD_CHAINS,
         {
             None: box(*WHOLE, 44),
             "preview": box(*PREVIEW, 22),
@@ -71,16 +94,18 @@ EXPECTED = {
         },
     ),
     "nuclei-slurm.yaml": Expected(
-        STANDARD, [NUCLEI_LABELS], {None: box(*WHOLE, 44), "test": box(*TEST, 14)}
+        STANDARD, [NUCLEI_LABELS], STANDARD_CHAINS, {None: box(*WHOLE, 44), "test": box(*TEST, 14)}
     ),
     "nuclei-measure.yaml": Expected(
         [*STANDARD, ("stats/measure", "measure")],
         [NUCLEI_LABELS, ("tables/nuclei_stats", "table", None, 3)],
+        STANDARD_CHAINS,
         {None: box(*WHOLE, 52), "test": box(*TEST, 16)},
     ),
     "nuclei-evaluate.yaml": Expected(
         [*STANDARD, ("eval/evaluate", "evaluate")],
         [NUCLEI_LABELS, ("tables/nuclei_eval", "table", None, 3)],
+        STANDARD_CHAINS,
         {None: box(*WHOLE, 52), "train": box(*TRAIN, 16)},
     ),
     "nuclei-instance.yaml": Expected(
@@ -95,11 +120,17 @@ EXPECTED = {
             ("nuclei/pyramid-2", "pyramid"),
         ],
         [("labels/nuclei_ws", "label", None, 3)],
+        {
+            **{k: v for k, v in STANDARD_CHAINS.items() if k.startswith("mask/")},
+            "nuclei/segment": [OTSU, ("instance", (12, 12, 12), WATERSHED)],
+            "nuclei/match": [("instance", (12, 12, 12), WATERSHED)],
+        },
         {None: box(*WHOLE, 44), "preview": box(*PREVIEW, 22)},
     ),
     "nuclei-train.yaml": Expected(
         [("train/train", "train")],
         [("_engine/models/nuclei_rf", "model", None, 0)],
+        {"train/train": [("train_pixel_classifier", (32, 32, 32), TRAIN_PARAMS)]},
         # on ROI train the fixture trained this very model: it is reused, nothing runs
         {None: box(*WHOLE, 8), "train": box(*TRAIN, 0)},
         reused={"train": ["_engine/models/nuclei_rf"]},
@@ -122,6 +153,13 @@ EXPECTED = {
             ("labels/nuclei_rf", "label", None, 3),
             ("tables/nuclei_rf_eval", "table", None, 3),
         ],
+        {
+            "prob": [("model", (32, 32, 32), None)],  # the features' largest sigma: 4 x 8
+            "nuclei/label": [
+                ("threshold", (0, 0, 0), {"method": "value", "value": 0.5}),
+                ("label", (0, 0, 0), {}),
+            ],
+        },
         {None: box(*WHOLE, 48), "test": box(*TEST, 18)},
     ),
 }
@@ -153,6 +191,16 @@ def test_config_makes_what_it_says(config, sample):
     want = EXPECTED[config.name]  # a new config gets its expectations here
     pipeline = Pipeline.from_yaml(config)
     assert set(pipeline.rois) <= set(want.rois)  # every ROI of the config is checked
+    _, plan = make_plan(pipeline, sample, None)
+    chains = {
+        stage.name: [
+            (link.op, link.halo, None if link.op == "model" else link.params)
+            for link in stage.chain
+        ]
+        for stage in plan.stages
+        if stage.chain
+    }
+    assert chains == want.chains
     for roi, (start, stop, tasks) in want.rois.items():
         _, plan = make_plan(pipeline, sample, roi)
         assert plan.roi == Roi(start, stop, 0), roi
