@@ -18,7 +18,8 @@ from conftest import CONFIGS, SampleImages
 from engine import Pipeline
 from engine.core.geometry import Roi
 from engine.execute.cluster import resolve_cluster
-from engine.runs.runner import make_plan, run
+from engine.runs.planning import make_plan
+from engine.runs.runner import run
 
 CONFIG_FILES = sorted(CONFIGS.glob("*.yaml"))
 SHAPE = (128, 512, 512)  # the default sample: the example ROIs are made for it

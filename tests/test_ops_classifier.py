@@ -15,7 +15,7 @@ from skimage.feature import multiscale_basic_features
 from engine import Pipeline, run
 from engine.core.errors import ConfigError, EngineError, OutputConflict
 from engine.io.sample_image import sample_rois
-from engine.runs.runner import make_plan
+from engine.runs.planning import make_plan
 from tasks.classifier import TrainParams, block_samples, combine_samples, file_sha256
 from tasks.features import FeatureSettings, pixel_features
 

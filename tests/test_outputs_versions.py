@@ -25,7 +25,7 @@ from test_tables_evaluate import assert_same, labels_of, nuclei_pipeline, oracle
 from engine import Pipeline, run
 from engine.core.errors import OutputConflict
 from engine.execute.executor import TaskFailed
-from engine.runs.runner import make_plan
+from engine.runs.planning import make_plan
 from engine.state.records import read_record
 
 ROI = {"z": (1, 15), "y": (5, 90), "x": (3, 77)}
