@@ -174,11 +174,12 @@ def overhead(tmp: Path, count: int, address: str, workers: int) -> dict:
 
 def chunk_work(image: str, stage, tasks: list, spatial, context) -> tuple[float, float]:
     """Seconds of wall and CPU time per chunk of `tasks` run back to back, here."""
-    from engine.worker import compute
+    from engine.worker.chain import run_blockwise
 
+    common = {"spatial": spatial, "context": context, "values": {}}
     t0, cpu0 = time.perf_counter(), time.process_time()
     for task in tasks:
-        compute.run_blockwise(image, stage, task.read, task.write, spatial, context, {})
+        run_blockwise(image, stage, task, None, common)
     return (time.perf_counter() - t0) / len(tasks), (time.process_time() - cpu0) / len(tasks)
 
 
