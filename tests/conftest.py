@@ -1,13 +1,19 @@
-"""Shared fixtures and helpers.
+"""Shared fixtures and helpers (helper modules beside this one: bad_input.py, slurm_jobs.py,
+ngff_by_hand.py; user code that pipelines name as `module:function`: user/).
 
 - `scheduler`: one real 2-worker dask LocalCluster for the session;
+- `slurm`, `slurm_reference`: the dev SLURM cluster, and the standard pipeline's local
+  output on the SLURM tests' sample;
 - `sample_image`: the synthetic nuclei sample (`ngff-engine sample`), written once per
-  parameter set and session, copied for a test that writes into it;
-- `write_image`, `blobs`, `huge_image`: images of a test's own data (or metadata only);
+  parameter set and session, copied for a test that writes into it (`image3d`,
+  `image2d`: two of them, read only);
+- `write_image`, `blobs`, `huge_image`, `image_with_a_bad_voxel`: images of a test's own
+  data (or metadata only);
 - `tree_hash`: every file under a folder, hashed (inputs stay byte-identical);
+  `read_table`: a table read back by anndata;
 - `cli`: the command in-process (`engine.cli.commands.main`), its exit code and output;
   `expect_user_error`: the bad-input contract (exit 2, one line, nothing changed);
-- `engine_command`, `pythonpath_with_tests`: the command as a process, finding `user.*`.
+- `engine_command`, `engine_environment`: the command as a process, finding `user.*`.
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import anndata
 import numpy as np
 import pytest
 import zarr
@@ -265,6 +273,14 @@ def tree_hash(root: Path, skip: tuple[str, ...] = (), *, chunks_only: bool = Fal
             continue
         out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
     return out
+
+
+def read_table(image: Path, name: str) -> anndata.AnnData:
+    """tables/<name> of an image, read back by anndata (its warnings about the zarr
+    format aside)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return anndata.read_zarr(str(image / "tables" / name))
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:

@@ -18,9 +18,10 @@ from conftest import (
     SampleImages,
     function_pipeline,
     image_with_a_bad_voxel,
+    read_table,
     tree_hash,
 )
-from test_tables_evaluate import assert_same, labels_of, nuclei_pipeline, oracle, read_eval
+from test_tables_evaluate import assert_same, labels_of, nuclei_pipeline, oracle
 
 from engine import Pipeline, run
 from engine.core.errors import OutputConflict
@@ -155,7 +156,7 @@ def test_only_the_changed_downstream_step_runs(image, scheduler):
     result = run(more, input=image, roi=ROI, scheduler=scheduler)
     assert result.tasks_done == len(plan.stage("stats/measure").tasks)
     ids = np.unique(labels_of(image, "nuclei")[WINDOW])
-    assert read_eval(image, "stats").n_obs == len(ids) - 1
+    assert read_table(image, "stats").n_obs == len(ids) - 1
 
     # another reference: a new version of the evaluation only, against the stored labels
     data = more.model_dump()

@@ -5,14 +5,12 @@ against its truth, for unaligned ROIs and several chunkings."""
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 
-import anndata
 import numpy as np
 import pytest
 import zarr
-from conftest import write_image
+from conftest import read_table, write_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
@@ -152,12 +150,6 @@ def nuclei_pipeline(sigma: float = 1.0, reference: str = "truth", **output: str)
     )
 
 
-def read_eval(path: Path, name: str = "nuclei_eval") -> anndata.AnnData:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return anndata.read_zarr(str(path / "tables" / name))
-
-
 def labels_of(path: Path, name: str) -> np.ndarray:
     return zarr.open_array(str(path / "labels" / name / "s0"), mode="r")[...]
 
@@ -180,7 +172,7 @@ def test_scores_on_the_sample_equal_the_whole_array(tmp_path, sample_image, sche
     got = result.evaluations["nuclei_eval"]
     assert_same(got, want)
     assert want.true_positives > 10 and 0.8 < want.dice < 1  # a real test, not a trivial one
-    table = read_eval(path)
+    table = read_table(path, "nuclei_eval")
     key = ",".join(f"{n}={a}:{b}" for n, (a, b) in bounds.items())
     assert list(table.obs_names) == [key] and table.obs_names.name == "roi"
     assert_same(Scores.from_row(list(table.var_names), table.X[0]), want)

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
-import warnings
-from pathlib import Path
 
 import anndata
 import numpy as np
 import pytest
 import zarr
-from conftest import blobs, same_partition, write_image
+from conftest import blobs, read_table, same_partition, write_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
@@ -35,12 +33,6 @@ def pipeline(intensity: str | None = "image", **measure) -> Pipeline:
         .add("nuclei", "label", "mask", {"kind": "label", "name": "nuclei"})
         .add("stats", "measure", "nuclei", {"kind": "table", "name": "stats"}, **params, **measure)
     )
-
-
-def read(path: Path, name: str = "stats") -> anndata.AnnData:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return anndata.read_zarr(str(path / "tables" / name))
 
 
 def assert_matches_regionprops(
@@ -117,7 +109,7 @@ def test_table_equals_regionprops_on_the_whole(
     g1 = ndimage.gaussian_filter(img.astype(np.float32), 1.0)[window]
     ref, count = ndimage.label(g1 > np.percentile(g1, 85))
     assert same_partition(labels, ref) and count > 5
-    table = read(path)
+    table = read_table(path, "stats")
     assert table.n_obs == count == result.labels["nuclei"]
     start = tuple(s.start for s in window)
     assert_matches_regionprops(table, labels, img[window], start, scale)
@@ -145,7 +137,7 @@ def test_table_layout_follows_the_fractal_ngio_convention(tmp_path, scheduler, v
     assert len(record["config_hash"]) == 16 and len(record["runs"]) == 1
     assert record["units"]["volume"] == "micrometer^3"
 
-    table = read(path)
+    table = read_table(path, "stats")
     assert table.obs_names.name == "label"
     assert table.X.dtype == np.float64
     assert list(table.var_names[:4]) == ["area", "centroid-0", "centroid-1", "centroid-2"]
@@ -155,7 +147,7 @@ def test_table_layout_follows_the_fractal_ngio_convention(tmp_path, scheduler, v
     assert not (path / "tables" / "_writing-stats").exists()
 
 
-def test_csv_export_and_re_runs(tmp_path, scheduler, capsys):
+def test_csv_export_and_re_runs(tmp_path, scheduler, cli):
     img = blobs((16, 40, 50), seed=4, sigma=1.5)
     path = write_image(tmp_path / "img.zarr", img, (8, 16, 16), "0.5")
     run(pipeline(), input=path, scheduler=scheduler)
@@ -163,21 +155,22 @@ def test_csv_export_and_re_runs(tmp_path, scheduler, capsys):
     assert main(["table", str(path), "stats", "--csv", str(out)]) == 0
     with open(out) as handle:
         rows = list(csv.DictReader(handle))
-    table = read(path)
+    table = read_table(path, "stats")
     assert list(rows[0]) == ["label", *table.var_names]
     assert [r["label"] for r in rows] == list(table.obs_names)
     assert (
         float(rows[0]["intensity_mean"])
         == table.X[0, list(table.var_names).index("intensity_mean")]
     )
-    assert main(["table", str(path), "nope", "--csv", str(out)]) == 2
-    assert "no such table (tables: stats)" in capsys.readouterr().err
+    ran = cli(["table", str(path), "nope", "--csv", str(out)])
+    assert ran.code == 2
+    assert "no such table (tables: stats)" in ran.err
 
     # another config for the same table is refused, --overwrite replaces it
     with pytest.raises(OutputConflict, match="tables/stats exists with a different step config"):
         run(pipeline(intensity=None), input=path, scheduler=scheduler, update=True)
     run(pipeline(intensity=None), input=path, scheduler=scheduler, overwrite=True)
-    assert "intensity_mean" not in read(path).var_names
+    assert "intensity_mean" not in read_table(path, "stats").var_names
     root = zarr.open_group(str(path), mode="r")
     assert root["tables"].attrs["tables"] == ["stats"]
     assert json.loads(json.dumps(root["tables/stats"].attrs["ngff_engine"]))["runs"]
@@ -189,9 +182,9 @@ def test_update_adds_the_rows_of_a_second_roi(tmp_path, scheduler):
     left = {"y": (0, 25), "x": (0, 30)}
     right = {"y": (25, 50), "x": (30, 60)}
     run(pipeline(), input=path, roi=left, scheduler=scheduler)
-    first = read(path)
+    first = read_table(path, "stats")
     run(pipeline(), input=path, roi=right, scheduler=scheduler, update=True)
-    table = read(path)
+    table = read_table(path, "stats")
     labels = zarr.open_group(str(path), mode="r")["labels/nuclei/s0"][...]
     assert table.n_obs == len(np.unique(labels)) - 1 > first.n_obs
     np.testing.assert_array_equal(table[first.obs_names].X, first.X)
@@ -209,10 +202,10 @@ def test_intensity_from_a_step_and_from_a_channel(tmp_path, scheduler):
     )
     run(p, input=path, scheduler=scheduler)
     labels = zarr.open_group(str(path), mode="r")["labels/nuclei/s0"][...]
-    assert_matches_regionprops(read(path), labels, img[1], (0, 0), (1.0, 1.0))
+    assert_matches_regionprops(read_table(path, "stats"), labels, img[1], (0, 0), (1.0, 1.0))
     g1 = ndimage.gaussian_filter(img[0].astype(np.float32), 1.0)
     # float32 intensities: scikit-image sums them in float32, the engine in float64
-    smooth = read(path, "smooth")
+    smooth = read_table(path, "smooth")
     assert_matches_regionprops(smooth, labels, g1, (0, 0), (1.0, 1.0), exact_intensity=False)
 
 
