@@ -21,7 +21,7 @@ from conftest import (
     read_table,
     tree_hash,
 )
-from test_tables_evaluate import assert_same, labels_of, nuclei_pipeline, oracle
+from scores_oracle import assert_same, labels_of, nuclei_pipeline, oracle
 
 from engine import Pipeline, run
 from engine.core.errors import OutputConflict

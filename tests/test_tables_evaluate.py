@@ -14,63 +14,12 @@ from conftest import read_table, write_image
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
+from scores_oracle import assert_same, labels_of, nuclei_pipeline, oracle
 
 from engine import Pipeline, run
 from engine.io.metadata import read_image
 from engine.io.ngff_write import create_image, image_label_json, list_in_parent
 from tasks.evaluate import Scores, combine_counts, pair_counts, scores
-
-
-def oracle(pred: np.ndarray, ref: np.ndarray) -> Scores:
-    """The scores from whole arrays, computed the plain way: boolean masks for the pixel
-    scores, a dense IoU matrix for objects, matched where IoU >= 0.5 (one per row and
-    column: at that threshold a maximum matching, see tasks/evaluate.py)."""
-    p, r = pred != 0, ref != 0
-    overlap, n_p, n_r = int((p & r).sum()), int(p.sum()), int(r.sum())
-    p_ids, r_ids = np.unique(pred[p]), np.unique(ref[r])
-    inter = np.zeros((len(p_ids), len(r_ids)), dtype=np.int64)
-    both = p & r
-    np.add.at(
-        inter,
-        (np.searchsorted(p_ids, pred[both]), np.searchsorted(r_ids, ref[both])),
-        1,
-    )
-    sp = np.array([(pred == i).sum() for i in p_ids], dtype=np.int64)
-    sr = np.array([(ref == i).sum() for i in r_ids], dtype=np.int64)
-    union = sp[:, None] + sr[None, :] - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-    hit = iou >= 0.5
-    used_r: set[int] = set()
-    tp = 0
-    for i in range(len(p_ids)):
-        for j in np.argsort(-iou[i], kind="stable"):
-            if hit[i, j] and j not in used_r:
-                used_r.add(int(j))
-                tp += 1
-                break
-
-    def ratio(a: float, b: float) -> float:
-        return a / b if b else math.nan
-
-    return Scores(
-        ratio(2 * overlap, n_p + n_r),
-        ratio(overlap, n_p + n_r - overlap),
-        ratio(tp, len(p_ids)),
-        ratio(tp, len(r_ids)),
-        ratio(2 * tp, len(p_ids) + len(r_ids)),
-        tp,
-        len(p_ids),
-        len(r_ids),
-        overlap,
-        n_p,
-        n_r,
-    )
-
-
-def assert_same(got: Scores, want: Scores) -> None:
-    for name in Scores.columns():
-        a, b = getattr(got, name), getattr(want, name)
-        assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12), name
 
 
 def blocks(shape: tuple[int, ...], step: tuple[int, ...]):
@@ -132,26 +81,6 @@ def test_block_tables_combine_to_the_whole(seed: int, shape: tuple[int, ...], st
 
 
 # --- through the engine ------------------------------------------------------------------
-
-
-def nuclei_pipeline(sigma: float = 1.0, reference: str = "truth", **output: str) -> Pipeline:
-    return (
-        Pipeline()
-        .add("smooth", "gaussian", sigma=sigma)
-        .add("mask", "threshold", "smooth", method="otsu")
-        .add("nuclei", "label", "mask", {"kind": "label", "name": "nuclei", **output})
-        .add(
-            "eval",
-            "evaluate",
-            "nuclei",
-            {"kind": "table", "name": "nuclei_eval", **output},
-            reference=reference,
-        )
-    )
-
-
-def labels_of(path: Path, name: str) -> np.ndarray:
-    return zarr.open_array(str(path / "labels" / name / "s0"), mode="r")[...]
 
 
 SAMPLE_CASES = [
