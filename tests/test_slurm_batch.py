@@ -92,7 +92,7 @@ def test_python_submit_batch_failure_and_cancel(slurm, sample_image, tmp_path, m
         sample_image(*SLURM_SAMPLE, copy_to=path)
     # A run that fails inside the job: wait() raises with the driver's message.
     bad = Pipeline().add(
-        "boom", "function", function="user_functions:explode",
+        "boom", "function", function="user.functions:explode",
         output={"kind": "image", "name": "boom"},
     )  # fmt: skip
     failing = submit(bad, input=images[0], cluster=spec(tmp_path, jobs=1), batch=True)
