@@ -50,16 +50,11 @@ PREVIEW = ((0, 100, 40), (64, 356, 296))  # pixels, as in the config
 ORGANOID = ((5, 100, 40), (30, 240, 180))  # micrometers / the sample's spacing (1, 0.5, 0.5)
 
 # gaussian -> Otsu (two passes over the ROI) -> connected components stitched across chunks
-STANDARD = [
-    ("mask/reduce-0", "reduce"),
-    ("mask/reduce-1", "reduce"),
-    ("nuclei/label", "label"),
-    ("nuclei/faces", "faces"),
-    ("nuclei/merge", "merge"),
-    ("nuclei/relabel", "relabel"),
-    ("nuclei/pyramid-1", "pyramid"),
-    ("nuclei/pyramid-2", "pyramid"),
-]
+OTSU_PASSES = [("mask/reduce-0", "reduce"), ("mask/reduce-1", "reduce")]
+STITCHED = [("nuclei/merge", "merge"), ("nuclei/relabel", "relabel")]
+PYRAMID = [("nuclei/pyramid-1", "pyramid"), ("nuclei/pyramid-2", "pyramid")]
+LABELS = [("nuclei/label", "label"), ("nuclei/faces", "faces"), *STITCHED, *PYRAMID]
+STANDARD = [*OTSU_PASSES, *LABELS]
 OTSU = ("threshold", (0, 0, 0), {"method": "otsu"})
 STANDARD_CHAINS = {
     # sigma 2 -> halo int(4 * 2 + 0.5) = 8
@@ -110,16 +105,8 @@ EXPECTED = {
         {None: box(*WHOLE, 52), "train": box(*TRAIN, 16)},
     ),
     "nuclei-instance.yaml": Expected(
-        [
-            ("mask/reduce-0", "reduce"),
-            ("mask/reduce-1", "reduce"),
-            ("nuclei/segment", "segment"),
-            ("nuclei/match", "match"),
-            ("nuclei/merge", "merge"),
-            ("nuclei/relabel", "relabel"),
-            ("nuclei/pyramid-1", "pyramid"),
-            ("nuclei/pyramid-2", "pyramid"),
-        ],
+        [*OTSU_PASSES, ("nuclei/segment", "segment"), ("nuclei/match", "match")]
+        + [*STITCHED, *PYRAMID],
         [("labels/nuclei_ws", "label", None, 3)],
         {
             **{k: v for k, v in STANDARD_CHAINS.items() if k.startswith("mask/")},
@@ -141,12 +128,7 @@ EXPECTED = {
             ("prob", "blockwise"),
             ("prob/pyramid-1", "pyramid"),
             ("prob/pyramid-2", "pyramid"),
-            ("nuclei/label", "label"),
-            ("nuclei/faces", "faces"),
-            ("nuclei/merge", "merge"),
-            ("nuclei/relabel", "relabel"),
-            ("nuclei/pyramid-1", "pyramid"),
-            ("nuclei/pyramid-2", "pyramid"),
+            *LABELS,
             ("eval/evaluate", "evaluate"),
         ],
         [
