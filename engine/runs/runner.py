@@ -35,6 +35,7 @@ from engine.io.existing import read_existing
 from engine.io.metadata import ImageMeta, open_group, read_image
 from engine.io.models import write_model
 from engine.io.ngff_write import (
+    chunk_key_encoding,
     create_image,
     engine_attrs,
     fast_compressor,
@@ -644,6 +645,7 @@ class _OutputWriter:
             fill_value=0,
             overwrite=True,
             compressors=self._scratch_compressor(dtype),
+            chunk_key_encoding=chunk_key_encoding(self.root.metadata.zarr_format),
         )
 
     def _scratch_compressor(self, dtype: str) -> Any:
