@@ -40,10 +40,16 @@ class _Model(BaseModel):
 
 
 class RoiSpec(_Model):
-    """A box by axis name, in pixels of `level` or in a physical unit; absent axes are whole."""
+    """A box by axis name, in pixels of `level` or in a physical unit; absent axes are whole.
+
+    `origin` says where physical coordinates start: "world" (the default for config ROIs)
+    in the image's coordinate system, its translation included, keeping the voxels whose
+    positions fall inside; "image" as ngio and Fractal ROI tables are, from the image's
+    own first voxel (the translation not applied), rounded outwards as ngio rounds."""
 
     units: str = "pixel"
     level: int = Field(default=0, ge=0)
+    origin: Literal["world", "image"] = "world"
     preview: bool = False  # a run over more than this ROI computes its chunks first
     t: tuple[float, float] | None = None
     c: tuple[float, float] | None = None

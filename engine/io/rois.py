@@ -7,6 +7,7 @@ error that states the image's extent, not a silent clip.
 
 from __future__ import annotations
 
+import math
 import re
 
 from pydantic import ValidationError
@@ -14,7 +15,7 @@ from pydantic import ValidationError
 from engine.core.errors import ConfigError, NgffError
 from engine.core.geometry import Roi
 from engine.core.pipeline import AXES, Pipeline, RoiSpec
-from engine.io.metadata import ImageMeta, open_group, read_image
+from engine.io.metadata import Axis, ImageMeta, open_group, read_image
 from engine.io.roi_tables import (
     DEFAULT_TABLE,
     PhysicalBox,
@@ -77,6 +78,8 @@ def resolve_roi(spec: RoiSpec | None, meta: ImageMeta, level: int, name: str = "
             )
     if spec.units == "pixel":
         box = _pixel_box(spec, meta, whole, name)
+    elif spec.origin == "image":
+        box = _image_origin_box(spec, meta, level, whole, name)
     else:
         box = _physical_box(spec, meta, level, whole, name)
     if box.empty():
@@ -113,9 +116,7 @@ def _pixel_box(spec: RoiSpec, meta: ImageMeta, whole: Roi, name: str) -> Roi:
 
 
 def _physical_box(spec: RoiSpec, meta: ImageMeta, level: int, whole: Roi, name: str) -> Roi:
-    if spec.units not in LENGTH_UNITS_IN_MICROMETER:
-        known = ", ".join(["pixel", *LENGTH_UNITS_IN_MICROMETER])
-        raise ConfigError(f"roi '{name}': units '{spec.units}' is not one of {known}")
+    _check_units(spec, name)
     lv = meta.level(level)
     physical = whole.to_physical(lv.scale, lv.translation)
     start, stop = list(physical.start), list(physical.stop)
@@ -130,14 +131,55 @@ def _physical_box(spec: RoiSpec, meta: ImageMeta, level: int, whole: Roi, name: 
                 lv.translation[i] + b * lv.scale[i],
             )
             continue
-        if axis.unit not in LENGTH_UNITS_IN_MICROMETER:
-            raise ConfigError(
-                f"roi '{name}': axis '{axis.name}' has no length unit in the image "
-                f"({axis.unit!r}); give this ROI in pixels"
-            )
-        to_axis_unit = factor / LENGTH_UNITS_IN_MICROMETER[axis.unit]
+        to_axis_unit = factor / _axis_micrometers(axis, name)
         start[i], stop[i] = a * to_axis_unit, b * to_axis_unit
     return Roi(tuple(start), tuple(stop), None).to_index(level, lv.scale, lv.translation)
+
+
+def _image_origin_box(spec: RoiSpec, meta: ImageMeta, level: int, whole: Roi, name: str) -> Roi:
+    """ngio's reading of a micrometer box given from the image's own origin (ROI tables):
+    start and length in voxels of `level` (each snapped to a whole voxel when within 1%
+    of one, ngio's `world_to_pixel`), then floor of the start and ceil of the stop,
+    clipped to the image (a box wholly outside stays so, and is refused). ngio 1.1.3
+    selects the same voxels (tests/test_roi_tables_ngio.py). For the issue's example box
+    the old centre rule kept (15, 68, 61) voxels where ngio keeps (15, 69, 62)."""
+    _check_units(spec, name)
+    lv = meta.level(level)
+    start, stop = list(whole.start), list(whole.stop)
+    factor = LENGTH_UNITS_IN_MICROMETER[spec.units]
+    for i, axis in enumerate(meta.axes):
+        if axis.name not in spec.ranges():
+            continue
+        a, b = spec.ranges()[axis.name]
+        if axis.type in ("channel", "time") or axis.name in ("c", "t"):
+            start[i], stop[i] = int(a), math.ceil(b)
+            continue
+        size = lv.scale[i] * _axis_micrometers(axis, name) / factor
+        first = _snap(a / size)
+        length = _snap((b - a) / size)
+        start[i], stop[i] = math.floor(first), math.ceil(first + length)
+    box = Roi(tuple(start), tuple(stop), level)
+    return box if box.intersect(whole).empty() else box.intersect(whole)
+
+
+def _snap(voxels: float, tolerance: float = 1e-2) -> float:
+    nearest = round(voxels)
+    return float(nearest) if abs(nearest - voxels) < tolerance else voxels
+
+
+def _check_units(spec: RoiSpec, name: str) -> None:
+    if spec.units not in LENGTH_UNITS_IN_MICROMETER:
+        known = ", ".join(["pixel", *LENGTH_UNITS_IN_MICROMETER])
+        raise ConfigError(f"roi '{name}': units '{spec.units}' is not one of {known}")
+
+
+def _axis_micrometers(axis: Axis, name: str) -> float:
+    if axis.unit not in LENGTH_UNITS_IN_MICROMETER:
+        raise ConfigError(
+            f"roi '{name}': axis '{axis.name}' has no length unit in the image "
+            f"({axis.unit!r}); give this ROI in pixels"
+        )
+    return LENGTH_UNITS_IN_MICROMETER[axis.unit]
 
 
 def _describe(box: Roi, names: tuple[str, ...]) -> str:
@@ -173,9 +215,11 @@ def image_roi(image: str, name: str) -> RoiSpec:
 
 
 def spec_from_table(box: PhysicalBox, axes: tuple[str, ...]) -> RoiSpec:
-    """A micrometer RoiSpec from an ROI-table row, for the image's spatial axes only
-    (a 2D image ignores the table's z)."""
-    return RoiSpec(units="micrometer", **{a: r for a, r in box.items() if a in axes})
+    """A micrometer RoiSpec from an ROI-table row (from the image's origin, as ngio reads
+    it), for the image's spatial axes only (a 2D image ignores the table's z)."""
+    return RoiSpec(
+        units="micrometer", origin="image", **{a: r for a, r in box.items() if a in axes}
+    )
 
 
 def save_config_roi(

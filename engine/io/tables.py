@@ -5,7 +5,8 @@ Layout (fractal-tasks-core table spec V1, as ngio reads it):
     image.zarr/tables/            attributes {"tables": [names...]}
     image.zarr/tables/<name>/     an AnnData group (anndata's own `encoding-type`), plus
         fractal_table_version "1", type "feature_table", region {path: ../labels/<label>},
-        instance_key "label" (and ngio's table_version/backend/index_key/index_type)
+        instance_key "label", and as ngio 1.1 writes them table_version "1", backend
+        "anndata_v1", index_key "label", index_type "int"
 
 obs index: label ids as strings (index name `label`); X: float64 feature columns; var
 index: the column names. Written in the image's zarr format (v2 for NGFF 0.4, v3 for
@@ -38,7 +39,7 @@ def table_attrs(label: str) -> dict[str, Any]:
         "region": {"path": f"../labels/{label}"},
         "instance_key": "label",
         "table_version": "1",
-        "backend": "anndata",
+        "backend": "anndata_v1",
         "index_key": "label",
         "index_type": "int",
     }
