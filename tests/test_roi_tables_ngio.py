@@ -52,7 +52,7 @@ def _ngio_image(tmp_path: Path, version: str) -> tuple[Path, object]:
 
 def _engine_pixels(path: Path, name: str, level: int) -> np.ndarray:
     meta = read_image(path)
-    box = resolve_roi(image_roi(str(path), name), meta, level, name)
+    box = resolve_roi(image_roi(read_image(path), name), meta, level, name)
     array = zarr.open_array(str(path / meta.level(level).path), mode="r")
     return np.asarray(array[box.to_slices()])
 
@@ -78,7 +78,7 @@ def test_ngio_table_selects_the_pixels_ngio_selects(tmp_path: Path, version: str
             assert np.array_equal(got, expected), (roi.name, level)
     # the whole-image ROI of a translated image is the whole image, not "outside" it
     meta = read_image(path)
-    assert resolve_roi(image_roi(str(path), "well"), meta, 0) == Roi.from_shape(SHAPE, 0)
+    assert resolve_roi(image_roi(read_image(path), "well"), meta, 0) == Roi.from_shape(SHAPE, 0)
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
@@ -107,7 +107,7 @@ def test_engine_table_reads_back_in_ngio_to_the_same_pixels(tmp_path: Path, vers
     image = container.get_image()
     for name, box in boxes.items():
         assert np.array_equal(np.asarray(image.get_roi(table.get(name))), data[box.to_slices()])
-        assert resolve_roi(image_roi(str(path), name), meta, 0, name) == box
+        assert resolve_roi(image_roi(read_image(path), name), meta, 0, name) == box
 
 
 def test_legacy_engine_table_with_translation_reads_the_same_voxels(tmp_path: Path) -> None:
@@ -137,11 +137,11 @@ def test_legacy_engine_table_with_translation_reads_the_same_voxels(tmp_path: Pa
     }
     write_anndata(open_group(path, mode="r+"), "rois", data, legacy)
     assert load_roi_table(path / "tables/rois").legacy
-    assert resolve_roi(image_roi(str(path), "old"), meta, 0, "old") == box
+    assert resolve_roi(image_roi(read_image(path), "old"), meta, 0, "old") == box
     # adding an ROI rewrites the table in ngio's convention, the old row converted
     write_rois(open_group(path, mode="r+"), {"new": box_to_micrometer(meta, box)})
     table = load_roi_table(path / "tables/rois")
     assert not table.legacy
     for axis in "xyz":
         assert table.rois["old"][axis] == pytest.approx(table.rois["new"][axis])
-    assert resolve_roi(image_roi(str(path), "old"), meta, 0, "old") == box
+    assert resolve_roi(image_roi(read_image(path), "old"), meta, 0, "old") == box
