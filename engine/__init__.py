@@ -29,7 +29,7 @@ _WHERE = {
     "Step": "engine.core.pipeline",
     "__version__": "engine.core.version",
     "make_plan": "engine.runs.planning",
-    "run": "engine.runs.runner",
+    "run": "engine.runs.units",
     "submit": "engine.runs.submit",
 }
 __all__ = [
@@ -72,5 +72,5 @@ if TYPE_CHECKING:
     from engine.core.version import __version__
     from engine.runs.planning import make_plan
     from engine.runs.result import RunResult
-    from engine.runs.runner import run
     from engine.runs.submit import RunHandle, submit
+    from engine.runs.units import run

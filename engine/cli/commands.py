@@ -22,6 +22,7 @@ from engine.cli.render import (
     print_info,
     print_plan,
     print_result,
+    print_units,
     progress_bars,
     progress_callback,
     scores,
@@ -31,7 +32,7 @@ from engine.core.pipeline import Pipeline
 from engine.execute.cluster import resolve_cluster
 from engine.plan.report import summarize
 from engine.runs.planning import make_plan
-from engine.runs.runner import run
+from engine.runs.units import UnitsResult, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,6 +136,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         resume=args.resume,
         priority_roi=args.priority_roi,
         announce=None if args.json or args.quiet else lambda t: console.print(t, highlight=False),
+        roi_table=args.roi_table,
+        wells=args.wells,
+        fields=args.fields,
+        roi_overlap=args.roi_overlap,
     )
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
@@ -145,6 +150,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = run(pipeline, progress=progress_callback(progress), **kwargs)
     if args.json:
         out.print_json(json.dumps(result.to_json()))
+        return 0
+    if isinstance(result, UnitsResult):
+        print_units(result)
         return 0
     print_result(result)
     return 0

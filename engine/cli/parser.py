@@ -9,6 +9,10 @@ from typing import Any
 from engine.core.version import __version__
 
 
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
@@ -49,6 +53,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
+    p.add_argument(
+        "--roi-table",
+        default=None,
+        help="run once per ROI of this ROI table of each image (e.g. FOV_ROI_table)",
+    )
+    p.add_argument(
+        "--roi-overlap",
+        choices=["refuse", "first", "last"],
+        default="refuse",
+        help="which ROI of --roi-table wins where ROIs overlap (default: refuse overlaps)",
+    )
+    p.add_argument("--wells", type=_names, default=None, help="wells of a plate input: B03,C05")
+    p.add_argument("--fields", type=_names, default=None, help="fields of each well: 0,1")
     _output_mode(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(

@@ -287,8 +287,11 @@ class ClusterSpec(_Model):
 
 
 class Pipeline(_Model):
-    input: str | None = None
+    # an image, a plate, a well, a glob, or a list of images (engine/io/plates.py)
+    input: str | list[str] | None = None
     rois: dict[str, RoiSpec] = Field(default_factory=dict)
+    # run once per ROI of this ROI table of each image (engine/runs/units.py)
+    roi_table: str | None = None
     steps: tuple[Step, ...] = ()
     cluster: ClusterSpec | None = None
 

@@ -106,6 +106,24 @@ def connect(
         yield client
 
 
+@contextmanager
+def shared_scheduler(
+    workers: int | None = None,
+    scheduler: str | None = None,
+    cluster: ClusterArg = None,
+    config: ClusterSpec | None = None,
+) -> Iterator[str]:
+    """The address of one cluster for several runs (the images of a plate, the ROIs of a
+    table): `scheduler` itself when given, else workers started once, as `connect` starts
+    them, for as long as the block lasts. Each run then connects to it (a client costs
+    tens of milliseconds; starting 2 local workers takes seconds)."""
+    if scheduler is not None:
+        yield scheduler
+        return
+    with connect(workers, None, cluster, config) as client:
+        yield client.scheduler.address
+
+
 def worker_memory(client: Client) -> tuple[int, int]:
     """The smallest worker memory limit (0: none) and the most threads on one worker."""
     workers = client.scheduler_info().get("workers", {}).values()

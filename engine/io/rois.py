@@ -20,9 +20,12 @@ from engine.io.roi_tables import (
     DEFAULT_TABLE,
     PhysicalBox,
     box_to_micrometer,
+    load_roi_table,
     read_rois,
+    roi_table_names,
     write_rois,
 )
+from engine.io.tables import TABLES
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER
 
 _CLI_RANGE = re.compile(r"^\s*(?:([a-z])\s*=\s*)?(-?\d+)\s*:\s*(-?\d+)\s*$")
@@ -250,6 +253,49 @@ def image_roi(meta: ImageMeta, name: str) -> RoiSpec:
         known = ", ".join(sorted(stored)) or "none"
         raise ConfigError(f"roi '{name}' is not in the ROI tables of {meta.path} (known: {known})")
     return spec_from_table(stored[name][1], meta.axis_names)
+
+
+OVERLAP = ("refuse", "first", "last")
+
+
+def table_rois(
+    meta: ImageMeta, table: str, level: int, overlap: str = "refuse"
+) -> list[tuple[str, RoiSpec, Roi]]:
+    """Every ROI of the ROI table `table` as (name, spec, index box at `level`), in the
+    order to run them: the table's order; with `overlap="first"` reversed, so that where
+    ROIs overlap the one listed first is written last and wins ("last": the one listed
+    last wins). Overlapping ROIs are refused unless `overlap` says which wins."""
+    if overlap not in OVERLAP:
+        raise ConfigError(f"roi_overlap '{overlap}' is not one of {', '.join(OVERLAP)}")
+    names = roi_table_names(meta.path)
+    if table not in names:
+        raise ConfigError(
+            f"roi_table '{table}' is not an ROI table of {meta.path} "
+            f"(ROI tables: {', '.join(names) or 'none'})"
+        )
+    stored = load_roi_table(f"{meta.path}/{TABLES}/{table}")
+    if stored.kind == "masking_roi_table":
+        raise ConfigError(
+            f"roi_table '{table}' is a masking ROI table (objects of labels/{stored.region}); "
+            "running per object inside its mask is not supported yet: use an roi_table"
+        )
+    found = []
+    for name, box in stored.rois.items():
+        spec = spec_from_table(box, meta.axis_names)
+        found.append((name, spec, resolve_roi(spec, meta, level, f"{table}/{name}")))
+    if not found:
+        raise ConfigError(f"roi_table '{table}' of {meta.path} has no rows")
+    if overlap == "refuse":
+        for k, (a, _, box_a) in enumerate(found):
+            for b, _, box_b in found[k + 1 :]:
+                common = box_a.intersect(box_b)
+                if not common.empty():
+                    raise ConfigError(
+                        f"roi_table '{table}': ROIs '{a}' and '{b}' overlap "
+                        f"({_describe(common, meta.axis_names)} at level {level}); say which "
+                        "wins with roi_overlap 'first' or 'last' (--roi-overlap)"
+                    )
+    return found[::-1] if overlap == "first" else found
 
 
 def spec_from_table(box: PhysicalBox, axes: tuple[str, ...]) -> RoiSpec:

@@ -175,3 +175,22 @@ def _write_csv(handle: TextIO, labels: np.ndarray, columns: list[str], values: n
     writer.writerow(["label", *columns])
     for label, row in zip(labels, values, strict=True):
         writer.writerow([int(label), *(repr(float(v)) for v in row)])
+
+
+def set_row_names(image: str | Path, name: str, column: str, values: dict[str, str]) -> None:
+    """Add (or replace) a text column of `tables/<name>`'s obs, by row name (rows not in
+    `values` get ""), keeping its values and attributes: e.g. the ROI each object came from."""
+    path = table_path(image, name)
+    data = read_anndata(path)
+    attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+    keep = {k: v for k, v in attrs.items() if k not in ("encoding-type", "encoding-version")}
+    data.obs[column] = [values.get(str(row), "") for row in data.obs_names]
+    write_anndata(zarr.open_group(str(image), mode="r+"), name, data, keep)
+
+
+def obs_column(image: str | Path, name: str, column: str) -> list[str] | None:
+    """A text column of `tables/<name>`'s obs, in row order, or None when it has none."""
+    data = read_anndata(table_path(image, name))
+    if column not in data.obs:
+        return None
+    return [str(v) for v in data.obs[column]]

@@ -1,0 +1,272 @@
+"""Runs over several units of work: the images of a plate (a well, a list or glob of
+images) and the ROIs of an ROI table, on one cluster started once.
+
+`run` is the public entry point: one image and one ROI go straight to
+engine/runs/runner.py; a collection or `roi_table` becomes a list of units (image, ROI),
+all planned and checked before anything is written (a bad config, ROI or output
+conflict in any image refuses the whole run), then run one after another on one
+scheduler (engine/execute/cluster.py `shared_scheduler`).
+
+Per unit the run is exactly a single-image run on that image and ROI, so outputs land
+in each image as a single run writes them, halos are read from the image around each
+ROI, and reductions (Otsu, percentiles) are per unit: per image, per ROI. The second
+and later ROIs of an image add to its outputs as `--update` does: inside their ROI only,
+label ids after the output's largest, table rows merged. Overlapping ROIs are refused
+unless `roi_overlap` says which wins ("last": later rows overwrite earlier ones where
+they overlap; "first": the reverse). Measurement tables get an obs column `roi` (the
+ROI each object came from); a plate run also writes each table at the plate root with
+`well` and `field` columns (engine/io/plates.py). A unit that fails does not stop the
+others; the error raised at the end names every failed image (and ROI), and their
+finished work stays on disk.
+
+Not (yet) one interleaved plan: units run one after the other, each with its own plan,
+lock and run record; `reduce_over` (one reduction over a plate or over an image's ROIs)
+and masking ROI tables (per object, inside its mask) are not implemented.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.core.errors import ConfigError, EngineError
+from engine.core.pipeline import Pipeline, RoiSpec
+from engine.execute.cluster import ClusterArg, shared_scheduler
+from engine.io.metadata import read_image
+from engine.io.plates import FieldImage, collection_images, is_collection, write_plate_table
+from engine.io.rois import UserRoi, table_rois
+from engine.io.tables import obs_column, read_table, set_row_names, table_path
+from engine.runs import runner
+from engine.runs.outputs import check_output
+from engine.runs.planning import make_plan
+from engine.runs.result import RunResult
+
+ROI_COLUMN = "roi"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One image and the ROI of it a run covers (None: the whole image)."""
+
+    image: FieldImage
+    roi: UserRoi = None
+    roi_name: str | None = None  # the row of an ROI table
+
+    @property
+    def label(self) -> str:
+        return self.image.label + (f" roi '{self.roi_name}'" if self.roi_name else "")
+
+
+@dataclass
+class UnitsResult:
+    """What a run over several units gives back: each unit's result, the failures, and
+    the plate-level tables written."""
+
+    results: list[tuple[Unit, RunResult]]
+    failed: list[tuple[Unit, str]] = field(default_factory=list)
+    plate_tables: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Objects per label output, summed over the units."""
+        total: dict[str, int] = {}
+        for _, result in self.results:
+            for name, count in result.labels.items():
+                total[name] = total.get(name, 0) + count
+        return total
+
+    @property
+    def tasks_done(self) -> int:
+        return sum(r.tasks_done for _, r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "units": [
+                {
+                    "image": u.image.path,
+                    "well": u.image.well,
+                    "field": u.image.field,
+                    "roi": u.roi_name,
+                    **r.to_json(),
+                }
+                for u, r in self.results
+            ],
+            "failed": [
+                {"unit": u.label, "image": u.image.path, "error": e} for u, e in self.failed
+            ],
+            "plate_tables": self.plate_tables,
+            "objects": self.labels,
+            "tasks_done": self.tasks_done,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class UnitsFailed(EngineError):
+    """Some units failed; `result` holds the others' (finished, on disk) results."""
+
+    def __init__(self, message: str, result: UnitsResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def run(
+    pipeline: Pipeline,
+    input: str | Path | Sequence[str] | None = None,
+    roi: UserRoi = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    update: bool = False,
+    scheduler: str | None = None,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    cluster: ClusterArg = None,
+    resume: bool = False,
+    retries: int = runner.RETRIES,
+    priority_roi: str | RoiSpec | dict | None = None,
+    announce: Callable[[str], None] | None = None,
+    roi_table: str | None = None,
+    wells: Sequence[str] | None = None,
+    fields: Sequence[str] | None = None,
+    roi_overlap: str = "refuse",
+) -> RunResult | UnitsResult:
+    """Run a pipeline on an image, or on every selected image of a plate, a well or a
+    list/glob of images (`wells=["B03"]`, `fields=["0"]`), or once per ROI of the ROI
+    table `roi_table` of each image; see the module docstring. One image and no ROI
+    table: exactly engine/runs/runner.py `run`, returning its RunResult."""
+    source = input if input is not None else pipeline.input
+    table = roi_table if roi_table is not None else pipeline.roi_table
+    if not is_collection(source) and table is None and not wells and not fields:
+        return runner.run(
+            pipeline, source, roi, workers, overwrite, update, scheduler, progress,
+            cluster, resume, retries, priority_roi, announce,
+        )  # fmt: skip
+    if resume:
+        raise ConfigError("--resume continues one image's run; resume each image on its own")
+    if overwrite and update:
+        raise ConfigError("--overwrite and --update exclude each other")
+    if source is None:
+        raise ConfigError("no input image: set 'input' in the config or pass --input")
+    images = collection_images(source, wells, fields)
+    units = plan_units(pipeline, images, roi, table, roi_overlap)
+    check_units(pipeline, units, overwrite, update)
+    started = time.perf_counter()
+    result = UnitsResult([])
+    seen_rows: dict[tuple[str, str], dict[str, str]] = {}  # (image, table) -> row -> roi
+    tables = [s.output.name for s in pipeline.steps if s.output and s.output.kind == "table"]
+    with shared_scheduler(workers, scheduler, cluster, pipeline.cluster) as address:
+        if announce is not None:
+            announce(f"{len(units)} units ({len(images)} images) on the scheduler {address}")
+        done_images: set[str] = set()
+        for unit in units:
+            first = unit.image.path not in done_images
+            try:
+                one = runner.run(
+                    pipeline,
+                    unit.image.path,
+                    unit.roi,
+                    overwrite=overwrite and first,
+                    update=update or not first,
+                    scheduler=address,
+                    progress=progress,
+                    retries=retries,
+                    priority_roi=priority_roi,
+                )
+            except EngineError as exc:
+                result.failed.append((unit, str(exc)))
+                continue
+            except Exception as exc:  # noqa: BLE001 (one image's failure must not end the rest)
+                result.failed.append((unit, f"{type(exc).__name__}: {exc}"))
+                continue
+            finally:
+                done_images.add(unit.image.path)
+            result.results.append((unit, one))
+            if unit.roi_name is not None:
+                _note_rows(unit, tables, seen_rows)
+    for (image, name), rows in seen_rows.items():
+        set_row_names(image, name, ROI_COLUMN, rows)
+    result.plate_tables = _plate_tables(result, tables)
+    result.seconds = time.perf_counter() - started
+    if result.failed:
+        lines = "; ".join(f"{u.label} ({u.image.path}): {e}" for u, e in result.failed)
+        raise UnitsFailed(
+            f"{len(result.failed)} of {len(units)} units failed (the others' outputs are "
+            f"written): {lines}",
+            result,
+        )
+    return result
+
+
+def plan_units(
+    pipeline: Pipeline,
+    images: list[FieldImage],
+    roi: UserRoi,
+    table: str | None,
+    overlap: str = "refuse",
+) -> list[Unit]:
+    """The units of a run, in order: per image, its ROIs of `table` (or `roi`)."""
+    if table is None:
+        return [Unit(image, roi) for image in images]
+    if roi is not None:
+        raise ConfigError("--roi and --roi-table exclude each other: give one")
+    level = min({s.input_ref.level for s in pipeline.steps if s.source == "image"} or {0})
+    units = []
+    for image in images:
+        meta = read_image(image.path)
+        for name, spec, _ in table_rois(meta, table, level, overlap):
+            units.append(Unit(image, spec, name))
+    return units
+
+
+def check_units(pipeline: Pipeline, units: list[Unit], overwrite: bool, update: bool) -> None:
+    """Refuse before anything is written: every unit plans (its image, ROI and config are
+    sound), and the outputs of each image's first unit may be written as asked."""
+    first: set[str] = set()
+    for unit in units:
+        try:
+            meta, plan = make_plan(pipeline, unit.image.path, unit.roi, overwrite=overwrite)
+        except EngineError as exc:
+            raise type(exc)(f"{unit.label}: {exc}") from None
+        if unit.image.path in first:
+            continue
+        first.add(unit.image.path)
+        for out in plan.outputs:
+            try:
+                check_output(meta, out, overwrite, update)
+            except EngineError as exc:
+                raise type(exc)(f"{unit.label}: {exc}") from None
+
+
+def _note_rows(unit: Unit, tables: list[str], seen: dict[tuple[str, str], dict[str, str]]) -> None:
+    """Rows a unit added to the image's tables belong to its ROI."""
+    for name in tables:
+        path = table_path(unit.image.path, name)
+        if not path.exists():
+            continue
+        rows = seen.setdefault((unit.image.path, name), {})
+        labels, _, _ = read_table(path)
+        for label in labels:
+            rows.setdefault(str(int(label)), str(unit.roi_name))
+
+
+def _plate_tables(result: UnitsResult, tables: list[str]) -> dict[str, str]:
+    """Each table of a plate's fields, gathered at the plate root."""
+    plates = {u.image.plate for u, _ in result.results}
+    if not tables or len(plates) != 1 or None in plates:
+        return {}
+    plate = str(plates.pop())
+    written = {}
+    images = list(dict.fromkeys(u.image for u, _ in result.results))
+    for name in tables:
+        rows = []
+        for image in images:
+            path = table_path(image.path, name)
+            if not path.exists():
+                continue
+            labels, columns, values = read_table(path)
+            rows.append((image, labels, columns, values, obs_column(image.path, name, ROI_COLUMN)))
+        if rows:
+            written[name] = write_plate_table(plate, name, rows)
+    return written
