@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.errors import OutputConflict
+from engine.core.errors import ConfigError, OutputConflict
 from engine.core.layout import preview_file
 from engine.core.version import __version__
 from engine.execute.executor import Executor
@@ -38,6 +38,14 @@ from engine.worker.faces import face_array_layout, face_array_path, face_planes
 from engine.worker.labels import label_dtype
 from tasks.evaluate import Scores, scores
 from tasks.measure import table_columns
+
+
+def check_flags(overwrite: bool, update: bool, resume: bool) -> None:
+    """The ways a run may treat existing outputs, checked once for `run` and `submit`."""
+    if overwrite and update:
+        raise ConfigError("--overwrite and --update exclude each other")
+    if resume and (overwrite or update):
+        raise ConfigError("--resume continues a run with its own --overwrite/--update choice")
 
 
 def check_output(meta: ImageMeta, out: OutputPlan, overwrite: bool, update: bool) -> Mode:
