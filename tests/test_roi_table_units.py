@@ -126,3 +126,64 @@ def test_overlapping_rois_are_refused_unless_one_wins(
     got = zarr.open_group(str(path / "labels/nuclei"), mode="r")["s0"][...]
     b_ids = set(np.unique(got[:, 30:64, 50:96])) - {0}
     assert b_ids and min(b_ids) > max(set(np.unique(got[:, :30, :50])) - {0})
+
+
+def test_masking_roi_table_writes_each_object_inside_its_mask(tmp_path: Path, scheduler) -> None:
+    from ngio import create_ome_zarr_from_array
+
+    shape = (1, 64, 80)
+    data = blobs(shape, seed=21)
+    path = tmp_path / "organoids.zarr"
+    # two touching L-shaped objects, each one's bounding box covering part of the other
+    # (and background): unmasked, the second run would overwrite the first's foot
+    organoids = np.zeros(shape[1:], dtype=np.uint32)
+    organoids[5:50, 5:30] = 1
+    organoids[40:50, 30:60] = 1
+    organoids[5:40, 30:70] = 2
+    organoids[40:60, 62:70] = 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        container = create_ome_zarr_from_array(
+            store=str(path),
+            array=data,
+            pixelsize=0.5,
+            axes_names="cyx",
+            ngff_version="0.4",
+            levels=2,
+            chunks=(1, 32, 32),
+            consolidation_mode="auto",
+        )
+        label = container.derive_label("organoids")
+        label.set_array(organoids.reshape(label.shape))
+        label.consolidate()
+        container.add_table("organoids_ROI_table", container.build_masking_roi_table("organoids"))
+    pipeline = (
+        Pipeline()
+        .add("g", "gaussian", "image", {"kind": "image", "name": "smooth"}, sigma=1.0)
+        .add("mask", "threshold", "g", method="otsu")
+        .add("nuclei", "label", "mask", {"kind": "label", "name": "nuclei"})
+    )
+    with pytest.raises(ConfigError, match="outputs are label and image outputs only"):
+        engine.run(_pipeline(), path, roi_table="organoids_ROI_table", scheduler=scheduler)
+    result = engine.run(pipeline, path, roi_table="organoids_ROI_table", scheduler=scheduler)
+    assert [u.roi_name for u, _ in result.results] == ["1", "2"]
+    labels = zarr.open_group(str(path / "labels/nuclei"), mode="r")["s0"][...].reshape(shape[1:])
+    smooth_out = zarr.open_group(str(path / "results/smooth"), mode="r")["s0"][...]
+    smooth_out = smooth_out.reshape(shape[1:])
+    smooth = ndimage.gaussian_filter(data[0].astype(np.float32), 1.0)
+    ids = []
+    for k in (1, 2):
+        ys, xs = np.nonzero(organoids == k)
+        box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+        crop = smooth[box]
+        want, _ = ndimage.label(crop > threshold_otsu(crop))  # per object's box
+        inside = organoids[box] == k
+        assert same_partition(np.where(inside, labels[box], 0), np.where(inside, want, 0))
+        assert np.allclose(smooth_out[box][inside], crop[inside], rtol=1e-6)
+        ids.append(set(np.unique(labels[box][inside])) - {0})
+    assert ids[0] and ids[1] and not (ids[0] & ids[1])
+    outside = organoids == 0
+    assert not labels[outside].any() and not smooth_out[outside].any()
+    # the pyramid follows level 0: every 2nd voxel of the labels
+    level1 = zarr.open_group(str(path / "labels/nuclei"), mode="r")["s1"][...]
+    assert np.array_equal(level1.reshape(32, 40), labels[::2, ::2])

@@ -260,11 +260,14 @@ OVERLAP = ("refuse", "first", "last")
 
 def table_rois(
     meta: ImageMeta, table: str, level: int, overlap: str = "refuse"
-) -> list[tuple[str, RoiSpec, Roi]]:
-    """Every ROI of the ROI table `table` as (name, spec, index box at `level`), in the
-    order to run them: the table's order; with `overlap="first"` reversed, so that where
-    ROIs overlap the one listed first is written last and wins ("last": the one listed
-    last wins). Overlapping ROIs are refused unless `overlap` says which wins."""
+) -> list[tuple[str, RoiSpec, Roi, tuple[str, int] | None]]:
+    """Every ROI of the ROI table `table` as (name, spec, index box at `level`, mask), in
+    the order to run them: the table's order; with `overlap="first"` reversed, so that
+    where ROIs overlap the one listed first is written last and wins ("last": the one
+    listed last wins). Overlapping ROIs are refused unless `overlap` says which wins.
+
+    A masking ROI table's rows are objects of its `region` label image: mask is (that
+    label image's name, the object's id), and boxes may overlap (the masks do not)."""
     if overlap not in OVERLAP:
         raise ConfigError(f"roi_overlap '{overlap}' is not one of {', '.join(OVERLAP)}")
     names = roi_table_names(meta.path)
@@ -274,20 +277,25 @@ def table_rois(
             f"(ROI tables: {', '.join(names) or 'none'})"
         )
     stored = load_roi_table(f"{meta.path}/{TABLES}/{table}")
-    if stored.kind == "masking_roi_table":
-        raise ConfigError(
-            f"roi_table '{table}' is a masking ROI table (objects of labels/{stored.region}); "
-            "running per object inside its mask is not supported yet: use an roi_table"
-        )
+    masking = stored.kind == "masking_roi_table"
+    if masking and not stored.region:
+        raise ConfigError(f"roi_table '{table}' is a masking ROI table without a 'region'")
     found = []
     for name, box in stored.rois.items():
         spec = spec_from_table(box, meta.axis_names)
-        found.append((name, spec, resolve_roi(spec, meta, level, f"{table}/{name}")))
+        index_box = resolve_roi(spec, meta, level, f"{table}/{name}")
+        try:
+            mask = (str(stored.region), int(name)) if masking else None
+        except ValueError:
+            raise ConfigError(
+                f"roi_table '{table}': row '{name}' of a masking ROI table is not a label id"
+            ) from None
+        found.append((name, spec, index_box, mask))
     if not found:
         raise ConfigError(f"roi_table '{table}' of {meta.path} has no rows")
-    if overlap == "refuse":
-        for k, (a, _, box_a) in enumerate(found):
-            for b, _, box_b in found[k + 1 :]:
+    if overlap == "refuse" and not masking:
+        for k, (a, _, box_a, _) in enumerate(found):
+            for b, _, box_b, _ in found[k + 1 :]:
                 common = box_a.intersect(box_b)
                 if not common.empty():
                     raise ConfigError(

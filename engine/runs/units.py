@@ -21,7 +21,12 @@ finished work stays on disk.
 
 Not (yet) one interleaved plan: units run one after the other, each with its own plan,
 lock and run record; `reduce_over` (one reduction over a plate or over an image's ROIs)
-and masking ROI tables (per object, inside its mask) are not implemented.
+is not implemented.
+
+Masking ROI tables (`type: masking_roi_table`): one unit per object, its bounding box as
+the ROI; engine/io/masking.py keeps the unit's result only inside the object's mask and
+puts back the outputs' earlier voxels elsewhere in the box (label and image outputs at
+level 0; tables refused, as their rows would measure the whole box).
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import ConfigError, EngineError
+from engine.core.geometry import Roi
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.execute.cluster import ClusterArg, shared_scheduler
+from engine.io.masking import MaskedWrite
 from engine.io.metadata import read_image
 from engine.io.plates import FieldImage, collection_images, is_collection, write_plate_table
 from engine.io.rois import UserRoi, table_rois
@@ -54,6 +61,8 @@ class Unit:
     image: FieldImage
     roi: UserRoi = None
     roi_name: str | None = None  # the row of an ROI table
+    mask: tuple[str, int] | None = None  # masking ROI table: (label image, object id)
+    box: Roi | None = None  # the ROI as a level-0 index box (masking writes use it)
 
     @property
     def label(self) -> str:
@@ -162,7 +171,10 @@ def run(
         done_images: set[str] = set()
         for unit in units:
             first = unit.image.path not in done_images
+            masked = _masked_write(pipeline, unit)
             try:
+                if masked is not None:
+                    masked.before()
                 one = runner.run(
                     pipeline,
                     unit.image.path,
@@ -174,6 +186,8 @@ def run(
                     retries=retries,
                     priority_roi=priority_roi,
                 )
+                if masked is not None:
+                    masked.after()
             except EngineError as exc:
                 result.failed.append((unit, str(exc)))
                 continue
@@ -215,9 +229,24 @@ def plan_units(
     units = []
     for image in images:
         meta = read_image(image.path)
-        for name, spec, _ in table_rois(meta, table, level, overlap):
-            units.append(Unit(image, spec, name))
+        for name, spec, box, mask in table_rois(meta, table, level, overlap):
+            units.append(Unit(image, spec, name, mask, box))
+    if any(u.mask for u in units):
+        _check_masking(pipeline, level)
     return units
+
+
+def _check_masking(pipeline: Pipeline, level: int) -> None:
+    """What a masked run can do: label and image outputs at level 0, no tables (their
+    rows would measure the whole box, not the object's mask)."""
+    if level != 0:
+        raise ConfigError("a masking ROI table needs the steps to read the image at level 0")
+    for step in pipeline.steps:
+        if step.output is not None and step.output.kind not in ("label", "image"):
+            raise ConfigError(
+                f"step '{step.name}': a {step.output.kind} output is not written per masked "
+                "object; with a masking ROI table, outputs are label and image outputs only"
+            )
 
 
 def check_units(pipeline: Pipeline, units: list[Unit], overwrite: bool, update: bool) -> None:
@@ -237,6 +266,17 @@ def check_units(pipeline: Pipeline, units: list[Unit], overwrite: bool, update: 
                 check_output(meta, out, overwrite, update)
             except EngineError as exc:
                 raise type(exc)(f"{unit.label}: {exc}") from None
+
+
+def _masked_write(pipeline: Pipeline, unit: Unit) -> MaskedWrite | None:
+    if unit.mask is None or unit.box is None:
+        return None
+    outputs = [
+        f"{'labels' if s.output.kind == 'label' else 'results'}/{s.output.name}"
+        for s in pipeline.steps
+        if s.output is not None
+    ]
+    return MaskedWrite(unit.image.path, unit.mask[0], unit.mask[1], unit.box, outputs)
 
 
 def _note_rows(unit: Unit, tables: list[str], seen: dict[tuple[str, str], dict[str, str]]) -> None:
