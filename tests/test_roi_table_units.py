@@ -187,3 +187,16 @@ def test_masking_roi_table_writes_each_object_inside_its_mask(tmp_path: Path, sc
     # the pyramid follows level 0: every 2nd voxel of the labels
     level1 = zarr.open_group(str(path / "labels/nuclei"), mode="r")["s1"][...]
     assert np.array_equal(level1.reshape(32, 40), labels[::2, ::2])
+
+
+def test_roi_table_from_yaml_and_roi_naming_a_table(tmp_path: Path, scheduler: str) -> None:
+    fovs = {"FOV_1": FOVS["FOV_1"], "FOV_2": FOVS["FOV_2"]}
+    path, _ = _ngio_image(tmp_path, fovs)
+    config = tmp_path / "p.yaml"
+    config.write_text(f"input: {path}\nroi_table: FOV_ROI_table\n{_pipeline().to_yaml()}")
+    assert main(["run", str(config), "--scheduler", scheduler, "--quiet"]) == 0
+    table = anndata.read_zarr(str(path / "tables/stats"))
+    assert set(table.obs["roi"]) == set(fovs)
+    # `roi=` naming the table (not one of its ROIs) runs every ROI too
+    again = engine.run(_pipeline(), path, roi="FOV_ROI_table", overwrite=True, scheduler=scheduler)
+    assert [u.roi_name for u, _ in again.results] == list(fovs)

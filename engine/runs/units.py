@@ -44,6 +44,7 @@ from engine.execute.cluster import ClusterArg, shared_scheduler
 from engine.io.masking import MaskedWrite
 from engine.io.metadata import read_image
 from engine.io.plates import FieldImage, collection_images, is_collection, write_plate_table
+from engine.io.roi_tables import read_rois, roi_table_names
 from engine.io.rois import UserRoi, table_rois
 from engine.io.tables import obs_column, read_table, set_row_names, table_path
 from engine.runs import runner
@@ -143,10 +144,13 @@ def run(
 ) -> RunResult | UnitsResult:
     """Run a pipeline on an image, or on every selected image of a plate, a well or a
     list/glob of images (`wells=["B03"]`, `fields=["0"]`), or once per ROI of the ROI
-    table `roi_table` of each image; see the module docstring. One image and no ROI
-    table: exactly engine/runs/runner.py `run`, returning its RunResult."""
+    table `roi_table` of each image (`roi=` naming an ROI table, not an ROI, does the
+    same); see the module docstring. One image and no ROI table: exactly
+    engine/runs/runner.py `run`, returning its RunResult."""
     source = input if input is not None else pipeline.input
     table = roi_table if roi_table is not None else pipeline.roi_table
+    if table is None and _names_a_table(pipeline, roi, source):
+        table, roi = str(roi), None  # `roi="FOV_ROI_table"`: every ROI of that table
     if not is_collection(source) and table is None and not wells and not fields:
         return runner.run(
             pipeline, source, roi, workers, overwrite, update, scheduler, progress,
@@ -211,6 +215,17 @@ def run(
             result,
         )
     return result
+
+
+def _names_a_table(pipeline: Pipeline, roi: UserRoi, source: Any) -> bool:
+    """An ROI given by a name that is no config ROI but an ROI table of the (first) image."""
+    if not isinstance(roi, str) or ":" in roi or roi in pipeline.rois or source is None:
+        return False
+    try:
+        first = collection_images(source)[0].path
+    except EngineError:
+        return False
+    return roi in roi_table_names(first) and roi not in read_rois(first)
 
 
 def plan_units(
