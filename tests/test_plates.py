@@ -182,3 +182,23 @@ def test_list_of_images_and_bad_input(tmp_path: Path, scheduler: str) -> None:
     assert [u.image.path for u, _ in result.results] == chosen
     assert not result.plate_tables  # not a plate run
     assert not (path / "B/05/0/labels").exists()
+
+
+def test_reduce_over_plate_is_one_otsu_over_all_fields(tmp_path: Path, scheduler: str) -> None:
+    path, fields = ngio_plate(tmp_path, (1, 48, 64))
+    data = _pipeline().to_dict()
+    data["steps"][1]["reduce_over"] = "plate"
+    pipeline = Pipeline.build(data)
+    result = engine.run(pipeline, path, scheduler=scheduler)
+    smooth = {k: ndimage.gaussian_filter(v.astype(np.float32), 1.5) for k, v in fields.items()}
+    together = threshold_otsu(np.concatenate([s.ravel() for s in smooth.values()]))
+    assert result.reduced["mask"]["plate"] == pytest.approx(float(together), rel=1e-6)
+    per_field = {threshold_otsu(s) for s in smooth.values()}
+    assert len(per_field) > 1  # the fields differ: one plate value is not any field's
+    for key, s in smooth.items():
+        got = zarr.open_group(str(path / key / "labels/nuclei"), mode="r")
+        labels = got[sorted(k for k, _ in got.arrays())[0]][...]
+        want, _ = ndimage.label(s > together)
+        assert same_partition(labels.reshape(s.shape), want), key
+        assert not (path / key / "results/reduce-over-mask").exists()  # first pass removed
+    assert len(anndata.read_zarr(str(path / "tables/stats"))) == sum(result.labels.values())

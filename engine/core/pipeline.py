@@ -113,6 +113,10 @@ class Step(_Model):
     input: str | InputRef = IMAGE
     params: dict[str, Any] = Field(default_factory=dict)
     output: OutputSpec | None = None
+    # a reduction (a threshold's Otsu) over more than the run's region: "plate" (every
+    # image of a collection run), "image" (every ROI of an image's ROI table); see
+    # engine/runs/reduce_over.py. None: over the run's region (an image, an ROI)
+    reduce_over: Literal["plate", "image"] | None = None
 
     @field_validator("name")
     @classmethod

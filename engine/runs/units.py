@@ -19,9 +19,11 @@ ROI each object came from); a plate run also writes each table at the plate root
 others; the error raised at the end names every failed image (and ROI), and their
 finished work stays on disk.
 
+`reduce_over: plate` / `reduce_over: image` on a threshold step: one value over every
+unit, or over each image's units (engine/runs/reduce_over.py).
+
 Not (yet) one interleaved plan: units run one after the other, each with its own plan,
-lock and run record; `reduce_over` (one reduction over a plate or over an image's ROIs)
-is not implemented.
+lock and run record.
 
 Masking ROI tables (`type: masking_roi_table`): one unit per object, its bounding box as
 the ROI; engine/io/masking.py keeps the unit's result only inside the object's mask and
@@ -38,36 +40,22 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import ConfigError, EngineError
-from engine.core.geometry import Roi
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.execute.cluster import ClusterArg, shared_scheduler
 from engine.io.masking import MaskedWrite
 from engine.io.metadata import read_image
 from engine.io.plates import FieldImage, collection_images, is_collection, write_plate_table
 from engine.io.roi_tables import read_rois, roi_table_names
-from engine.io.rois import UserRoi, table_rois
+from engine.io.rois import UserRoi, table_rois, user_roi
 from engine.io.tables import obs_column, read_table, set_row_names, table_path
 from engine.runs import runner
 from engine.runs.outputs import check_output
 from engine.runs.planning import make_plan
+from engine.runs.reduce_over import shared_values
 from engine.runs.result import RunResult
+from engine.runs.work_unit import Unit
 
 ROI_COLUMN = "roi"
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One image and the ROI of it a run covers (None: the whole image)."""
-
-    image: FieldImage
-    roi: UserRoi = None
-    roi_name: str | None = None  # the row of an ROI table
-    mask: tuple[str, int] | None = None  # masking ROI table: (label image, object id)
-    box: Roi | None = None  # the ROI as a level-0 index box (masking writes use it)
-
-    @property
-    def label(self) -> str:
-        return self.image.label + (f" roi '{self.roi_name}'" if self.roi_name else "")
 
 
 @dataclass
@@ -79,6 +67,7 @@ class UnitsResult:
     failed: list[tuple[Unit, str]] = field(default_factory=list)
     plate_tables: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    reduced: dict[str, dict[str, float]] = field(default_factory=dict)  # reduce_over values
 
     @property
     def labels(self) -> dict[str, int]:
@@ -109,6 +98,7 @@ class UnitsResult:
                 {"unit": u.label, "image": u.image.path, "error": e} for u, e in self.failed
             ],
             "plate_tables": self.plate_tables,
+            "reduced": self.reduced,
             "objects": self.labels,
             "tasks_done": self.tasks_done,
             "seconds": round(self.seconds, 3),
@@ -172,6 +162,21 @@ def run(
     with shared_scheduler(workers, scheduler, cluster, pipeline.cluster) as address:
         if announce is not None:
             announce(f"{len(units)} units ({len(images)} images) on the scheduler {address}")
+
+        def run_one(pipe: Pipeline, unit: Unit, first: bool) -> RunResult:
+            return runner.run(
+                pipe,
+                unit.image.path,
+                unit.roi,
+                overwrite=overwrite and first,
+                update=update or not first,
+                scheduler=address,
+                progress=progress,
+                retries=retries,
+                priority_roi=priority_roi,
+            )
+
+        pipeline_for, result.reduced = shared_values(pipeline, units, run_one)
         done_images: set[str] = set()
         for unit in units:
             first = unit.image.path not in done_images
@@ -179,17 +184,7 @@ def run(
             try:
                 if masked is not None:
                     masked.before()
-                one = runner.run(
-                    pipeline,
-                    unit.image.path,
-                    unit.roi,
-                    overwrite=overwrite and first,
-                    update=update or not first,
-                    scheduler=address,
-                    progress=progress,
-                    retries=retries,
-                    priority_roi=priority_roi,
-                )
+                one = run_one(pipeline_for(unit), unit, first)
                 if masked is not None:
                     masked.after()
             except EngineError as exc:
@@ -236,16 +231,18 @@ def plan_units(
     overlap: str = "refuse",
 ) -> list[Unit]:
     """The units of a run, in order: per image, its ROIs of `table` (or `roi`)."""
-    if table is None:
-        return [Unit(image, roi) for image in images]
-    if roi is not None:
+    if table is not None and roi is not None:
         raise ConfigError("--roi and --roi-table exclude each other: give one")
     level = min({s.input_ref.level for s in pipeline.steps if s.source == "image"} or {0})
     units = []
     for image in images:
         meta = read_image(image.path)
+        c = meta.channel_axis
+        if table is None:
+            units.append(Unit(image, roi, None, None, user_roi(roi, meta, level, pipeline), c))
+            continue
         for name, spec, box, mask in table_rois(meta, table, level, overlap):
-            units.append(Unit(image, spec, name, mask, box))
+            units.append(Unit(image, spec, name, mask, box, c))
     if any(u.mask for u in units):
         _check_masking(pipeline, level)
     return units
