@@ -200,3 +200,26 @@ def test_roi_table_from_yaml_and_roi_naming_a_table(tmp_path: Path, scheduler: s
     # `roi=` naming the table (not one of its ROIs) runs every ROI too
     again = engine.run(_pipeline(), path, roi="FOV_ROI_table", overwrite=True, scheduler=scheduler)
     assert [u.roi_name for u, _ in again.results] == list(fovs)
+
+
+def test_reduce_over_image_is_one_otsu_over_the_tables_rois(tmp_path: Path, scheduler) -> None:
+    path, data = _ngio_image(tmp_path, FOVS)
+    pipeline = (
+        Pipeline()
+        .add("g", "gaussian", sigma=1.5)
+        .add("mask", "threshold", "g", method="otsu")
+        .add("nuclei", "label", "mask", {"kind": "label", "name": "nuclei"})
+    )
+    config = pipeline.to_dict()
+    config["steps"][1]["reduce_over"] = "image"
+    result = engine.run(
+        Pipeline.build(config), path, roi_table="FOV_ROI_table", scheduler=scheduler
+    )
+    smooth = ndimage.gaussian_filter(data.astype(np.float32), 1.5)
+    crops = [smooth[tuple(slice(a, b) for a, b in box)] for box in FOVS.values()]
+    together = threshold_otsu(np.concatenate([c.ravel() for c in crops]))
+    assert result.reduced["mask"][str(path)] == pytest.approx(float(together), rel=1e-6)
+    got = zarr.open_group(str(path / "labels/nuclei"), mode="r")["s0"][...]
+    for box, crop in zip(FOVS.values(), crops, strict=True):
+        want, _ = ndimage.label(crop > together)
+        assert same_partition(got[tuple(slice(a, b) for a, b in box)], want)
