@@ -2,9 +2,9 @@
 over every image of a collection run, or over every ROI of an image's ROI table.
 
 Two passes, both on the run's one cluster. First, the steps the reduction reads are run
-on every unit (each as its own run, as any unit), with the step right before the
-reduction written as `results/reduce-over-<step>` when it has no output of its own. Then the
-op's own reduction (map, combine, finish; tasks/) runs over those arrays of all the
+on every unit (each as its own run, as any unit), the step right before the reduction
+written as `results/reduce-over-<step>` (no other output: the user's stay untouched).
+Then the op's own reduction (map, combine, finish; tasks/) runs over those arrays of all the
 units together, chunk by chunk (engine/io/reduce_over.py), and the first-pass arrays are
 removed. The units then run with the step fixed to that value (`method: value`), so
 each output's provenance records the threshold it used.
@@ -70,15 +70,13 @@ def _values(pipeline: Pipeline, step: Step, units: list[Unit], run_one: RunOne) 
     if source == IMAGE:
         paths = {u.image.path: level0_path(u.image.path, "") for u in units}
     else:
-        first, upstream = _upstream(pipeline, source, step.name)
-        temp = None if pipeline.step(source).output is not None else f"reduce-over-{step.name}"
+        temp = f"reduce-over-{step.name}"
+        upstream = _upstream(pipeline, source, temp)
         done: set[str] = set()
         for unit in units:
             run_one(upstream, unit, unit.image.path not in done)
             done.add(unit.image.path)
-        name = temp or str(pipeline.step(source).output.name)
-        group = "results" if temp or first == "image" else "labels"
-        paths = {u.image.path: level0_path(u.image.path, f"{group}/{name}") for u in units}
+        paths = {u.image.path: level0_path(u.image.path, f"results/{temp}") for u in units}
     regions: dict[str, list[Region]] = {}
     for unit in units:
         box = unit.box
@@ -99,9 +97,9 @@ def _values(pipeline: Pipeline, step: Step, units: list[Unit], run_one: RunOne) 
                 remove_result(path, temp)
 
 
-def _upstream(pipeline: Pipeline, source: str, reducing: str) -> tuple[str, Pipeline]:
-    """The steps `source` needs (itself included), with `source` written as an image
-    output when it has none; and the kind of output it is."""
+def _upstream(pipeline: Pipeline, source: str, temp: str) -> Pipeline:
+    """The steps `source` needs (itself included), none writing its own output (the
+    first pass never touches the user's outputs) but `source`, written as `temp`."""
     needed: list[str] = []
     todo = [source]
     while todo:
@@ -112,12 +110,7 @@ def _upstream(pipeline: Pipeline, source: str, reducing: str) -> tuple[str, Pipe
         todo.append(pipeline.step(name).source)
     data = pipeline.model_dump()
     rows = [row for row in data["steps"] if row["name"] in needed]
-    kind = "image"
     for row in rows:
-        if row["name"] == source:
-            if row["output"] is None:
-                row["output"] = {"kind": "image", "name": f"reduce-over-{reducing}"}
-            else:
-                kind = row["output"]["kind"]
+        row["output"] = {"kind": "image", "name": temp} if row["name"] == source else None
     data["steps"] = rows
-    return kind, Pipeline.build(data)
+    return Pipeline.build(data)
