@@ -73,7 +73,11 @@ def connect(
         if cluster is not None and spec.kind == "slurm":
             raise ConfigError("--scheduler and --cluster slurm exclude each other")
         try:
-            client = Client(scheduler, timeout="10s")
+            # not the process's default client: runs on a shared scheduler may be made in
+            # threads (engine/runs/units.py), and a default client set from a thread stays
+            # in dask's global config after it closes ("no Client active" for the
+            # caller's own dask code, e.g. ngio's)
+            client = Client(scheduler, timeout="10s", set_as_default=False)
         except OSError as exc:
             raise EngineError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
         with client:

@@ -199,7 +199,7 @@ class Executor:
         self.runs: dict[str, _StageRun] = {}
         self.stats: dict[str, StageStats] = {}
         self.live: dict[tuple[int, int], Future] = {}  # (stage order, batch) -> in flight
-        self.completed = as_completed()
+        self.completed = as_completed(loop=client.loop)  # this client's, not a default one
         self.owner: dict[Future, tuple[_StageRun, int]] = {}
         self.peak_memory: dict[str, int] = {}
 
