@@ -27,7 +27,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from engine.core.errors import ConfigError, EngineError
+from engine.core.errors import COMMAND_LINE, ConfigError, EngineError
 from engine.core.pipeline import Pipeline
 from engine.core.version import __version__
 from engine.execute.cluster import resolve_cluster
@@ -219,6 +219,7 @@ def _cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    token = COMMAND_LINE.set(True)
     try:
         return COMMANDS[args.command](args)
     except EngineError as exc:
@@ -238,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             soft_wrap=True,
         )
         return 1
+    finally:
+        COMMAND_LINE.reset(token)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

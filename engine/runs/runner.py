@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from engine.core.errors import ConfigError, EngineError, OutputConflict
+from engine.core.errors import ConfigError, EngineError, OutputConflict, in_python_terms
 from engine.core.geometry import Roi
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.core.version import __version__
@@ -151,6 +151,7 @@ def roi_spec(
     return "roi", roi
 
 
+@in_python_terms
 def make_plan(
     pipeline: Pipeline,
     input: str | Path | None = None,
@@ -169,6 +170,7 @@ def make_plan(
     return meta, compile_plan(pipeline, meta, box, run_id, __version__, existing, overwrite)
 
 
+@in_python_terms
 def run(
     pipeline: Pipeline,
     input: str | Path | None = None,
