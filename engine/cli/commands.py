@@ -37,7 +37,7 @@ from engine.plan.compiler import human_bytes, summarize
 from engine.runs.runner import make_plan, resolve_input, run
 
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # lines are not cut at 80 columns in a pipe or a log
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -428,6 +428,11 @@ def _print_result(result: Any) -> None:
     )
     for name, path in result.outputs.items():
         objects = f" ({result.labels[name]} objects)" if name in result.labels else ""
+        if name in result.objects_in_output:
+            objects = (
+                f" ({result.labels[name]} objects in this ROI, "
+                f"{result.objects_in_output[name]} in the output)"
+            )
         reused = " (reused: same config and ROI)" if name in result.reused else ""
         out.print(f"  {name}: {path}{objects}{reused}")
     for name, found in result.evaluations.items():
@@ -459,17 +464,31 @@ def _scores(s: Any) -> str:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from engine.runs.evaluation import diff
+    from engine.runs.evaluation import diff, diff_roi
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    box = diff_roi(args.path, args.a, args.b, args.roi)
     found = diff(args.path, args.a, args.b, args.roi, args.workers, args.scheduler)
     if args.json:
-        data = {"labels": f"labels/{args.a}", "reference": f"labels/{args.b}", **found.to_json()}
+        data = {
+            "labels": f"labels/{args.a}",
+            "reference": f"labels/{args.b}",
+            "roi": {"name": args.roi, "start": list(box.start), "stop": list(box.stop)},
+            **found.to_json(),
+        }
         out.print_json(json.dumps(data))
         return 0
     out.print(f"labels/{args.a} against labels/{args.b}: {_scores(found)}", highlight=False)
+    out.print(f"  scored on ROI {_roi_name(args.roi)}{box}", highlight=False)
     return 0
+
+
+def _roi_name(name: str | None) -> str:
+    """`test ` for a named ROI, `whole image ` for none, nothing for boxes (they print)."""
+    if name is None:
+        return "whole image "
+    return "" if ":" in name else f"{name} "
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -592,6 +611,10 @@ def _image_status(args: argparse.Namespace) -> int:
             out.print(
                 f"  reused: {', '.join(r['reused'])}", highlight=False, markup=False, soft_wrap=True
             )
+        if r.get("roi"):
+            box = r["roi"]
+            ranges = ", ".join(f"{a}:{b}" for a, b in zip(box["start"], box["stop"], strict=True))
+            out.print(f"  ROI [{ranges}] (level {box.get('level', 0)})", highlight=False)
         ended = f" -> {r['ended']}" if r.get("ended") else ""
         out.print(
             f"  {r.get('started')}{ended}; {counts}", highlight=False, markup=False, soft_wrap=True

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zarr
 
 from engine.core.pipeline import Pipeline
@@ -100,3 +101,33 @@ def last_writer(path: str, records: list[dict[str, Any]]) -> dict[str, Any] | No
     if not writers:
         return None
     return max(writers, key=lambda r: (str(r.get("started", "")), str(r.get("run_id", ""))))
+
+
+def surviving_ids(
+    image: str | Path,
+    array: str,
+    earlier: list[tuple[tuple[int, ...], tuple[int, ...]]],
+    written: tuple[tuple[int, ...], tuple[int, ...]],
+) -> int:
+    """How many distinct label ids of `array` (a label output's level, in `image`) lie in
+    the `earlier` runs' boxes but outside the box a run just `written`: the ids earlier
+    runs left after an `--update` (ids exist only where some run wrote). Read one chunk
+    slab at a time; nothing is read when `written` covers every earlier box."""
+    data = open_group(image)[array]
+    step = max(1, data.chunks[0])
+    found: set[int] = set()
+    for start, stop in earlier:
+        inside = all(w0 <= s and e <= w1 for s, e, w0, w1 in zip(start, stop, *written))
+        if inside:
+            continue
+        for a in range(start[0], stop[0], step):
+            b = min(stop[0], (a // step + 1) * step)
+            window = (slice(a, b), *(slice(s, e) for s, e in zip(start[1:], stop[1:])))
+            block = np.asarray(data[window])
+            lo = [max(w, s) - s for w, s in zip(written[0], (a, *start[1:]))]
+            hi = [min(w, e) - s for w, e, s in zip(written[1], (b, *stop[1:]), (a, *start[1:]))]
+            if all(h > low for low, h in zip(lo, hi)):
+                block[tuple(slice(low, h) for low, h in zip(lo, hi))] = 0
+            found.update(np.unique(block).tolist())
+    found.discard(0)
+    return len(found)

@@ -31,7 +31,7 @@ from engine.execute.cluster import (
     worker_memory,
 )
 from engine.execute.executor import Executor, StageStats, TaskFailed
-from engine.io.existing import read_existing
+from engine.io.existing import read_existing, surviving_ids
 from engine.io.metadata import ImageMeta, open_group, read_image
 from engine.io.models import write_model
 from engine.io.ngff_write import (
@@ -93,6 +93,9 @@ class RunResult:
     reused: list[str] = field(default_factory=list)  # outputs read as they were, not computed
     evaluations: dict[str, Scores] = field(default_factory=dict)  # by table, on this ROI
     previews: dict[str, str] = field(default_factory=dict)  # by table: its PNG (preview: true)
+    # by label output, after an update: objects in the whole output (this ROI's and the
+    # earlier runs' left outside it); `labels` counts this ROI's
+    objects_in_output: dict[str, int] = field(default_factory=dict)
 
     @property
     def tasks_done(self) -> int:
@@ -110,6 +113,7 @@ class RunResult:
             },
             "outputs": self.outputs,
             "objects": self.labels,
+            "objects_in_output": self.objects_in_output,
             "reused": self.reused,
             "evaluations": {name: s.to_json() for name, s in self.evaluations.items()},
             "previews": self.previews,
@@ -309,6 +313,11 @@ def run(
         for step, r in (executor.labels.items() if executor is not None else ())
         if any(o.step == step for o in plan.outputs)
     }
+    in_output = {
+        name: count + _ids_left(meta, plan, next(o for o in plan.outputs if o.name == name), run_id)
+        for name, count in labels.items()
+        if modes.get(next(o.step for o in plan.outputs if o.name == name)) == "update"
+    }
     evaluations = dict(writer.evaluations)
     key = roi_key(plan.roi, plan.axes)
     for out in plan.reused:
@@ -329,7 +338,20 @@ def run(
         [out.name for out in plan.reused],
         evaluations,
         dict(writer.previews),
+        in_output,
     )
+
+
+def _ids_left(meta: ImageMeta, plan: Plan, out: OutputPlan, run_id: str) -> int:
+    """Label ids that earlier runs wrote into `out` outside this run's ROI (an update)."""
+    runs = engine_attrs(zarr.open_group(str(Path(meta.path) / out.path), mode="r")).get("runs", [])
+    earlier = [
+        (tuple(r["roi"]["start"]), tuple(r["roi"]["stop"]))
+        for r in runs
+        if r.get("run_id") != run_id and r.get("roi", {}).get("level") == plan.level
+    ]
+    written = (tuple(plan.roi.start), tuple(plan.roi.stop))
+    return surviving_ids(meta.path, f"{out.path}/{out.levels[0].path}", earlier, written)
 
 
 def priority_box(
