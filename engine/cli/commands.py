@@ -27,14 +27,14 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from engine.core.errors import COMMAND_LINE, ConfigError, EngineError
+from engine.core.errors import COMMAND_LINE, ConfigError, EngineError, OutputConflict
 from engine.core.pipeline import Pipeline
 from engine.core.version import __version__
 from engine.execute.cluster import resolve_cluster
 from engine.io.metadata import read_image
 from engine.io.rois import parse_cli_roi
 from engine.plan.compiler import human_bytes, summarize
-from engine.runs.runner import make_plan, resolve_input, run
+from engine.runs.runner import check_output, make_plan, resolve_input, run
 
 console = Console(stderr=True)
 out = Console(soft_wrap=True)  # lines are not cut at 80 columns in a pipe or a log
@@ -47,6 +47,12 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"'{text}' is not a comma-separated list of integers"
         ) from None
+
+
+ROI_HELP = (
+    "ROI: a name from the config's rois: or from the image's ROI tables (tables/, listed "
+    "by `info`), or z0:z1,y0:y1,x0:x1 in pixels (default: the whole image)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("config")
         p.add_argument("--input", default=None, help="image path (overrides the config)")
-        p.add_argument("--roi", default=None, help="ROI name from the config, or z0:z1,y0:y1,x0:x1")
+        p.add_argument("--roi", default=None, help=ROI_HELP)
         p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
@@ -104,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit a run as one SLURM batch job")
     p.add_argument("config")
     p.add_argument("--input", default=None, help="image path (overrides the config)")
-    p.add_argument("--roi", default=None, help="ROI name from the config, or z0:z1,y0:y1,x0:x1")
+    p.add_argument("--roi", default=None, help=ROI_HELP)
     _output_mode(p)
     p.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")
     p.add_argument("--wait", action="store_true", help="wait for the job; exit with its state")
@@ -262,7 +268,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         out.print_json(json.dumps(info))
         return 0
     meta = info["image"]
-    out.print(f"[bold]{args.path}[/]  OME-Zarr {meta['version']}  axes {meta['axes']}")
+    axes = ", ".join(
+        f"{a['name']} ({', '.join(v for v in (a.get('type'), a.get('unit')) if v)})"
+        for a in meta["axes"]
+    )
+    out.print(f"[bold]{args.path}[/]  OME-Zarr {meta['version']}  axes {axes}", highlight=False)
     table = Table("level", "shape", "chunks", "dtype", "scale")
     for lv in meta["levels"]:
         table.add_row(
@@ -322,7 +332,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
             make_plan(pipeline, path, roi)
         checked = f"config, image {path} and {len(pipeline.rois)} ROI(s)"
     outputs = [f"{s.output.kind}/{s.output.name}" for s in pipeline.steps if s.output]
-    out.print(f"ok: {checked}; {len(pipeline.steps)} steps; outputs {', '.join(outputs)}")
+    outputs += [
+        f"model _engine/models/{s.params['model']}"
+        for s in pipeline.steps
+        if s.op == "train_pixel_classifier" and s.params.get("model")
+    ]
+    written = f"outputs {', '.join(outputs)}" if outputs else "no outputs"
+    out.print(f"ok: {checked}; {len(pipeline.steps)} steps; {written}", highlight=False)
     return 0
 
 
@@ -331,12 +347,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     pipeline = _load(args)
     started = time.perf_counter()
-    _, plan = make_plan(pipeline, args.input, _roi(args, pipeline))
+    meta, plan = make_plan(pipeline, args.input, _roi(args, pipeline))
     seconds = time.perf_counter() - started
     rows = summarize(plan)
     reused = [o.path for o in plan.reused]
+    refusals = []
+    for output in plan.outputs:  # what `run` without --update/--overwrite would refuse
+        try:
+            check_output(meta, output, overwrite=False, update=False)
+        except OutputConflict as exc:
+            refusals.append(str(exc))
     if args.json:
-        data = {"roi": str(plan.roi), "plan_seconds": seconds, "stages": rows, "reused": reused}
+        data = {
+            "roi": str(plan.roi),
+            "plan_seconds": seconds,
+            "stages": rows,
+            "reused": reused,
+            "run_refuses": refusals,
+        }
         out.print_json(json.dumps(data))
         return 0
     table = Table(title=f"plan for ROI {plan.roi} ({plan.task_count} tasks, {seconds:.3f} s)")
@@ -363,10 +391,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
             human_bytes(r["bytes_written"]),
             halo,
         )
-    out.print(table)
+    Console(width=max(out.width, _table_width(table))).print(table)
     if reused:
         out.print(f"reused as stored (same config and ROI): {', '.join(reused)}")
+    for refusal in refusals:
+        out.print(f"run would refuse: {refusal}", highlight=False, markup=False)
+    if refusals:
+        out.print("(outputs exist: add --update or --overwrite)", highlight=False, markup=False)
     return 0
+
+
+def _table_width(table: Table) -> int:
+    """Columns wide enough for every cell and header (rich otherwise cuts them to the
+    terminal, or to 80 columns when the output is not a terminal)."""
+    widths = [
+        max([len(str(c.header)), *(len(str(cell)) for cell in c._cells)]) for c in table.columns
+    ]
+    return max(sum(w + 3 for w in widths) + 1, len(str(table.title or "")))
 
 
 def _progress_callback(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:

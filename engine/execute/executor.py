@@ -551,8 +551,13 @@ class Executor:
         parts = self._collect(stage.name)[0]
         started = time.perf_counter()
         samples = compute.combine_training(stage, parts)
+        # the fit takes seconds (10 s for 50 trees on the sample's scribbles) after the
+        # chunks' bar completes: a bar of its own shows it running, with its time
+        fitted = self.progress(f"{stage.step}/fit", 1) if self.progress else None
         future = self.client.submit(compute.fit_model, stage, samples, pure=False)
         self.models[stage.step] = future.result()
+        if fitted is not None:
+            fitted(1)
         self.merge_stats[stage.step] = {
             "samples": len(samples.classes),
             "sample_bytes": samples.features.nbytes,
