@@ -82,9 +82,9 @@ def test_the_readme_snippet_in_a_jupyter_kernel(base: Path, tmp_path: Path) -> N
     from jupyter_client.manager import start_new_kernel
 
     cwd = workdir(base, tmp_path)
-    manager, client = start_new_kernel(kernel_name="python3", cwd=str(cwd), env={
-        **os.environ, "PYTHONPATH": str(ROOT)
-    })
+    manager, client = start_new_kernel(
+        kernel_name="python3", cwd=str(cwd), env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     try:
         outputs: list[str] = []
 

@@ -145,11 +145,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--roi", default=None, help="ROI name from the image, or z0:z1,y0:y1,x0:x1 (at --level)"
     )
     p.add_argument("--labels", default=None, help="label image to outline, as in labels/NAME")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="compare --labels with this label image (labels/NAME): true positives, false "
+        "positives and false negatives at IoU 0.5, in three colours",
+    )
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        help="enlarge by this integer factor, nearest neighbour (default: long side >= 512 px)",
+    )
     p.add_argument("--out", default="preview.png", help="PNG to write (default preview.png)")
     p.add_argument("--level", type=int, default=0, help="resolution level (default 0)")
     view = p.add_mutually_exclusive_group()
     view.add_argument("--plane", type=int, default=None, help="one z plane (index at --level)")
-    view.add_argument("--max", action="store_true", help="maximum projection over z (default)")
+    view.add_argument(
+        "--max",
+        action="store_true",
+        help="maximum projection over z (default, unless label outlines would overlap in it: "
+        "then the plane through the ROI's centre)",
+    )
 
     p = sub.add_parser(
         "status", help="runs of an image (.zarr), or state and progress of a submitted batch run"
@@ -615,11 +632,38 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     from engine.io.preview import preview
 
-    result = preview(args.path, args.out, args.roi, args.labels, args.plane, args.level)
-    height, width = result.rgb.shape[:2]
-    outlines = f", {result.n_labels} label(s) of {result.labels}" if result.labels else ""
+    result = preview(
+        args.path,
+        args.out,
+        args.roi,
+        args.labels,
+        args.plane,
+        args.level,
+        reference=args.reference,
+        scale=args.scale,
+        projection=args.max,
+    )
+    height, width = result.png.shape[:2]
+    view = result.mode
+    if result.centre:
+        view += " (the ROI's centre)"
+    if result.densest:
+        view += " (the most labelled pixels)"
+    drawn = ""
+    if result.counts is not None:
+        drawn = ", " + ", ".join(f"{n} {what}" for what, n in result.counts.items())
+        drawn += f" of labels/{result.labels} against labels/{args.reference}"
+    elif result.classes is not None:
+        drawn = f", classes of {result.labels}: " + ", ".join(
+            f"{v} {n}" for v, n in result.classes.items()
+        )
+    elif result.labels:
+        drawn = (
+            f", {result.n_labels} objects of {result.labels} outlined ({result.in_roi} in the ROI)"
+        )
     out.print(
-        f"wrote {args.out} ({width}x{height} px, ROI {result.roi}, {result.mode}{outlines})",
+        f"wrote {args.out} ({width}x{height} px, scale {result.scale}, ROI {result.roi}, "
+        f"{view}{drawn})",
         highlight=False,
         soft_wrap=True,
     )

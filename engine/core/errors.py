@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import re
-from contextvars import ContextVar
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,8 +55,7 @@ PYTHON_ARGUMENTS = {
     "--shared-dir": 'cluster={"shared_directory": ...}',
 }
 _FLAG = re.compile(
-    "|".join(re.escape(f) for f in sorted(PYTHON_ARGUMENTS, key=len, reverse=True))
-    + r"(?![\w-])"
+    "|".join(re.escape(f) for f in sorted(PYTHON_ARGUMENTS, key=len, reverse=True)) + r"(?![\w-])"
 )
 # set while the command runs (engine/cli/commands.py): messages keep the command's flags
 COMMAND_LINE: ContextVar[bool] = ContextVar("command_line", default=False)

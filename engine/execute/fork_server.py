@@ -27,7 +27,9 @@ _prepare = multiprocessing.spawn.prepare
 
 def _prepare_without_main(data: dict) -> None:
     """multiprocessing's own preparation of a child, less re-running `__main__`."""
-    _prepare({k: v for k, v in data.items() if k not in ("init_main_from_name", "init_main_from_path")})
+    _prepare(
+        {k: v for k, v in data.items() if k not in ("init_main_from_name", "init_main_from_path")}
+    )
 
 
 multiprocessing.spawn.prepare = _prepare_without_main
