@@ -117,17 +117,20 @@ def surviving_ids(
     step = max(1, data.chunks[0])
     found: set[int] = set()
     for start, stop in earlier:
-        inside = all(w0 <= s and e <= w1 for s, e, w0, w1 in zip(start, stop, *written))
+        inside = all(
+            w0 <= s and e <= w1 for s, e, w0, w1 in zip(start, stop, *written, strict=True)
+        )
         if inside:
             continue
         for a in range(start[0], stop[0], step):
             b = min(stop[0], (a // step + 1) * step)
-            window = (slice(a, b), *(slice(s, e) for s, e in zip(start[1:], stop[1:])))
+            window = (slice(a, b), *(slice(s, e) for s, e in zip(start[1:], stop[1:], strict=True)))
             block = np.asarray(data[window])
-            lo = [max(w, s) - s for w, s in zip(written[0], (a, *start[1:]))]
-            hi = [min(w, e) - s for w, e, s in zip(written[1], (b, *stop[1:]), (a, *start[1:]))]
-            if all(h > low for low, h in zip(lo, hi)):
-                block[tuple(slice(low, h) for low, h in zip(lo, hi))] = 0
+            lo = [max(w, s) - s for w, s in zip(written[0], (a, *start[1:]), strict=True)]
+            origin = (a, *start[1:])
+            hi = [min(w, e) - s for w, e, s in zip(written[1], (b, *stop[1:]), origin, strict=True)]
+            if all(h > low for low, h in zip(lo, hi, strict=True)):
+                block[tuple(slice(low, h) for low, h in zip(lo, hi, strict=True))] = 0
             found.update(np.unique(block).tolist())
     found.discard(0)
     return len(found)
