@@ -60,7 +60,9 @@ def print_result(result: Any) -> None:
         reused = " (reused: same config and ROI)" if name in result.reused else ""
         out.print(f"  {name}: {path}{objects}{reused}")
     for name, found in result.evaluations.items():
-        out.print(f"  {name}: {scores(found)}", highlight=False)
+        before = result.previous_evaluations.get(name)
+        text = scores(found) if before is None else score_change(before[1], found, before[0])
+        out.print(f"  {name}: {text}", highlight=False)
         if name in result.previews:
             out.print(f"    preview: {result.previews[name]}", highlight=False)
     if result.peak_worker_bytes:
@@ -84,6 +86,25 @@ def scores(s: Any) -> str:
         f"Dice {s.dice:.4f}, IoU {s.iou:.4f}; objects at IoU 0.5: precision {s.precision:.4f}, "
         f"recall {s.recall:.4f}, F1 {s.f1:.4f} ({s.true_positives} matched, "
         f"{s.predicted_objects} predicted, {s.reference_objects} in the reference)"
+    )
+
+
+def score_change(old: Any, new: Any, previous: str) -> str:
+    """The scores of a new version next to the previous version's on the same ROI."""
+    pairs = [
+        (name, getattr(old, key), getattr(new, key))
+        for name, key in (
+            ("Dice", "dice"),
+            ("IoU", "iou"),
+            ("precision", "precision"),
+            ("recall", "recall"),
+            ("F1", "f1"),
+        )
+    ]
+    return (
+        ", ".join(f"{n} {a:.4f} -> {b:.4f}" for n, a, b in pairs)
+        + f" ({previous} -> this version; {new.true_positives} matched, "
+        f"{new.predicted_objects} predicted, {new.reference_objects} in the reference)"
     )
 
 
@@ -119,11 +140,19 @@ def print_info(path: str, info: dict[str, Any]) -> None:
             f"{item.get('n_features')} features, halo {item.get('halo')}",
             highlight=False,
         )
+    scored = {t["name"]: t["scores"] for t in info["tables"] if t.get("scores")}
     for group in info["versions"]:
         out.print(f"versions of {group['output']}:", highlight=False)
         for v in group["versions"]:
             change = f" (from {v['previous']}: {v['changed']})" if v.get("previous") else ""
             out.print(f"  v{v['number']} {v['name']}{change}", highlight=False, markup=False)
+            for roi, row in scored.get(v["name"], {}).items():
+                out.print(
+                    f"      {roi}: Dice {row['dice']:.4f}, IoU {row['iou']:.4f}, "
+                    f"F1 {row['f1']:.4f}",
+                    highlight=False,
+                    markup=False,
+                )
     for roi in info["rois"]:
         box = ", ".join(f"{a}: {r[0]:g}..{r[1]:g}" for a, r in roi["micrometer"].items())
         out.print(f"roi {roi['name']} (tables/{roi['table']}): {box} micrometer", highlight=False)

@@ -29,6 +29,9 @@ class RunResult:
     # by label output, after an update: objects in the whole output (this ROI's and the
     # earlier runs' left outside it); `labels` counts this ROI's
     objects_in_output: dict[str, int] = field(default_factory=dict)
+    # by evaluation table of a new version: (the previous version's name, its scores on
+    # this ROI), to print next to the new ones
+    previous_evaluations: dict[str, tuple[str, Scores]] = field(default_factory=dict)
 
     @property
     def tasks_done(self) -> int:
@@ -43,6 +46,10 @@ class RunResult:
             "outputs": self.outputs,
             "objects": self.labels,
             "objects_in_output": self.objects_in_output,
+            "previous_evaluations": {
+                name: {"version": prev, **s.to_json()}
+                for name, (prev, s) in self.previous_evaluations.items()
+            },
             "reused": self.reused,
             "evaluations": {name: s.to_json() for name, s in self.evaluations.items()},
             "previews": self.previews,

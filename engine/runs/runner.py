@@ -200,6 +200,14 @@ def run(
         found = stored_scores(Path(meta.path) / out.path, key) if out.op == "evaluate" else None
         if found is not None:
             evaluations[out.name] = found
+    previous = {}
+    for out in plan.outputs:  # a new version of an evaluation: the one before, same ROI
+        before = (out.version or {}).get("previous")
+        if out.op == "evaluate" and before and out.name in evaluations:
+            path = Path(meta.path) / Path(out.path).parent / before
+            found = stored_scores(path, key) if path.exists() else None
+            if found is not None:
+                previous[out.name] = (before, found)
     return RunResult(
         run_id,
         meta.path,
@@ -215,4 +223,5 @@ def run(
         evaluations,
         dict(writer.previews),
         in_output,
+        previous,
     )
