@@ -33,12 +33,12 @@ def readme_snippet() -> str:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(write_sample(tmp_path_factory.mktemp("api") / "sample.zarr", SHAPE))
+    return Path(write_sample(tmp_path_factory.mktemp("api") / "api.zarr", SHAPE))
 
 
 def workdir(base: Path, tmp_path: Path) -> Path:
     """A folder as the README's user has it: the sample, and the configs."""
-    shutil.copytree(base, tmp_path / "sample.zarr")
+    shutil.copytree(base, tmp_path / "api.zarr")
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     return tmp_path
 
@@ -59,7 +59,7 @@ def python(cwd: Path, *argv: str, stdin: str | None = None) -> subprocess.Comple
 def check_ran(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert "{'nuclei': 'sample.zarr/labels/nuclei'} {'nuclei': " in proc.stdout, proc.stdout
+    assert "{'nuclei': 'api.zarr/labels/nuclei'} {'nuclei': " in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("how", ["script", "stdin", "-c"])
@@ -75,7 +75,7 @@ def test_the_readme_snippet_runs_unmodified(base: Path, tmp_path: Path, how: str
         proc = python(cwd, "-c", snippet)
     check_ran(proc)
     # one run: no worker ran the script again (it would have recorded a run of its own)
-    assert len([r for r in (cwd / "sample.zarr/_engine/runs").iterdir() if r.is_dir()]) == 1
+    assert len([r for r in (cwd / "api.zarr/_engine/runs").iterdir() if r.is_dir()]) == 1
 
 
 def test_the_readme_snippet_in_a_jupyter_kernel(base: Path, tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_the_readme_snippet_in_a_jupyter_kernel(base: Path, tmp_path: Path) -> N
         reply = client.execute_interactive(readme_snippet(), timeout=300, output_hook=keep)
         text = "".join(outputs)
         assert reply["content"]["status"] == "ok", text
-        assert "{'nuclei': 'sample.zarr/labels/nuclei'} {'nuclei': " in text, text
+        assert "{'nuclei': 'api.zarr/labels/nuclei'} {'nuclei': " in text, text
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
@@ -114,7 +114,7 @@ def test_errors_in_python_name_python_arguments(base: Path, tmp_path: Path) -> N
         "run",
         "configs/nuclei.yaml",
         "--input",
-        "sample.zarr",
+        "api.zarr",
         "--quiet",
         "--workers",
         "1",
