@@ -18,8 +18,8 @@ percentile.
 - Class labels (few values, e.g. scribbles 1 = background, 2 = nucleus; names from the
   label image's `ngff_engine.sample.classes` when it has them): every labelled pixel in
   its class's colour, with a legend.
-- Comparison (`reference`): objects are matched in 3D over the whole ROI at IoU >= 0.5,
-  exactly as the evaluate op scores them (tasks/evaluate.py); matched predictions are
+- Comparison (`reference`): objects are matched over the whole ROI (all its planes) at
+  IoU >= 0.5, exactly as the evaluate op scores them (tasks/evaluate.py); matched ones are
   true positives, other predictions false positives, unmatched reference objects false
   negatives, each outlined in its colour, with a legend and their counts.
 """
@@ -346,8 +346,8 @@ def caption(result: Preview, path: str | Path) -> tuple[list[str], list[LegendEn
     legend: list[LegendEntry] = []
     if result.counts is not None:
         lines.append(
-            f"labels/{result.labels} against the reference, objects matched at IoU >= 0.5 in "
-            "3D over the ROI (counts over the ROI):"
+            f"labels/{result.labels} against the reference: objects matched at IoU >= 0.5 "
+            "over the whole ROI (all its planes), as evaluate scores them; counts over the ROI:"
         )
         legend = [
             LegendEntry(TRUE_POSITIVE, f"true positive ({result.counts['true positives']})"),
