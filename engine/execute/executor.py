@@ -33,6 +33,7 @@ from engine.plan.compiler import Plan, Stage, downsample_factors
 from engine.state.markers import KEEP_RESULTS, ChunkMarker, Markers
 from engine.worker import compute
 from engine.worker.compute import RelabelTable
+from engine.worker.importing import run_import
 from tasks import OPS
 from tasks.evaluate import Counts, combine_counts
 from tasks.label import FaceComponents, resolve_face_components
@@ -175,6 +176,8 @@ def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, co
         return compute.run_train(root, stage, task, spatial, ctx, values)
     if kind == "evaluate":
         return compute.run_evaluate(root, stage, task)
+    if kind == "import":
+        return run_import(root, stage, task.write, common["source"])
     raise ValueError(f"unknown stage kind {kind}")
 
 
@@ -563,6 +566,10 @@ class Executor:
         """Per-chunk contingency tables added up into one; the run scores it."""
         self._enqueue(stage)
         self.evaluations[stage.step] = combine_counts(self._collect(stage.name)[0])
+
+    def _import(self, stage: Stage) -> None:
+        """Source boxes into s0 (engine/worker/importing.py); the spec opens the source."""
+        self._enqueue(stage, source=self.plan.extra["source"])
 
     def _pyramid(self, stage: Stage) -> None:
         out = next(o for o in self.plan.outputs if o.step == stage.step)
