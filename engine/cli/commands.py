@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from engine.cli import transfer
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import Pipeline
 from engine.core.version import __version__
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="an image (.zarr): its runs; or a batch run folder or SLURM job id")
     p.add_argument("--shared-dir", default=None, help="where runs are (default ~/.ngff-engine)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    transfer.add_parsers(sub)
     return parser
 
 
@@ -623,6 +625,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    **transfer.COMMANDS,
     "sample": cmd_sample,
     "info": cmd_info,
     "validate": cmd_validate,
