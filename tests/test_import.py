@@ -99,7 +99,12 @@ def test_plain_tiff_3d_uint16(tmp_path: Path, scheduler: str) -> None:
     tifffile.imwrite(tif, source, metadata={"axes": "ZYX"})
     out = tmp_path / "stack.zarr"
     result = import_image(
-        tif, out, chunks=(8, 16, 16), levels=3, scale="z=0.5,y=0.5,x=0.5", unit="um",
+        tif,
+        out,
+        chunks=(8, 16, 16),
+        levels=3,
+        scale="z=0.5,y=0.5,x=0.5",
+        unit="um",
         scheduler=scheduler,
     )
     assert result.tasks_done > 0
@@ -175,7 +180,13 @@ def test_multi_series_tiff(tmp_path: Path, scheduler: str) -> None:
     assert not (tmp_path / "x.zarr").exists()
     out = tmp_path / "second.zarr"
     import_image(
-        tif, out, series=1, chunks=(8, 8), levels=2, scale="y=2,x=2", unit="micrometer",
+        tif,
+        out,
+        series=1,
+        chunks=(8, 8),
+        levels=2,
+        scale="y=2,x=2",
+        unit="micrometer",
         scheduler=scheduler,
     )
     check_image(out, second, "yx", {"y": 2.0, "x": 2.0}, dict.fromkeys("yx", "micrometer"), 2)
@@ -191,8 +202,14 @@ def test_plane_series_with_pattern(tmp_path: Path, scheduler: str) -> None:
     (folder / "notes.txt").write_text("not a plane")
     out = tmp_path / "planes.zarr"
     result = import_image(
-        folder, out, pattern="img_c{c}_z{z}.tif", chunks=(1, 4, 16, 16), levels=2,
-        scale="z=3,y=0.5,x=0.5", unit="micrometer", scheduler=scheduler,
+        folder,
+        out,
+        pattern="img_c{c}_z{z}.tif",
+        chunks=(1, 4, 16, 16),
+        levels=2,
+        scale="z=3,y=0.5,x=0.5",
+        unit="micrometer",
+        scheduler=scheduler,
     )
     check_image(
         out, source, "czyx", {"z": 3.0, "y": 0.5, "x": 0.5}, dict.fromkeys("zyx", "micrometer"), 2
@@ -207,11 +224,18 @@ def test_plane_series_with_pattern(tmp_path: Path, scheduler: str) -> None:
         tifffile.imwrite(zfolder / f"plane_z{z}.tif", data((16, 16), "uint8", seed=z))
     out2 = tmp_path / "z.zarr"
     import_image(
-        zfolder, out2, chunks=(4, 16, 16), levels=1, scale="z=1,y=1,x=1", unit="um",
+        zfolder,
+        out2,
+        chunks=(4, 16, 16),
+        levels=1,
+        scale="z=1,y=1,x=1",
+        unit="um",
         scheduler=scheduler,
     )
     expected = np.stack([data((16, 16), "uint8", seed=z) for z in range(12)])
-    check_image(out2, expected, "zyx", dict.fromkeys("zyx", 1.0), dict.fromkeys("zyx", "micrometer"), 1)
+    check_image(
+        out2, expected, "zyx", dict.fromkeys("zyx", 1.0), dict.fromkeys("zyx", "micrometer"), 1
+    )
 
 
 def test_hdf5_dataset_sharded(tmp_path: Path, scheduler: str) -> None:
@@ -224,7 +248,12 @@ def test_hdf5_dataset_sharded(tmp_path: Path, scheduler: str) -> None:
         ds.attrs["axes"] = "zyx"
     out = tmp_path / "bdv.zarr"
     import_image(
-        h5, out, dataset="t00000/s00/0/cells", chunks=(4, 8, 8), shards=(4, 16, 16), levels=2,
+        h5,
+        out,
+        dataset="t00000/s00/0/cells",
+        chunks=(4, 8, 8),
+        shards=(4, 16, 16),
+        levels=2,
         scheduler=scheduler,
     )
     check_image(
@@ -257,7 +286,10 @@ def test_kill_and_resume_gives_the_same_bytes(tmp_path: Path, scheduler: str) ->
     tifffile.imwrite(tif, source, metadata={"axes": "ZYX"})
     options = ["--chunks", "4,16,16", "--levels", "2", "--scale", "z=1,y=1,x=1", "--unit", "um"]
     reference = tmp_path / "reference.zarr"
-    assert main(["import", str(tif), str(reference), "--scheduler", scheduler, "--quiet", *options]) == 0
+    assert (
+        main(["import", str(tif), str(reference), "--scheduler", scheduler, "--quiet", *options])
+        == 0
+    )
 
     out = tmp_path / "killed.zarr"
     argv = [_executable(), "import", str(tif), str(out), "--workers", "2", "--quiet", *options]
@@ -284,7 +316,13 @@ def test_kill_and_resume_gives_the_same_bytes(tmp_path: Path, scheduler: str) ->
     # without --resume: refused, naming the unfinished import
     assert main(["import", str(tif), str(out), "--scheduler", scheduler, "--quiet", *options]) == 2
     result = import_image(
-        tif, out, chunks=(4, 16, 16), levels=2, scale="z=1,y=1,x=1", unit="um", resume=True,
+        tif,
+        out,
+        chunks=(4, 16, 16),
+        levels=2,
+        scale="z=1,y=1,x=1",
+        unit="um",
+        resume=True,
         scheduler=scheduler,
     )
     assert result.resumed

@@ -58,20 +58,18 @@ def add_parsers(sub: Any) -> None:
         "--pattern", default=None, help='plane file names, e.g. "t{t}_c{c}_z{z}.tif" (integers)'
     )
     p.add_argument(
-        "--axes", default=None, help="the source's axes in stored order where it does not say, e.g. zyx"
+        "--axes",
+        default=None,
+        help="the source's axes in stored order where it does not say, e.g. zyx",
     )
-    p.add_argument(
-        "--scale", default=None, help="physical pixel sizes, e.g. z=2,y=0.325,x=0.325"
-    )
+    p.add_argument("--scale", default=None, help="physical pixel sizes, e.g. z=2,y=0.325,x=0.325")
     p.add_argument("--unit", default=None, help="unit of --scale's spatial sizes, e.g. micrometer")
     p.add_argument("--name", default=None, help="the image's name (default: the source's)")
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
     p.add_argument("--cluster", choices=["local", "slurm"], default=None)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument(
-        "--resume", action="store_true", help="continue an unfinished import of OUT"
-    )
+    p.add_argument("--resume", action="store_true", help="continue an unfinished import of OUT")
     p.add_argument(
         "--no-checksum", action="store_true", help="skip the source's sha256 in the provenance"
     )

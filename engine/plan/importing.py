@@ -41,14 +41,10 @@ AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "spa
 
 
 def import_axes(info: SourceInfo) -> tuple[Axis, ...]:
-    return tuple(
-        Axis(a, AXIS_TYPES[a], info.units.get(a) if a != "c" else None) for a in info.axes
-    )
+    return tuple(Axis(a, AXIS_TYPES[a], info.units.get(a) if a != "c" else None) for a in info.axes)
 
 
-def per_axis(
-    values: Sequence[int] | None, info: SourceInfo, what: str
-) -> tuple[int, ...] | None:
+def per_axis(values: Sequence[int] | None, info: SourceInfo, what: str) -> tuple[int, ...] | None:
     if values is None:
         return None
     if len(values) != len(info.axes):
@@ -114,16 +110,12 @@ def level_factors(axes: str, scale: Sequence[float]) -> tuple[int, ...]:
     """2 for y and x; 2 for z while its voxel is no larger than y's; 1 for t and c."""
     y = scale[axes.index("y")] if "y" in axes else None
     return tuple(
-        2
-        if a in "yx" or (a == "z" and y is not None and scale[i] <= y * (1 + 1e-9))
-        else 1
+        2 if a in "yx" or (a == "z" and y is not None and scale[i] <= y * (1 + 1e-9)) else 1
         for i, a in enumerate(axes)
     )
 
 
-def task_grid(
-    level: LevelSpec, read_unit: Sequence[int], itemsize: int
-) -> tuple[int, ...]:
+def task_grid(level: LevelSpec, read_unit: Sequence[int], itemsize: int) -> tuple[int, ...]:
     """Per axis, what a task writes: the write unit (shard or chunk), grown to cover the
     source's decode unit where that is larger, while a task stays within the budget."""
     write = level.shards or level.chunks

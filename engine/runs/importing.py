@@ -412,5 +412,3 @@ def _sha256(path: str) -> str:
         while block := f.read(8 * 1024 * 1024):
             digest.update(block)
     return digest.hexdigest()
-
-

@@ -95,7 +95,9 @@ class SourceInfo:
 
     def missing(self) -> list[str]:
         """Spatial axes without a physical size or unit."""
-        return [a for a in self.axes if a in SPATIAL and (a not in self.scale or a not in self.units)]
+        return [
+            a for a in self.axes if a in SPATIAL and (a not in self.scale or a not in self.units)
+        ]
 
 
 class Source(Protocol):

@@ -29,7 +29,13 @@ from engine.io.sources import (
     SourceSpec,
     complete_info,
 )
-from engine.io.sources.tiff import SeriesReader, check_complete, open_tiff, pick_series, tiff_metadata
+from engine.io.sources.tiff import (
+    SeriesReader,
+    check_complete,
+    open_tiff,
+    pick_series,
+    tiff_metadata,
+)
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 PLACEHOLDERS = "tcz"

@@ -118,9 +118,12 @@ class SeriesReader:
         assert self.offset is not None
         nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         start = self.offset - self.offset % mmap.ALLOCATIONGRANULARITY
-        with open(self.path, "rb") as f, mmap.mmap(
-            f.fileno(), self.offset - start + nbytes, access=mmap.ACCESS_READ, offset=start
-        ) as mapped:
+        with (
+            open(self.path, "rb") as f,
+            mmap.mmap(
+                f.fileno(), self.offset - start + nbytes, access=mmap.ACCESS_READ, offset=start
+            ) as mapped,
+        ):
             data = np.frombuffer(mapped, self.dtype, int(np.prod(self.shape)), self.offset - start)
             out = np.array(data.reshape(self.shape)[tuple(box)])
             del data
@@ -188,14 +191,18 @@ def tiff_metadata(
         luts = ij.get("LUTs")
         if luts:
             channels = tuple(
-                Channel(None, "{:02X}{:02X}{:02X}".format(*(int(v) for v in np.asarray(lut)[:, -1])))
+                Channel(
+                    None, "{:02X}{:02X}{:02X}".format(*(int(v) for v in np.asarray(lut)[:, -1]))
+                )
                 for lut in luts
             )
     elif xy is not None:
         scale.update(y=xy[1], x=xy[0])
-        unit_um = RESOLUTION_UNIT_UM.get(int(page.tags["ResolutionUnit"].value or 1)) if (
-            "ResolutionUnit" in page.tags
-        ) else None
+        unit_um = (
+            RESOLUTION_UNIT_UM.get(int(page.tags["ResolutionUnit"].value or 1))
+            if ("ResolutionUnit" in page.tags)
+            else None
+        )
         if unit_um is not None:
             scale.update(y=xy[1] * unit_um, x=xy[0] * unit_um)
             units.update(y="micrometer", x="micrometer")
