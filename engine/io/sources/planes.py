@@ -160,7 +160,8 @@ class PlaneSource:
             shape = tuple(int(s) for s in series.shape)
             if shape != self.plane_shape:
                 raise SourceError(
-                    f"{path}: plane shape {shape} differs from {self.plane_shape} of {self.files[0]}"
+                    f"{path}: plane shape {shape} differs from {self.plane_shape} "
+                    f"of {self.files[0]}"
                 )
             if np.dtype(series.dtype) != self.dtype:
                 raise SourceError(

@@ -81,7 +81,8 @@ def check_complete(path: str, series: tifffile.TiffPageSeries) -> None:
         ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=False) if n]
         if ends and max(ends) > size:
             raise SourceError(
-                f"{path}: truncated: page {page.index} runs to byte {max(ends)}, the file has {size}"
+                f"{path}: truncated: page {page.index} runs to byte {max(ends)}, "
+                f"the file has {size}"
             )
 
 
