@@ -97,7 +97,7 @@ def plan_and_setup(image: str) -> dict:
     import numpy as np
 
     from engine.execute.batching import batch, batch_size
-    from engine.plan.compiler import layout_hash
+    from engine.plan.fingerprint import layout_hash
     from engine.plan.memory import projected_peak
     from engine.runs.runner import make_plan
     from engine.state.markers import Markers

@@ -26,7 +26,7 @@ from engine.cli.commands import main
 from engine.io.metadata import read_image
 from engine.plan.importing import level_factors
 from engine.state.markers import read_records
-from engine.worker.compute import block_mean
+from engine.io.downsample import block_mean
 
 TESTS = Path(__file__).parent
 

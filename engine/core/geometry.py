@@ -16,6 +16,7 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 Number = int | float
 
@@ -178,3 +179,16 @@ def chunks_touching(
 
 def count_chunks(roi: Roi, chunks: Sequence[int], bounds: Roi) -> int:
     return math.prod(len(r) for r in chunk_index_range(roi.intersect(bounds), chunks))
+
+
+def chain_boxes(write: Roi, chain: Sequence[Any], bounds: Roi) -> list[Roi]:
+    """Boxes each link's input must cover, first link first; the last entry is `write`
+    (a link is anything with a per-axis `halo`, as the plan's `Link`).
+
+    Going backwards from the box written, each link widens the box by its halo,
+    clipped to the data's extent, where boundary modes then apply as on the whole.
+    """
+    boxes = [write]
+    for link in reversed(chain):
+        boxes.append(boxes[-1].grow(link.halo).intersect(bounds))
+    return boxes[::-1]

@@ -25,7 +25,7 @@ from engine.core.worker_env import (
     WORKER_DASK_SETTINGS,
     worker_server_environment,
 )
-from engine.plan.compiler import Plan
+from engine.plan.types import Plan
 
 ClusterArg = ClusterSpec | dict[str, Any] | str | None
 

@@ -10,7 +10,7 @@ never memory.
 
 Levels halve y and x; z is halved too once its voxel size is no larger than that of y
 (an isotropic volume stays isotropic; an anisotropic one keeps its z until y and x
-catch up). Each level is the block mean of the one below (engine/worker/compute.py
+catch up). Each level is the block mean of the one below (engine/io/downsample.py
 `block_mean`), chunk by chunk as its inputs are written.
 """
 
@@ -30,7 +30,8 @@ from engine.core.grid import ChunkGrid
 from engine.io.metadata import Axis
 from engine.io.ngff_write import LevelSpec
 from engine.io.sources import SourceInfo, SourceSpec
-from engine.plan.compiler import ENGINE_GROUP, OutputPlan, Plan, Source, Stage
+from engine.core.layout import run_folder
+from engine.plan.types import OutputPlan, Plan, Source, Stage
 from tasks import Context
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER
 
@@ -210,6 +211,6 @@ def compile_import(
         context=Context(spacing=spacing),
         stages=tuple(stages),
         outputs=(output,),
-        scratch=f"{ENGINE_GROUP}/runs/{run_id}",
+        scratch=run_folder(run_id),
         extra={"source": spec},
     )

@@ -46,7 +46,7 @@ from engine.io.sources import (
     parse_scale,
     resolve_spec,
 )
-from engine.plan.compiler import layout_hash
+from engine.plan.fingerprint import layout_hash
 from engine.plan.importing import compile_import, config_hash, import_levels
 from engine.plan.memory import check_fits
 from engine.state.markers import Markers, drop_torn_writes

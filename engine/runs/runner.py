@@ -21,6 +21,7 @@ import zarr
 
 from engine.core.errors import ConfigError, EngineError, OutputConflict
 from engine.core.geometry import Roi
+from engine.core.layout import preview_file
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.core.version import __version__
 from engine.execute.cluster import (
@@ -31,7 +32,6 @@ from engine.execute.cluster import (
     worker_memory,
 )
 from engine.execute.executor import Executor, StageStats, TaskFailed
-from engine.io.existing import read_existing
 from engine.io.metadata import ImageMeta, open_group, read_image
 from engine.io.models import write_model
 from engine.io.ngff_write import (
@@ -52,22 +52,17 @@ from engine.io.tables import (
     table_attrs,
     write_table,
 )
-from engine.plan.compiler import (
-    ENGINE_GROUP,
-    OutputPlan,
-    Plan,
-    compile_plan,
-    face_array_layout,
-    face_array_path,
-    face_planes,
-    layout_hash,
-)
+from engine.plan.compiler import compile_plan
+from engine.plan.fingerprint import layout_hash
 from engine.plan.memory import check_fits
+from engine.plan.types import OutputPlan, Plan
 from engine.plan.versions import describe_change
 from engine.runs.evaluation import evaluation_attrs, roi_key, stored_scores
+from engine.runs.existing import read_existing
 from engine.state.locks import OutputLocks, this_process
 from engine.state.markers import Markers, drop_torn_writes
 from engine.state.records import RunRecord, find_resumable, now
+from engine.worker.faces import face_array_layout, face_array_path, face_planes
 from tasks.evaluate import Scores, scores
 from tasks.measure import table_columns
 
@@ -721,7 +716,7 @@ class _OutputWriter:
             if a in "zyx"
         }
         box["level"] = self.plan.level
-        target = Path(self.meta.path) / ENGINE_GROUP / "previews" / f"{out.name}_{key}.png"
+        target = Path(self.meta.path) / preview_file(out.name, key)
         target.parent.mkdir(parents=True, exist_ok=True)
         name = labels.removeprefix("labels/")
         preview(self.meta.path, target, box, name, level=self.plan.level)

@@ -31,7 +31,7 @@ from typing import Any
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import ClusterSpec, Pipeline, RoiSpec
 from engine.execute.cluster import ClusterArg, resolve_cluster
-from engine.plan.compiler import layout_hash
+from engine.plan.fingerprint import layout_hash
 from engine.runs.runner import (
     RunResult,
     check_output,

@@ -15,10 +15,9 @@ from typing import Any
 import zarr
 
 from engine.core.errors import EngineError
-from engine.plan.compiler import ENGINE_GROUP
+from engine.core.layout import RUNS
 from engine.state.locks import is_stale
 
-RUNS = f"{ENGINE_GROUP}/runs"
 KEY = "ngff_engine_run"
 
 
