@@ -23,10 +23,10 @@ import zarr
 
 from engine import import_image
 from engine.cli.commands import main
+from engine.io.downsample import block_mean
 from engine.io.metadata import read_image
 from engine.plan.importing import level_factors
 from engine.state.markers import read_records
-from engine.io.downsample import block_mean
 
 TESTS = Path(__file__).parent
 

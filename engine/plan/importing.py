@@ -27,10 +27,10 @@ import numpy as np
 from engine.core.errors import ConfigError
 from engine.core.geometry import Roi
 from engine.core.grid import ChunkGrid
+from engine.core.layout import run_folder
 from engine.io.metadata import Axis
 from engine.io.ngff_write import LevelSpec
 from engine.io.sources import SourceInfo, SourceSpec
-from engine.core.layout import run_folder
 from engine.plan.types import OutputPlan, Plan, Source, Stage
 from tasks import Context
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER

@@ -47,10 +47,11 @@ class Hdf5Source:
             self.dataset = self._dataset(spec)
             native = self._native_axes(self.dataset)
             if native is None and spec.axes is None:
-                example = "tczyx"[-self.dataset.ndim :] if self.dataset.ndim > 3 else "zyx"
+                ndim = self.dataset.ndim
+                example = ("tczyx" if ndim > 3 else "zyx")[-ndim:]
                 raise SourceError(
                     f"{path}:{self.dataset.name}: its axes are not named (no 'axes' attribute "
-                    f"or dimension labels); give --axes, e.g. --axes {example[-self.dataset.ndim :]}"
+                    f"or dimension labels); give --axes, e.g. --axes {example}"
                 )
             self.map: AxisMap = axis_map(
                 f"{path}:{self.dataset.name}", native or "", spec.axes, self.dataset.shape
