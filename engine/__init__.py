@@ -26,12 +26,12 @@ _WHERE = {
     "Roi": "engine.core.geometry",
     "RoiSpec": "engine.core.pipeline",
     "RunHandle": "engine.runs.submit",
-    "RunResult": "engine.runs.runner",
+    "RunResult": "engine.runs.result",
     "Step": "engine.core.pipeline",
     "__version__": "engine.core.version",
     "export": "engine.io.export",
     "import_image": "engine.runs.importing",
-    "make_plan": "engine.runs.runner",
+    "make_plan": "engine.runs.planning",
     "run": "engine.runs.runner",
     "submit": "engine.runs.submit",
 }
@@ -78,5 +78,7 @@ if TYPE_CHECKING:
     from engine.core.version import __version__
     from engine.io.export import export
     from engine.runs.importing import ImportResult, import_image
-    from engine.runs.runner import RunResult, make_plan, run
+    from engine.runs.planning import make_plan
+    from engine.runs.result import RunResult
+    from engine.runs.runner import run
     from engine.runs.submit import RunHandle, submit

@@ -18,7 +18,8 @@ from engine.core.pipeline import Pipeline
 from engine.io.metadata import open_group, read_image
 from engine.io.roi_tables import ROI_COLUMNS, box_to_micrometer, read_rois, write_rois
 from engine.io.rois import image_roi, resolve_roi
-from engine.runs.runner import make_plan, run
+from engine.runs.planning import make_plan
+from engine.runs.runner import run
 
 PIPELINE = """
 rois:

@@ -34,7 +34,8 @@ from engine.execute.cluster import resolve_cluster
 from engine.io.metadata import read_image
 from engine.io.rois import parse_cli_roi
 from engine.plan.report import summarize
-from engine.runs.runner import make_plan, resolve_input, run
+from engine.runs.planning import make_plan, resolve_input
+from engine.runs.runner import run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

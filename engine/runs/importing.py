@@ -29,15 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import zarr
-
 from engine.core.errors import ConfigError, EngineError, OutputConflict
 from engine.core.version import __version__
 from engine.execute.cluster import ClusterArg, connect, worker_memory
 from engine.execute.executor import Executor, StageStats
+from engine.io.imported import create_imported, record_import
 from engine.io.metadata import Version
-from engine.io.ngff_write import create_image, set_engine_attrs, zarr_format
 from engine.io.sources import (
     SourceInfo,
     SourceSpec,
@@ -47,7 +44,7 @@ from engine.io.sources import (
     resolve_spec,
 )
 from engine.plan.fingerprint import layout_hash
-from engine.plan.importing import compile_import, config_hash, import_levels
+from engine.plan.importing import compile_import, config_hash, import_axes, import_levels
 from engine.plan.memory import check_fits
 from engine.state.markers import Markers, drop_torn_writes
 
@@ -197,7 +194,9 @@ def import_image(
     if resumed:
         drop_torn_writes(str(partial), [lv.path for lv in level_specs])
     else:
-        _create(partial, info, level_specs, ngff, name or Path(spec.path).name)
+        create_imported(
+            partial, info, import_axes(info), level_specs, ngff, name or Path(spec.path).name
+        )
         _write_record(partial, {"run_id": run_id, "config_hash": digest, "layout": layout})
     executor = None
     with connect(workers, scheduler, cluster) as client:
@@ -216,9 +215,8 @@ def import_image(
         )
         stages = executor.run()
     sha = hasher.result() if hasher is not None else None
-    root = zarr.open_group(str(partial), mode="r+")
-    set_engine_attrs(
-        root,
+    record_import(
+        partial,
         {
             "engine_version": __version__,
             "import": {
@@ -311,55 +309,6 @@ def _provenance(spec: SourceSpec, info: SourceInfo) -> dict[str, Any]:
         "scale_given": dict(spec.scale),
         "unit_given": spec.unit,
     }
-
-
-def _create(
-    partial: Path, info: SourceInfo, levels: Sequence[Any], version: Version, name: str
-) -> None:
-    from engine.plan.importing import import_axes
-
-    root = zarr.open_group(str(partial), mode="w", zarr_format=zarr_format(version))
-    extra = {"omero": omero(info)} if "c" in info.axes else {}
-    create_image(
-        root,
-        "",
-        version=version,
-        axes=import_axes(info),
-        levels=levels,
-        dtype=info.dtype,
-        name=name,
-        extra_ome=extra,
-    )
-
-
-DEFAULT_COLOURS = ("FFFFFF", "00FF00", "FF00FF", "00FFFF", "FF0000", "0000FF", "FFFF00")
-
-
-def omero(info: SourceInfo) -> dict[str, Any]:
-    """Channel names and colours (NGFF `omero`), from the source where it gives them; the
-    display window is the dtype's range (the data's own range would need a pass over it)."""
-    count = info.shape[info.axes.index("c")]
-    dtype = np.dtype(info.dtype)
-    lo, hi = (
-        (float(np.iinfo(dtype).min), float(np.iinfo(dtype).max))
-        if dtype.kind in "iu"
-        else (0.0, 1.0)
-    )
-    channels = []
-    for i in range(count):
-        given = info.channels[i] if i < len(info.channels) else None
-        channels.append(
-            {
-                "label": (given.name if given and given.name else f"c{i}"),
-                "color": (given.color if given and given.color else DEFAULT_COLOURS[i % 7]),
-                "active": True,
-                "coefficient": 1,
-                "family": "linear",
-                "inverted": False,
-                "window": {"min": lo, "max": hi, "start": lo, "end": hi},
-            }
-        )
-    return {"channels": channels, "rdefs": {"model": "color"}}
 
 
 def _finish(partial: Path, out: Path) -> None:

@@ -12,10 +12,9 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-import zarr
-
 from engine.core.errors import EngineError
 from engine.core.layout import RUNS
+from engine.io.group_attrs import read_group_attr, write_group_attr
 from engine.state.locks import is_stale
 
 KEY = "ngff_engine_run"
@@ -37,13 +36,7 @@ class RunRecord:
 
     def save(self) -> None:
         """One atomic metadata write: a kill never leaves a run group without its record."""
-        root = zarr.open_group(self.root, mode="r+")
-        try:
-            group = zarr.open_group(f"{self.root}/{self.path}", mode="r+")
-        except (FileNotFoundError, zarr.errors.BaseZarrError):
-            root.create_group(self.path, attributes={KEY: self.data})
-            return
-        group.attrs.update({KEY: self.data})
+        write_group_attr(self.root, self.path, KEY, self.data)
 
     def update(self, **values: Any) -> None:
         self.data.update(values)
@@ -51,11 +44,7 @@ class RunRecord:
 
 
 def read_record(root: str, run_id: str) -> dict[str, Any] | None:
-    try:
-        group = zarr.open_group(f"{root}/{RUNS}/{run_id}", mode="r")
-    except (FileNotFoundError, zarr.errors.BaseZarrError):
-        return None
-    data = group.attrs.asdict().get(KEY)
+    data = read_group_attr(root, f"{RUNS}/{run_id}", KEY)
     return dict(data) if isinstance(data, dict) else None
 
 

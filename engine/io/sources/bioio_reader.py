@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.io.sources import Channel, SourceError, SourceInfo, SourceSpec, complete_info
+from engine.io.sources.base import Channel, SourceError, SourceInfo, SourceSpec, complete_info
 
 
 class BioioSource:

@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from engine.io.sources import (
+from engine.io.sources.base import (
     AxisMap,
     SourceError,
     SourceInfo,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.io.sources import (
+from engine.io.sources.base import (
     SourceError,
     SourceInfo,
     SourceSpec,

@@ -25,7 +25,7 @@ import numpy as np
 import tifffile
 import zarr
 
-from engine.io.sources import (
+from engine.io.sources.base import (
     AxisMap,
     Channel,
     SourceError,
