@@ -373,6 +373,9 @@ def test_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     refused([str(folder), str(out), *scale], capsys, "z3.tif", "shape")
     tifffile.imwrite(folder / "z3.tif", good[0].astype(np.float32))
     refused([str(folder), str(out), *scale], capsys, "z3.tif", "dtype")
+    tifffile.imwrite(folder / "z3.tif", good[3])
+    (folder / "z3.tif").write_bytes((folder / "z3.tif").read_bytes()[:300])
+    refused([str(folder), str(out), *scale], capsys, "z3.tif", "truncated")
     (folder / "z3.tif").unlink()
     refused(
         [str(folder), str(out), "--pattern", "t{t}_z{z}.tif", *scale], capsys, "no file matches"
@@ -383,6 +386,9 @@ def test_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with h5py.File(h5, "w") as f:
         f["a"], f["b"] = good, good
     refused([str(h5), str(out), *scale], capsys, "two.h5", "--dataset")
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(h5.read_bytes()[:700])
+    refused([str(cut), str(out), *scale, "--dataset", "a"], capsys, "cut.h5", "HDF5")
 
     existing = tmp_path / "exists.zarr"
     existing.mkdir()

@@ -102,7 +102,7 @@ def source_spec(
     scale: str | dict[str, float] | None = None,
     unit: str | None = None,
 ) -> SourceSpec:
-    path = str(source)
+    path = os.path.abspath(source)  # workers may run elsewhere (SLURM): no relative paths
     if pattern is not None and not Path(path).is_dir() and not any(c in path for c in "*?["):
         raise ConfigError(f"{path}: --pattern needs a folder (or a glob) as the source")
     if not any(c in path for c in "*?[") and not Path(path).exists():
@@ -162,7 +162,7 @@ def import_image(
     started = time.perf_counter()
     if ngff not in ("0.4", "0.5"):
         raise ConfigError(f"--ngff must be 0.4 or 0.5, got {ngff!r}")
-    out = Path(out)
+    out = Path(out).absolute()
     spec = source_spec(
         source, series=series, dataset=dataset, pattern=pattern, axes=axes, scale=scale, unit=unit
     )
@@ -183,7 +183,7 @@ def import_image(
         info,
         spec,
         level_specs,
-        getattr(reader, "read_unit", (1,) * len(info.shape)),
+        reader.read_unit,
         run_id,
         name or Path(spec.path).name,
         provenance,
@@ -312,14 +312,15 @@ def _provenance(spec: SourceSpec, info: SourceInfo) -> dict[str, Any]:
 
 
 def _finish(partial: Path, out: Path) -> None:
-    """Drop the engine's bookkeeping and move the finished image into place; an image
-    being replaced (--overwrite) is moved aside first and removed after."""
-    shutil.rmtree(partial / "_engine", ignore_errors=True)
+    """Move the finished image into place, then drop the engine's bookkeeping (a kill in
+    between leaves an `_engine/` in a finished image, which every image may have); an
+    image being replaced (--overwrite) is moved aside first and removed after."""
     aside = None
     if out.exists():
         aside = out.parent / f"{out.name}.replaced-{uuid.uuid4().hex[:6]}"
         os.rename(out, aside)
     os.rename(partial, out)
+    shutil.rmtree(out / "_engine", ignore_errors=True)
     if aside is not None:
         shutil.rmtree(aside) if aside.is_dir() else aside.unlink()
 

@@ -91,6 +91,12 @@ class Source(Protocol):
 
     info: SourceInfo
 
+    @property
+    def read_unit(self) -> tuple[int, ...]:
+        """Per NGFF axis, the size of what one read decodes whole (a TIFF page or tile,
+        an HDF5 chunk); ones where a box is read exactly."""
+        ...
+
     def read(self, box: Sequence[slice]) -> np.ndarray: ...
 
 
