@@ -187,9 +187,12 @@ def main() -> int:
     try:
         t = time.perf_counter()
         stack, plane_dir = make_data(folder, planes)
-        print(f"data: {planes} planes of {HEIGHT}x{WIDTH} uint16 "
-              f"({planes * HEIGHT * WIDTH * 2 / 2**20:.0f} MiB), made in "
-              f"{time.perf_counter() - t:.1f} s", flush=True)
+        print(
+            f"data: {planes} planes of {HEIGHT}x{WIDTH} uint16 "
+            f"({planes * HEIGHT * WIDTH * 2 / 2**20:.0f} MiB), made in "
+            f"{time.perf_counter() - t:.1f} s",
+            flush=True,
+        )
         tools = {"engine": ENGINE, "ngff-zarr": NGFF_ZARR, "bioio-conversion": BIOIO}
         for source_name, source in (("3D TIFF", stack), ("plane files", plane_dir)):
             for tool in args.tools.split(","):
@@ -209,12 +212,16 @@ def main() -> int:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print()
-    print(f"{'source':<12} {'tool':<18} {'seconds':>8} {'peak RSS sum':>13} "
-          f"{'largest proc':>13} {'equal':>6}")
+    print(
+        f"{'source':<12} {'tool':<18} {'seconds':>8} {'peak RSS sum':>13} "
+        f"{'largest proc':>13} {'equal':>6}"
+    )
     for r in rows:
-        print(f"{r['source']:<12} {r['tool']:<18} {r['seconds']:>8.1f} "
-              f"{r['peak_rss_sum_mib']:>9} MiB {r['peak_rss_largest_mib']:>9} MiB "
-              f"{'yes' if r['equal'] else 'NO':>6}  {r['error'][:60]}")
+        print(
+            f"{r['source']:<12} {r['tool']:<18} {r['seconds']:>8.1f} "
+            f"{r['peak_rss_sum_mib']:>9} MiB {r['peak_rss_largest_mib']:>9} MiB "
+            f"{'yes' if r['equal'] else 'NO':>6}  {r['error'][:60]}"
+        )
     Path(args.json).write_text(
         json.dumps({"size_mib": args.size_mib, "planes": planes, "rows": rows}, indent=1)
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import ome_types
 import pytest
 import tifffile
 import zarr
@@ -18,8 +19,12 @@ from engine.io.ngff_write import LevelSpec, create_image, image_label_json, list
 
 
 def ome_pixels(path: Path) -> dict:
+    """The OME-XML's Pixels, after ome-types validated the XML against the OME schema
+    (the model Bio-Formats, which Fiji uses, reads)."""
     with tifffile.TiffFile(path) as tif:
-        return tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+        xml = tif.ome_metadata
+    ome_types.from_xml(xml)
+    return tifffile.xml2dict(xml)["OME"]["Image"]["Pixels"]
 
 
 @pytest.fixture

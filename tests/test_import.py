@@ -25,7 +25,8 @@ from engine import import_image
 from engine.cli.commands import main
 from engine.io.downsample import block_mean
 from engine.io.metadata import read_image
-from engine.plan.importing import level_factors
+from engine.io.sources import SourceInfo
+from engine.plan.importing import TASK_BUDGET_BYTES, import_levels, level_factors, task_grid
 from engine.state.markers import read_records
 
 TESTS = Path(__file__).parent
@@ -260,6 +261,20 @@ def test_hdf5_dataset_sharded(tmp_path: Path, scheduler: str) -> None:
         out, source, "zyx", {"z": 2.0, "y": 0.5, "x": 0.5}, dict.fromkeys("zyx", "micrometer"), 2
     )
     assert zarr.open_array(str(out / "s0"), mode="r").shards == (4, 16, 16)
+
+
+def test_tasks_cover_a_source_unit_once() -> None:
+    """A TIFF page stored as one strip is decoded by one task: the task grows over y and x
+    (whole chunks, so still one writer per chunk), within the task budget."""
+    info = SourceInfo("p.tif", (100, 1000, 1500), "uint16", "zyx")
+    (level,) = import_levels(info, (64, 256, 256), None, 1, "0.5")
+    assert task_grid(level, (1, 1000, 1500), 2) == (64, 1024, 1536)
+    assert task_grid(level, (1, 1, 1), 2) == (64, 256, 256)  # read exactly: chunks
+    big = SourceInfo("p.tif", (100, 20000, 20000), "uint16", "zyx")
+    (level,) = import_levels(big, (64, 256, 256), None, 1, "0.5")
+    grid = task_grid(level, (1, 20000, 20000), 2)
+    assert all(g % c == 0 for g, c in zip(grid, level.chunks))
+    assert np.prod(grid) * 2 <= TASK_BUDGET_BYTES
 
 
 # --- kill -9 and --resume -----------------------------------------------------------
