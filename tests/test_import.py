@@ -347,6 +347,28 @@ def test_kill_and_resume_gives_the_same_bytes(tmp_path: Path, scheduler: str) ->
     assert chunk_sums(out) == chunk_sums(reference)
 
 
+def test_import_on_slurm(tmp_path: Path) -> None:
+    """The same import with its workers as SLURM jobs (slurm/dev-cluster.sh), the same bytes."""
+    started = subprocess.run(
+        ["bash", str(TESTS.parent / "slurm" / "dev-cluster.sh"), "start"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert started.returncode == 0, started.stderr
+    source = data((8, 32, 32), "uint16")
+    tif = tmp_path / "s.tif"
+    tifffile.imwrite(tif, source, metadata={"axes": "ZYX"})
+    options = ["--chunks", "4,16,16", "--levels", "2", "--scale", "z=1,y=1,x=1", "--unit", "um"]
+    out = tmp_path / "slurm.zarr"
+    argv = ["import", str(tif), str(out), "--quiet", *options, "--cluster", "slurm"]
+    argv += ["--partition", "debug", "--jobs", "1", "--memory", "1GiB", "--walltime", "00:10:00"]
+    assert main([*argv, "--shared-dir", str(tmp_path / "shared")]) == 0
+    check_image(
+        out, source, "zyx", dict.fromkeys("zyx", 1.0), dict.fromkeys("zyx", "micrometer"), 2
+    )
+
+
 # --- bad input: one line naming the file, exit 2, nothing left that looks finished ------
 
 

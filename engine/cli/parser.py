@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="an image (.zarr): its runs; or a batch run folder or SLURM job id")
     p.add_argument("--shared-dir", default=None, help="where runs are (default ~/.ngff-engine)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    transfer.add_parsers(sub)
+    transfer.add_parsers(sub, _cluster_flags, cluster_overrides)
     return parser
 
 

@@ -37,7 +37,13 @@ def _ints(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def add_parsers(sub: Any) -> None:
+def add_parsers(
+    sub: Any,
+    cluster_flags: Callable[[argparse.ArgumentParser], None],
+    cluster_overrides: Callable[[argparse.Namespace], dict[str, Any]],
+) -> None:
+    """Add `import` and `export`; `import` takes the SLURM flags of `run` (the parser's own
+    helpers, passed in: this module does not import the parser, which imports it)."""
     p = sub.add_parser(
         "import",
         help="import a TIFF/OME-TIFF, a series of TIFF planes or an HDF5 dataset as OME-Zarr",
@@ -67,7 +73,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--name", default=None, help="the image's name (default: the source's)")
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
-    p.add_argument("--cluster", choices=["local", "slurm"], default=None)
+    p.add_argument("--cluster", choices=["local", "slurm"], default=None, help="where workers run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--resume", action="store_true", help="continue an unfinished import of OUT")
     p.add_argument(
@@ -75,6 +81,8 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    cluster_flags(p)
+    p.set_defaults(cluster_overrides=cluster_overrides)
 
     p = sub.add_parser("export", help="write an ROI of an image (or of an output) as OME-TIFF")
     p.add_argument("image", help="the OME-Zarr image (.zarr)")
@@ -98,6 +106,16 @@ def _progress(progress: Progress) -> Callable[[str, int], Callable[[int], None]]
     return start
 
 
+def _cluster(args: argparse.Namespace) -> dict[str, Any] | None:
+    overrides = args.cluster_overrides(args)
+    if overrides.get("kind") != "slurm" and set(overrides) - {"kind"}:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(set(overrides) - {"kind"}))
+        raise ConfigError(f"{flags}: SLURM options need --cluster slurm")
+    if overrides.get("kind") == "slurm" and args.workers is not None:
+        raise ConfigError("--workers is for --cluster local; SLURM imports use --jobs")
+    return overrides or None
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from engine.runs.importing import import_image
 
@@ -117,7 +135,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         name=args.name,
         workers=args.workers,
         scheduler=args.scheduler,
-        cluster=args.cluster,
+        cluster=_cluster(args),
         overwrite=args.overwrite,
         resume=args.resume,
         checksum=not args.no_checksum,
