@@ -11,7 +11,6 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from rich.markup import escape
 
@@ -31,10 +30,8 @@ from engine.cli.render import (
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import Pipeline
 from engine.execute.cluster import resolve_cluster
-from engine.io.metadata import read_image
-from engine.io.rois import parse_cli_roi
 from engine.plan.report import summarize
-from engine.runs.planning import make_plan, resolve_input
+from engine.runs.planning import make_plan
 from engine.runs.runner import run
 
 
@@ -87,15 +84,6 @@ def _load(args: argparse.Namespace) -> Pipeline:
     return Pipeline.from_yaml(args.config)
 
 
-def _roi(args: argparse.Namespace, pipeline: Pipeline, given: str | None = None) -> Any:
-    roi = args.roi if given is None else given
-    if roi is None or roi in pipeline.rois:
-        return roi
-    if ":" in roi:
-        return parse_cli_roi(roi, read_image(resolve_input(pipeline, args.input)))
-    return roi
-
-
 def cmd_validate(args: argparse.Namespace) -> int:
     pipeline = _load(args)
     pipeline.check_complete()
@@ -115,7 +103,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     pipeline = _load(args)
     started = time.perf_counter()
-    _, plan = make_plan(pipeline, args.input, _roi(args, pipeline))
+    _, plan = make_plan(pipeline, args.input, args.roi)
     seconds = time.perf_counter() - started
     rows = summarize(plan)
     reused = [o.path for o in plan.reused]
@@ -129,7 +117,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     pipeline = _load(args)
-    roi = _roi(args, pipeline)
+    roi = args.roi
     overrides = cluster_overrides(args)
     cluster = resolve_cluster(pipeline.cluster, overrides)
     if cluster.kind != "slurm" and set(overrides) - {"kind"}:
@@ -146,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         cluster=overrides or None,
         resume=args.resume,
-        priority_roi=_roi(args, pipeline, args.priority_roi) if args.priority_roi else None,
+        priority_roi=args.priority_roi,
         announce=None if args.json or args.quiet else lambda t: console.print(t, highlight=False),
     )
     if args.workers is not None and args.workers < 1:
@@ -181,7 +169,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from engine.runs.submit import submit_batch
 
     pipeline = _load(args)
-    roi = _roi(args, pipeline)
+    roi = args.roi
     spec = resolve_cluster(pipeline.cluster, {**cluster_overrides(args), "kind": "slurm"})
     handle = submit_batch(
         pipeline,

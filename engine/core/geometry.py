@@ -137,6 +137,28 @@ class Roi:
             level,
         )
 
+    def drop_axis(self, axis: int | None) -> Roi:
+        """This box without axis `axis` (None: unchanged): an image ROI in the work space,
+        which has no channel axis."""
+        if axis is None:
+            return self
+        keep = [i for i in range(self.ndim) if i != axis]
+        return Roi(
+            tuple(self.start[i] for i in keep), tuple(self.stop[i] for i in keep), self.level
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The form run records, output provenance and results keep an ROI in."""
+        return {
+            "start": [int(v) for v in self.start],
+            "stop": [int(v) for v in self.stop],
+            "level": self.level,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Roi:
+        return cls(tuple(data["start"]), tuple(data["stop"]), data["level"])
+
     def __str__(self) -> str:
         space = "physical" if self.is_physical else f"level {self.level}"
         ranges = ", ".join(f"{a}:{b}" for a, b in zip(self.start, self.stop, strict=True))

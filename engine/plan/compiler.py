@@ -87,15 +87,13 @@ class Compiler(ChainRules, StitchRules, TableRules, OutputRules):
         self.level = _processing_level(pipeline)
         self.roi_full = roi
         self.c_axis = meta.channel_axis
-        keep = [i for i in range(len(meta.axes)) if i != self.c_axis]
-        self.axes = tuple(meta.axes[i] for i in keep)
+        self.axes = meta.drop_channel(meta.axes)
         self.axis_names = tuple(a.name for a in self.axes)
         lv = meta.level(self.level)
-        self.shape = tuple(lv.shape[i] for i in keep)
-        self.chunks = tuple(lv.chunks[i] for i in keep)
-        self.roi = Roi(
-            tuple(roi.start[i] for i in keep), tuple(roi.stop[i] for i in keep), self.level
-        )
+        self.shape = meta.drop_channel(lv.shape)
+        self.chunks = meta.drop_channel(lv.chunks)
+        work = roi.drop_axis(self.c_axis)  # the work space has no channel axis
+        self.roi = Roi(work.start, work.stop, self.level)
         self.bounds = Roi.from_shape(self.shape, self.level)
         self.spatial = tuple(
             i for i, a in enumerate(self.axes) if meta.axes.index(a) in meta.spatial_axes

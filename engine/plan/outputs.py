@@ -20,18 +20,11 @@ from engine.io.downsample import downsample_factors
 from engine.io.models import model_version
 from engine.io.ngff_write import LevelSpec
 from engine.plan.types import OutputPlan, Source, Stage
-from engine.plan.versions import Decision, RoiJson, decide
+from engine.plan.versions import Decision, decide
 from tasks import OPS
 
 
 class OutputRules:
-    def _roi_json(self) -> RoiJson:
-        return {
-            "start": [int(v) for v in self.roi.start],
-            "stop": [int(v) for v in self.roi.stop],
-            "level": self.level,
-        }
-
     def _decide(
         self, step: Step, extra: dict[str, Any] | None = None
     ) -> tuple[Decision, dict[str, Any], str]:
@@ -61,7 +54,7 @@ class OutputRules:
         stored = self.existing.outputs.get(target, ())
         keep = step.output is not None and step.output.versions == "keep"  # models: none
         decision = decide(
-            target[1], keep, digest, provenance, self._roi_json(), stored, self.overwrite
+            target[1], keep, digest, provenance, self.roi.to_json(), stored, self.overwrite
         )
         self.decisions[step.name] = (decision, provenance, digest)
         return self.decisions[step.name]
@@ -119,11 +112,11 @@ class OutputRules:
         )
 
     def _output_levels(self, step: Step) -> tuple[LevelSpec, ...]:
-        keep = [i for i in range(len(self.meta.axes)) if i != self.c_axis]
+        work = self.meta.drop_channel
         shards = self._shards(step)
         levels = []
         for k, lv in enumerate(self.meta.levels[self.level :]):
-            chunks = tuple(lv.chunks[i] for i in keep)
+            chunks = work(lv.chunks)
             if shards is not None and any(s % c for s, c in zip(shards, chunks, strict=True)):
                 raise ConfigError(
                     f"step '{step.name}': output.shards {list(shards)} must be a multiple of "
@@ -132,10 +125,10 @@ class OutputRules:
             levels.append(
                 LevelSpec(
                     path=f"s{k}",
-                    shape=tuple(lv.shape[i] for i in keep),
+                    shape=work(lv.shape),
                     chunks=chunks,
-                    scale=tuple(lv.scale[i] for i in keep),
-                    translation=tuple(lv.translation[i] for i in keep),
+                    scale=work(lv.scale),
+                    translation=work(lv.translation),
                     shards=shards,
                 )
             )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.execute.batch_runner import serve
+from engine.runs.progress import StageCounts
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -29,30 +30,20 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-class Progress:
-    """The run's progress callback, mirrored to progress.json for `status()`."""
+def progress_file(path: Path) -> StageCounts:
+    """The run's progress, mirrored to `path` (progress.json) for `status()`: when a
+    stage starts or completes, else at most every 0.5 s."""
+    last = [0.0]
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.stages: dict[str, list[int]] = {}
-        self.last = 0.0
-        self.save(force=True)
+    def save(stage: str, final: bool) -> None:
+        moment = time.monotonic()
+        if final or moment - last[0] > 0.5:
+            last[0] = moment
+            write_json(path, {"stages": counts.stages, "time": time.time()})
 
-    def save(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.last > 0.5:
-            self.last = now
-            write_json(self.path, {"stages": self.stages, "time": time.time()})
-
-    def __call__(self, stage: str, total: int):
-        self.stages[stage] = [0, total]
-        self.save(force=True)
-
-        def advance(n: int) -> None:
-            self.stages[stage][0] += n
-            self.save(force=self.stages[stage][0] >= total)
-
-        return advance
+    counts = StageCounts(on_change=save)
+    write_json(path, {"stages": counts.stages, "time": time.time()})
+    return counts
 
 
 def drive(run_dir: Path, spec: dict[str, Any], scheduler: str) -> int:
@@ -70,7 +61,7 @@ def drive(run_dir: Path, spec: dict[str, Any], scheduler: str) -> int:
             update=spec["update"],
             resume=spec.get("resume", False),
             scheduler=scheduler,
-            progress=Progress(run_dir / "progress.json"),
+            progress=progress_file(run_dir / "progress.json"),
         )
     except EngineError as exc:
         (run_dir / "error.txt").write_text(f"{exc}\n")

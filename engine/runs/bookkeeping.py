@@ -25,10 +25,6 @@ Mode = Literal["create", "overwrite", "update"]
 RECORD_INTERVAL = 1.0  # seconds between writes of the running stages' counts to the record
 
 
-def roi_json(plan: Plan) -> dict[str, Any]:
-    return {"start": list(plan.roi.start), "stop": list(plan.roi.stop), "level": plan.level}
-
-
 def check_resumable(old: dict[str, Any], config: dict[str, Any], plan: Plan, layout: str) -> None:
     """Refuse to continue a run whose markers mean something else now, naming what changed."""
     run = old["run_id"]
@@ -39,9 +35,9 @@ def check_resumable(old: dict[str, Any], config: dict[str, Any], plan: Plan, lay
             f"--resume: run {run} had another step config ({change}); run without --resume "
             "(with --overwrite) to start over"
         )
-    if old.get("roi") != roi_json(plan):
+    if old.get("roi") != plan.roi.to_json():
         raise EngineError(
-            f"--resume: run {run} was on ROI {old.get('roi')}, this run is on {roi_json(plan)}"
+            f"--resume: run {run} was on ROI {old.get('roi')}, this run is on {plan.roi.to_json()}"
         )
     if old.get("chunks") != list(plan.chunks):
         raise EngineError(
@@ -91,7 +87,7 @@ def start_record(
             "engine_version": __version__,
             "input": str(meta.path),
             "config": config,
-            "roi": roi_json(plan),
+            "roi": plan.roi.to_json(),
             "chunks": list(plan.chunks),
             "layout_hash": layout,
             "outputs": [o.path for o in plan.outputs],

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.errors import OutputConflict
+from engine.core.errors import ConfigError, OutputConflict
 from engine.core.layout import preview_file
 from engine.core.version import __version__
 from engine.execute.executor import Executor
@@ -34,8 +34,17 @@ from engine.runs.bookkeeping import Mode
 from engine.runs.evaluation import evaluation_attrs, roi_key
 from engine.state.records import RunRecord
 from engine.worker.faces import face_array_layout, face_array_path, face_planes
+from engine.worker.labels import label_dtype
 from tasks.evaluate import Scores, scores
 from tasks.measure import table_columns
+
+
+def check_flags(overwrite: bool, update: bool, resume: bool) -> None:
+    """The ways a run may treat existing outputs, checked once for `run` and `submit`."""
+    if overwrite and update:
+        raise ConfigError("--overwrite and --update exclude each other")
+    if resume and (overwrite or update):
+        raise ConfigError("--resume continues a run with its own --overwrite/--update choice")
 
 
 def check_output(meta: ImageMeta, out: OutputPlan, overwrite: bool, update: bool) -> Mode:
@@ -137,8 +146,7 @@ class OutputWriter:
 
     def _scratch(self, path: str, dtype: str) -> None:
         level = self.meta.level(self.plan.level)
-        keep = [i for i in range(len(self.meta.axes)) if i != self.meta.channel_axis]
-        shape = tuple(level.shape[i] for i in keep)
+        shape = self.meta.drop_channel(level.shape)
         self._scratch_array(path, dtype, shape, self.plan.chunks)
         if path.endswith("/local"):
             stage = next(s for s in self.plan.stages if s.target == path)
@@ -187,11 +195,7 @@ class OutputWriter:
 
     def finish(self, executor: Executor) -> None:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        roi = {
-            "start": list(self.plan.roi.start),
-            "stop": list(self.plan.roi.stop),
-            "level": self.plan.level,
-        }
+        roi = self.plan.roi.to_json()
         previous = {
             out.step: self._write_table(out, executor)
             for out in self.plan.outputs
@@ -293,7 +297,3 @@ class OutputWriter:
         for child in scratch.iterdir():
             if child.is_dir():
                 shutil.rmtree(child)
-
-
-def label_dtype(count: int) -> str:
-    return "uint32" if count < 2**32 else "uint64"

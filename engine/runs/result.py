@@ -36,11 +36,7 @@ class RunResult:
         return {
             "run_id": self.run_id,
             "image": self.image,
-            "roi": {
-                "start": list(self.roi.start),
-                "stop": list(self.roi.stop),
-                "level": self.roi.level,
-            },
+            "roi": self.roi.to_json(),
             "outputs": self.outputs,
             "objects": self.labels,
             "reused": self.reused,
@@ -66,11 +62,10 @@ class RunResult:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunResult:
         """The result a batch job wrote (result.json), as `to_json` made it."""
-        roi = data["roi"]
         return cls(
             run_id=data["run_id"],
             image=data["image"],
-            roi=Roi(tuple(roi["start"]), tuple(roi["stop"]), roi["level"]),
+            roi=Roi.from_json(data["roi"]),
             outputs=data["outputs"],
             stages=[
                 StageStats(s["name"], s["kind"], s["tasks"], s["seconds"], s.get("done", 0))

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import ConfigError
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.execute.cluster import (
     ClusterArg,
@@ -37,7 +36,7 @@ from engine.runs.bookkeeping import (
     totals,
 )
 from engine.runs.evaluation import roi_key, stored_scores
-from engine.runs.outputs import OutputWriter, check_output
+from engine.runs.outputs import OutputWriter, check_flags, check_output
 from engine.runs.planning import make_plan, priority_box
 from engine.runs.result import RunResult
 from engine.state.locks import OutputLocks
@@ -84,10 +83,7 @@ def run(
     a run with nothing left to compute starts no cluster. With `versions: keep` a changed
     config writes a new version of its output (engine/plan/versions.py).
     """
-    if overwrite and update:
-        raise ConfigError("--overwrite and --update exclude each other")
-    if resume and (overwrite or update):
-        raise ConfigError("--resume continues a run with its own --overwrite/--update choice")
+    check_flags(overwrite, update, resume)
     started = time.perf_counter()
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     meta, plan = make_plan(pipeline, input, roi, run_id, overwrite)

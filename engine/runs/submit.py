@@ -35,8 +35,9 @@ from engine.execute.slurm import memory_bytes
 from engine.execute.tls import write_certificates
 from engine.plan.fingerprint import layout_hash
 from engine.runs.bookkeeping import check_resumable
-from engine.runs.outputs import check_output
+from engine.runs.outputs import check_flags, check_output
 from engine.runs.planning import make_plan, resolve_input
+from engine.runs.progress import StageCounts
 from engine.runs.result import RunResult
 from engine.runs.runner import run
 from engine.state.records import find_resumable
@@ -81,28 +82,20 @@ class ThreadRun(RunHandle):
         self._kwargs = kwargs
         self._pipeline = pipeline
         self._cancel = threading.Event()
-        self._stages: dict[str, list[int]] = {}
+        self._counts = StageCounts(on_change=self._check_cancel)
         self._state = "running"
         self._result: RunResult | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="ngff-engine-run", daemon=True)
         self._thread.start()
 
-    def _progress(self, stage: str, total: int):
+    def _check_cancel(self, stage: str, final: bool) -> None:
         if self._cancel.is_set():
             raise RunCancelled("run cancelled")
-        self._stages[stage] = [0, total]
-
-        def advance(n: int) -> None:
-            self._stages[stage][0] += n
-            if self._cancel.is_set():
-                raise RunCancelled("run cancelled")
-
-        return advance
 
     def _main(self) -> None:
         try:
-            self._result = run(self._pipeline, progress=self._progress, **self._kwargs)
+            self._result = run(self._pipeline, progress=self._counts, **self._kwargs)
             self._state = "done"
         except RunCancelled as exc:
             self._error = exc
@@ -115,7 +108,7 @@ class ThreadRun(RunHandle):
         return self._state
 
     def progress(self) -> dict[str, tuple[int, int]]:
-        return {k: (v[0], v[1]) for k, v in list(self._stages.items())}
+        return self._counts.snapshot()
 
     def wait(self, timeout: float | None = None) -> RunResult:
         self._thread.join(timeout)
@@ -269,10 +262,7 @@ def check_outputs(
 ) -> dict[str, str]:
     """What `run()` would refuse about the outputs, refused here before anything starts:
     a started run cannot report it until it runs. Returns name -> path of each output."""
-    if overwrite and update:
-        raise ConfigError("--overwrite and --update exclude each other")
-    if resume and (overwrite or update):
-        raise ConfigError("--resume continues a run with its own --overwrite/--update choice")
+    check_flags(overwrite, update, resume)
     meta, plan = make_plan(pipeline, input, roi)
     if resume:  # the outputs are the interrupted run's own
         old = find_resumable(meta.path, [o.path for o in plan.outputs])

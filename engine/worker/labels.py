@@ -217,6 +217,11 @@ def run_relabel(root: str, stage: Stage, task: ChunkTask, table: RelabelTable, c
     return write.size
 
 
+def label_dtype(count: int) -> str:
+    """The dtype of a label array holding ids up to `count`."""
+    return "uint32" if count < 2**32 else "uint64"
+
+
 def prepare_local(driver: Driver, stage: Stage) -> None:
     driver.prepare_output(f"{stage.step}/local", "uint32", None)
 
@@ -253,8 +258,8 @@ def merge(driver: Driver, stage: Stage) -> None:
     pairs = offsets[(pairs >> np.uint64(32)).astype(np.int64)] + (pairs & np.uint64(2**32 - 1))
     components = resolve_face_components(pairs)
     count = int(offsets[-1]) - len(components.merged)
-    offset = driver.prepare_output(stage.step, "uint64" if count >= 2**32 else "uint32", count)
-    dtype = "uint32" if count + offset < 2**32 else "uint64"
+    offset = driver.prepare_output(stage.step, label_dtype(count), count)
+    dtype = label_dtype(count + offset)
     driver.components[stage.step] = components
     driver.labels[stage.step] = LabelResult(count, dtype, offset, tuple(int(c) for c in counts))
     driver.merge_stats[stage.step] = {
