@@ -125,3 +125,18 @@ def test_export_bad_input(
     assert out.read_bytes() == b"mine"
     assert main(["export", str(path), str(out), "--roi", "0:1,0:2,0:2", "--overwrite"]) == 0
     assert tifffile.imread(out).shape == (2, 2, 2)  # tifffile drops the 1-plane z
+
+
+def test_export_named_roi_of_a_label_image(tmp_path: Path) -> None:
+    """An ROI by name from the image's ROI tables (in micrometers), of labels/truth."""
+    from engine.io.metadata import read_image
+    from engine.io.rois import user_roi
+    from engine.io.sample_zarr import write_sample
+
+    image = Path(write_sample(tmp_path / "sample.zarr", (32, 128, 128), (16, 64, 64)))
+    out = tmp_path / "test.ome.tif"
+    assert main(["export", str(image), str(out), "--labels", "truth", "--roi", "test"]) == 0
+    box = user_roi("test", read_image(image), 0)
+    truth = zarr.open_array(str(image / "labels/truth/s0"), mode="r")[box.to_slices()]
+    np.testing.assert_array_equal(tifffile.imread(out).reshape(truth.shape), truth)
+    assert float(ome_pixels(out)["PhysicalSizeX"]) == 0.5

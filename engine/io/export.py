@@ -25,7 +25,7 @@ from engine.core.geometry import Roi
 from engine.core.pipeline import RoiSpec
 from engine.io.metadata import ImageMeta, read_image
 from engine.io.ngff_write import read_ome
-from engine.io.rois import image_roi, parse_cli_roi, resolve_roi
+from engine.io.rois import user_roi
 
 OME_UNITS = {
     "angstrom": "Å",
@@ -79,7 +79,7 @@ def export(
         if not (Path(meta.path) / sub).exists():
             raise ConfigError(f"{meta.path}: has no {sub}")
         target = read_image(Path(meta.path) / sub, validate=False)
-    box = _roi_box(meta, roi, level)
+    box = user_roi(roi, meta, level, text_level=level)  # text: pixels of this level
     keep = [i for i, a in enumerate(meta.axis_names) if a in target.axis_names]
     box = Roi(tuple(box.start[i] for i in keep), tuple(box.stop[i] for i in keep), level)
     lv = target.level(level)
@@ -119,19 +119,6 @@ def export(
     finally:
         partial.unlink(missing_ok=True)
     return Exported(str(out), str(target.path), box, shape, axes.lower(), sizes)
-
-
-def _roi_box(meta: ImageMeta, roi: str | RoiSpec | dict | None, level: int) -> Roi:
-    if roi is None:
-        return resolve_roi(None, meta, level)
-    if isinstance(roi, dict):
-        roi = RoiSpec.model_validate(roi)
-    if isinstance(roi, RoiSpec):
-        return resolve_roi(roi, meta, level)
-    if ":" in roi:
-        spec = parse_cli_roi(roi, meta).model_copy(update={"level": level})
-        return resolve_roi(spec, meta, level, roi)
-    return resolve_roi(image_roi(meta.path, roi), meta, level, roi)
 
 
 def _channel_names(meta: ImageMeta, is_image: bool) -> list[str]:
