@@ -277,6 +277,20 @@ def test_tasks_cover_a_source_unit_once() -> None:
     assert np.prod(grid) * 2 <= TASK_BUDGET_BYTES
 
 
+def test_bioio_source_reads_boxes(tmp_path: Path) -> None:
+    """A file bioio reads (here through its tifffile plugin): TCZYX boxes equal the data."""
+    from engine.io.sources import SourceSpec, open_source
+
+    source = data((2, 3, 20, 30), "uint16")
+    tif = tmp_path / "bio.tif"
+    tifffile.imwrite(tif, source, metadata={"axes": "CZYX"})
+    spec = SourceSpec("bioio", str(tif), scale=(("z", 2.0), ("y", 0.5), ("x", 0.5)), unit="um")
+    reader = open_source(spec)
+    assert reader.info.axes == "tczyx" and reader.info.shape == (1, 2, 3, 20, 30)
+    box = (slice(0, 1), slice(1, 2), slice(0, 3), slice(5, 17), slice(2, 29))
+    np.testing.assert_array_equal(reader.read(box)[0], source[1:2, :, 5:17, 2:29])
+
+
 # --- kill -9 and --resume -----------------------------------------------------------
 
 

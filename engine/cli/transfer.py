@@ -157,10 +157,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         out.print_json(json.dumps(result.to_json()))
         return 0
     shape = "x".join(map(str, result.shape))
+    peak = max(result.peak_worker_bytes.values(), default=0)
     out.print(
         f"imported {result.source} -> {result.output} ({result.axes} {shape} {result.dtype}, "
         f"{result.levels} levels, {result.tasks_done} chunk tasks"
-        f"{', resumed' if result.resumed else ''}) in {result.seconds:.1f} s",
+        f"{', resumed' if result.resumed else ''}) in {result.seconds:.1f} s; worker peak "
+        f"{peak / 2**20:.0f} MiB (projected {result.projected_worker_bytes / 2**20:.0f} MiB)",
         highlight=False,
         soft_wrap=True,
     )
