@@ -167,10 +167,12 @@ def tiff_metadata(
     tif: tifffile.TiffFile, series: tifffile.TiffPageSeries, index: int, native: str
 ) -> dict[str, Any]:
     """Scale, units and channels (keys of SourceInfo) as the file states them."""
+    ome_channels: tuple[Channel, ...] = ()
     if tif.is_ome and tif.ome_metadata:
         found = _ome(tif.ome_metadata, index)
         if found["scale"]:
             return found
+        ome_channels = found["channels"]  # names without sizes: sizes from the tags below
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
     channels: tuple[Channel, ...] = ()
@@ -207,7 +209,7 @@ def tiff_metadata(
         if unit_um is not None:
             scale.update(y=xy[1] * unit_um, x=xy[0] * unit_um)
             units.update(y="micrometer", x="micrometer")
-    return {"scale": scale, "units": units, "channels": channels}
+    return {"scale": scale, "units": units, "channels": ome_channels or channels}
 
 
 def _resolution(page: Any) -> tuple[float, float] | None:
