@@ -383,6 +383,34 @@ def test_import_on_slurm(tmp_path: Path) -> None:
     )
 
 
+def test_damaged_tile_found_by_a_worker(
+    tmp_path: Path, scheduler: str, capsys: pytest.CaptureFixture
+) -> None:
+    """A tile that does not decode is found by the task reading it: one line naming the
+    file, exit 2, no image at OUT, the unfinished import left for --resume/--overwrite."""
+    tif = tmp_path / "damaged.tif"
+    tifffile.imwrite(
+        tif,
+        data((4, 32, 32), "uint16"),
+        tile=(16, 16),
+        compression="zlib",
+        metadata={"axes": "ZYX"},
+    )
+    with tifffile.TiffFile(tif) as f:
+        page = f.series[0].pages[0]  # tifffile stores the tiles of all 4 planes in one page
+        offset, size = page.dataoffsets[5], page.databytecounts[5]
+    raw = bytearray(tif.read_bytes())
+    raw[offset : offset + size] = b"\x00" * size
+    tif.write_bytes(bytes(raw))
+    out = tmp_path / "damaged.zarr"
+    argv = ["import", str(tif), str(out), "--scheduler", scheduler, "--quiet"]
+    assert main([*argv, "--scale", "z=1,y=1,x=1", "--unit", "um", "--chunks", "2,16,16"]) == 2
+    err = capsys.readouterr().err.replace("\n", "")
+    assert "damaged.tif: unreadable" in err and "--resume" in err
+    assert not out.exists()
+    assert len(list(tmp_path.glob("damaged.zarr.partial-*"))) == 1
+
+
 # --- bad input: one line naming the file, exit 2, nothing left that looks finished ------
 
 

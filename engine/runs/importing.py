@@ -190,20 +190,20 @@ def import_image(
         digest,
     )
     layout = layout_hash(plan)
-    hasher = _Checksum(info.files) if checksum else None
-    if resumed:
-        drop_torn_writes(str(partial), [lv.path for lv in level_specs])
-    else:
-        create_imported(
-            partial, info, import_axes(info), level_specs, ngff, name or Path(spec.path).name
-        )
-        _write_record(partial, {"run_id": run_id, "config_hash": digest, "layout": layout})
     executor = None
     with connect(workers, scheduler, cluster) as client:
         limit, threads = worker_memory(client)
-        projected = check_fits(plan, limit, threads)
+        projected = check_fits(plan, limit, threads)  # refused before anything is written
         if announce is not None and client.dashboard_link:
             announce(f"dask dashboard: {client.dashboard_link}")
+        if resumed:
+            drop_torn_writes(str(partial), [lv.path for lv in level_specs])
+        else:
+            create_imported(
+                partial, info, import_axes(info), level_specs, ngff, name or Path(spec.path).name
+            )
+            _write_record(partial, {"run_id": run_id, "config_hash": digest, "layout": layout})
+        hasher = _Checksum(info.files) if checksum else None
         executor = Executor(
             client,
             str(partial),
@@ -213,7 +213,13 @@ def import_image(
             markers=Markers(str(partial), plan, layout),
             retries=RETRIES,
         )
-        stages = executor.run()
+        try:
+            stages = executor.run()
+        except EngineError as exc:
+            raise EngineError(
+                f"{exc} (the unfinished import is in {partial.name}: --resume continues it "
+                "once the cause is fixed, --overwrite starts over)"
+            ) from exc
     sha = hasher.result() if hasher is not None else None
     record_import(
         partial,

@@ -112,8 +112,10 @@ class SeriesReader:
             if self.array is not None:
                 return np.asarray(self.array[tuple(box)])
             return self._mapped(box)
-        except (OSError, ValueError, tifffile.TiffFileError) as exc:
-            raise SourceError(f"{self.path}: unreadable ({exc})") from None
+        except MemoryError:
+            raise
+        except Exception as exc:  # a damaged tile or strip: zlib, codec or I/O errors
+            raise SourceError(f"{self.path}: unreadable ({type(exc).__name__}: {exc})") from None
 
     def _mapped(self, box: Sequence[slice]) -> np.ndarray:
         assert self.offset is not None
