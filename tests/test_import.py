@@ -150,18 +150,23 @@ def test_ome_tiff_5d_float32_tiled_ngff04(tmp_path: Path, scheduler: str) -> Non
 def test_imagej_hyperstack_uint8_and_2d(tmp_path: Path, scheduler: str) -> None:
     source = data((5, 2, 24, 36), "uint8")  # z c y x, as ImageJ stores it
     tif = tmp_path / "hyper.tif"
+    ramp = np.arange(256, dtype=np.uint8)
+    magenta, green = np.zeros((3, 256), np.uint8), np.zeros((3, 256), np.uint8)
+    magenta[0] = magenta[2] = green[1] = ramp
     tifffile.imwrite(
         tif,
         source,
         imagej=True,
         resolution=(1 / 0.325, 1 / 0.325),
-        metadata={"axes": "ZCYX", "spacing": 2.0, "unit": "um"},
+        metadata={"axes": "ZCYX", "spacing": 2.0, "unit": "um", "LUTs": [magenta, green]},
     )
     out = tmp_path / "hyper.zarr"
     import_image(tif, out, chunks=(1, 2, 8, 16), levels=2, scheduler=scheduler)
     units = dict.fromkeys("zyx", "micrometer")
     expected = np.moveaxis(source, 1, 0)  # NGFF order: c before z
     check_image(out, expected, "czyx", {"z": 2.0, "y": 0.325, "x": 0.325}, units, 2)
+    omero = zarr.open_group(str(out), mode="r").attrs["ome"]["omero"]
+    assert [c["color"] for c in omero["channels"]] == ["FF00FF", "00FF00"]  # from the LUTs
 
     flat = data((40, 30), "uint8", seed=3)  # 2D, resolution in centimeters
     tif2 = tmp_path / "flat.tif"
