@@ -71,7 +71,7 @@ import sys
 from engine.cli.entry import main
 sys.argv = ["ngff-engine", "import", {source!r}, {out!r}, "--ngff", "0.5", "--levels", "3",
             "--workers", "2", "--chunks", "64,256,256", "--scale", "z=4,y=1,x=1",
-            "--unit", "micrometer", "--quiet"]
+            "--unit", "micrometer", "--quiet"{extra}]
 main()
 """
 
@@ -178,7 +178,9 @@ def main() -> int:
     parser.add_argument("--json", default="bench_import.json", help="results file")
     parser.add_argument("--tmp", default=None, help="working folder (default: a temp dir)")
     parser.add_argument(
-        "--tools", default="engine,ngff-zarr,bioio-conversion", help="comma-separated"
+        "--tools",
+        default="engine,engine-no-checksum,ngff-zarr,bioio-conversion",
+        help="comma-separated",
     )
     args = parser.parse_args()
     planes = max(1, args.size_mib * 2**20 // (HEIGHT * WIDTH * 2))
@@ -193,13 +195,19 @@ def main() -> int:
             f"{time.perf_counter() - t:.1f} s",
             flush=True,
         )
-        tools = {"engine": ENGINE, "ngff-zarr": NGFF_ZARR, "bioio-conversion": BIOIO}
+        tools = {
+            "engine": ENGINE,
+            "engine-no-checksum": ENGINE,
+            "ngff-zarr": NGFF_ZARR,
+            "bioio-conversion": BIOIO,
+        }
         for source_name, source in (("3D TIFF", stack), ("plane files", plane_dir)):
             for tool in args.tools.split(","):
                 name = f"{tool}-{source_name.split()[0].lower()}"
                 out = folder / f"{name}.zarr"
+                extra = ', "--no-checksum"' if tool == "engine-no-checksum" else ""
                 code = tools[tool].format(
-                    source=str(source), out=str(out), folder=str(folder), name=name
+                    source=str(source), out=str(out), folder=str(folder), name=name, extra=extra
                 )
                 result = run_measured(code)
                 if tool == "bioio-conversion" and not out.exists():
@@ -213,12 +221,12 @@ def main() -> int:
         shutil.rmtree(folder, ignore_errors=True)
     print()
     print(
-        f"{'source':<12} {'tool':<18} {'seconds':>8} {'peak RSS sum':>13} "
+        f"{'source':<12} {'tool':<20} {'seconds':>8} {'peak RSS sum':>13} "
         f"{'largest proc':>13} {'equal':>6}"
     )
     for r in rows:
         print(
-            f"{r['source']:<12} {r['tool']:<18} {r['seconds']:>8.1f} "
+            f"{r['source']:<12} {r['tool']:<20} {r['seconds']:>8.1f} "
             f"{r['peak_rss_sum_mib']:>9} MiB {r['peak_rss_largest_mib']:>9} MiB "
             f"{'yes' if r['equal'] else 'NO':>6}  {r['error'][:60]}"
         )
