@@ -7,6 +7,7 @@ kill -9 and --resume; each bad input.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -109,6 +110,8 @@ def test_plain_tiff_3d_uint16(tmp_path: Path, scheduler: str) -> None:
         scheduler=scheduler,
     )
     assert result.tasks_done > 0
+    # the memory projection, checked before the run, holds what the workers used
+    assert 0 < max(result.peak_worker_bytes.values()) <= result.projected_worker_bytes
     units = dict.fromkeys("zyx", "micrometer")
     check_image(out, source, "zyx", dict.fromkeys("zyx", 0.5), units, 3)
     record = provenance(out)
@@ -176,7 +179,7 @@ def test_imagej_hyperstack_uint8_and_2d(tmp_path: Path, scheduler: str) -> None:
     check_image(out2, flat, "yx", {"y": 0.5, "x": 0.5}, dict.fromkeys("yx", "micrometer"), 2)
 
 
-def test_multi_series_tiff(tmp_path: Path, scheduler: str) -> None:
+def test_multi_series_tiff(tmp_path: Path, scheduler: str, capsys: pytest.CaptureFixture) -> None:
     first, second = data((4, 16, 16), "uint16"), data((24, 20), "float32", seed=1)
     tif = tmp_path / "multi.tif"
     with tifffile.TiffWriter(tif) as writer:
@@ -185,16 +188,12 @@ def test_multi_series_tiff(tmp_path: Path, scheduler: str) -> None:
     assert main(["import", str(tif), str(tmp_path / "x.zarr"), "--quiet"]) == 2  # which one?
     assert not (tmp_path / "x.zarr").exists()
     out = tmp_path / "second.zarr"
-    import_image(
-        tif,
-        out,
-        series=1,
-        chunks=(8, 8),
-        levels=2,
-        scale="y=2,x=2",
-        unit="micrometer",
-        scheduler=scheduler,
-    )
+    argv = ["import", str(tif), str(out), "--series", "1", "--chunks", "8,8", "--levels", "2"]
+    argv += ["--scale", "y=2,x=2", "--unit", "micrometer", "--scheduler", scheduler, "--json"]
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["axes"] == "yx" and printed["shape"] == [24, 20] and printed["levels"] == 2
     check_image(out, second, "yx", {"y": 2.0, "x": 2.0}, dict.fromkeys("yx", "micrometer"), 2)
 
 
