@@ -281,6 +281,20 @@ def test_tasks_cover_a_source_unit_once() -> None:
     assert np.prod(grid) * 2 <= TASK_BUDGET_BYTES
 
 
+def test_a_file_written_anew_is_opened_anew(tmp_path: Path) -> None:
+    """Readers are kept per process; one for a file since rewritten is not reused."""
+    from engine.io.sources import SourceSpec, open_source
+
+    tif = tmp_path / "again.tif"
+    spec = SourceSpec("tiff", str(tif), scale=(("y", 1.0), ("x", 1.0)), unit="um")
+    tifffile.imwrite(tif, np.zeros((10, 10), np.uint8))
+    assert open_source(spec).info.shape == (10, 10)
+    tifffile.imwrite(tif, np.ones((12, 14), np.uint8))
+    reader = open_source(spec)
+    assert reader.info.shape == (12, 14)
+    np.testing.assert_array_equal(reader.read((slice(0, 12), slice(0, 14))), 1)
+
+
 def test_bioio_source_reads_boxes(tmp_path: Path) -> None:
     """A file bioio reads (here through its tifffile plugin): TCZYX boxes equal the data."""
     from engine.io.sources import SourceSpec, open_source

@@ -19,6 +19,7 @@ What a file does not say is asked for, never guessed: an axis tifffile cannot na
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import replace
 
 from engine.io.sources.base import (
@@ -69,13 +70,20 @@ def detect_kind(path: str, dataset: str | None, pattern: str | None) -> str:
 
 
 def open_source(spec: SourceSpec, check: bool = True) -> Source:
-    """The reader for a spec, opened once per process and kept (a worker reads many boxes).
-    `check=False` (workers) skips what the driver checked already (every plane's header)."""
-    return _open_cached(spec, check)
+    """The reader for a spec, opened once per process and kept (a worker reads many boxes)
+    while the source path's size and time are unchanged (a file written anew is opened
+    anew). `check=False` (workers) skips what the driver checked already (every plane's
+    header)."""
+    try:
+        info = os.stat(spec.path)
+        stamp: tuple[int, ...] = (info.st_size, info.st_mtime_ns, info.st_ino)
+    except OSError:
+        stamp = ()  # a glob, or missing: the reader says so
+    return _open_cached(spec, check, stamp)
 
 
 @functools.lru_cache(maxsize=8)
-def _open_cached(spec: SourceSpec, check: bool) -> Source:
+def _open_cached(spec: SourceSpec, check: bool, stamp: tuple[int, ...]) -> Source:
     if spec.kind == "tiff":
         from engine.io.sources.tiff import TiffSource
 
