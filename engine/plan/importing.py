@@ -5,8 +5,9 @@ Tasks write whole write units (a chunk, or a shard when the output is sharded: o
 per chunk or shard). Where the source decodes in larger units than that (a TIFF page
 stored as one strip, HDF5 chunks larger than the output's), a task covers as many write
 units as one source unit spans, so no unit is decoded twice, up to TASK_BUDGET_BYTES per
-task; beyond that the unit is decoded once per task that meets it, which costs time but
-never memory.
+task; beyond that the unit is decoded once per task that meets it, which costs time (and
+a worker holds one decoded unit while it reads: a page stored as a single huge strip is
+that page; tiled files, the usual for large planes, hold a tile).
 
 Levels halve y and x; z is halved too once its voxel size is no larger than that of y
 (an isotropic volume stays isotropic; an anisotropic one keeps its z until y and x
