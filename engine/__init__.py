@@ -18,6 +18,7 @@ _WHERE = {
     "ClusterSpec": "engine.core.pipeline",
     "ConfigError": "engine.core.errors",
     "EngineError": "engine.core.errors",
+    "ImportResult": "engine.runs.importing",
     "InputRef": "engine.core.pipeline",
     "NgffError": "engine.core.errors",
     "OutputConflict": "engine.core.errors",
@@ -29,6 +30,8 @@ _WHERE = {
     "RunResult": "engine.runs.result",
     "Step": "engine.core.pipeline",
     "__version__": "engine.core.version",
+    "export": "engine.io.export",
+    "import_image": "engine.runs.importing",
     "make_plan": "engine.runs.planning",
     "run": "engine.runs.runner",
     "submit": "engine.runs.submit",
@@ -37,6 +40,7 @@ __all__ = [
     "ClusterSpec",
     "ConfigError",
     "EngineError",
+    "ImportResult",
     "InputRef",
     "NgffError",
     "OutputConflict",
@@ -48,6 +52,8 @@ __all__ = [
     "RunResult",
     "Step",
     "__version__",
+    "export",
+    "import_image",
     "make_plan",
     "run",
     "submit",
@@ -77,6 +83,8 @@ if TYPE_CHECKING:
     from engine.core.geometry import Roi
     from engine.core.pipeline import ClusterSpec, InputRef, OutputSpec, Pipeline, RoiSpec, Step
     from engine.core.version import __version__
+    from engine.io.export import export
+    from engine.runs.importing import ImportResult, import_image
     from engine.runs.planning import make_plan
     from engine.runs.result import RunResult
     from engine.runs.runner import run
