@@ -17,6 +17,8 @@ from engine.io.sample_zarr import write_sample
 from engine.runs.runner import run
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# napari's and npe2's own pydantic deprecations, not ours
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
