@@ -129,6 +129,7 @@ def run(
             row = stage_rows.setdefault(stat.name, {"kind": stat.kind, "tasks": stat.tasks})
             row["seconds"] = round(row.get("seconds", 0.0) + stat.seconds, 3)
             row["done"], row["skipped"] = stat.done, stat.skipped
+            row["cpu"] = stat.cpu
             row.pop("running", None)
             record.update(stages=stage_rows, **totals(stage_rows))
 
@@ -161,6 +162,9 @@ def run(
                     )
                     live.executor = executor
                     stages = executor.run()
+                    for stat in stages:  # CPU with the driver's time after each completed
+                        if stat.name in stage_rows:
+                            stage_rows[stat.name]["cpu"] = stat.cpu
                 writer.finish(executor)
             save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
         except BaseException as exc:
