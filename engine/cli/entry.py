@@ -32,8 +32,20 @@ def starts_local_workers(argv: Sequence[str]) -> bool:
     command = next((w for w in words if not w.startswith("-")), None)
     if command != "run" or any(w.startswith("--scheduler") for w in words):
         return False
+    if goes_to_warm_engine(words):
+        return False
     after = dict(zip(words, [*words[1:], ""], strict=True))
     return after.get("--cluster") != "slurm" and "--cluster=slurm" not in words
+
+
+def goes_to_warm_engine(words: Sequence[str]) -> bool:
+    """Whether a run will use the warm engine (engine/execute/warm.py), whose workers are
+    up: no worker server to start here (it would import the engine on the other core
+    while this command does). With --workers the run may need a cluster of its own."""
+    setting = os.environ.get("NGFF_ENGINE_WARM", "1").strip().lower()
+    if setting in ("0", "no", "false") or "--no-warm" in words:
+        return False
+    return not any(w == "--workers" or w.startswith("--workers=") for w in words)
 
 
 def main() -> int:
