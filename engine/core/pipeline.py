@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import networkx as nx
 import yaml
 from pydantic import (
     AliasChoices,
@@ -25,8 +24,12 @@ from pydantic import (
     model_validator,
 )
 
+from engine.core.dag import ancestors, find_cycle, topological_order
 from engine.core.errors import ConfigError
 from tasks import OPS
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 IMAGE = "image"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -308,10 +311,9 @@ class Pipeline(_Model):
                     raise ValueError(
                         f"step '{step.name}': channel and level apply to 'image' inputs only"
                     )
-        graph = self.graph()
-        if not nx.is_directed_acyclic_graph(graph):
-            cycle = " -> ".join(a for a, _ in nx.find_cycle(graph))
-            raise ValueError(f"steps form a cycle: {cycle}")
+        cycle = find_cycle(self._successors())
+        if cycle:
+            raise ValueError(f"steps form a cycle: {' -> '.join(cycle)}")
         outputs = [(s.output.kind, s.output.name) for s in self.steps if s.output]
         repeated = sorted({f"{k}/{n}" for k, n in outputs if outputs.count((k, n)) > 1})
         if repeated:
@@ -325,22 +327,32 @@ class Pipeline(_Model):
         """
         if not self.steps:
             raise ConfigError("the pipeline has no steps")
-        graph = self.graph()
+        successors = self._successors()
         for step in self.steps:
-            if step.writes() is None and graph.out_degree(step.name) == 0:
+            if step.writes() is None and not successors[step.name]:
                 raise ConfigError(f"step '{step.name}': has no output and no step uses it")
 
     def graph(self) -> nx.DiGraph:
+        """The steps as a networkx graph (image -> steps), for whoever wants one."""
+        import networkx as nx
+
         graph = nx.DiGraph()
-        graph.add_node(IMAGE)
-        for step in self.steps:
-            graph.add_node(step.name)
-        for step in self.steps:
-            graph.add_edge(step.source, step.name)
-            for name in step.extra_inputs().values():
-                if name in graph:
-                    graph.add_edge(name, step.name)
+        for node, successors in self._successors().items():
+            graph.add_node(node)
+            for successor in successors:
+                graph.add_edge(node, successor)
         return graph
+
+    def _successors(self) -> dict[str, list[str]]:
+        """Per node (the image, then the steps) the steps using it (engine/core/dag.py)."""
+        successors: dict[str, list[str]] = {IMAGE: []}
+        for step in self.steps:
+            successors[step.name] = []
+        for step in self.steps:
+            for name in (step.source, *step.extra_inputs().values()):
+                if name in successors and step.name not in successors[name]:
+                    successors[name].append(step.name)
+        return successors
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -349,12 +361,12 @@ class Pipeline(_Model):
         raise KeyError(name)
 
     def ordered_steps(self) -> list[Step]:
-        order = [n for n in nx.topological_sort(self.graph()) if n != IMAGE]
+        order = [n for n in topological_order(self._successors()) if n != IMAGE]
         return [self.step(n) for n in order]
 
     def upstream(self, name: str) -> list[Step]:
         """The step and every step it depends on, in execution order."""
-        needed = nx.ancestors(self.graph(), name) | {name}
+        needed = ancestors(self._successors(), name) | {name}
         return [s for s in self.ordered_steps() if s.name in needed]
 
     def add(
