@@ -5,7 +5,11 @@ idle time, and its results equal those of another cluster's run."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -19,6 +23,8 @@ from engine.execute import warm
 from engine.execute.cluster import uses_warm
 from engine.runs.runner import run
 from tests.conftest import blobs, write_image
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -83,9 +89,16 @@ def test_second_command_reuses_the_engine_equal_output_and_stop(
     assert (engine_dir / "tls-key.pem").stat().st_mode & 0o077 == 0
     before = engine_processes(first)
 
-    # the next command (another ROI, then the whole image again): the same engine
-    assert main(["run", str(config), "--input", str(warm_image), "--quiet", "--overwrite",
-                 "--roi", "0:16,0:32,0:32"]) == 0  # fmt: skip
+    # the next commands (another ROI through the command's own entry point, then the
+    # whole image again): the same engine
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "run", str(config), "--input", str(warm_image),
+         "--quiet", "--overwrite", "--roi", "0:16,0:32,0:32", "--json"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tasks_done"] > 0
     assert main(["run", str(config), "--input", str(warm_image), "--quiet",
                  "--overwrite"]) == 0  # fmt: skip
     second = warm.find()

@@ -49,16 +49,19 @@ def goes_to_warm_engine(words: Sequence[str]) -> bool:
 
 
 def main() -> int:
-    """Run the command. After a run that started the worker server, the process ends
-    without the interpreter's teardown (its modules and dask's and zarr's threads:
-    0.3 s, with everything written and closed by then)."""
+    """Run the command. After a run that started the worker server or used the warm
+    engine, the process ends without the interpreter's teardown (its modules and dask's
+    and zarr's threads: 0.3 s, with everything written and closed by then)."""
     server = starts_local_workers(sys.argv[1:])
     if server:
         start_worker_server(worker_environment())
+    words = sys.argv[1:]
+    warm = next((w for w in words if not w.startswith("-")), None) == "run"
+    warm = warm and goes_to_warm_engine(words)
     from engine.cli.commands import main as run_command
 
     code = run_command()
-    if not server:
+    if not (server or warm):
         return code
     sys.stdout.flush()
     sys.stderr.flush()
