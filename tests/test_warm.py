@@ -91,14 +91,30 @@ def test_second_command_reuses_the_engine_equal_output_and_stop(
 
     # the next commands (another ROI through the command's own entry point, then the
     # whole image again): the same engine
+    # it runs in the engine's command server: the command imports none of the engine's
+    # libraries (engine/cli/remote.py)
     done = subprocess.run(
-        [sys.executable, "-m", "engine", "run", str(config), "--input", str(warm_image),
-         "--quiet", "--overwrite", "--roi", "0:16,0:32,0:32", "--json"],
+        [sys.executable, "-X", "importtime", "-m", "engine", "run", str(config), "--input",
+         str(warm_image), "--quiet", "--overwrite", "--roi", "0:16,0:32,0:32", "--json"],
         capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["tasks_done"] > 0
+    imported = {
+        line.split("|")[-1].strip() for line in done.stderr.splitlines() if "import time:" in line
+    }
+    assert "engine.execute.warm" in imported
+    assert not imported & {"numpy", "zarr", "distributed", "dask", "pydantic", "rich"}
+    # a bad ROI through the command server: one line, exit 2
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "run", str(config), "--input", str(warm_image),
+         "--roi", "0:1,0:16,0:32,0:32", "--overwrite"],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--roi" in done.stderr and "Traceback" not in done.stderr
     assert main(["run", str(config), "--input", str(warm_image), "--quiet",
                  "--overwrite"]) == 0  # fmt: skip
     second = warm.find()

@@ -52,6 +52,9 @@ def main() -> int:
     """Run the command. After a run that started the worker server or used the warm
     engine, the process ends without the interpreter's teardown (its modules and dask's
     and zarr's threads: 0.3 s, with everything written and closed by then)."""
+    remote = sends_to_warm_engine(sys.argv[1:])
+    if remote is not None:
+        _exit(remote)
     server = starts_local_workers(sys.argv[1:])
     if server:
         start_worker_server(worker_environment())
@@ -63,7 +66,25 @@ def main() -> int:
     code = run_command()
     if not (server or warm):
         return code
+    _exit(code)
+
+
+def _exit(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
+
+
+def sends_to_warm_engine(words: Sequence[str]) -> int | None:
+    """Run a run, plan, preview or diff in the warm engine's command server (engine/cli/
+    remote.py) when one of this code runs: this process then imports nothing of the
+    engine's libraries. Its exit code; None: run it here."""
+    command = next((w for w in words if not w.startswith("-")), None)
+    if command not in ("run", "plan", "preview", "diff") or not goes_to_warm_engine(words):
+        return None
+    if any(w.startswith(("--scheduler", "--cluster")) for w in words):
+        return None
+    from engine.cli.remote import send
+
+    return send(words)

@@ -321,6 +321,12 @@ def _reap() -> None:
             _children.remove(process)
 
 
+def import_client() -> None:
+    """Import what a client of the engine needs (the command server does, once)."""
+    import distributed  # noqa: F401
+    import distributed.security  # noqa: F401
+
+
 def security(where: Path | None = None):
     """The dask Security a client of the engine uses (its certificate)."""
     from distributed.security import Security

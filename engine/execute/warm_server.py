@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +26,19 @@ def preload() -> int:
     return os.getpid()
 
 
+def start_command_server(where: Path) -> subprocess.Popen:
+    """The server that runs commands sent by the command line (engine/cli/remote.py), in
+    this process group: stopped with the engine. Started before the cluster, whose
+    threads would otherwise be in it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env["MKL_NUM_THREADS"] = "1"
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.cli.command_server", str(where)],
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+
+
 def serve(workers: int, idle_timeout: float, where: Path) -> int:
     import dask
     from distributed import Client, LocalCluster
@@ -35,6 +50,7 @@ def serve(workers: int, idle_timeout: float, where: Path) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    commands = start_command_server(where)
     write_certificates(where)
     os.chmod(where / "tls-cert.pem", 0o600)
     dask.config.set({**tls_config(where), **worker_config()})
@@ -57,6 +73,7 @@ def serve(workers: int, idle_timeout: float, where: Path) -> int:
             "pid": os.getpid(),
             "workers": workers,
             "worker_pids": pids,
+            "command_pid": commands.pid,
             "started": warm._now(),
             "code": warm.code_stamp(),
         }
@@ -66,6 +83,7 @@ def serve(workers: int, idle_timeout: float, where: Path) -> int:
         (where / "starting.pid").unlink(missing_ok=True)
         watch(cluster.scheduler, where, idle_timeout, stopping)
     finally:
+        commands.terminate()
         cluster.close(timeout=warm.STOP_TIMEOUT)
         for name in (warm.INFO, warm.STATE):
             path = where / name
@@ -98,6 +116,4 @@ def watch(scheduler, where: Path, idle_timeout: float, stopping: threading.Event
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(serve(int(sys.argv[1]), float(sys.argv[2]), warm.folder()))
