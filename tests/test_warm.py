@@ -183,3 +183,23 @@ def test_bad_idle_timeout_is_one_line(engine_dir, tmp_path, capsys):
     assert "--idle-timeout must be more than 0 seconds" in err.out + err.err
     assert "Traceback" not in err.out + err.err
     assert warm.find() is None
+
+
+def test_plan_starts_the_engine_in_the_background(engine_dir, tmp_path, capsys):
+    """`plan` (and `preview`) start the engine without waiting for it, so that the run
+    after them finds it ready; with --no-warm they start nothing."""
+    config = tmp_path / "p.yaml"
+    config.write_text(pipeline().to_yaml())
+    image = write_image(tmp_path / "i.zarr", blobs((8, 32, 32)), (8, 16, 16), levels=1)
+    assert main(["plan", str(config), "--input", str(image), "--no-warm"]) == 0
+    assert warm.find() is None and not warm._starting()
+    started = time.monotonic()
+    assert main(["plan", str(config), "--input", str(image), "--idle-timeout", "30"]) == 0
+    assert time.monotonic() - started < 30  # it did not wait for the engine
+    assert warm._starting() or warm.find() is not None
+    deadline = time.monotonic() + warm.START_TIMEOUT
+    while warm.find() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    engine = warm.find()
+    assert engine is not None and warm.state()["idle_timeout"] == 30
+    assert warm.stop() == engine
