@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from engine.cli import transfer
 from engine.core.version import __version__
 
 
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stop", help="stop the warm engine (local scheduler and workers)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    transfer.add_parsers(sub, _cluster_flags, cluster_overrides)
     return parser
 
 
