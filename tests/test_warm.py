@@ -92,7 +92,10 @@ def test_second_command_reuses_the_engine_equal_output_and_stop(
     # the next commands (another ROI through the command's own entry point, then the
     # whole image again): the same engine
     # it runs in the engine's command server: the command imports none of the engine's
-    # libraries (engine/cli/remote.py)
+    # libraries (engine/cli/remote.py); the server starts once the cluster is up
+    deadline = time.monotonic() + 120
+    while not (engine_dir / "command.sock").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "engine", "run", str(config), "--input",
          str(warm_image), "--quiet", "--overwrite", "--roi", "0:16,0:32,0:32", "--json"],

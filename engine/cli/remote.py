@@ -10,12 +10,16 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 from engine.execute import warm
 
 SOCKET = "command.sock"  # as engine/cli/command_server.py
 COMMANDS = ("run", "diff", "plan", "preview")
+# seconds to wait for a command server that is still importing (1.3 s quiet), as long
+# as running the command here would take
+READY_WAIT = 10.0
 
 
 def send(argv: Sequence[str]) -> int | None:
@@ -24,9 +28,15 @@ def send(argv: Sequence[str]) -> int | None:
     running = warm.find()
     if running is None or running.code != warm.code_stamp():
         return None
+    path = warm.folder() / SOCKET
+    deadline = time.monotonic() + READY_WAIT
+    while not path.exists() and warm._alive(running.command_pid):  # still importing
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        connection.connect(str(warm.folder() / SOCKET))
+        connection.connect(str(path))
         request = {"argv": list(argv), "cwd": os.getcwd(), "env": dict(os.environ)}
         socket.send_fds(connection, [json.dumps(request).encode() + b"\n"], [0, 1, 2])
     except OSError:

@@ -106,6 +106,7 @@ class WarmEngine:
     started: str
     code: str
     worker_pids: tuple[int, ...] = ()
+    command_pid: int = 0  # the command server (engine/cli/command_server.py), 0: none yet
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WarmEngine:
@@ -116,6 +117,7 @@ class WarmEngine:
             data["started"],
             data["code"],
             tuple(data.get("worker_pids", ())),
+            int(data.get("command_pid", 0)),
         )
 
 

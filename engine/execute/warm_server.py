@@ -28,8 +28,8 @@ def preload() -> int:
 
 def start_command_server(where: Path) -> subprocess.Popen:
     """The server that runs commands sent by the command line (engine/cli/remote.py), in
-    this process group: stopped with the engine. Started before the cluster, whose
-    threads would otherwise be in it."""
+    this process group: stopped with the engine. A new program (fork and exec): none of
+    this process's threads are in it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     env["MKL_NUM_THREADS"] = "1"
     return subprocess.Popen(
@@ -40,20 +40,27 @@ def start_command_server(where: Path) -> subprocess.Popen:
 
 
 def serve(workers: int, idle_timeout: float, where: Path) -> int:
+    """Workers fork from a server that imports their modules while this process imports
+    its own (engine/core/worker_env.py, as the command does for a cluster of its own);
+    the command server starts once the cluster is up, not to take CPU from it (the first
+    command, which started the engine, runs here-side: it does not need it)."""
+    from engine.core.worker_env import start_worker_server, worker_environment
+
+    start_worker_server(worker_environment())
     import dask
     from distributed import Client, LocalCluster
     from distributed.security import Security
 
     from engine.execute.tls import tls_config, write_certificates
-    from engine.execute.worker_config import worker_config
+    from engine.execute.worker_config import start_method, worker_config
 
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    commands = start_command_server(where)
     write_certificates(where)
     os.chmod(where / "tls-cert.pem", 0o600)
     dask.config.set({**tls_config(where), **worker_config()})
+    dask.config.set(start_method())
     security = Security()  # from the settings above
     cluster = LocalCluster(
         n_workers=workers,
@@ -65,9 +72,11 @@ def serve(workers: int, idle_timeout: float, where: Path) -> int:
         dashboard_address=None,
         silence_logs=logging.CRITICAL,
     )
+    commands = None
     try:
         with Client(cluster, security=security) as client:
             pids = sorted(client.run(preload).values())
+        commands = start_command_server(where)  # it binds its socket once it is ready
         info = {
             "address": cluster.scheduler_address,
             "pid": os.getpid(),
@@ -83,7 +92,8 @@ def serve(workers: int, idle_timeout: float, where: Path) -> int:
         (where / "starting.pid").unlink(missing_ok=True)
         watch(cluster.scheduler, where, idle_timeout, stopping)
     finally:
-        commands.terminate()
+        if commands is not None:
+            commands.terminate()
         cluster.close(timeout=warm.STOP_TIMEOUT)
         for name in (warm.INFO, warm.STATE):
             path = where / name
