@@ -138,6 +138,8 @@ def run(
     fields: Sequence[str] | None = None,
     roi_overlap: str = "refuse",
     parallel: int = PARALLEL,
+    warm: bool | None = None,
+    idle_timeout: float | None = None,
 ) -> RunResult | UnitsResult:
     """Run a pipeline on an image, or on every selected image of a plate, a well or a
     list/glob of images (`wells=["B03"]`, `fields=["0"]`), or once per ROI of the ROI
@@ -151,7 +153,7 @@ def run(
     if not is_collection(source) and table is None and not wells and not fields:
         return runner.run(
             pipeline, source, roi, workers, overwrite, update, scheduler, progress,
-            cluster, resume, retries, priority_roi, announce,
+            cluster, resume, retries, priority_roi, announce, warm, idle_timeout,
         )  # fmt: skip
     if resume:
         raise ConfigError("--resume continues one image's run; resume each image on its own")
@@ -166,7 +168,9 @@ def run(
     result = UnitsResult([])
     seen_rows: dict[tuple[str, str], dict[str, str]] = {}  # (image, table) -> row -> roi
     tables = [s.output.name for s in pipeline.steps if s.output and s.output.kind == "table"]
-    with shared_scheduler(workers, scheduler, cluster, pipeline.cluster) as address:
+    with shared_scheduler(
+        workers, scheduler, cluster, pipeline.cluster, warm, idle_timeout
+    ) as address:
         if announce is not None:
             announce(f"{len(units)} units ({len(images)} images) on the scheduler {address}")
 
