@@ -177,6 +177,8 @@ def test_list_of_images_and_bad_input(tmp_path: Path, scheduler: str) -> None:
     path, fields = ngio_plate(tmp_path, (1, 48, 64))
     with pytest.raises(ConfigError, match="--wells: Z99 not in the plate"):
         engine.run(_pipeline(), path, wells=["Z99"], scheduler=scheduler)
+    globbed = collection_images(str(path / "*" / "0[35]" / "0"))
+    assert [i.path for i in globbed] == [str(path / k) for k in fields if k.endswith("/0")]
     chosen = [str(path / "B/03/0"), str(path / "C/05/1")]
     result = engine.run(_pipeline(), chosen, scheduler=scheduler)
     assert [u.image.path for u, _ in result.results] == chosen
