@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="ROI (name or z0:z1,y0:y1,x0:x1) every stage computes first, to look at early "
         "(default: a config ROI with preview: true)",
     )
+    p.add_argument(
+        "--dashboard",
+        default=None,
+        metavar="ADDRESS",
+        help="where a local run's dask dashboard listens (default 127.0.0.1 on a free port; "
+        "e.g. 0.0.0.0:8787 to reach it from other machines)",
+    )
     _cluster_flags(p)
 
     p = sub.add_parser("submit", help="submit a run as one SLURM batch job")
@@ -200,7 +207,9 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
         "--shared-dir", default=None, help="folder the compute nodes see (default ~/.ngff-engine)"
     )
     g.add_argument(
-        "--no-tls", action="store_true", help="plain TCP between scheduler and workers (unsafe)"
+        "--no-tls",
+        action="store_true",
+        help="plain TCP between scheduler and workers, local or SLURM (unsafe)",
     )
 
 
@@ -212,9 +221,14 @@ def _cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     if getattr(args, "no_tls", False):
         overrides["tls"] = False
+    if getattr(args, "dashboard", None):
+        overrides["dashboard"] = args.dashboard
     if getattr(args, "cluster", None):
         overrides["kind"] = args.cluster
     return overrides
+
+
+LOCAL_OVERRIDES = {"kind", "tls", "dashboard"}  # cluster overrides a local run takes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,6 +334,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         checked = f"config, image {path} and {len(pipeline.rois)} ROI(s)"
     outputs = [f"{s.output.kind}/{s.output.name}" for s in pipeline.steps if s.output]
     out.print(f"ok: {checked}; {len(pipeline.steps)} steps; outputs {', '.join(outputs)}")
+    code = pipeline.user_code()
+    if code:
+        out.print(
+            f"imports user code: {', '.join(code)} (a config is code: run only configs you trust)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     return 0
 
 
@@ -379,8 +401,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     roi = _roi(args, pipeline)
     overrides = _cluster_overrides(args)
     cluster = resolve_cluster(pipeline.cluster, overrides)
-    if cluster.kind != "slurm" and set(overrides) - {"kind"}:
-        flags = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(set(overrides) - {"kind"}))
+    if cluster.kind != "slurm" and set(overrides) - LOCAL_OVERRIDES:
+        flags = ", ".join(
+            f"--{k.replace('_', '-')}" for k in sorted(set(overrides) - LOCAL_OVERRIDES)
+        )
         raise ConfigError(f"{flags}: SLURM options need --cluster slurm (or cluster.kind: slurm)")
     if cluster.kind == "slurm" and args.workers is not None and args.scheduler is None:
         raise ConfigError("--workers is for --cluster local; SLURM runs use --jobs")
