@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from engine.core.errors import ConfigError, EngineError
+from engine.core.errors import ConfigError, EngineError, Interrupted, os_error_message
 from engine.core.pipeline import Pipeline
 from engine.core.version import __version__
 from engine.execute.cluster import resolve_cluster
@@ -231,27 +234,113 @@ def _cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
 LOCAL_OVERRIDES = {"kind", "tls", "dashboard"}  # cluster overrides a local run takes
 
 
+ROI_FLAGS = ("--roi", "--priority-roi")
+
+
+def _joined_roi_values(argv: Sequence[str]) -> list[str]:
+    """`--roi -5:10,...` as `--roi=-5:10,...`: argparse takes a value starting with '-'
+    for an option and prints its usage; this way the ROI parser says what is wrong."""
+    words = list(argv)
+    joined: list[str] = []
+    i = 0
+    while i < len(words):
+        if words[i] in ROI_FLAGS and i + 1 < len(words) and words[i + 1].startswith("-"):
+            if ":" in words[i + 1]:
+                joined.append(f"{words[i]}={words[i + 1]}")
+                i += 2
+                continue
+        joined.append(words[i])
+        i += 1
+    return joined
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(_joined_roi_values(words))
     try:
-        return COMMANDS[args.command](args)
+        with _signals_stop_the_command():
+            return COMMANDS[args.command](args)
     except EngineError as exc:
         if args.debug:
             raise
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
-    except KeyboardInterrupt:
-        console.print("[bold red]interrupted[/]")
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
+    except OSError as exc:  # no space, a read-only or forbidden place: the user's to fix
+        message = os_error_message(exc)
+        if args.debug or message is None:
+            return _internal(args, exc)
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        return 2
     except Exception as exc:
-        if args.debug:
-            raise
-        console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        return 1
+        return _internal(args, exc)
+
+
+def _internal(args: argparse.Namespace, exc: Exception) -> int:
+    """A bug: one line, or the traceback with --debug."""
+    if args.debug:
+        raise exc
+    console.print(
+        f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 1
+
+
+# after a stop signal, the command ends within this many seconds whatever it is doing
+STOP_GRACE_SECONDS = 30.0
+
+
+class _signals_stop_the_command:
+    """SIGTERM (`kill`, SLURM's scancel and time limit) stops the command as Ctrl-C does:
+    `Interrupted` is raised in the main thread, the run records itself `killed` and closes
+    its cluster, and the command prints one line and exits 128 + the signal (130, 143).
+
+    A second signal, or a stop that takes longer than STOP_GRACE_SECONDS (a cluster that
+    does not close), ends the process at once: a stop signal always stops. Only in the
+    main thread (Python delivers signals there); the previous handlers come back after."""
+
+    def __enter__(self) -> None:
+        self.saved: dict[int, Any] = {}
+        self.timer: threading.Timer | None = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.saved[signum] = signal.signal(signum, self._first)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        for signum, handler in self.saved.items():
+            signal.signal(signum, handler)
+
+    def _first(self, signum: int, frame: Any) -> None:
+        for other in self.saved:
+            signal.signal(other, self._again)
+        self.timer = threading.Timer(STOP_GRACE_SECONDS, self._again, (signum, None))
+        self.timer.daemon = True
+        self.timer.start()
+        raise Interrupted(signum)
+
+    @staticmethod
+    def _again(signum: int, frame: Any) -> None:
+        _interrupted(Interrupted(signum))
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """One line for a stopped command; its exit code (128 + the signal)."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    run_id = getattr(exc, "run_id", None)
+    if run_id:
+        text = f"interrupted: run {run_id} can be continued with --resume"
+    else:
+        text = "interrupted"
+    console.print(f"[bold red]{text}[/]", highlight=False, soft_wrap=True)
+    return 128 + int(signum)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

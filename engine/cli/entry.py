@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -36,14 +37,24 @@ def starts_local_workers(argv: Sequence[str]) -> bool:
     return after.get("--cluster") != "slurm" and "--cluster=slurm" not in words
 
 
+def _stop_during_start(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signum)
+
+
 def main() -> int:
     """Run the command. After a run that started the worker server, the process ends
     without the interpreter's teardown (its modules and dask's and zarr's threads:
     0.3 s, with everything written and closed by then)."""
+    signal.signal(signal.SIGTERM, _stop_during_start)  # commands.main takes over from here
     server = starts_local_workers(sys.argv[1:])
     if server:
         start_worker_server(worker_environment())
-    from engine.cli.commands import main as run_command
+    try:
+        from engine.cli.commands import main as run_command
+    except KeyboardInterrupt as exc:  # a stop signal while the engine imports
+        signum = exc.args[0] if exc.args else signal.SIGINT
+        print("interrupted", file=sys.stderr)
+        return 128 + int(signum)
 
     code = run_command()
     if not server:

@@ -49,7 +49,15 @@ def parse_cli_roi(text: str, meta: ImageMeta) -> RoiSpec:
             raise ConfigError(f"--roi '{text}': axis '{axis}' is not one of {', '.join(AXES)}")
         if axis in ranges:
             raise ConfigError(f"--roi '{text}': axis '{axis}' is given twice")
+        if start < 0:
+            raise ConfigError(f"--roi '{text}': {axis}: start {start} is negative")
         ranges[axis] = (start, stop)
+    if 0 < positional < len(spatial_names):
+        raise ConfigError(
+            f"--roi '{text}': {positional} range(s) for the image's spatial axes "
+            f"{', '.join(spatial_names)}; give one start:stop per axis, or name the axes "
+            f"to limit (e.g. {spatial_names[-1]}=0:64)"
+        )
     try:
         return RoiSpec(units="pixel", **ranges)
     except ValidationError as exc:

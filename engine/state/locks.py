@@ -5,7 +5,9 @@ job. It is created atomically (written under a temporary name, then hard-linked 
 place: the link fails if the lock exists), and removed at the end of the run. A lock whose
 pid is gone on this host is stale (its run was killed) and is taken over; so is one from
 another host whose SLURM job squeue no longer lists (a batch job that was cancelled or hit
-its walltime). Any other lock from another host is never broken.
+its walltime). Any other lock from another host is never broken. A lock file that is not
+JSON (damaged: locks are written whole) is taken over when no run recorded as running on
+its output could hold it (`taken_over` says so), and otherwise refused as unreadable.
 """
 
 from __future__ import annotations
@@ -74,6 +76,17 @@ def is_stale(owner: dict[str, Any]) -> bool:
     return isinstance(job, str) and job.isdigit() and _slurm_job_ended(job)
 
 
+def _live_run_of(root: Path, output: str) -> str | None:
+    """The id of a run recorded as running on `output` whose process may still be alive
+    (the only runs that could hold its lock); None: no such run."""
+    from engine.state.records import list_runs  # records reads locks' is_stale
+
+    for record in list_runs(root):
+        if record.get("state") == "running" and output in record.get("outputs", []):
+            return str(record.get("run_id"))
+    return None
+
+
 class OutputLocks:
     """Locks on every output of a run, taken all or none (in sorted order)."""
 
@@ -112,7 +125,17 @@ class OutputLocks:
                 owner = _read(path)
                 if owner is None:
                     continue  # released meanwhile: try again
-                if owner and is_stale(owner):
+                if not owner:  # not JSON: locks are written whole, so something damaged it
+                    holder = _live_run_of(self.base.parent.parent, output)
+                    if holder is None:
+                        self._break(path, owner)
+                        continue
+                    raise OutputConflict(
+                        f"lock file {path} is not valid JSON, and run {holder} that writes "
+                        f"output {output} is still running; wait for it to finish, or remove "
+                        f"{path} if that run is gone"
+                    )
+                if is_stale(owner):
                     self._break(path, owner)
                     continue
                 who = owner.get("run_id", "an unknown run")
@@ -139,7 +162,7 @@ class OutputLocks:
             except FileExistsError:
                 pass
         else:
-            self.taken_over.append(owner)
+            self.taken_over.append(owner or {"broken_lock": str(path)})
         aside.unlink(missing_ok=True)
 
     def release(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import zarr
 
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, NoSpace, disk_full
 from engine.plan.compiler import ENGINE_GROUP
 from engine.state.locks import is_stale
 
@@ -38,6 +38,14 @@ class RunRecord:
 
     def save(self) -> None:
         """One atomic metadata write: a kill never leaves a run group without its record."""
+        try:
+            self._save()
+        except OSError as exc:
+            if disk_full(exc, f"{self.root}/{self.path}/"):
+                raise NoSpace(f"{self.root}/{self.path}") from None
+            raise
+
+    def _save(self) -> None:
         root = zarr.open_group(self.root, mode="r+")
         try:
             group = zarr.open_group(f"{self.root}/{self.path}", mode="r+")

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import zarr
 
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, NoSpace, disk_full
 from engine.core.geometry import Roi, chunk_roi
 from engine.core.grid import ChunkTask
 from engine.io.chunk_cache import read_cached
-from engine.io.chunk_files import ChunkFiles, chunk_files
+from engine.io.chunk_files import ChunkFiles, chunk_files, locate_corrupt_chunk
 from engine.plan.compiler import (
     Link,
     Source,
@@ -137,7 +137,13 @@ def read_array(root: str, path: str, box: Roi | Sequence[slice]) -> np.ndarray:
     files = direct_files(root, path)
     if files is not None:
         return files.read_box(slices)
-    return np.asarray(open_array(root, path)[slices])
+    array = open_array(root, path)
+    try:
+        return np.asarray(array[slices])
+    except Exception as exc:  # a chunk zarr cannot decode: name it
+        if any(s.step not in (None, 1) for s in slices):
+            raise
+        raise locate_corrupt_chunk(array, slices, exc) from None
 
 
 def write_target(root: str, path: str, box: Roi, data: np.ndarray) -> None:
@@ -148,8 +154,13 @@ def write_target(root: str, path: str, box: Roi, data: np.ndarray) -> None:
     index = files.whole_chunk(slices) if files is not None else None
     if index is not None:
         files.write(index, data.astype(files.dtype, copy=False))
-    else:
+        return
+    try:
         array[slices] = data.astype(array.dtype, copy=False)
+    except OSError as exc:
+        if disk_full(exc, f"{root}/{path}/"):
+            raise NoSpace(f"{root}/{path} (box {box})") from None
+        raise
 
 
 def time_slices(box: Roi, spatial: Sequence[int]) -> Iterator[tuple[int | None, tuple[Any, ...]]]:
