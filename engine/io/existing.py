@@ -1,15 +1,6 @@
-"""Reading what an image's zarr holds into the snapshot the compiler decides from.
-
-Read once per plan, before compiling: the label images an evaluate step names as its
-reference (metadata only), and for each output of the pipeline (a training step's model
-artifact too) its stored versions with their config hashes, the ROIs they hold and
-whether the last run that wrote each one finished. That last fact comes from the run
-records (`_engine/runs`): a run that failed or was killed while writing an output leaves
-it half written, whatever its attributes still say, so it is never reused (`--resume` or
-a new run completes it). Such an output has the config hash its run record planned for
-it (its attributes get theirs only when a run completes), so a versioned output is
-completed under its own name, not as a new version.
-"""
+"""What an image's zarr holds, read for the run's snapshot (engine/runs/existing.py):
+label images (metadata only), the output groups of a kind, and an output's engine
+attributes and dtype."""
 
 from __future__ import annotations
 
@@ -18,33 +9,13 @@ from typing import Any
 
 import zarr
 
-from engine.core.pipeline import Pipeline
 from engine.io.metadata import ImageMeta, open_group, read_image
 from engine.io.ngff_write import GROUP_OF_KIND, engine_attrs, listed
-from engine.plan.versions import Existing, StoredOutput, reusable_rois, version_number
-from engine.state.records import list_runs
 
 
-def read_existing(meta: ImageMeta, pipeline: Pipeline) -> Existing:
-    root = open_group(meta.path)
-    steps = {s.name for s in pipeline.steps}
-    references = {
-        name
-        for s in pipeline.steps
-        if (name := s.extra_inputs().get("params.reference")) and name not in steps
-    }
-    labels = {}
-    for name in sorted(references):
-        label = read_label_image(meta, name)
-        if label is not None:
-            labels[name] = label
-    records = list_runs(meta.path)
-    outputs = {
-        target: stored_versions(meta, *target, records)
-        for s in pipeline.steps
-        if (target := s.writes()) is not None
-    }
-    return Existing(tuple(listed(root, "labels", meta.version)), labels, outputs)
+def label_names(meta: ImageMeta) -> tuple[str, ...]:
+    """The label images listed in the image's `labels` group."""
+    return tuple(listed(open_group(meta.path), "labels", meta.version))
 
 
 def read_label_image(meta: ImageMeta, name: str) -> ImageMeta | None:
@@ -55,48 +26,23 @@ def read_label_image(meta: ImageMeta, name: str) -> ImageMeta | None:
     return read_image(path, validate=False)
 
 
-def stored_versions(
-    meta: ImageMeta, kind: str, base: str, records: list[dict[str, Any]]
-) -> tuple[StoredOutput, ...]:
-    """Every version of output `base` on disk (listed or not), oldest first."""
-    folder = Path(meta.path) / GROUP_OF_KIND[kind]
-    found = []
-    if folder.is_dir():
-        for child in folder.iterdir():
-            number = version_number(base, child.name)
-            if number is not None and child.is_dir():
-                found.append(_stored(child, f"{GROUP_OF_KIND[kind]}/{child.name}", number, records))
-    return tuple(sorted(found, key=lambda s: s.version))
+def output_groups(meta: ImageMeta, kind: str) -> list[tuple[str, str]]:
+    """(name, path in the image) of every group in the folder of outputs of `kind`."""
+    group = GROUP_OF_KIND[kind]
+    folder = Path(meta.path) / group
+    if not folder.is_dir():
+        return []
+    return [(child.name, f"{group}/{child.name}") for child in folder.iterdir() if child.is_dir()]
 
 
-def _stored(folder: Path, path: str, number: int, records: list[dict[str, Any]]) -> StoredOutput:
+def stored_attrs(meta: ImageMeta, path: str) -> tuple[dict[str, Any], str | None]:
+    """An output's engine attributes and the dtype of its level s0 ({} and None when
+    it cannot be read: a half-written group)."""
     try:
-        group = zarr.open_group(str(folder), mode="r")
+        group = zarr.open_group(str(Path(meta.path) / path), mode="r")
         record = engine_attrs(group)
         level = group["s0"] if "s0" in group else None
         dtype = str(level.dtype) if isinstance(level, zarr.Array) else None
     except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError):
-        record, dtype = {}, None
-    writer = last_writer(path, records)
-    finished = writer is None or writer.get("state") == "completed"
-    digest = record.get("config_hash")
-    if not finished:
-        digest = writer.get("config_hashes", {}).get(path, digest)
-    return StoredOutput(
-        name=folder.name,
-        version=number,
-        config_hash=digest,
-        provenance=record.get("provenance", {}),
-        reusable_rois=reusable_rois(record.get("runs", [])),
-        finished=finished,
-        dtype=dtype,
-        record=record.get("version") or {},
-    )
-
-
-def last_writer(path: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The record of the latest run that wrote output `path`, if any."""
-    writers = [r for r in records if path in r.get("outputs", [])]
-    if not writers:
-        return None
-    return max(writers, key=lambda r: (str(r.get("started", "")), str(r.get("run_id", ""))))
+        return {}, None
+    return record, dtype

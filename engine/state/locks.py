@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import OutputConflict
-from engine.plan.compiler import ENGINE_GROUP
-
-LOCKS = f"{ENGINE_GROUP}/locks"
+from engine.core.layout import LOCKS
 
 
 def _alive(pid: int) -> bool:

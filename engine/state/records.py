@@ -12,13 +12,11 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-import zarr
-
 from engine.core.errors import EngineError, NoSpace, disk_full
-from engine.plan.compiler import ENGINE_GROUP
+from engine.core.layout import RUNS
+from engine.io.group_attrs import read_group_attr, write_group_attr
 from engine.state.locks import is_stale
 
-RUNS = f"{ENGINE_GROUP}/runs"
 KEY = "ngff_engine_run"
 
 
@@ -39,20 +37,11 @@ class RunRecord:
     def save(self) -> None:
         """One atomic metadata write: a kill never leaves a run group without its record."""
         try:
-            self._save()
+            write_group_attr(self.root, self.path, KEY, self.data)
         except OSError as exc:
             if disk_full(exc, f"{self.root}/{self.path}/"):
                 raise NoSpace(f"{self.root}/{self.path}") from None
             raise
-
-    def _save(self) -> None:
-        root = zarr.open_group(self.root, mode="r+")
-        try:
-            group = zarr.open_group(f"{self.root}/{self.path}", mode="r+")
-        except (FileNotFoundError, zarr.errors.BaseZarrError):
-            root.create_group(self.path, attributes={KEY: self.data})
-            return
-        group.attrs.update({KEY: self.data})
 
     def update(self, **values: Any) -> None:
         self.data.update(values)
@@ -60,11 +49,7 @@ class RunRecord:
 
 
 def read_record(root: str, run_id: str) -> dict[str, Any] | None:
-    try:
-        group = zarr.open_group(f"{root}/{RUNS}/{run_id}", mode="r")
-    except (FileNotFoundError, zarr.errors.BaseZarrError):
-        return None
-    data = group.attrs.asdict().get(KEY)
+    data = read_group_attr(root, f"{RUNS}/{run_id}", KEY)
     return dict(data) if isinstance(data, dict) else None
 
 
