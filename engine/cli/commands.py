@@ -63,11 +63,11 @@ def _internal(args: argparse.Namespace, exc: Exception) -> int:
     if args.debug:
         raise exc
     console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        return 1
+        f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 1
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
