@@ -65,24 +65,38 @@ def parse_cli_roi(text: str, meta: ImageMeta) -> RoiSpec:
         raise ConfigError(f"--roi '{text}': {message}") from None
 
 
-def resolve_roi(spec: RoiSpec | None, meta: ImageMeta, level: int, name: str = "roi") -> Roi:
-    """An index box at `level` over all image axes."""
-    lv = meta.level(level)
-    whole = Roi.from_shape(lv.shape, level)
-    if spec is None:
-        return whole
-    ranges = spec.ranges()
+def check_config_rois(rois: dict[str, RoiSpec]) -> None:
+    """Refuse a config with an ROI in an unknown unit, used or not: a config is checked
+    whole even when every output is reused. What depends on the image (its levels, axes,
+    extent) is checked when a run asks for the ROI: one config serves many images."""
+    for name, spec in rois.items():
+        if spec.units != "pixel" and spec.units not in LENGTH_UNITS_IN_MICROMETER:
+            known = ", ".join(["pixel", *LENGTH_UNITS_IN_MICROMETER])
+            raise ConfigError(f"roi '{name}': units '{spec.units}' is not one of {known}")
+
+
+def _check_spec(spec: RoiSpec, meta: ImageMeta, name: str) -> None:
     names = meta.axis_names
     if spec.units == "pixel" and not 0 <= spec.level < len(meta.levels):
         raise ConfigError(
             f"roi '{name}': level {spec.level} does not exist (the image has "
             f"{len(meta.levels)} levels, 0..{len(meta.levels) - 1})"
         )
-    for axis in ranges:
+    for axis in spec.ranges():
         if axis not in names:
             raise ConfigError(
                 f"roi '{name}': axis '{axis}' is not an axis of the image {list(names)}"
             )
+
+
+def resolve_roi(spec: RoiSpec | None, meta: ImageMeta, level: int, name: str = "roi") -> Roi:
+    """An index box at `level` over all image axes."""
+    lv = meta.level(level)
+    whole = Roi.from_shape(lv.shape, level)
+    if spec is None:
+        return whole
+    names = meta.axis_names
+    _check_spec(spec, meta, name)
     if spec.units == "pixel":
         box = _pixel_box(spec, meta, whole, name)
     else:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.core.errors import OutputConflict
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.execute.cluster import (
     ClusterArg,
@@ -41,10 +42,22 @@ from engine.runs.planning import make_plan, priority_box
 from engine.runs.result import RunResult
 from engine.state.locks import OutputLocks
 from engine.state.markers import Markers, drop_torn_writes
-from engine.state.records import find_resumable, now
+from engine.state.records import find_resumable, now, unfinished_run
 
 RETRIES = 2  # a failing chunk task is tried this many more times before the run fails
 BACKOFF = 0.2  # seconds before the first retry; doubled for each further one
+
+
+def unfinished_run_conflict(root: str, output: str) -> OutputConflict | None:
+    """The refusal for an output left by a run that was killed or failed (and none
+    finished it since): `--resume` continues that run."""
+    found = unfinished_run(root, output)
+    if found is None:
+        return None
+    return OutputConflict(
+        f"output {output}: run {found['run_id']} writing it was {found['state']} before it "
+        "finished; --resume continues it (or --overwrite starts over)"
+    )
 
 
 def run(
@@ -109,7 +122,10 @@ def run(
                 # "create" also when it was killed between making one and recording that
                 modes[out.step] = before if before == "update" else "create"
             else:
-                modes[out.step] = check_output(meta, out, overwrite, update)
+                try:
+                    modes[out.step] = check_output(meta, out, overwrite, update)
+                except OutputConflict as exc:
+                    raise unfinished_run_conflict(meta.path, out.path) or exc from None
         return modes
 
     decide()  # refuse before writing anything, even a lock
@@ -165,6 +181,8 @@ def run(
             save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
         except BaseException as exc:
             fail_record(record, plan, meta.path, layout, stage_rows, executor, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                exc.run_id = run_id  # type: ignore[attr-defined]  # for the CLI's one line
             raise
         record.update(
             state="completed",

@@ -72,6 +72,15 @@ def list_runs(root: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def unfinished_run(root: str, output: str) -> dict[str, Any] | None:
+    """The latest run that wrote `output` if it was killed or failed (no run of that
+    output completed after it); None otherwise."""
+    runs = [r for r in list_runs(root) if output in r.get("outputs", [])]
+    if runs and runs[-1].get("state") in ("killed", "failed"):
+        return runs[-1]
+    return None
+
+
 def find_resumable(root: str, outputs: list[str]) -> dict[str, Any]:
     """The latest unfinished run (killed or failed) that wrote any of these outputs."""
     candidates = [
