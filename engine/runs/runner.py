@@ -28,6 +28,7 @@ from engine.io.rois import save_config_roi
 from engine.io.tables import import_in_background
 from engine.plan.fingerprint import layout_hash
 from engine.plan.memory import check_fits
+from engine.plan.types import Plan
 from engine.runs.bookkeeping import (
     LiveCounts,
     Mode,
@@ -40,12 +41,49 @@ from engine.runs.evaluation import roi_key, stored_scores
 from engine.runs.outputs import OutputWriter, check_flags, check_output
 from engine.runs.planning import make_plan, priority_box
 from engine.runs.result import RunResult
+from engine.runs.staging import (
+    STAGED_KINDS,
+    drop_stale_siblings,
+    staged_plan,
+    staging_path,
+    swap_in,
+)
 from engine.state.locks import OutputLocks
 from engine.state.markers import Markers, drop_torn_writes
-from engine.state.records import find_resumable, now, unfinished_run
+from engine.state.records import RunRecord, find_resumable, now, unfinished_run
 
 RETRIES = 2  # a failing chunk task is tried this many more times before the run fails
 BACKOFF = 0.2  # seconds before the first retry; doubled for each further one
+
+
+def _staged(
+    plan: Plan, modes: dict[str, Mode], run_id: str, old: dict[str, Any] | None
+) -> dict[str, str]:
+    """The outputs this run writes beside the old ones (engine/runs/staging.py): those it
+    overwrites, or for a resumed run those the run it continues staged."""
+    if old is not None and "staged" in old:
+        return dict(old["staged"] or {})
+    return {
+        out.path: staging_path(out.path, run_id)
+        for out in plan.outputs
+        if modes[out.step] == "overwrite" and out.kind in STAGED_KINDS
+    }
+
+
+def _finish_swap(
+    record: RunRecord,
+    root: str,
+    plan: Plan,
+    staged: dict[str, str],
+    run_id: str,
+    started: float,
+) -> RunResult:
+    """Resume a run killed while it swapped its new outputs in: every chunk and its
+    provenance were written; only the swaps remain."""
+    swap_in(root, staged, run_id)
+    record.update(state="completed", ended=now())
+    outputs = {out.name: str(Path(root) / out.path) for out in (*plan.outputs, *plan.reused)}
+    return RunResult(run_id, root, plan.roi, outputs, [], time.perf_counter() - started)
 
 
 def unfinished_run_conflict(root: str, output: str) -> OutputConflict | None:
@@ -132,10 +170,19 @@ def run(
     locks = OutputLocks(meta.path, [o.path for o in plan.outputs], run_id).acquire()
     try:
         modes = decide()  # again, under the locks: another run may have finished meanwhile
+        staged = _staged(plan, modes, run_id, old)
         if old is not None:
-            drop_torn_writes(meta.path, [*(o.path for o in plan.outputs), plan.scratch])
+            outputs = [*(o.path for o in plan.outputs), *staged.values()]
+            drop_torn_writes(meta.path, [*outputs, plan.scratch])
+        else:
+            for output, sibling in staged.items():
+                drop_stale_siblings(meta.path, output, keep=sibling)
+        plan = staged_plan(plan, staged)
         record = start_record(meta, plan, run_id, config, layout, modes, overwrite, update, old)
-        writer = OutputWriter(meta, plan, modes, run_id, record, created, old)
+        record.update(staged=staged)
+        if old is not None and old.get("swapping"):
+            return _finish_swap(record, meta.path, plan, staged, run_id, started)
+        writer = OutputWriter(meta, plan, modes, run_id, record, created, old, staged)
         executor = None
         stage_rows = record.data["stages"]
 
@@ -179,6 +226,9 @@ def run(
                     stages = executor.run()
                 writer.finish(executor)
             save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
+            if staged:  # the new outputs are complete: in place of the old ones, one step each
+                record.update(swapping=True)
+                swap_in(meta.path, staged, run_id)
         except BaseException as exc:
             fail_record(record, plan, meta.path, layout, stage_rows, executor, exc)
             if isinstance(exc, KeyboardInterrupt):
