@@ -7,68 +7,22 @@ slow user function so the run is still going while the test looks at its sockets
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-import yaml
+from safety_runs import slow_config, start_run
 
 from engine.cli.commands import main
 from engine.io.sample_zarr import write_sample
-
-TESTS = Path(__file__).parent
-
-
-def executable() -> str:
-    beside = Path(sys.executable).with_name("ngff-engine")
-    found = str(beside) if beside.exists() else shutil.which("ngff-engine")
-    assert found, "the ngff-engine command is not installed"
-    return found
-
-
-def environment(slow_seconds: float = 1.0) -> dict[str, str]:
-    env = dict(os.environ)
-    env["NGFF_TEST_SLOW_SECONDS"] = str(slow_seconds)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH")) if p)
-    return env
-
-
-def slow_config(folder: Path, function: str = "user_slow:slow") -> Path:
-    config = folder / "slow.yaml"
-    steps = [
-        {
-            "name": "slow",
-            "op": "function",
-            "input": "image",
-            "params": {"function": function, "dtype": "float32"},
-            "output": {"kind": "image", "name": "slow"},
-        }
-    ]
-    config.write_text(yaml.safe_dump({"steps": steps}))
-    return config
 
 
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
     return Path(write_sample(tmp_path / "image.zarr", (16, 64, 64), (4, 32, 32), "0.5"))
-
-
-def start_run(config: Path, image: Path, *extra: str) -> subprocess.Popen:
-    argv = [executable(), "run", str(config), "--input", str(image), "--workers", "1", *extra]
-    return subprocess.Popen(
-        argv,
-        cwd=image.parent,
-        env=environment(),
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def listening(pid: int, timeout: float = 60) -> list[tuple[str, int]]:
