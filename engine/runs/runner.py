@@ -50,7 +50,7 @@ from engine.runs.staging import (
 )
 from engine.state.locks import OutputLocks
 from engine.state.markers import Markers, drop_torn_writes
-from engine.state.records import RunRecord, find_resumable, now, unfinished_run
+from engine.state.records import RunRecord, find_resumable, interrupted_run, now
 
 RETRIES = 2  # a failing chunk task is tried this many more times before the run fails
 BACKOFF = 0.2  # seconds before the first retry; doubled for each further one
@@ -87,14 +87,14 @@ def _finish_swap(
 
 
 def unfinished_run_conflict(root: str, output: str) -> OutputConflict | None:
-    """The refusal for an output left by a run that was killed or failed (and none
-    finished it since): `--resume` continues that run."""
-    found = unfinished_run(root, output)
+    """The refusal for an output left by a run that was killed (and none finished it
+    since): `--resume` continues that run."""
+    found = interrupted_run(root, output)
     if found is None:
         return None
     return OutputConflict(
-        f"output {output}: run {found['run_id']} writing it was {found['state']} before it "
-        "finished; --resume continues it (or --overwrite starts over)"
+        f"output {output}: run {found['run_id']} writing it was killed before it finished; "
+        "--resume continues it (or --overwrite starts over)"
     )
 
 

@@ -72,11 +72,11 @@ def list_runs(root: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def unfinished_run(root: str, output: str) -> dict[str, Any] | None:
-    """The latest run that wrote `output` if it was killed or failed (no run of that
-    output completed after it); None otherwise."""
+def interrupted_run(root: str, output: str) -> dict[str, Any] | None:
+    """The latest run that wrote `output` if it was killed (interrupted, not failed on
+    its own: its error is for the user to fix first); None otherwise."""
     runs = [r for r in list_runs(root) if output in r.get("outputs", [])]
-    if runs and runs[-1].get("state") in ("killed", "failed"):
+    if runs and runs[-1].get("state") == "killed":
         return runs[-1]
     return None
 
