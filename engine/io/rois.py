@@ -52,7 +52,7 @@ def parse_cli_roi(text: str, meta: ImageMeta) -> RoiSpec:
         if start < 0:
             raise ConfigError(f"--roi '{text}': {axis}: start {start} is negative")
         ranges[axis] = (start, stop)
-    if 0 < positional < len(spatial_names):
+    if 0 < positional == len(ranges) and positional < len(spatial_names):  # only unnamed
         raise ConfigError(
             f"--roi '{text}': {positional} range(s) for the image's spatial axes "
             f"{', '.join(spatial_names)}; give one start:stop per axis, or name the axes "
