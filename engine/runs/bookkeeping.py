@@ -17,8 +17,8 @@ from engine.execute.executor import Executor, TaskFailed
 from engine.io.metadata import ImageMeta
 from engine.plan.types import Plan
 from engine.plan.versions import describe_change
-from engine.state.locks import this_process
 from engine.state.markers import Markers
+from engine.state.processes import this_process
 from engine.state.records import RunRecord, now
 
 Mode = Literal["create", "overwrite", "update"]

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,16 +21,8 @@ from typing import Any
 
 from engine.core.errors import OutputConflict
 from engine.core.layout import LOCKS
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from engine.state.processes import is_stale, this_process
+from engine.state.records import list_runs
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -44,41 +34,9 @@ def _read(path: Path) -> dict[str, Any] | None:
         return {}
 
 
-def this_process() -> dict[str, Any]:
-    """Who holds a lock or runs a run: host, pid and, inside a SLURM job, its id (the one
-    thing another node can check)."""
-    owner: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
-    job = os.environ.get("SLURM_JOB_ID")
-    if job:
-        owner["slurm_job"] = job
-    return owner
-
-
-def _slurm_job_ended(job: str) -> bool:
-    """SLURM no longer lists the job; False when squeue cannot tell (absent, no answer)."""
-    try:
-        proc = subprocess.run(
-            ["squeue", "-h", "-j", job, "-o", "%A"], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    if proc.returncode == 0:
-        return job not in proc.stdout.split()
-    return "Invalid job id" in proc.stderr  # purged from SLURM's memory: long over
-
-
-def is_stale(owner: dict[str, Any]) -> bool:
-    if owner.get("host") == socket.gethostname():
-        return isinstance(owner.get("pid"), int) and not _alive(owner["pid"])
-    job = owner.get("slurm_job")
-    return isinstance(job, str) and job.isdigit() and _slurm_job_ended(job)
-
-
 def _live_run_of(root: Path, output: str) -> str | None:
     """The id of a run recorded as running on `output` whose process may still be alive
     (the only runs that could hold its lock); None: no such run."""
-    from engine.state.records import list_runs  # records reads locks' is_stale
-
     for record in list_runs(root):
         if record.get("state") == "running" and output in record.get("outputs", []):
             return str(record.get("run_id"))

@@ -15,7 +15,7 @@ from typing import Any
 from engine.core.errors import EngineError, NoSpace, disk_full
 from engine.core.layout import RUNS
 from engine.io.group_attrs import read_group_attr, write_group_attr
-from engine.state.locks import is_stale
+from engine.state.processes import is_stale
 
 KEY = "ngff_engine_run"
 
