@@ -17,6 +17,7 @@ _WHERE = {
     "ClusterSpec": "engine.core.pipeline",
     "ConfigError": "engine.core.errors",
     "EngineError": "engine.core.errors",
+    "ImportResult": "engine.runs.importing",
     "InputRef": "engine.core.pipeline",
     "NgffError": "engine.core.errors",
     "OutputConflict": "engine.core.errors",
@@ -28,6 +29,8 @@ _WHERE = {
     "RunResult": "engine.runs.result",
     "Step": "engine.core.pipeline",
     "__version__": "engine.core.version",
+    "export": "engine.io.export",
+    "import_image": "engine.runs.importing",
     "make_plan": "engine.runs.planning",
     "run": "engine.runs.runner",
     "submit": "engine.runs.submit",
@@ -36,6 +39,7 @@ __all__ = [
     "ClusterSpec",
     "ConfigError",
     "EngineError",
+    "ImportResult",
     "InputRef",
     "NgffError",
     "OutputConflict",
@@ -47,6 +51,8 @@ __all__ = [
     "RunResult",
     "Step",
     "__version__",
+    "export",
+    "import_image",
     "make_plan",
     "run",
     "submit",
@@ -70,6 +76,8 @@ if TYPE_CHECKING:
     from engine.core.geometry import Roi
     from engine.core.pipeline import ClusterSpec, InputRef, OutputSpec, Pipeline, RoiSpec, Step
     from engine.core.version import __version__
+    from engine.io.export import export
+    from engine.runs.importing import ImportResult, import_image
     from engine.runs.planning import make_plan
     from engine.runs.result import RunResult
     from engine.runs.runner import run

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
+from engine.cli import transfer
 from engine.cli.parser import LOCAL_OVERRIDES, build_parser, cluster_overrides
 from engine.cli.render import (
     console,
@@ -309,6 +310,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    **transfer.COMMANDS,
     "sample": cmd_sample,
     "info": cmd_info,
     "validate": cmd_validate,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from engine.cli import transfer
 from engine.core.version import __version__
 
 
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="an image (.zarr): its runs; or a batch run folder or SLURM job id")
     p.add_argument("--shared-dir", default=None, help="where runs are (default ~/.ngff-engine)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    transfer.add_parsers(sub, _cluster_flags, cluster_overrides)
     return parser
 
 
