@@ -5,7 +5,8 @@ at once); `make_plan` to inspect what would run without running it.
 
 Names are imported on first use (PEP 562), so `import engine` costs nothing: the
 command line (engine/cli/entry.py) starts its workers' process server before the
-engine's own imports, which take over a second, and both then import side by side.
+engine's own imports, which take over a second, and both then import side by side. The
+first `engine.run` or `engine.submit` here does the same for the Python API.
 """
 
 from __future__ import annotations
@@ -62,6 +63,12 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    if name in ("run", "submit"):
+        # the local workers' fork server imports their modules while this process
+        # imports the engine (engine/core/worker_env.py)
+        from engine.core.worker_env import ensure_worker_server
+
+        ensure_worker_server()
     value = getattr(importlib.import_module(_WHERE[name]), name)
     globals()[name] = value
     return value

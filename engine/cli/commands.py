@@ -28,10 +28,17 @@ from engine.cli.render import (
     scores,
 )
 from engine.cli.stopping import interrupted, joined_roi_values, signals_stop_the_command
-from engine.core.errors import ConfigError, EngineError, os_error_message
+from engine.core.errors import (
+    COMMAND_LINE,
+    ConfigError,
+    EngineError,
+    OutputConflict,
+    os_error_message,
+)
 from engine.core.pipeline import Pipeline
 from engine.execute.cluster import resolve_cluster
 from engine.plan.report import summarize
+from engine.runs.outputs import check_output
 from engine.runs.planning import make_plan
 from engine.runs.runner import run
 
@@ -39,6 +46,7 @@ from engine.runs.runner import run
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(joined_roi_values(words))
+    token = COMMAND_LINE.set(True)
     try:
         with signals_stop_the_command():
             return COMMANDS[args.command](args)
@@ -57,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as exc:
         return _internal(args, exc)
+    finally:
+        COMMAND_LINE.reset(token)
 
 
 def _internal(args: argparse.Namespace, exc: Exception) -> int:
@@ -107,7 +117,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
             make_plan(pipeline, path, roi)
         checked = f"config, image {path} and {len(pipeline.rois)} ROI(s)"
     outputs = [f"{s.output.kind}/{s.output.name}" for s in pipeline.steps if s.output]
-    out.print(f"ok: {checked}; {len(pipeline.steps)} steps; outputs {', '.join(outputs)}")
+    outputs += [
+        f"model _engine/models/{s.params['model']}"
+        for s in pipeline.steps
+        if s.op == "train_pixel_classifier" and s.params.get("model")
+    ]
+    written = f"outputs {', '.join(outputs)}" if outputs else "no outputs"
+    out.print(f"ok: {checked}; {len(pipeline.steps)} steps; {written}", highlight=False)
     code = pipeline.user_code()
     if code:
         out.print(
@@ -124,15 +140,31 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     pipeline = _load(args)
     started = time.perf_counter()
-    _, plan = make_plan(pipeline, args.input, args.roi)
+    meta, plan = make_plan(pipeline, args.input, args.roi)
     seconds = time.perf_counter() - started
     rows = summarize(plan)
     reused = [o.path for o in plan.reused]
+    refusals = []
+    for output in plan.outputs:  # what `run` without --update/--overwrite would refuse
+        try:
+            check_output(meta, output, overwrite=False, update=False)
+        except OutputConflict as exc:
+            refusals.append(str(exc))
     if args.json:
-        data = {"roi": str(plan.roi), "plan_seconds": seconds, "stages": rows, "reused": reused}
+        data = {
+            "roi": str(plan.roi),
+            "plan_seconds": seconds,
+            "stages": rows,
+            "reused": reused,
+            "run_refuses": refusals,
+        }
         out.print_json(json.dumps(data))
         return 0
     print_plan(plan, rows, reused, seconds)
+    for refusal in refusals:
+        out.print(f"run would refuse: {refusal}", highlight=False, markup=False)
+    if refusals:
+        out.print("(outputs exist: add --update or --overwrite)", highlight=False, markup=False)
     return 0
 
 
@@ -174,17 +206,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from engine.runs.evaluation import diff
+    from engine.runs.evaluation import diff, diff_roi
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    box = diff_roi(args.path, args.a, args.b, args.roi)
     found = diff(args.path, args.a, args.b, args.roi, args.workers, args.scheduler)
     if args.json:
-        data = {"labels": f"labels/{args.a}", "reference": f"labels/{args.b}", **found.to_json()}
+        data = {
+            "labels": f"labels/{args.a}",
+            "reference": f"labels/{args.b}",
+            "roi": {"name": args.roi, "start": list(box.start), "stop": list(box.stop)},
+            **found.to_json(),
+        }
         out.print_json(json.dumps(data))
         return 0
     out.print(f"labels/{args.a} against labels/{args.b}: {scores(found)}", highlight=False)
+    out.print(f"  scored on ROI {_roi_name(args.roi)}{box}", highlight=False)
     return 0
+
+
+def _roi_name(name: str | None) -> str:
+    """`test ` for a named ROI, `whole image ` for none, nothing for boxes (they print)."""
+    if name is None:
+        return "whole image "
+    return "" if ":" in name else f"{name} "
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -270,11 +316,38 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     from engine.io.preview import preview
 
-    result = preview(args.path, args.out, args.roi, args.labels, args.plane, args.level)
-    height, width = result.rgb.shape[:2]
-    outlines = f", {result.n_labels} label(s) of {result.labels}" if result.labels else ""
+    result = preview(
+        args.path,
+        args.out,
+        args.roi,
+        args.labels,
+        args.plane,
+        args.level,
+        reference=args.reference,
+        scale=args.scale,
+        projection=args.max,
+    )
+    height, width = result.png.shape[:2]
+    view = result.mode
+    if result.centre:
+        view += " (the ROI's centre)"
+    if result.densest:
+        view += " (the most labelled pixels)"
+    drawn = ""
+    if result.counts is not None:
+        drawn = ", " + ", ".join(f"{n} {what}" for what, n in result.counts.items())
+        drawn += f" of labels/{result.labels} against labels/{args.reference}"
+    elif result.classes is not None:
+        drawn = f", classes of {result.labels}: " + ", ".join(
+            f"{v} {n}" for v, n in result.classes.items()
+        )
+    elif result.labels:
+        drawn = (
+            f", {result.n_labels} objects of {result.labels} outlined ({result.in_roi} in the ROI)"
+        )
     out.print(
-        f"wrote {args.out} ({width}x{height} px, ROI {result.roi}, {result.mode}{outlines})",
+        f"wrote {args.out} ({width}x{height} px, scale {result.scale}, ROI {result.roi}, "
+        f"{view}{drawn})",
         highlight=False,
         soft_wrap=True,
     )

@@ -19,6 +19,12 @@ def _ints(text: str) -> tuple[int, ...]:
         ) from None
 
 
+ROI_HELP = (
+    "ROI: a name from the config's rois: or from the image's ROI tables (tables/, listed "
+    "by `info`), or z0:z1,y0:y1,x0:x1 in pixels (default: the whole image)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ngff-engine", description="ROI-scoped pipelines over OME-Zarr images on dask."
@@ -46,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("config")
         p.add_argument("--input", default=None, help="image path (overrides the config)")
-        p.add_argument("--roi", default=None, help="ROI name from the config, or z0:z1,y0:y1,x0:x1")
+        p.add_argument("--roi", default=None, help=ROI_HELP)
         p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
@@ -81,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit a run as one SLURM batch job")
     p.add_argument("config")
     p.add_argument("--input", default=None, help="image path (overrides the config)")
-    p.add_argument("--roi", default=None, help="ROI name from the config, or z0:z1,y0:y1,x0:x1")
+    p.add_argument("--roi", default=None, help=ROI_HELP)
     _output_mode(p)
     p.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")
     p.add_argument("--wait", action="store_true", help="wait for the job; exit with its state")
@@ -116,11 +122,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--roi", default=None, help="ROI name from the image, or z0:z1,y0:y1,x0:x1 (at --level)"
     )
     p.add_argument("--labels", default=None, help="label image to outline, as in labels/NAME")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="compare --labels with this label image (labels/NAME): true positives, false "
+        "positives and false negatives at IoU 0.5, in three colours",
+    )
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        help="enlarge by this integer factor, nearest neighbour (default: long side >= 512 px)",
+    )
     p.add_argument("--out", default="preview.png", help="PNG to write (default preview.png)")
     p.add_argument("--level", type=int, default=0, help="resolution level (default 0)")
     view = p.add_mutually_exclusive_group()
     view.add_argument("--plane", type=int, default=None, help="one z plane (index at --level)")
-    view.add_argument("--max", action="store_true", help="maximum projection over z (default)")
+    view.add_argument(
+        "--max",
+        action="store_true",
+        help="maximum projection over z (default, unless label outlines would overlap in it: "
+        "then the plane through the ROI's centre)",
+    )
 
     p = sub.add_parser(
         "status", help="runs of an image (.zarr), or state and progress of a submitted batch run"

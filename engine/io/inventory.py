@@ -37,7 +37,7 @@ def describe(path: str | Path) -> dict[str, Any]:
         },
         "labels": [],
         "results": [],
-        "tables": _tables(root),
+        "tables": _tables(root, path),
         "models": [
             {"name": name, "path": model_path(name), **(model_info(path, name) or {})}
             for name in trained_models(path)
@@ -88,7 +88,7 @@ def _versions(info: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _tables(root: zarr.Group) -> list[dict[str, Any]]:
+def _tables(root: zarr.Group, path: str | Path) -> list[dict[str, Any]]:
     if "tables" not in root:
         return []
     found = []
@@ -104,6 +104,18 @@ def _tables(root: zarr.Group) -> list[dict[str, Any]]:
                 "rows": int(rows),
                 "runs": len(engine_attrs(group).get("runs", [])),
                 "version": engine_attrs(group).get("version"),
+                "scores": _scores(Path(path) / "tables" / name) if "reference" in attrs else None,
             }
         )
     return found
+
+
+def _scores(table: Path) -> dict[str, dict[str, float]]:
+    """An evaluation table's rows: ROI key -> its scores (dice, iou, precision, ...)."""
+    from engine.io.tables import read_rows
+
+    names, columns, values = read_rows(table)
+    return {
+        str(name): {c: float(v) for c, v in zip(columns, row, strict=True)}
+        for name, row in zip(names, values, strict=True)
+    }

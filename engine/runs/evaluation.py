@@ -19,7 +19,7 @@ from engine.core.geometry import Roi
 from engine.execute.cluster import connect
 from engine.execute.executor import Executor
 from engine.io.existing import read_label_image
-from engine.io.metadata import open_group, read_image
+from engine.io.metadata import ImageMeta, open_group, read_image
 from engine.io.ngff_write import listed, output_path
 from engine.io.rois import resolve_roi, roi_spec
 from engine.io.tables import read_rows
@@ -64,6 +64,23 @@ def diff(
 ) -> Scores:
     """Scores of `labels/<labels>` against `labels/<reference>` over the whole label image,
     or an ROI: a name from the image's ROI tables, or boxes as `--roi` takes them."""
+    meta, box, a, b = _diff_inputs(image, labels, reference, roi)
+    found_a, found_b = output_path("label", labels), output_path("label", reference)
+    plan = comparison_plan(meta.path, (found_a, a), (found_b, b), box)
+    with connect(workers, scheduler) as client:
+        executor = Executor(client, meta.path, plan, lambda *_: 0)
+        executor.run()
+    return scores(executor.evaluations["diff"])
+
+
+def diff_roi(image: str | Path, labels: str, reference: str, roi: str | None = None) -> Roi:
+    """The box `diff` scores (level 0 of the label images), to say which ROI was scored."""
+    return _diff_inputs(image, labels, reference, roi)[1]
+
+
+def _diff_inputs(
+    image: str | Path, labels: str, reference: str, roi: str | None
+) -> tuple[ImageMeta, Roi, ImageMeta, ImageMeta]:
     meta = read_image(image)
     found = {}
     for name in (labels, reference):
@@ -81,10 +98,4 @@ def diff(
         )
     # a name from the image's ROI tables, or boxes as --roi takes them, on the labels' grid
     name, spec = roi_spec(roi, meta)
-    box = resolve_roi(spec, a, 0, name)
-    found_a, found_b = output_path("label", labels), output_path("label", reference)
-    plan = comparison_plan(meta.path, (found_a, a), (found_b, b), box)
-    with connect(workers, scheduler) as client:
-        executor = Executor(client, meta.path, plan, lambda *_: 0)
-        executor.run()
-    return scores(executor.evaluations["diff"])
+    return meta, resolve_roi(spec, a, 0, name), a, b

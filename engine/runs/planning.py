@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.core.errors import ConfigError
+from engine.core.errors import ConfigError, in_python_terms
 from engine.core.geometry import Roi
 from engine.core.pipeline import Pipeline
 from engine.core.version import __version__
@@ -26,6 +26,7 @@ def resolve_input(pipeline: Pipeline, input: str | Path | None) -> str:
     return str(Path(path))
 
 
+@in_python_terms
 def make_plan(
     pipeline: Pipeline,
     input: str | Path | None = None,

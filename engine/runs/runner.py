@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import OutputConflict
+from engine.core.errors import OutputConflict, in_python_terms
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.execute.cluster import (
     ClusterArg,
@@ -24,6 +24,7 @@ from engine.execute.cluster import (
     worker_memory,
 )
 from engine.execute.executor import Executor, StageStats
+from engine.io.existing import ids_left_by_earlier_runs
 from engine.io.rois import save_config_roi
 from engine.io.tables import import_in_background
 from engine.plan.fingerprint import layout_hash
@@ -98,6 +99,7 @@ def unfinished_run_conflict(root: str, output: str) -> OutputConflict | None:
     )
 
 
+@in_python_terms
 def run(
     pipeline: Pipeline,
     input: str | Path | None = None,
@@ -250,12 +252,29 @@ def run(
         for step, r in (executor.labels.items() if executor is not None else ())
         if any(o.step == step for o in plan.outputs)
     }
+    by_name = {o.name: o for o in plan.outputs}
+    in_output = {  # after an update: this ROI's objects and those earlier runs left
+        name: count
+        + ids_left_by_earlier_runs(
+            meta.path, by_name[name].path, by_name[name].levels[0].path, plan.roi, run_id
+        )
+        for name, count in labels.items()
+        if modes.get(by_name[name].step) == "update"
+    }
     evaluations = dict(writer.evaluations)
     key = roi_key(plan.roi, plan.axes)
     for out in plan.reused:
         found = stored_scores(Path(meta.path) / out.path, key) if out.op == "evaluate" else None
         if found is not None:
             evaluations[out.name] = found
+    previous = {}
+    for out in plan.outputs:  # a new version of an evaluation: the one before, same ROI
+        before = (out.version or {}).get("previous")
+        if out.op == "evaluate" and before and out.name in evaluations:
+            path = Path(meta.path) / Path(out.path).parent / before
+            found = stored_scores(path, key) if path.exists() else None
+            if found is not None:
+                previous[out.name] = (before, found)
     return RunResult(
         run_id,
         meta.path,
@@ -270,4 +289,6 @@ def run(
         [out.name for out in plan.reused],
         evaluations,
         dict(writer.previews),
+        in_output,
+        previous,
     )

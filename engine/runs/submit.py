@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import ConfigError, EngineError
+from engine.core.errors import ConfigError, EngineError, in_python_terms
 from engine.core.pipeline import ClusterSpec, Pipeline, RoiSpec
 from engine.execute.cluster import ClusterArg, resolve_cluster
 from engine.execute.tls import write_certificates
@@ -362,6 +362,7 @@ def submit_batch(
     return BatchRun(run_dir)
 
 
+@in_python_terms
 def submit(
     pipeline: Pipeline | str | Path,
     input: str | Path | None = None,
