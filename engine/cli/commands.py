@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from engine.cli import transfer
+from engine.cli.engine_commands import cmd_stop, engine_status, start_in_background, warm_flag
 from engine.cli.parser import LOCAL_OVERRIDES, build_parser, cluster_overrides
 from engine.cli.render import (
     console,
@@ -139,6 +140,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import time
 
     pipeline = _load(args)
+    if resolve_cluster(pipeline.cluster).kind == "local":
+        start_in_background(args)
     started = time.perf_counter()
     meta, plan = make_plan(pipeline, args.input, args.roi)
     seconds = time.perf_counter() - started
@@ -189,6 +192,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         cluster=overrides or None,
         resume=args.resume,
         priority_roi=args.priority_roi,
+        warm=warm_flag(args),
+        idle_timeout=args.idle_timeout,
         announce=None if args.json or args.quiet else lambda t: console.print(t, highlight=False),
     )
     if args.workers is not None and args.workers < 1:
@@ -211,7 +216,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     box = diff_roi(args.path, args.a, args.b, args.roi)
-    found = diff(args.path, args.a, args.b, args.roi, args.workers, args.scheduler)
+    found = diff(
+        args.path,
+        args.a,
+        args.b,
+        args.roi,
+        args.workers,
+        args.scheduler,
+        warm_flag(args),
+        args.idle_timeout,
+    )
     if args.json:
         data = {
             "labels": f"labels/{args.a}",
@@ -283,6 +297,8 @@ def _is_zarr(path: Path) -> bool:
 def cmd_status(args: argparse.Namespace) -> int:
     from engine.runs.submit import find_run
 
+    if args.run is None:
+        return engine_status(args)
     if _is_zarr(Path(args.run)):
         return _image_status(args)
 
@@ -316,6 +332,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     from engine.io.preview import preview
 
+    start_in_background(args)
     result = preview(
         args.path,
         args.out,
@@ -394,6 +411,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "table": cmd_table,
     "diff": cmd_diff,
     "preview": cmd_preview,
+    "stop": cmd_stop,
 }
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--input", default=None, help="image path (overrides the config)")
         p.add_argument("--roi", default=None, help=ROI_HELP)
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        _warm_flags(p)
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
     _output_mode(p)
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _warm_flags(p)
 
     p = sub.add_parser("table", help="export a measurement table (tables/NAME) as CSV")
     p.add_argument("path", help="the image (.zarr)")
@@ -144,15 +146,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="maximum projection over z (default, unless label outlines would overlap in it: "
         "then the plane through the ROI's centre)",
     )
+    _warm_flags(p)
 
     p = sub.add_parser(
-        "status", help="runs of an image (.zarr), or state and progress of a submitted batch run"
+        "status",
+        help="the warm engine; runs of an image (.zarr); or state and progress of a batch run",
     )
-    p.add_argument("run", help="an image (.zarr): its runs; or a batch run folder or SLURM job id")
+    p.add_argument(
+        "run",
+        nargs="?",
+        default=None,
+        help="an image (.zarr): its runs; or a batch run folder or SLURM job id "
+        "(none: the warm engine)",
+    )
     p.add_argument("--shared-dir", default=None, help="where runs are (default ~/.ngff-engine)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("stop", help="stop the warm engine (local scheduler and workers)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     transfer.add_parsers(sub, _cluster_flags, cluster_overrides)
     return parser
+
+
+def _warm_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-warm",
+        action="store_true",
+        help="start a local cluster for this command only, not the warm engine "
+        "(also NGFF_ENGINE_WARM=0)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="seconds without work before the warm engine stops (default 600; also "
+        "NGFF_ENGINE_IDLE_TIMEOUT)",
+    )
 
 
 def _output_mode(p: argparse.ArgumentParser) -> None:

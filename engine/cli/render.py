@@ -71,6 +71,12 @@ def print_result(result: Any) -> None:
             f"  worker memory: peak {human_bytes(peak)}, "
             f"projected {human_bytes(result.projected_worker_bytes)}"
         )
+    total: dict[str, float] = {}
+    for stage in result.stages:
+        for part, seconds in stage.cpu.items():
+            total[part] = total.get(part, 0.0) + seconds
+    if total:
+        out.print(f"  {cpu_text(total)[2:]}", highlight=False)
 
 
 class RateColumn(ProgressColumn):
@@ -198,6 +204,14 @@ def _table_width(table: Table) -> int:
     return max(sum(w + 3 for w in widths) + 1, len(str(table.title or "")))
 
 
+def cpu_text(parts: dict[str, float] | None) -> str:
+    """'; CPU 1.20 s: compute 0.90, decode 0.10, ...' (engine/core/cpu.py), or nothing."""
+    if not parts:
+        return ""
+    shown = ", ".join(f"{name} {seconds:.2f}" for name, seconds in parts.items())
+    return f"; CPU {sum(parts.values()):.2f} s: {shown}"
+
+
 def print_image_runs(image: str, runs: list[dict[str, Any]]) -> None:
     if not runs:
         out.print(f"{image}: no runs recorded", highlight=False, markup=False)
@@ -229,7 +243,7 @@ def print_image_runs(image: str, runs: list[dict[str, Any]]) -> None:
             timing = "running" if row.get("running") else f"{row.get('seconds', 0):.1f} s"
             out.print(
                 f"  {name:<24} {row.get('done', 0) + row.get('skipped', 0)}/{row.get('tasks')} "
-                f"({row.get('skipped', 0)} skipped) {timing}",
+                f"({row.get('skipped', 0)} skipped) {timing}{cpu_text(row.get('cpu'))}",
                 highlight=False,
                 markup=False,
             )

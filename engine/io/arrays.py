@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import zarr
 
+from engine.core import cpu
 from engine.core.errors import NoSpace, disk_full
 from engine.core.geometry import Roi
 from engine.io.chunk_files import ChunkFiles, chunk_files, locate_corrupt_chunk
@@ -69,31 +70,39 @@ def _files_cached(url: str, stamp: tuple[int, int, int]) -> ChunkFiles | None:
 
 def read_array(root: str, path: str, box: Roi | Sequence[slice]) -> np.ndarray:
     """A box (or slices) of an array: from its chunk files when it can, else through zarr."""
-    slices = tuple(box.to_slices() if isinstance(box, Roi) else box)
-    files = direct_files(root, path)
-    if files is not None:
-        return files.read_box(slices)
-    array = open_array(root, path)
+    before = cpu.switch(cpu.DECODE)
     try:
-        return np.asarray(array[slices])
-    except Exception as exc:  # a chunk zarr cannot decode: name it
-        if any(s.step not in (None, 1) for s in slices):
-            raise
-        raise locate_corrupt_chunk(array, slices, exc) from None
+        slices = tuple(box.to_slices() if isinstance(box, Roi) else box)
+        files = direct_files(root, path)
+        if files is not None:
+            return files.read_box(slices)
+        array = open_array(root, path)
+        try:
+            return np.asarray(array[slices])
+        except Exception as exc:  # a chunk zarr cannot decode: name it
+            if any(s.step not in (None, 1) for s in slices):
+                raise
+            raise locate_corrupt_chunk(array, slices, exc) from None
+    finally:
+        cpu.switch(before)
 
 
 def write_target(root: str, path: str, box: Roi, data: np.ndarray) -> None:
-    """Write a box; a box that is exactly one chunk goes straight to its chunk file."""
-    array = open_array(root, path, "r+")
-    files = direct_files(root, path)
-    slices = box.to_slices()
-    index = files.whole_chunk(slices) if files is not None else None
-    if index is not None:
-        files.write(index, data.astype(files.dtype, copy=False))
-        return
+    """Write a box; a box that is exactly one chunk goes straight to its chunk file. Its
+    CPU time counts as encoding (engine/core/cpu.py)."""
+    before = cpu.switch(cpu.ENCODE)
     try:
-        array[slices] = data.astype(array.dtype, copy=False)
+        array = open_array(root, path, "r+")
+        files = direct_files(root, path)
+        slices = box.to_slices()
+        index = files.whole_chunk(slices) if files is not None else None
+        if index is not None:
+            files.write(index, data.astype(files.dtype, copy=False))
+        else:
+            array[slices] = data.astype(array.dtype, copy=False)
     except OSError as exc:
         if disk_full(exc, f"{root}/{path}/"):
             raise NoSpace(f"{root}/{path} (box {box})") from None
         raise
+    finally:
+        cpu.switch(before)

@@ -61,13 +61,16 @@ def diff(
     roi: str | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    warm: bool | None = None,
+    idle_timeout: float | None = None,
 ) -> Scores:
     """Scores of `labels/<labels>` against `labels/<reference>` over the whole label image,
-    or an ROI: a name from the image's ROI tables, or boxes as `--roi` takes them."""
+    or an ROI: a name from the image's ROI tables, or boxes as `--roi` takes them. Local
+    workers are the warm engine's, as for `run`."""
     meta, box, a, b = _diff_inputs(image, labels, reference, roi)
     found_a, found_b = output_path("label", labels), output_path("label", reference)
     plan = comparison_plan(meta.path, (found_a, a), (found_b, b), box)
-    with connect(workers, scheduler) as client:
+    with connect(workers, scheduler, warm=warm, idle_timeout=idle_timeout) as client:
         executor = Executor(client, meta.path, plan, lambda *_: 0)
         executor.run()
     return scores(executor.evaluations["diff"])

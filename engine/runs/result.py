@@ -62,6 +62,7 @@ class RunResult:
                     "tasks": s.tasks,
                     "done": s.done,
                     "seconds": round(s.seconds, 3),
+                    "cpu": s.cpu,
                 }
                 for s in self.stages
             ],
@@ -79,7 +80,14 @@ class RunResult:
             roi=Roi.from_json(data["roi"]),
             outputs=data["outputs"],
             stages=[
-                StageStats(s["name"], s["kind"], s["tasks"], s["seconds"], s.get("done", 0))
+                StageStats(
+                    s["name"],
+                    s["kind"],
+                    s["tasks"],
+                    s["seconds"],
+                    s.get("done", 0),
+                    cpu=s.get("cpu", {}),
+                )
                 for s in data["stages"]
             ],
             seconds=data["seconds"],

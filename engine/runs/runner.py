@@ -53,6 +53,12 @@ from engine.state.locks import OutputLocks
 from engine.state.markers import Markers, drop_torn_writes
 from engine.state.records import RunRecord, find_resumable, interrupted_run, now
 
+
+def uses_user_code(plan: Plan) -> bool:
+    """Whether a plan calls user functions (op `function`, imported by module name)."""
+    return any(link.op == "function" for stage in plan.stages for link in stage.chain)
+
+
 RETRIES = 2  # a failing chunk task is tried this many more times before the run fails
 BACKOFF = 0.2  # seconds before the first retry; doubled for each further one
 
@@ -114,6 +120,8 @@ def run(
     retries: int = RETRIES,
     priority_roi: str | RoiSpec | dict | None = None,
     announce: Callable[[str], None] | None = None,
+    warm: bool | None = None,
+    idle_timeout: float | None = None,
 ) -> RunResult:
     """Run a pipeline on an image (or an ROI of it) and write its outputs into the image's zarr.
 
@@ -130,6 +138,12 @@ def run(
     stage, so its result is on disk early. Before any chunk runs, the plan's projected
     worker memory is checked against the workers' memory limit (engine/plan/memory.py).
     `announce` receives one-line notices for the user (the dask dashboard address).
+
+    A local run goes to the warm engine (engine/execute/warm.py): one per user, started
+    on first use, reused by later runs and calls, stopped after `idle_timeout` seconds
+    without work; `warm=False` (or NGFF_ENGINE_WARM=0) starts a cluster for this run
+    only. A pipeline calling user functions (op `function`) runs on a cluster of its
+    own unless `warm=True`: the warm workers would keep the first version they imported.
 
     Outputs already stored for the same config (upstream chain included) and this ROI by
     a run that finished are reused, not computed (`overwrite=True` computes them again);
@@ -194,6 +208,7 @@ def run(
             row = stage_rows.setdefault(stat.name, {"kind": stat.kind, "tasks": stat.tasks})
             row["seconds"] = round(row.get("seconds", 0.0) + stat.seconds, 3)
             row["done"], row["skipped"] = stat.done, stat.skipped
+            row["cpu"] = stat.cpu
             row.pop("running", None)
             record.update(stages=stage_rows, **totals(stage_rows))
 
@@ -204,7 +219,11 @@ def run(
             projected = 0
             if plan.stages:  # else every output is reused: no cluster to start
                 resources = plan_resources(plan)
-                with connect(workers, scheduler, cluster, pipeline.cluster, resources) as client:
+                if warm is None and uses_user_code(plan):
+                    warm = False
+                with connect(
+                    workers, scheduler, cluster, pipeline.cluster, resources, warm, idle_timeout
+                ) as client:
                     check_resources(client, plan)
                     limit, threads = worker_memory(client)
                     projected = check_fits(plan, limit, threads)
@@ -226,6 +245,9 @@ def run(
                     )
                     live.executor = executor
                     stages = executor.run()
+                    for stat in stages:  # CPU with the driver's time after each completed
+                        if stat.name in stage_rows:
+                            stage_rows[stat.name]["cpu"] = stat.cpu
                 writer.finish(executor)
             save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
             if staged:  # the new outputs are complete: in place of the old ones, one step each

@@ -68,7 +68,14 @@ def list_runs(root: str | Path) -> list[dict[str, Any]]:
             if data.get("state") == "running" and is_stale(data.get("process", {})):
                 data["state"] = "killed"
             records.append(data)
-    records.sort(key=lambda r: str(r.get("run_id", "")))
+    # run ids are made per second: runs started within one second are ordered by `started`
+    records.sort(
+        key=lambda r: (
+            str(r.get("run_id", ""))[:15],
+            str(r.get("started", "")),
+            str(r.get("run_id", "")),
+        )
+    )
     return records
 
 
