@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="where workers run (default: the config's cluster.kind, else local)",
     )
     p.add_argument(
+        "--dashboard",
+        default=None,
+        metavar="ADDRESS",
+        help="where a local run's dask dashboard listens (default 127.0.0.1 on a free port; "
+        "e.g. 0.0.0.0:8787 to reach it from other machines)",
+    )
+    p.add_argument(
         "--priority-roi",
         default=None,
         help="ROI (name or z0:z1,y0:y1,x0:x1) every stage computes first, to look at early "
@@ -240,7 +247,9 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
         "--shared-dir", default=None, help="folder the compute nodes see (default ~/.ngff-engine)"
     )
     g.add_argument(
-        "--no-tls", action="store_true", help="plain TCP between scheduler and workers (unsafe)"
+        "--no-tls",
+        action="store_true",
+        help="plain TCP between scheduler and workers, local or SLURM (unsafe)",
     )
 
 
@@ -252,6 +261,11 @@ def cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     if getattr(args, "no_tls", False):
         overrides["tls"] = False
+    if getattr(args, "dashboard", None):
+        overrides["dashboard"] = args.dashboard
     if getattr(args, "cluster", None):
         overrides["kind"] = args.cluster
     return overrides
+
+
+LOCAL_OVERRIDES = {"kind", "tls", "dashboard"}  # cluster overrides a local run takes

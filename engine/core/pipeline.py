@@ -30,6 +30,9 @@ from tasks import OPS
 
 IMAGE = "image"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# a parameter naming user code (`op: function`'s function, `op: model`'s model, a
+# segmenter): the module is imported by the driver and every worker
+USER_CODE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
 AXES = ("t", "c", "z", "y", "x")
 # parameters that name another step: must it be one (True), or may it name a label image?
 STEP_PARAMS = {"intensity": True, "reference": False}
@@ -223,7 +226,9 @@ class ClusterSpec(_Model):
     min_jobs: int | None = Field(default=None, ge=0)
     max_jobs: int | None = Field(default=None, ge=1)
     interface: str | None = None
-    tls: bool = True
+    tls: bool = True  # per-run certificates, local and SLURM; see engine/execute/cluster.py
+    # where a local run's dask dashboard listens: this machine only unless asked otherwise
+    dashboard: str = "127.0.0.1:0"
     shared_directory: str | None = None
     template: str | None = None
     lifetime: str | None = None  # adaptive mode: a worker retires after this; see slurm.py
@@ -330,6 +335,18 @@ class Pipeline(_Model):
         if repeated:
             raise ValueError(f"two steps write the same output: {', '.join(repeated)}")
         return self
+
+    def user_code(self) -> list[str]:
+        """Every `module:function` the steps name, in step order: the code a run imports
+        and executes (a config is code; `validate` lists these)."""
+        found: list[str] = []
+        for step in self.steps:
+            params = step.typed_params()
+            for name in type(params).model_fields:
+                value = getattr(params, name)
+                if isinstance(value, str) and USER_CODE.match(value) and value not in found:
+                    found.append(value)
+        return found
 
     def check_complete(self) -> None:
         """A pipeline ready to run: it has steps, and every step's result is used.

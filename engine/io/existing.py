@@ -33,7 +33,21 @@ def output_groups(meta: ImageMeta, kind: str) -> list[tuple[str, str]]:
     folder = Path(meta.path) / group
     if not folder.is_dir():
         return []
-    return [(child.name, f"{group}/{child.name}") for child in folder.iterdir() if child.is_dir()]
+    return [
+        (child.name, f"{group}/{child.name}")
+        for child in folder.iterdir()
+        if child.is_dir() and not child.name.startswith(".")  # an overwrite's new output
+    ]
+
+
+def output_run_ids(root: str, path: str) -> list[str]:
+    """The ids of the runs an output's provenance lists ([] when it has none)."""
+    try:
+        group = zarr.open_group(str(Path(root) / path), mode="r")
+    except (OSError, ValueError, KeyError, zarr.errors.BaseZarrError):
+        return []
+    runs = engine_attrs(group).get("runs", [])
+    return [str(r.get("run_id")) for r in runs if isinstance(r, dict)]
 
 
 def stored_attrs(meta: ImageMeta, path: str) -> tuple[dict[str, Any], str | None]:

@@ -169,10 +169,23 @@ def _datasets(path: str | Path, multiscale: dict[str, Any]) -> list[dict[str, An
     return datasets
 
 
-def _transform(transforms: list[dict[str, Any]] | None, kind: str, ndim: int) -> tuple[float, ...]:
+def _transform(
+    transforms: list[dict[str, Any]] | None, kind: str, ndim: int, where: str = ""
+) -> tuple[float, ...]:
+    """A dataset's (or the multiscale's) `kind` transform, one number per axis."""
     for t in transforms or []:
-        if t.get("type") == kind:
-            return tuple(float(v) for v in t[kind])
+        if isinstance(t, dict) and t.get("type") == kind:
+            try:
+                values = tuple(float(v) for v in t[kind])
+            except (KeyError, TypeError, ValueError):
+                raise NgffError(
+                    f"{where}: '{kind}' is not a list of numbers: {t.get(kind)!r}"
+                ) from None
+            if len(values) != ndim:
+                raise NgffError(
+                    f"{where}: '{kind}' has {len(values)} values for {ndim} axes: {list(values)}"
+                )
+            return values
     return (1.0,) * ndim if kind == "scale" else (0.0,) * ndim
 
 
@@ -192,15 +205,23 @@ def _level(
         raise NgffError(
             f"{path}: level array '{level_path}' listed in multiscales is missing"
         ) from None
+    except (ValueError, zarr.errors.BaseZarrError) as exc:  # its zarr.json/.zarray is broken
+        metadata = "zarr.json" if group.metadata.zarr_format == 3 else ".zarray"
+        raise NgffError(
+            f"{Path(path) / level_path / metadata}: unreadable array metadata "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(array, zarr.Array):
         raise NgffError(f"{path}: '{level_path}' is a group, not an array")
     if array.ndim != ndim:
         raise NgffError(f"{path}/{level_path}: array has {array.ndim} dimensions but {ndim} axes")
-    scale = _transform(dataset.get("coordinateTransformations"), "scale", ndim)
-    translation = _transform(dataset.get("coordinateTransformations"), "translation", ndim)
+    where = f"{path}: dataset '{level_path}'"
+    scale = _transform(dataset.get("coordinateTransformations"), "scale", ndim, where)
+    translation = _transform(dataset.get("coordinateTransformations"), "translation", ndim, where)
     global_transforms = multiscale.get("coordinateTransformations")
-    g_scale = _transform(global_transforms, "scale", ndim)
-    g_translation = _transform(global_transforms, "translation", ndim)
+    where = f"{path}: multiscales coordinateTransformations"
+    g_scale = _transform(global_transforms, "scale", ndim, where)
+    g_translation = _transform(global_transforms, "translation", ndim, where)
     return Level(
         path=level_path,
         shape=tuple(int(s) for s in array.shape),

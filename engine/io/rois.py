@@ -53,12 +53,44 @@ def parse_cli_roi(text: str, meta: ImageMeta) -> RoiSpec:
             raise ConfigError(f"--roi '{text}': axis '{axis}' is not one of {', '.join(AXES)}")
         if axis in ranges:
             raise ConfigError(f"--roi '{text}': axis '{axis}' is given twice")
+        if start < 0:
+            raise ConfigError(f"--roi '{text}': {axis}: start {start} is negative")
         ranges[axis] = (start, stop)
+    if 0 < positional == len(ranges) and positional < len(spatial_names):  # only unnamed
+        raise ConfigError(
+            f"--roi '{text}': {positional} range(s) for the image's spatial axes "
+            f"{', '.join(spatial_names)}; give one start:stop per axis, or name the axes "
+            f"to limit (e.g. {spatial_names[-1]}=0:64)"
+        )
     try:
         return RoiSpec(units="pixel", **ranges)
     except ValidationError as exc:
         message = exc.errors()[0]["msg"].removeprefix("Value error, ")
         raise ConfigError(f"--roi '{text}': {message}") from None
+
+
+def check_config_rois(rois: dict[str, RoiSpec]) -> None:
+    """Refuse a config with an ROI in an unknown unit, used or not: a config is checked
+    whole even when every output is reused. What depends on the image (its levels, axes,
+    extent) is checked when a run asks for the ROI: one config serves many images."""
+    for name, spec in rois.items():
+        if spec.units != "pixel" and spec.units not in LENGTH_UNITS_IN_MICROMETER:
+            known = ", ".join(["pixel", *LENGTH_UNITS_IN_MICROMETER])
+            raise ConfigError(f"roi '{name}': units '{spec.units}' is not one of {known}")
+
+
+def _check_spec(spec: RoiSpec, meta: ImageMeta, name: str) -> None:
+    names = meta.axis_names
+    if spec.units == "pixel" and not 0 <= spec.level < len(meta.levels):
+        raise ConfigError(
+            f"roi '{name}': level {spec.level} does not exist (the image has "
+            f"{len(meta.levels)} levels, 0..{len(meta.levels) - 1})"
+        )
+    for axis in spec.ranges():
+        if axis not in names:
+            raise ConfigError(
+                f"roi '{name}': axis '{axis}' is not an axis of the image {list(names)}"
+            )
 
 
 def resolve_roi(spec: RoiSpec | None, meta: ImageMeta, level: int, name: str = "roi") -> Roi:
@@ -67,18 +99,8 @@ def resolve_roi(spec: RoiSpec | None, meta: ImageMeta, level: int, name: str = "
     whole = Roi.from_shape(lv.shape, level)
     if spec is None:
         return whole
-    ranges = spec.ranges()
     names = meta.axis_names
-    if spec.units == "pixel" and not 0 <= spec.level < len(meta.levels):
-        raise ConfigError(
-            f"roi '{name}': level {spec.level} does not exist (the image has "
-            f"{len(meta.levels)} levels, 0..{len(meta.levels) - 1})"
-        )
-    for axis in ranges:
-        if axis not in names:
-            raise ConfigError(
-                f"roi '{name}': axis '{axis}' is not an axis of the image {list(names)}"
-            )
+    _check_spec(spec, meta, name)
     if spec.units == "pixel":
         box = _pixel_box(spec, meta, whole, name)
     elif spec.origin == "image":

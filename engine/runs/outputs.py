@@ -93,8 +93,10 @@ class OutputWriter:
         record: RunRecord | None = None,
         created: set[str] | None = None,
         resumed: dict[str, Any] | None = None,
+        staged: dict[str, str] | None = None,
     ) -> None:
         self.meta = meta
+        self.staged = dict(staged or {})  # output -> the sibling an overwrite writes first
         self.plan = plan
         self.modes = modes
         self.run_id = run_id
@@ -179,12 +181,17 @@ class OutputWriter:
             return None
         return fast_compressor(dtype, self.root.metadata.zarr_format)
 
+    def where(self, out: OutputPlan) -> str:
+        """Where the run writes an output: its own path, or the sibling of an overwrite
+        (engine/runs/staging.py)."""
+        return self.staged.get(out.path, out.path)
+
     def _create(self, out: OutputPlan, dtype: str) -> None:
         version = self.meta.version
         extra = image_label_json(version) if out.kind == "label" else {}
         create_image(
             self.root,
-            out.path,
+            self.where(out),
             version=version,
             axes=out.axes,
             levels=out.levels,
@@ -209,7 +216,7 @@ class OutputWriter:
             if out.kind == "model"
         }
         for out in self.plan.outputs:
-            group = self.root[out.path]
+            group = self.root[self.where(out)]
             if out.step in previous:
                 record = previous[out.step]
             else:

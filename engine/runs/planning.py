@@ -13,7 +13,7 @@ from engine.core.geometry import Roi
 from engine.core.pipeline import Pipeline
 from engine.core.version import __version__
 from engine.io.metadata import ImageMeta, read_image
-from engine.io.rois import UserRoi, user_roi
+from engine.io.rois import UserRoi, check_config_rois, user_roi
 from engine.plan.compiler import compile_plan
 from engine.plan.types import Plan
 from engine.runs.existing import read_existing
@@ -37,6 +37,7 @@ def make_plan(
     """The plan a run would follow: outputs stored for the same config and ROI are reused
     (not with `overwrite`), versions are named; see engine/plan/versions.py."""
     pipeline.check_complete()
+    check_config_rois(pipeline.rois)
     meta = read_image(resolve_input(pipeline, input))
     level = {s.input_ref.level for s in pipeline.steps if s.source == "image"} or {0}
     box = user_roi(roi, meta, min(level), pipeline)

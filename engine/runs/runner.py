@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import in_python_terms
+from engine.core.errors import OutputConflict, in_python_terms
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.execute.cluster import (
     ClusterArg,
@@ -42,9 +42,16 @@ from engine.runs.evaluation import roi_key, stored_scores
 from engine.runs.outputs import OutputWriter, check_flags, check_output
 from engine.runs.planning import make_plan, priority_box
 from engine.runs.result import RunResult
+from engine.runs.staging import (
+    STAGED_KINDS,
+    drop_stale_siblings,
+    staged_plan,
+    staging_path,
+    swap_in,
+)
 from engine.state.locks import OutputLocks
 from engine.state.markers import Markers, drop_torn_writes
-from engine.state.records import find_resumable, now
+from engine.state.records import RunRecord, find_resumable, interrupted_run, now
 
 
 def uses_user_code(plan: Plan) -> bool:
@@ -54,6 +61,48 @@ def uses_user_code(plan: Plan) -> bool:
 
 RETRIES = 2  # a failing chunk task is tried this many more times before the run fails
 BACKOFF = 0.2  # seconds before the first retry; doubled for each further one
+
+
+def _staged(
+    plan: Plan, modes: dict[str, Mode], run_id: str, old: dict[str, Any] | None
+) -> dict[str, str]:
+    """The outputs this run writes beside the old ones (engine/runs/staging.py): those it
+    overwrites, or for a resumed run those the run it continues staged."""
+    if old is not None and "staged" in old:
+        return dict(old["staged"] or {})
+    return {
+        out.path: staging_path(out.path, run_id)
+        for out in plan.outputs
+        if modes[out.step] == "overwrite" and out.kind in STAGED_KINDS
+    }
+
+
+def _finish_swap(
+    record: RunRecord,
+    root: str,
+    plan: Plan,
+    staged: dict[str, str],
+    run_id: str,
+    started: float,
+) -> RunResult:
+    """Resume a run killed while it swapped its new outputs in: every chunk and its
+    provenance were written; only the swaps remain."""
+    swap_in(root, staged, run_id)
+    record.update(state="completed", ended=now())
+    outputs = {out.name: str(Path(root) / out.path) for out in (*plan.outputs, *plan.reused)}
+    return RunResult(run_id, root, plan.roi, outputs, [], time.perf_counter() - started)
+
+
+def unfinished_run_conflict(root: str, output: str) -> OutputConflict | None:
+    """The refusal for an output left by a run that was killed (and none finished it
+    since): `--resume` continues that run."""
+    found = interrupted_run(root, output)
+    if found is None:
+        return None
+    return OutputConflict(
+        f"output {output}: run {found['run_id']} writing it was killed before it finished; "
+        "--resume continues it (or --overwrite starts over)"
+    )
 
 
 @in_python_terms
@@ -127,17 +176,29 @@ def run(
                 # "create" also when it was killed between making one and recording that
                 modes[out.step] = before if before == "update" else "create"
             else:
-                modes[out.step] = check_output(meta, out, overwrite, update)
+                try:
+                    modes[out.step] = check_output(meta, out, overwrite, update)
+                except OutputConflict as exc:
+                    raise unfinished_run_conflict(meta.path, out.path) or exc from None
         return modes
 
     decide()  # refuse before writing anything, even a lock
     locks = OutputLocks(meta.path, [o.path for o in plan.outputs], run_id).acquire()
     try:
         modes = decide()  # again, under the locks: another run may have finished meanwhile
+        staged = _staged(plan, modes, run_id, old)
         if old is not None:
-            drop_torn_writes(meta.path, [*(o.path for o in plan.outputs), plan.scratch])
+            outputs = [*(o.path for o in plan.outputs), *staged.values()]
+            drop_torn_writes(meta.path, [*outputs, plan.scratch])
+        else:
+            for output, sibling in staged.items():
+                drop_stale_siblings(meta.path, output, keep=sibling)
+        plan = staged_plan(plan, staged)
         record = start_record(meta, plan, run_id, config, layout, modes, overwrite, update, old)
-        writer = OutputWriter(meta, plan, modes, run_id, record, created, old)
+        record.update(staged=staged)
+        if old is not None and old.get("swapping"):
+            return _finish_swap(record, meta.path, plan, staged, run_id, started)
+        writer = OutputWriter(meta, plan, modes, run_id, record, created, old, staged)
         executor = None
         stage_rows = record.data["stages"]
 
@@ -189,8 +250,13 @@ def run(
                             stage_rows[stat.name]["cpu"] = stat.cpu
                 writer.finish(executor)
             save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
+            if staged:  # the new outputs are complete: in place of the old ones, one step each
+                record.update(swapping=True)
+                swap_in(meta.path, staged, run_id)
         except BaseException as exc:
             fail_record(record, plan, meta.path, layout, stage_rows, executor, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                exc.run_id = run_id  # type: ignore[attr-defined]  # for the CLI's one line
             raise
         record.update(
             state="completed",
