@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import resource
 import time
 from collections.abc import Callable, Iterable
@@ -195,7 +196,9 @@ class Executor:
         self.backoff = backoff
         self.on_stage = on_stage
         self.priority = priority
-        self.root = root
+        # workers may run in another folder (the warm engine's, a SLURM job's): a local
+        # image goes to them by its absolute path
+        self.root = root if "://" in root else os.path.abspath(root)
         self.plan = plan
         self.prepare_output = prepare_output
         self.progress = progress
