@@ -7,7 +7,7 @@ so planning never opens pixel data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ from ome_zarr_models.v04.image import Image as ImageV04
 from ome_zarr_models.v05.image import Image as ImageV05
 
 from engine.core.errors import NgffError
+from engine.io.location import Location
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER
 
 Version = Literal["0.4", "0.5"]
@@ -57,6 +58,12 @@ class ImageMeta:
     axes: tuple[Axis, ...]
     levels: tuple[Level, ...]
     name: str | None = None
+    # where the image lives, with its storage options; `path` is its URL as text
+    where: Location | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def location(self) -> Location:
+        return self.where if self.where is not None else Location.parse(self.path)
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -98,20 +105,23 @@ class ImageMeta:
         )
 
 
-def open_group(path: str | Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
-    path = Path(path)
-    if not path.exists():
-        raise NgffError(f"{path}: no such file or directory")
+def open_group(path: str | Path | Location, mode: Literal["r", "r+"] = "r") -> zarr.Group:
+    """The zarr group at a path or URL; one line naming the URL and what the server said
+    when it cannot be read (engine/io/location.py)."""
+    where = Location.parse(path)
+    where.check_reachable()
     try:
-        return zarr.open_group(str(path), mode=mode)
+        return zarr.open_group(where.zarr_url(), mode=mode)
     except (OSError, ValueError, zarr.errors.BaseZarrError) as exc:
-        raise NgffError(f"{path}: not a zarr group ({exc})") from exc
+        raise NgffError(f"{where}: not a zarr group ({exc})") from exc
 
 
-def read_image(path: str | Path, validate: bool = True) -> ImageMeta:
+def read_image(path: str | Path | Location, validate: bool = True) -> ImageMeta:
     """An image's metadata; `validate=False` skips the ome-zarr-models check (for label
     images, read as the plain multiscales they are)."""
-    group = open_group(path)
+    where = Location.parse(path)
+    path = str(where)
+    group = open_group(where)
     attrs = group.attrs.asdict()
     version, ome = _ome_attributes(path, attrs)
     multiscales = ome.get("multiscales")
@@ -124,7 +134,7 @@ def read_image(path: str | Path, validate: bool = True) -> ImageMeta:
     )
     if validate:
         _validate(path, group, version)
-    return ImageMeta(str(path), version, axes, levels, multiscale.get("name"))
+    return ImageMeta(str(path), version, axes, levels, multiscale.get("name"), where)
 
 
 def _ome_attributes(path: str | Path, attrs: dict[str, Any]) -> tuple[Version, dict[str, Any]]:

@@ -1,0 +1,389 @@
+"""Where an image or an output lives: a local folder, an HTTP(S) URL or an S3 URL.
+
+`Location` is the one type the engine passes around for storage: a normalised URL (a
+local path is kept as an absolute path, so messages and records read as before) plus
+the fsspec `storage_options` (e.g. S3 `endpoint_url`, `key`, `secret`, `anon`). It
+gives the zarr store for itself (zarr's own `LocalStore`, or `FsspecStore` for remote
+URLs), and the few whole-object operations the engine's own state needs (read, write
+whole, create only if absent, list, delete), local or remote.
+
+Why fsspec and not obstore: obstore is not installed here and zarr's `FsspecStore`
+covers HTTP (aiohttp) and S3 (s3fs) with one code path; measured on the local moto
+server, a task's chunk reads are bounded by the server's per-request time (see
+benchmarks/bench_remote.py), not by the client library, so a second store
+implementation would buy little.
+
+Writes to S3 are whole objects (one PUT each); there is no append and no rename, so
+`_engine/` state on S3 is written as whole objects (engine/state/).
+
+`Workspace` pairs the image's location with the location its outputs and run state go
+to: the image itself (in-image outputs), or a separate output store. Paths relative
+to the image (`s0`, `labels/x/s0`, `_engine/runs/...`) are routed by `locate`: the
+engine's own groups (`labels/`, `results/`, `tables/`, `_engine/`) to the output
+location, everything else (the image's levels) to the image.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.core.errors import NgffError
+
+REMOTE_SCHEMES = ("http", "https", "s3")
+READ_ONLY_SCHEMES = ("http", "https")
+# groups the engine writes (outputs and its own state); the rest of a path is the image's
+OUTPUT_GROUPS = ("labels", "results", "tables", "_engine")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+class LocationError(NgffError):
+    """A location cannot be read or written: unreachable, refused, missing."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A local folder or a remote URL, with the storage options to reach it."""
+
+    url: str
+    options_json: str = field(default="{}", repr=False)
+
+    @classmethod
+    def parse(
+        cls, where: str | Path | Location, storage_options: dict[str, Any] | None = None
+    ) -> Location:
+        """`where` as given by a user: a path (relative or absolute) or a URL.
+
+        `storage_options` adds to (overrides) those a `Location` already carries."""
+        if isinstance(where, Location):
+            if not storage_options:
+                return where
+            return cls(where.url, _options({**where.storage_options, **storage_options}))
+        text = os.fspath(where)
+        match = _SCHEME.match(text)
+        if match is None or match.group(1).lower() == "file":
+            local = text[len("file://") :] if match is not None else text
+            return cls(str(Path(local).absolute()) if local else str(Path.cwd()), "{}")
+        scheme = match.group(1).lower()
+        if scheme not in REMOTE_SCHEMES:
+            raise LocationError(
+                f"{text}: unsupported URL scheme '{scheme}' (local paths, http(s):// and "
+                "s3:// are)"
+            )
+        return cls(scheme + text[len(scheme) :].rstrip("/"), _options(storage_options or {}))
+
+    # -- what it is -----------------------------------------------------------------
+
+    @property
+    def scheme(self) -> str:
+        match = _SCHEME.match(self.url)
+        return match.group(1) if match else "file"
+
+    @property
+    def is_local(self) -> bool:
+        return self.scheme == "file"
+
+    @property
+    def local_path(self) -> Path:
+        """The folder of a local location (a remote one has none)."""
+        if not self.is_local:
+            raise LocationError(f"{self.url}: not a local path")
+        return Path(self.url)
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return json.loads(self.options_json)
+
+    @property
+    def name(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def read_only(self) -> bool:
+        """HTTP(S) is read-only; a local folder is read-only when the file system says so."""
+        if self.scheme in READ_ONLY_SCHEMES:
+            return True
+        if self.is_local:
+            path = Path(self.url)
+            while not path.exists() and path != path.parent:
+                path = path.parent
+            return not os.access(path, os.W_OK)
+        return False
+
+    def child(self, relpath: str) -> Location:
+        relpath = relpath.strip("/")
+        if not relpath:
+            return self
+        return Location(f"{self.url.rstrip('/')}/{relpath}", self.options_json)
+
+    def __str__(self) -> str:
+        return self.url
+
+    # -- zarr ---------------------------------------------------------------------------
+
+    def store(self, read_only: bool = False) -> Any:
+        """The zarr store rooted here: `LocalStore` for a folder, `FsspecStore` otherwise."""
+        from zarr.storage import FsspecStore, LocalStore
+
+        if self.is_local:
+            return LocalStore(self.url, read_only=read_only)
+        return _fsspec_store(self.url, self.options_json, read_only or self.read_only)
+
+    def zarr_url(self) -> Any:
+        """What `zarr.open_*` takes for this location: the path string when local (zarr's
+        own handling, as before), else the store."""
+        return self.url if self.is_local else self.store()
+
+    # -- whole objects, for the engine's own state ---------------------------------------
+
+    def filesystem(self) -> Any:
+        return _filesystem(self.scheme, self.options_json)
+
+    def _fs_path(self, relpath: str = "") -> str:
+        url = self.child(relpath).url
+        if self.scheme in ("http", "https"):
+            return url
+        return url.split("://", 1)[1] if "://" in url else url
+
+    def exists(self, relpath: str = "") -> bool:
+        if self.is_local:
+            return (Path(self.url) / relpath).exists()
+        try:
+            return bool(self.filesystem().exists(self._fs_path(relpath)))
+        except FileNotFoundError:
+            return False
+
+    def is_group(self, relpath: str = "") -> bool:
+        """A zarr group (either format) or array is stored at `relpath`."""
+        names = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
+        if self.is_local:
+            return (Path(self.url) / relpath).is_dir()
+        return any(self.exists(f"{relpath}/{n}".lstrip("/")) for n in names)
+
+    def list(self, relpath: str = "") -> list[str]:
+        """Names directly under `relpath` (folders/prefixes and files), sorted."""
+        if self.is_local:
+            folder = Path(self.url) / relpath
+            return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        try:
+            found = self.filesystem().ls(self._fs_path(relpath), detail=False, refresh=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted({str(p).rstrip("/").rsplit("/", 1)[-1] for p in found})
+
+    def list_dirs(self, relpath: str = "") -> list[str]:
+        """Sub-folders (prefixes) directly under `relpath`."""
+        if self.is_local:
+            folder = Path(self.url) / relpath
+            if not folder.is_dir():
+                return []
+            return sorted(p.name for p in folder.iterdir() if p.is_dir())
+        try:
+            found = self.filesystem().ls(self._fs_path(relpath), detail=True, refresh=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(
+            str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+            for e in found
+            if e.get("type") == "directory"
+        )
+
+    def walk_files(self, relpath: str = "") -> Iterator[str]:
+        """Relative paths (to this location) of every file under `relpath`."""
+        if self.is_local:
+            base = Path(self.url)
+            for path in (base / relpath).rglob("*"):
+                if path.is_file():
+                    yield str(path.relative_to(base))
+            return
+        root = self._fs_path()
+        try:
+            found = self.filesystem().find(self._fs_path(relpath))
+        except FileNotFoundError:
+            return
+        for path in found:
+            yield str(path)[len(root) :].lstrip("/")
+
+    def read_bytes(self, relpath: str) -> bytes:
+        """The whole object; FileNotFoundError when there is none."""
+        if self.is_local:
+            return (Path(self.url) / relpath).read_bytes()
+        return bytes(self.filesystem().cat_file(self._fs_path(relpath)))
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        """Write a whole object atomically: a local file under a temporary name renamed into
+        place; on S3 one PUT (an object is replaced whole)."""
+        if self.is_local:
+            path = Path(self.url) / relpath
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+            return
+        self.filesystem().pipe_file(self._fs_path(relpath), data)
+
+    def create_bytes(self, relpath: str, data: bytes) -> bool:
+        """Write a whole object only if none is there; False when one is. Local: a hard link
+        of a temporary file (fails if the name exists); S3: a PUT with `If-None-Match: *`
+        (S3 conditional writes), which the server refuses when the key exists."""
+        if self.is_local:
+            path = Path(self.url) / relpath
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(data)}.tmp")
+            tmp.write_bytes(data)
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+        try:
+            self.filesystem().pipe_file(self._fs_path(relpath), data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def delete(self, relpath: str) -> None:
+        """Remove one object or file (nothing when absent)."""
+        if self.is_local:
+            (Path(self.url) / relpath).unlink(missing_ok=True)
+            return
+        try:
+            self.filesystem().rm_file(self._fs_path(relpath))
+        except FileNotFoundError:
+            pass
+
+    def delete_tree(self, relpath: str) -> None:
+        """Remove a folder / every object under a prefix (nothing when absent)."""
+        if self.is_local:
+            path = Path(self.url) / relpath
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            return
+        try:
+            self.filesystem().rm(self._fs_path(relpath), recursive=True)
+        except FileNotFoundError:
+            pass
+
+    # -- checks ------------------------------------------------------------------------
+
+    def check_reachable(self) -> None:
+        """Raise one line naming the URL and what the server said when this location's
+        zarr metadata cannot be read (unreachable host, 403, 404, missing credentials,
+        no such bucket). Local paths: 'no such file or directory' as before."""
+        if self.is_local:
+            if not Path(self.url).exists():
+                raise LocationError(f"{self.url}: no such file or directory")
+            return
+        last: BaseException | None = None
+        for name in ("zarr.json", ".zattrs", ".zgroup"):
+            try:
+                self.read_bytes(name)
+                return
+            except FileNotFoundError as exc:
+                last = exc
+                if self.scheme == "s3" and _no_bucket(exc):
+                    break
+            except Exception as exc:  # noqa: BLE001 (every client error becomes one line)
+                raise LocationError(f"{self.url}: {describe_remote_error(exc)}") from None
+        detail = describe_remote_error(last) if last is not None else "not found"
+        raise LocationError(f"{self.url}: {detail}")
+
+
+def describe_remote_error(exc: BaseException) -> str:
+    """What the server (or the client) said, in a few words."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    name = type(exc).__name__
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        reason = getattr(exc, "message", "") or ""
+        return f"HTTP {status} {reason}".strip()
+    if name in ("ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError"):
+        return f"cannot connect ({text})"
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        return (
+            "no S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, or "
+            "storage_options key/secret; anon: true for public buckets)"
+        )
+    if name == "EndpointConnectionError":
+        return f"cannot connect ({text})"
+    if isinstance(exc, FileNotFoundError):
+        if _no_bucket(exc):
+            return "the bucket does not exist (NoSuchBucket)"
+        return "not found (HTTP 404: no zarr metadata there)"
+    if isinstance(exc, PermissionError):
+        return f"access denied (HTTP 403: {text})"
+    return f"{name}: {text}"
+
+
+def _no_bucket(exc: BaseException) -> bool:
+    return "bucket does not exist" in str(exc) or "NoSuchBucket" in str(exc)
+
+
+def _options(options: dict[str, Any]) -> str:
+    return json.dumps(options, sort_keys=True, default=str)
+
+
+@functools.lru_cache(maxsize=256)
+def _fsspec_store(url: str, options_json: str, read_only: bool) -> Any:
+    """zarr's store for a URL (its own asynchronous file system), one per process and URL:
+    making one costs a client session."""
+    from zarr.storage import FsspecStore
+
+    options = json.loads(options_json)
+    if not url.startswith("http"):
+        options.setdefault("use_listings_cache", False)
+    return FsspecStore.from_url(url, storage_options=options, read_only=read_only)
+
+
+@functools.lru_cache(maxsize=32)
+def _filesystem(scheme: str, options_json: str) -> Any:
+    """One fsspec file system per scheme and options, per process. Listings are never
+    cached (`use_listings_cache=False`): run state changes under the engine's feet."""
+    import fsspec
+
+    options = json.loads(options_json)
+    if scheme in ("http", "https"):
+        options.setdefault("skip_instance_cache", False)
+    else:
+        options.setdefault("use_listings_cache", False)
+    return fsspec.filesystem(scheme, asynchronous=False, **options)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """An image's location and the location its outputs and run state go to.
+
+    Relative paths are routed by their first component: `labels/`, `results/`,
+    `tables/` and `_engine/` to `output`, everything else to `image`. With outputs in
+    the image both are the same location. `token` (a run id) keys per-process caches
+    of opened arrays, so a worker never reuses an array handle from an earlier run."""
+
+    image: Location
+    output: Location
+    token: str = ""
+
+    @classmethod
+    def of(cls, image: Location, output: Location | None = None, token: str = "") -> Workspace:
+        return cls(image, output if output is not None else image, token)
+
+    @property
+    def separate(self) -> bool:
+        return self.output != self.image
+
+    def locate(self, relpath: str) -> Location:
+        first = relpath.strip("/").split("/", 1)[0]
+        return (self.output if first in OUTPUT_GROUPS else self.image).child(relpath)
+
+    def __str__(self) -> str:
+        return self.output.url
