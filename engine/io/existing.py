@@ -13,20 +13,23 @@ completed under its own name, not as a new version.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import zarr
 
 from engine.core.pipeline import Pipeline
+from engine.io.location import Location
 from engine.io.metadata import ImageMeta, open_group, read_image
 from engine.io.ngff_write import GROUP_OF_KIND, engine_attrs, listed
 from engine.plan.versions import Existing, StoredOutput, reusable_rois, version_number
 from engine.state.records import list_runs
 
 
-def read_existing(meta: ImageMeta, pipeline: Pipeline) -> Existing:
-    root = open_group(meta.path)
+def read_existing(meta: ImageMeta, pipeline: Pipeline, output: Location | None = None) -> Existing:
+    """What the image holds, and (`output`: a separate output store) what its outputs
+    and runs there hold; label images are looked up in the output store first."""
+    store = output if output is not None else meta.location
+    root = open_group(meta.location)
     steps = {s.name for s in pipeline.steps}
     references = {
         name
@@ -35,43 +38,48 @@ def read_existing(meta: ImageMeta, pipeline: Pipeline) -> Existing:
     }
     labels = {}
     for name in sorted(references):
-        label = read_label_image(meta, name)
+        label = read_label_image(meta, name, store)
         if label is not None:
             labels[name] = label
-    records = list_runs(meta.path)
+    records = list_runs(store)
     outputs = {
-        target: stored_versions(meta, *target, records)
+        target: stored_versions(store, *target, records)
         for s in pipeline.steps
         if (target := s.writes()) is not None
     }
-    return Existing(tuple(listed(root, "labels", meta.version)), labels, outputs)
+    names = listed(root, "labels", meta.version)
+    if store != meta.location and store.exists():
+        names += [n for n in listed(open_group(store), "labels", meta.version) if n not in names]
+    return Existing(tuple(names), labels, outputs)
 
 
-def read_label_image(meta: ImageMeta, name: str) -> ImageMeta | None:
-    """Metadata of `labels/<name>`, or None if there is no such group."""
-    path = Path(meta.path) / "labels" / name
-    if not path.is_dir():
-        return None
-    return read_image(path, validate=False)
+def read_label_image(
+    meta: ImageMeta, name: str, output: Location | None = None
+) -> ImageMeta | None:
+    """Metadata of `labels/<name>` (in `output` first, then the image), or None if there
+    is no such group."""
+    for where in dict.fromkeys(w for w in (output, meta.location) if w is not None):
+        if where.is_group(f"labels/{name}"):
+            return read_image(where.child(f"labels/{name}"), validate=False)
+    return None
 
 
 def stored_versions(
-    meta: ImageMeta, kind: str, base: str, records: list[dict[str, Any]]
+    store: Location, kind: str, base: str, records: list[dict[str, Any]]
 ) -> tuple[StoredOutput, ...]:
-    """Every version of output `base` on disk (listed or not), oldest first."""
-    folder = Path(meta.path) / GROUP_OF_KIND[kind]
+    """Every version of output `base` in `store` (listed or not), oldest first."""
+    group = GROUP_OF_KIND[kind]
     found = []
-    if folder.is_dir():
-        for child in folder.iterdir():
-            number = version_number(base, child.name)
-            if number is not None and child.is_dir():
-                found.append(_stored(child, f"{GROUP_OF_KIND[kind]}/{child.name}", number, records))
+    for child in store.list_dirs(group):
+        number = version_number(base, child)
+        if number is not None:
+            found.append(_stored(store.child(f"{group}/{child}"), f"{group}/{child}", number, records))
     return tuple(sorted(found, key=lambda s: s.version))
 
 
-def _stored(folder: Path, path: str, number: int, records: list[dict[str, Any]]) -> StoredOutput:
+def _stored(folder: Location, path: str, number: int, records: list[dict[str, Any]]) -> StoredOutput:
     try:
-        group = zarr.open_group(str(folder), mode="r")
+        group = zarr.open_group(folder.zarr_url(), mode="r")
         record = engine_attrs(group)
         level = group["s0"] if "s0" in group else None
         dtype = str(level.dtype) if isinstance(level, zarr.Array) else None

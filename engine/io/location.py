@@ -141,6 +141,30 @@ class Location:
         own handling, as before), else the store."""
         return self.url if self.is_local else self.store()
 
+    def read_attrs(self, relpath: str = "") -> dict[str, Any] | None:
+        """The attributes of the zarr group at `relpath`, or None when there is none."""
+        import zarr
+
+        try:
+            group = zarr.open_group(self.child(relpath).zarr_url(), mode="r")
+        except (FileNotFoundError, zarr.errors.BaseZarrError):
+            return None
+        return group.attrs.asdict()
+
+    def write_attrs(self, relpath: str, attrs: dict[str, Any]) -> None:
+        """Set keys of the attributes of the zarr group at `relpath` (created, with its
+        parents, in this location's zarr format when absent): one metadata document
+        written whole, so a kill never leaves it half written."""
+        import zarr
+
+        root = zarr.open_group(self.zarr_url(), mode="r+")
+        try:
+            group = zarr.open_group(self.child(relpath).zarr_url(), mode="r+")
+        except (FileNotFoundError, zarr.errors.BaseZarrError):
+            root.create_group(relpath, attributes=attrs)
+            return
+        group.attrs.update(attrs)
+
     # -- whole objects, for the engine's own state ---------------------------------------
 
     def filesystem(self) -> Any:
@@ -387,3 +411,14 @@ class Workspace:
 
     def __str__(self) -> str:
         return self.output.url
+
+
+Where = str | Path | Location | Workspace
+
+
+def locate(root: Where, relpath: str = "") -> Location:
+    """The location of `relpath` under a root given as a path, URL, Location or Workspace
+    (the engine's groups of a Workspace are in its output location)."""
+    if isinstance(root, Workspace):
+        return root.locate(relpath) if relpath else root.output
+    return Location.parse(root).child(relpath)

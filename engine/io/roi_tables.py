@@ -26,6 +26,7 @@ import zarr
 
 from engine.core.errors import NgffError
 from engine.core.geometry import Roi
+from engine.io.location import Location
 from engine.io.metadata import ImageMeta
 from engine.io.tables import TABLES, read_anndata, write_anndata
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER
@@ -90,23 +91,19 @@ def _rows(rois: dict[str, PhysicalBox]) -> np.ndarray:
     return values
 
 
-def _tables_folder(root: zarr.Group) -> Path:
-    return Path(str(root.store.root)) / root.path / TABLES
-
-
 def write_rois(root: zarr.Group, rois: dict[str, PhysicalBox], table: str = DEFAULT_TABLE) -> None:
     """Add or replace `rois` (by name) in the ROI table `tables/<table>`, keeping the
     others; list the table in `tables/` attributes."""
     import anndata
     import pandas as pd
 
-    folder = _tables_folder(root)
     existing: dict[str, PhysicalBox] = {}
-    if (folder / table).exists():
-        kind = zarr.open_group(str(folder / table), mode="r").attrs.get("type")
+    key = f"{TABLES}/{table}"
+    if key in root:
+        kind = root[key].attrs.get("type")
         if kind != "roi_table":
-            raise NgffError(f"{folder / table} exists and is a {kind!r} table, not an roi_table")
-        existing = read_roi_table(folder / table)
+            raise NgffError(f"{_where(root, key)} exists and is a {kind!r} table, not an roi_table")
+        existing = _read_rows(read_anndata_group(root[key]), _where(root, key))
     merged = {**existing, **rois}
     obs = pd.DataFrame(index=pd.Index(list(merged), name="FieldIndex"))
     var = pd.DataFrame(index=pd.Index(list(ROI_COLUMNS)))
@@ -114,9 +111,24 @@ def write_rois(root: zarr.Group, rois: dict[str, PhysicalBox], table: str = DEFA
     write_anndata(root, table, data, roi_table_attrs())
 
 
-def read_roi_table(path: str | Path) -> dict[str, PhysicalBox]:
+def _where(root: zarr.Group, key: str) -> str:
+    """A group's place for messages: its folder when local."""
+    base = getattr(root.store, "root", None) or getattr(root.store, "path", "")
+    return str(Path(str(base)) / root.path / key) if base else key
+
+
+def read_anndata_group(group: zarr.Group) -> Any:
+    import anndata
+
+    return anndata.read_zarr(group)
+
+
+def read_roi_table(path: str | Path | Location) -> dict[str, PhysicalBox]:
     """name -> {x, y, z: (start, stop) in um} of one ROI table group."""
-    data = read_anndata(path)
+    return _read_rows(read_anndata(path), path)
+
+
+def _read_rows(data: Any, path: object) -> dict[str, PhysicalBox]:
     columns = [str(v) for v in data.var_names]
     missing = [c for c in ROI_COLUMNS if c not in columns]
     if missing:
@@ -135,13 +147,13 @@ def read_roi_table(path: str | Path) -> dict[str, PhysicalBox]:
     return out
 
 
-def roi_table_names(image: str | Path) -> list[str]:
+def roi_table_names(image: str | Path | Location) -> list[str]:
     """Tables listed in `tables/` whose type is roi_table, in listing order."""
-    folder = Path(image) / TABLES
+    folder = Location.parse(image).child(TABLES)
     if not folder.exists():
         return []
     try:
-        tables = zarr.open_group(str(folder), mode="r")
+        tables = zarr.open_group(folder.zarr_url(), mode="r")
         listed = list(tables.attrs.get("tables", []))
     except (OSError, ValueError, zarr.errors.BaseZarrError):
         return []
@@ -155,11 +167,12 @@ def roi_table_names(image: str | Path) -> list[str]:
     return names
 
 
-def read_rois(image: str | Path) -> dict[str, tuple[str, PhysicalBox]]:
-    """Every named ROI in the image's ROI tables: name -> (table, box). The first table
-    listed wins when two tables use the same name."""
+def read_rois(*images: str | Path | Location) -> dict[str, tuple[str, PhysicalBox]]:
+    """Every named ROI in the ROI tables of `images` (an output store, then its image):
+    name -> (table, box). The first table listed wins when two tables use the same name."""
     found: dict[str, tuple[str, PhysicalBox]] = {}
-    for table in roi_table_names(image):
-        for name, box in read_roi_table(Path(image) / TABLES / table).items():
-            found.setdefault(name, (table, box))
+    for image in dict.fromkeys(Location.parse(i) for i in images):
+        for table in roi_table_names(image):
+            for name, box in read_roi_table(image.child(f"{TABLES}/{table}")).items():
+                found.setdefault(name, (table, box))
     return found

@@ -1,4 +1,6 @@
-"""Run records: the attributes of `_engine/runs/<run_id>` in the image's zarr.
+"""Run records: the attributes of `_engine/runs/<run_id>` in the image's zarr (or its
+output store). A record is one zarr metadata document, written whole each time (one PUT
+on S3), so a kill never leaves half a record.
 
 Written by the driver when a run starts, after each stage and at the end (also when it
 fails, with the error). A run that was killed keeps `state: running` with the pid of a
@@ -9,12 +11,10 @@ run's scratch (arrays and markers inside the same group), which is removed on su
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
-import zarr
-
 from engine.core.errors import EngineError
+from engine.io.location import Location
 from engine.plan.compiler import ENGINE_GROUP
 from engine.state.locks import is_stale
 
@@ -27,8 +27,8 @@ def now() -> str:
 
 
 class RunRecord:
-    def __init__(self, root: str, run_id: str, data: dict[str, Any]) -> None:
-        self.root = root
+    def __init__(self, root: str | Location, run_id: str, data: dict[str, Any]) -> None:
+        self.root = Location.parse(root)
         self.run_id = run_id
         self.data = data
 
@@ -38,48 +38,36 @@ class RunRecord:
 
     def save(self) -> None:
         """One atomic metadata write: a kill never leaves a run group without its record."""
-        root = zarr.open_group(self.root, mode="r+")
-        try:
-            group = zarr.open_group(f"{self.root}/{self.path}", mode="r+")
-        except (FileNotFoundError, zarr.errors.BaseZarrError):
-            root.create_group(self.path, attributes={KEY: self.data})
-            return
-        group.attrs.update({KEY: self.data})
+        self.root.write_attrs(self.path, {KEY: self.data})
 
     def update(self, **values: Any) -> None:
         self.data.update(values)
         self.save()
 
 
-def read_record(root: str, run_id: str) -> dict[str, Any] | None:
-    try:
-        group = zarr.open_group(f"{root}/{RUNS}/{run_id}", mode="r")
-    except (FileNotFoundError, zarr.errors.BaseZarrError):
-        return None
-    data = group.attrs.asdict().get(KEY)
+def read_record(root: str | Location, run_id: str) -> dict[str, Any] | None:
+    attrs = Location.parse(root).read_attrs(f"{RUNS}/{run_id}")
+    data = (attrs or {}).get(KEY)
     return dict(data) if isinstance(data, dict) else None
 
 
-def list_runs(root: str | Path) -> list[dict[str, Any]]:
-    """Every run record of an image, oldest first; `state` says `killed` for a run
-    still marked running whose process is gone."""
-    runs = Path(root) / RUNS
+def list_runs(root: str | Path | Location) -> list[dict[str, Any]]:
+    """Every run record of an image (or output store), oldest first; `state` says
+    `killed` for a run still marked running whose process is gone."""
+    where = Location.parse(root)
     records = []
-    if runs.is_dir():
-        for folder in sorted(runs.iterdir()):
-            if not folder.is_dir():
-                continue
-            data = read_record(str(root), folder.name)
-            if data is None:
-                continue
-            if data.get("state") == "running" and is_stale(data.get("process", {})):
-                data["state"] = "killed"
-            records.append(data)
+    for name in where.list_dirs(RUNS):
+        data = read_record(where, name)
+        if data is None:
+            continue
+        if data.get("state") == "running" and is_stale(data.get("process", {})):
+            data["state"] = "killed"
+        records.append(data)
     records.sort(key=lambda r: str(r.get("run_id", "")))
     return records
 
 
-def find_resumable(root: str, outputs: list[str]) -> dict[str, Any]:
+def find_resumable(root: str | Location, outputs: list[str]) -> dict[str, Any]:
     """The latest unfinished run (killed or failed) that wrote any of these outputs."""
     candidates = [
         r
@@ -91,6 +79,6 @@ def find_resumable(root: str, outputs: list[str]) -> dict[str, Any]:
         more = f" (run {live[-1]['run_id']} is still running)" if live else ""
         raise EngineError(
             f"--resume: no interrupted or failed run of outputs {', '.join(outputs)} "
-            f"in {Path(root) / RUNS}{more}; run without --resume"
+            f"in {Location.parse(root).child(RUNS)}{more}; run without --resume"
         )
     return candidates[-1]
