@@ -281,7 +281,12 @@ class ClusterSpec(_Model):
 
 
 class Pipeline(_Model):
-    input: str | None = None
+    input: str | None = None  # a path or a URL (http(s)://, s3://)
+    # where outputs and run state go when not into the image (a path or URL); see
+    # engine/io/location.py
+    output_store: str | None = None
+    # fsspec options for remote input and output (e.g. S3 endpoint_url, key, secret, anon)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
     rois: dict[str, RoiSpec] = Field(default_factory=dict)
     steps: tuple[Step, ...] = ()
     cluster: ClusterSpec | None = None

@@ -31,6 +31,7 @@ from engine.core.grid import ChunkTask
 from engine.execute.batching import Batches, batch, batch_size
 from engine.plan.compiler import Plan, Stage, downsample_factors
 from engine.state.markers import KEEP_RESULTS, ChunkMarker, Markers
+from engine.io.location import Where
 from engine.worker import compute
 from engine.worker.compute import RelabelTable
 from tasks import OPS
@@ -77,7 +78,7 @@ class TaskFailed(EngineError):
 
 def _run_batch(
     kind: str,
-    root: str,
+    root: Where,
     stage: Stage,
     positions: np.ndarray,
     extras: list | None,
@@ -101,7 +102,7 @@ def _run_batch(
 
 def _run_tasks(
     kind: str,
-    root: str,
+    root: Where,
     stage: Stage,
     items: Iterable[tuple[int, ChunkTask, Any]],
     common: dict,
@@ -151,7 +152,7 @@ def combine_reduction(stage: Stage, partials: Sequence[dict | None]) -> dict:
     return combined
 
 
-def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> Any:
+def _run_one(kind: str, root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> Any:
     spatial, ctx, values = common["spatial"], common["context"], common["values"]
     if kind == "blockwise":
         return compute.run_blockwise(root, stage, task.read, task.write, spatial, ctx, values)
@@ -209,7 +210,7 @@ class Executor:
     def __init__(
         self,
         client: Client,
-        root: str,
+        root: Where,
         plan: Plan,
         prepare_output: Callable[[str, str | None, int | None], int],
         progress: Callable[[str, int], Callable[[int], None]] | None = None,

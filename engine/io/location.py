@@ -52,7 +52,7 @@ class LocationError(NgffError):
 class Location:
     """A local folder or a remote URL, with the storage options to reach it."""
 
-    url: str
+    url: str  # a local path as given (normalised), or scheme://...
     options_json: str = field(default="{}", repr=False)
 
     @classmethod
@@ -70,7 +70,7 @@ class Location:
         match = _SCHEME.match(text)
         if match is None or match.group(1).lower() == "file":
             local = text[len("file://") :] if match is not None else text
-            return cls(str(Path(local).absolute()) if local else str(Path.cwd()), "{}")
+            return cls(str(Path(local)) if local else ".", "{}")
         scheme = match.group(1).lower()
         if scheme not in REMOTE_SCHEMES:
             raise LocationError(

@@ -66,7 +66,7 @@ def model_steps(pipeline: Pipeline, image: str | Location) -> dict[str, Step]:
                 f"step '{step.name}': params.model: models are read from a local image or "
                 f"output store; {where} is remote"
             )
-        file = str(where.local_path / model_path(params.model) / info["file"])
+        file = str(where.local_path.absolute() / model_path(params.model) / info["file"])
         try:
             op_params = model_op_params(params, file, info)
         except ValueError as exc:

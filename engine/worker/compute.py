@@ -11,19 +11,17 @@ spatial block (one time point).
 from __future__ import annotations
 
 import dataclasses
-import functools
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import zarr
 
 from engine.core.errors import EngineError
 from engine.core.geometry import Roi, chunk_roi
 from engine.core.grid import ChunkTask
+from engine.io.arrays import direct_files, open_array, read_array, write_array
 from engine.io.chunk_cache import read_cached
-from engine.io.chunk_files import ChunkFiles, chunk_files
+from engine.io.location import Where
 from engine.plan.compiler import (
     Link,
     Source,
@@ -57,57 +55,8 @@ class StepFailed(Exception):
         self.error = error
 
 
-def open_array(root: str, path: str, mode: str = "r") -> zarr.Array:
-    """An array, opened once per worker process while its metadata file is unchanged.
-
-    Opening costs about a millisecond (metadata read and parsed), as much as reading or
-    writing a small chunk; every chunk task opens its source and target. The key carries
-    the metadata file's mtime and size, so an array created anew is opened anew.
-    """
-    url = f"{root}/{path}"
-    stamp = _metadata_stamp(url)
-    if stamp is None:
-        return zarr.open_array(url, mode=mode)
-    return _open_cached(url, mode, stamp)
-
-
-def direct_files(root: str, path: str) -> ChunkFiles | None:
-    """Direct access to an array's chunk files (engine/io/chunk_files.py), or None when it
-    needs zarr; cached as `open_array` is."""
-    url = f"{root}/{path}"
-    stamp = _metadata_stamp(url)
-    if stamp is None:
-        return None
-    return _files_cached(url, stamp)
-
-
-def _metadata_stamp(url: str) -> tuple[int, int, int] | None:
-    for name in ("zarr.json", ".zarray"):
-        try:
-            info = os.stat(f"{url}/{name}")
-        except OSError:
-            continue
-        return (info.st_mtime_ns, info.st_size, info.st_ino)
-    return None
-
-
-@functools.lru_cache(maxsize=256)
-def _open_cached(url: str, mode: str, stamp: tuple[int, int, int]) -> zarr.Array:
-    if mode == "r":
-        return zarr.open_array(url, mode=mode)
-    # Without this, zarr compares every chunk written with the fill value to skip empty
-    # ones: 23 ms for a 64x256x256 uint32 chunk, as long as encoding it. An empty chunk,
-    # written, costs a few hundred bytes.
-    return zarr.open_array(url, mode=mode).with_config({"write_empty_chunks": True})
-
-
-@functools.lru_cache(maxsize=256)
-def _files_cached(url: str, stamp: tuple[int, int, int]) -> ChunkFiles | None:
-    return chunk_files(_open_cached(url, "r", stamp))
-
-
 def read_source(
-    root: str, source: Source, box: Roi, step: Sequence[int] | None = None
+    root: Where, source: Source, box: Roi, step: Sequence[int] | None = None
 ) -> np.ndarray:
     """A work-space box of a source (every `step`-th voxel per axis, when given); for the
     image, its one channel is selected.
@@ -131,25 +80,9 @@ def read_source(
     return data
 
 
-def read_array(root: str, path: str, box: Roi | Sequence[slice]) -> np.ndarray:
-    """A box (or slices) of an array: from its chunk files when it can, else through zarr."""
-    slices = tuple(box.to_slices() if isinstance(box, Roi) else box)
-    files = direct_files(root, path)
-    if files is not None:
-        return files.read_box(slices)
-    return np.asarray(open_array(root, path)[slices])
-
-
-def write_target(root: str, path: str, box: Roi, data: np.ndarray) -> None:
-    """Write a box; a box that is exactly one chunk goes straight to its chunk file."""
-    array = open_array(root, path, "r+")
-    files = direct_files(root, path)
-    slices = box.to_slices()
-    index = files.whole_chunk(slices) if files is not None else None
-    if index is not None:
-        files.write(index, data.astype(files.dtype, copy=False))
-    else:
-        array[slices] = data.astype(array.dtype, copy=False)
+def write_target(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
+    """Write a box of an output or scratch array (engine/io/arrays.py)."""
+    write_array(root, path, box, data)
 
 
 def time_slices(box: Roi, spatial: Sequence[int]) -> Iterator[tuple[int | None, tuple[Any, ...]]]:
@@ -192,7 +125,7 @@ def apply_chain(
 
 
 def chain_output(
-    root: str,
+    root: Where,
     stage: Stage,
     read: Roi,
     write: Roi,
@@ -214,14 +147,14 @@ def _stack(parts: list[np.ndarray], spatial: Sequence[int], box: Roi) -> np.ndar
     return parts[0] if len(spatial) == box.ndim else np.stack(parts)
 
 
-def run_blockwise(root: str, stage: Stage, read: Roi, write: Roi, spatial, ctx, values) -> int:
+def run_blockwise(root: Where, stage: Stage, read: Roi, write: Roi, spatial, ctx, values) -> int:
     parts = [block for _, block in chain_output(root, stage, read, write, spatial, ctx, values)]
     assert stage.target is not None
     write_target(root, stage.target, write, _stack(parts, spatial, write))
     return write.size
 
 
-def run_reduce(root: str, stage: Stage, read: Roi, write: Roi, spatial, ctx, values) -> dict:
+def run_reduce(root: Where, stage: Stage, read: Roi, write: Roi, spatial, ctx, values) -> dict:
     """Partials of one reduction pass, per time point."""
     *chain, last = stage.chain
     op = OPS[last.op]
@@ -254,7 +187,7 @@ def number_time_points(
     return _stack(parts, spatial, box), count
 
 
-def run_label(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) -> int:
+def run_label(root: Where, stage: Stage, task: ChunkTask, spatial, ctx, values) -> int:
     """Local labels 1..n of one chunk (unique across its time points); returns n.
 
     Besides the labels, the chunk's first and last plane along each spatial axis go to
@@ -279,7 +212,7 @@ def run_label(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) ->
 
 
 def run_faces(
-    root: str,
+    root: Where,
     stage: Stage,
     task: ChunkTask,
     spatial: Sequence[int],
@@ -337,7 +270,7 @@ class RelabelTable:
         return np.concatenate([np.zeros(1, np.uint64), final]).astype(self.dtype)
 
 
-def run_segment(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) -> int:
+def run_segment(root: Where, stage: Stage, task: ChunkTask, spatial, ctx, values) -> int:
     """Run the segmenter on the chunk grown by the overlap; keep provisional ids 1..n for
     the objects of the chunk's own voxels (unique across its time points); returns n.
 
@@ -381,7 +314,7 @@ def run_segment(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) 
 
 
 def run_match(
-    root: str, stage: Stage, task: ChunkTask, spatial: Sequence[int], bases: dict
+    root: Where, stage: Stage, task: ChunkTask, spatial: Sequence[int], bases: dict
 ) -> np.ndarray:
     """Pairs of provisional ids that are one object across this chunk's upper borders:
     per axis, this chunk's band around the border against the upper neighbour's view of
@@ -402,14 +335,14 @@ def run_match(
     return np.unique(np.concatenate(found), axis=0)
 
 
-def run_relabel(root: str, stage: Stage, write: Roi, table: np.ndarray) -> int:
+def run_relabel(root: Where, stage: Stage, write: Roi, table: np.ndarray) -> int:
     assert stage.source is not None and stage.target is not None
     local = read_source(root, stage.source, write)
     write_target(root, stage.target, write, table[local])
     return write.size
 
 
-def run_measure(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) -> dict:
+def run_measure(root: Where, stage: Stage, task: ChunkTask, spatial, ctx, values) -> dict:
     """Partial measurements of one chunk: per label, count, coordinate sums, bbox and
     intensity sum/min/max (tasks/measure.py), in global pixel coordinates of the level.
 
@@ -432,7 +365,7 @@ def run_measure(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) 
     return combine_partials(parts)
 
 
-def run_train(root: str, stage: Stage, task: ChunkTask, spatial, ctx, values) -> Samples | None:
+def run_train(root: Where, stage: Stage, task: ChunkTask, spatial, ctx, values) -> Samples | None:
     """Training samples of one chunk: the features of its annotated voxels (the chain's
     last link maps a block to features, with their halo), their classes and global voxel
     indices, capped per class (tasks/classifier.py)."""
@@ -471,7 +404,7 @@ def _train_params(stage: Stage) -> Any:
     return OPS[link.op].params.model_validate(link.params)
 
 
-def run_evaluate(root: str, stage: Stage, task: ChunkTask) -> Counts:
+def run_evaluate(root: Where, stage: Stage, task: ChunkTask) -> Counts:
     """The contingency table of one chunk: the label output (`stage.labels`) against the
     reference (`stage.source`), both read over the chunk's write box."""
     assert stage.labels is not None and stage.source is not None
@@ -479,7 +412,7 @@ def run_evaluate(root: str, stage: Stage, task: ChunkTask) -> Counts:
     return pair_counts(labels, read_source(root, stage.source, task.write))
 
 
-def run_pyramid(root: str, stage: Stage, read: Roi, write: Roi, factors: Sequence[int]) -> int:
+def run_pyramid(root: Where, stage: Stage, read: Roi, write: Roi, factors: Sequence[int]) -> int:
     """One chunk of a pyramid level from the level below: every f-th voxel for labels
     (read chunk by chunk, never the whole box), the mean over f-blocks for images."""
     assert stage.source is not None and stage.target is not None
