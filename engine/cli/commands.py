@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -65,18 +64,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("info", help="describe an OME-Zarr image and its outputs")
-    p.add_argument("path")
+    p.add_argument("path", help="the image: a path or URL (http(s)://, s3://)")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="output store (path or URL) for outputs and run state, when not the image",
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("validate", help="check a pipeline config (and its image, if present)")
     p.add_argument("config")
     p.add_argument("--input", default=None)
+    p.add_argument(
+        "--output",
+        default=None,
+        help="output store (path or URL) for outputs and run state, when not the image",
+    )
 
     for name, text in (("plan", "show the chunk tasks a run would do"), ("run", "run a pipeline")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config")
-        p.add_argument("--input", default=None, help="image path (overrides the config)")
+        p.add_argument("--input", default=None, help="image path or URL (overrides the config)")
         p.add_argument("--roi", default=None, help="ROI name from the config, or z0:z1,y0:y1,x0:x1")
+        p.add_argument(
+            "--output",
+            default=None,
+            help="output store (path or URL) for outputs and run state, when not the image",
+        )
         p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
@@ -120,7 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "diff", help="compare two label images (e.g. versions): the evaluate scores, B as reference"
     )
-    p.add_argument("path", help="the image (.zarr)")
+    p.add_argument("path", help="the image (.zarr): a path or URL")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="output store (path or URL) for outputs and run state, when not the image",
+    )
     p.add_argument("a", help="label image to score, as in labels/A")
     p.add_argument("b", help="reference label image, as in labels/B")
     p.add_argument("--roi", default=None, help="z0:z1,y0:y1,x0:x1 in pixels (default: all)")
@@ -134,7 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", required=True, help="CSV file to write ('-' for standard output)")
 
     p = sub.add_parser("preview", help="PNG of an ROI with label outlines, to look at")
-    p.add_argument("path", help="the image (.zarr)")
+    p.add_argument("path", help="the image (.zarr): a path or URL")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="output store (path or URL) for outputs and run state, when not the image",
+    )
     p.add_argument(
         "--roi", default=None, help="ROI name from the image, or z0:z1,y0:y1,x0:x1 (at --level)"
     )
@@ -254,7 +278,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from engine.io.inventory import describe
 
-    info = describe(args.path)
+    info = describe(args.path, args.output)
     if args.json:
         out.print_json(json.dumps(info))
         return 0
@@ -309,14 +333,21 @@ def _roi(args: argparse.Namespace, pipeline: Pipeline, given: str | None = None)
     return roi
 
 
+def _where(args: argparse.Namespace) -> dict[str, Any]:
+    """The output store flag, as `run`/`make_plan` take it."""
+    return {"output": args.output} if getattr(args, "output", None) else {}
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     pipeline = _load(args)
     pipeline.check_complete()
     path = args.input or pipeline.input
     checked = "config"
-    if path is not None and Path(path).exists():
+    if path is not None and (
+        not (where := resolve_input(pipeline, path)).is_local or where.exists()
+    ):
         for roi in [None, *pipeline.rois]:
-            make_plan(pipeline, path, roi)
+            make_plan(pipeline, path, roi, **_where(args))
         checked = f"config, image {path} and {len(pipeline.rois)} ROI(s)"
     outputs = [f"{s.output.kind}/{s.output.name}" for s in pipeline.steps if s.output]
     out.print(f"ok: {checked}; {len(pipeline.steps)} steps; outputs {', '.join(outputs)}")
@@ -328,7 +359,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     pipeline = _load(args)
     started = time.perf_counter()
-    _, plan = make_plan(pipeline, args.input, _roi(args, pipeline))
+    _, plan = make_plan(pipeline, args.input, _roi(args, pipeline), **_where(args))
     seconds = time.perf_counter() - started
     rows = summarize(plan)
     reused = [o.path for o in plan.reused]
@@ -395,6 +426,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         resume=args.resume,
         priority_roi=_roi(args, pipeline, args.priority_roi) if args.priority_roi else None,
         announce=None if args.json or args.quiet else lambda t: console.print(t, highlight=False),
+        **_where(args),
     )
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
@@ -460,7 +492,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    found = diff(args.path, args.a, args.b, args.roi, args.workers, args.scheduler)
+    found = diff(args.path, args.a, args.b, args.roi, args.workers, args.scheduler, args.output)
     if args.json:
         data = {"labels": f"labels/{args.a}", "reference": f"labels/{args.b}", **found.to_json()}
         out.print_json(json.dumps(data))
@@ -512,14 +544,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup"))
+def _is_zarr(path: str) -> bool:
+    """An image or output store (local or a URL), not a batch run folder or job id."""
+    from engine.io.location import Location
+
+    where = Location.parse(path)
+    if not where.is_local:
+        return True
+    return where.local_path.is_dir() and any(where.exists(f) for f in ("zarr.json", ".zgroup"))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from engine.runs.submit import find_run
 
-    if _is_zarr(Path(args.run)):
+    if _is_zarr(args.run):
         return _image_status(args)
 
     handle = find_run(args.run, args.shared_dir)
@@ -552,7 +590,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     from engine.io.preview import preview
 
-    result = preview(args.path, args.out, args.roi, args.labels, args.plane, args.level)
+    result = preview(
+        args.path, args.out, args.roi, args.labels, args.plane, args.level, output=args.output
+    )
     height, width = result.rgb.shape[:2]
     outlines = f", {result.n_labels} label(s) of {result.labels}" if result.labels else ""
     out.print(

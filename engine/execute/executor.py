@@ -29,9 +29,9 @@ from engine.core.errors import EngineError
 from engine.core.geometry import Roi, chunks_touching
 from engine.core.grid import ChunkTask
 from engine.execute.batching import Batches, batch, batch_size
+from engine.io.location import Where
 from engine.plan.compiler import Plan, Stage, downsample_factors
 from engine.state.markers import KEEP_RESULTS, ChunkMarker, Markers
-from engine.io.location import Where
 from engine.worker import compute
 from engine.worker.compute import RelabelTable
 from tasks import OPS
@@ -152,7 +152,9 @@ def combine_reduction(stage: Stage, partials: Sequence[dict | None]) -> dict:
     return combined
 
 
-def _run_one(kind: str, root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> Any:
+def _run_one(
+    kind: str, root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict
+) -> Any:
     spatial, ctx, values = common["spatial"], common["context"], common["values"]
     if kind == "blockwise":
         return compute.run_blockwise(root, stage, task.read, task.write, spatial, ctx, values)

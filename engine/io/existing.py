@@ -73,11 +73,15 @@ def stored_versions(
     for child in store.list_dirs(group):
         number = version_number(base, child)
         if number is not None:
-            found.append(_stored(store.child(f"{group}/{child}"), f"{group}/{child}", number, records))
+            found.append(
+                _stored(store.child(f"{group}/{child}"), f"{group}/{child}", number, records)
+            )
     return tuple(sorted(found, key=lambda s: s.version))
 
 
-def _stored(folder: Location, path: str, number: int, records: list[dict[str, Any]]) -> StoredOutput:
+def _stored(
+    folder: Location, path: str, number: int, records: list[dict[str, Any]]
+) -> StoredOutput:
     try:
         group = zarr.open_group(folder.zarr_url(), mode="r")
         record = engine_attrs(group)

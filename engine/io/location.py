@@ -74,8 +74,7 @@ class Location:
         scheme = match.group(1).lower()
         if scheme not in REMOTE_SCHEMES:
             raise LocationError(
-                f"{text}: unsupported URL scheme '{scheme}' (local paths, http(s):// and "
-                "s3:// are)"
+                f"{text}: unsupported URL scheme '{scheme}' (local paths, http(s):// and s3:// are)"
             )
         return cls(scheme + text[len(scheme) :].rstrip("/"), _options(storage_options or {}))
 
@@ -130,7 +129,7 @@ class Location:
 
     def store(self, read_only: bool = False) -> Any:
         """The zarr store rooted here: `LocalStore` for a folder, `FsspecStore` otherwise."""
-        from zarr.storage import FsspecStore, LocalStore
+        from zarr.storage import LocalStore
 
         if self.is_local:
             return LocalStore(self.url, read_only=read_only)
@@ -322,6 +321,27 @@ class Location:
                 raise LocationError(f"{self.url}: {describe_remote_error(exc)}") from None
         detail = describe_remote_error(last) if last is not None else "not found"
         raise LocationError(f"{self.url}: {detail}")
+
+    def check_writable(self) -> None:
+        """Raise one line when outputs cannot be written here: HTTP, a read-only folder, a
+        bucket that does not exist or refuses us (checked with one HEAD/list request,
+        writing nothing)."""
+        if self.scheme in READ_ONLY_SCHEMES:
+            raise LocationError(f"{self.url}: HTTP is read-only; outputs need a writable place")
+        if self.is_local:
+            if self.read_only:
+                raise LocationError(
+                    f"{self.url}: not writable (read-only file system or no permission)"
+                )
+            return
+        bucket = self._fs_path().split("/", 1)[0]
+        try:
+            self.filesystem().ls(bucket, detail=False, refresh=True)
+        except Exception as exc:  # noqa: BLE001 (every client error becomes one line)
+            detail = describe_remote_error(exc)
+            if isinstance(exc, FileNotFoundError):
+                detail = "the bucket does not exist (NoSuchBucket)"
+            raise LocationError(f"{self.url}: {detail}") from None
 
 
 def describe_remote_error(exc: BaseException) -> str:

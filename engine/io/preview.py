@@ -20,6 +20,7 @@ import zarr
 from engine.core.errors import ConfigError, NgffError
 from engine.core.geometry import Roi
 from engine.core.pipeline import RoiSpec
+from engine.io.location import Location, Workspace
 from engine.io.metadata import ImageMeta, read_image
 from engine.io.ngff_write import read_ome
 from engine.io.rois import image_roi, parse_cli_roi, resolve_roi
@@ -117,7 +118,7 @@ def _project(
 
 
 def render_preview(
-    path: str | Path,
+    path: str | Path | Location | Workspace,
     roi: str | RoiSpec | dict | None = None,
     labels: str | None = None,
     plane: int | None = None,
@@ -126,9 +127,12 @@ def render_preview(
     """The RGB picture of `roi` (a name from the image's ROI tables, `z0:z1,y0:y1,x0:x1`
     in pixels of `level`, a RoiSpec/dict, or None for the whole image) with the outlines
     of `labels/<labels>`. `plane` is a z index at `level` (default: maximum projection
-    over the ROI's z)."""
+    over the ROI's z). `path` may be a run's Workspace: labels are then looked up in its
+    output store first."""
     from skimage.segmentation import find_boundaries
 
+    ws = path if isinstance(path, Workspace) else Workspace.of(Location.parse(path))
+    path = ws.image
     meta = read_image(path)
     box = _roi_box(meta, roi, level)
     names = meta.axis_names
@@ -141,8 +145,10 @@ def render_preview(
         z0, z1 = ranges["z"]
         if not z0 <= plane < z1:
             raise ConfigError(f"--plane {plane} is outside the ROI's z range {z0}..{z1 - 1}")
-    root = zarr.open_group(str(path), mode="r")
+    root = zarr.open_group(path.zarr_url(), mode="r")
     grey = stretch(_project(root[meta.level(level).path], names, ranges, plane))
+    if ws.separate and labels is not None and ws.output.is_group(f"labels/{labels}"):
+        root = zarr.open_group(ws.output.zarr_url(), mode="r")
     rgb = np.repeat(grey[..., None], 3, axis=2)
     n_labels = 0
     if labels is not None:
@@ -186,24 +192,36 @@ def _label_plane(
     return _project(array, axes, {n: r for n, r in ranges.items() if n in axes}, plane)
 
 
-def write_png(rgb: np.ndarray, out: str | Path) -> None:
+def write_png(rgb: np.ndarray, out: str | Path | Location) -> None:
+    """Write the PNG to a local file, or as one object to a remote location."""
     import imageio.v3 as iio
 
     try:
+        if isinstance(out, Location):
+            if out.is_local:
+                out.local_path.parent.mkdir(parents=True, exist_ok=True)
+                iio.imwrite(out.url, rgb, extension=".png")
+            else:
+                out.write_bytes("", iio.imwrite("<bytes>", rgb, extension=".png"))
+            return
         iio.imwrite(str(out), rgb, extension=".png")
     except OSError as exc:
         raise NgffError(f"{out}: cannot write the PNG ({exc})") from None
 
 
 def preview(
-    path: str | Path,
-    out: str | Path = "preview.png",
+    path: str | Path | Location | Workspace,
+    out: str | Path | Location = "preview.png",
     roi: str | RoiSpec | dict | None = None,
     labels: str | None = None,
     plane: int | None = None,
     level: int = 0,
+    output: str | Path | Location | None = None,
 ) -> Preview:
-    """Render (see `render_preview`) and write the PNG to `out`."""
+    """Render (see `render_preview`) and write the PNG to `out`; `output`: the output
+    store where the labels are (when not in the image)."""
+    if output is not None and not isinstance(path, Workspace):
+        path = Workspace.of(Location.parse(path), Location.parse(output))
     result = render_preview(path, roi, labels, plane, level)
     write_png(result.rgb, out)
     return result

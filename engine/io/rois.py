@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from engine.core.errors import ConfigError, NgffError
 from engine.core.geometry import Roi
 from engine.core.pipeline import AXES, Pipeline, RoiSpec
+from engine.io.location import Location
 from engine.io.metadata import ImageMeta, open_group, read_image
 from engine.io.roi_tables import (
     DEFAULT_TABLE,
@@ -148,11 +149,15 @@ def _describe(box: Roi, names: tuple[str, ...]) -> str:
     )
 
 
-def named_roi(pipeline: Pipeline, name: str, image: str | None = None) -> RoiSpec:
-    """An ROI by name: the config's `rois:` first, then the image's ROI tables."""
+def named_roi(
+    pipeline: Pipeline, name: str, image: str | None = None, output: Location | None = None
+) -> RoiSpec:
+    """An ROI by name: the config's `rois:` first, then the ROI tables of the output store
+    (`output`, when separate) and of the image."""
     if name in pipeline.rois:
         return pipeline.rois[name]
-    stored = read_rois(image) if image is not None else {}
+    tables = [w for w in (output, image) if w is not None]
+    stored = read_rois(*tables) if image is not None else {}
     if name in stored:
         return spec_from_table(stored[name][1], read_image(image).axis_names)
     known = ", ".join(sorted(pipeline.rois)) or "none defined"
@@ -179,13 +184,19 @@ def spec_from_table(box: PhysicalBox, axes: tuple[str, ...]) -> RoiSpec:
 
 
 def save_config_roi(
-    pipeline: Pipeline, roi: object, meta: ImageMeta, box: Roi, table: str = DEFAULT_TABLE
+    pipeline: Pipeline,
+    roi: object,
+    meta: ImageMeta,
+    box: Roi,
+    table: str = DEFAULT_TABLE,
+    output: Location | None = None,
 ) -> None:
     """After a run on a config-defined ROI: store it (as run, in um) in `tables/<table>`."""
     if not isinstance(roi, str) or roi not in pipeline.rois:
         return
     try:
         physical = box_to_micrometer(meta, box)
-        write_rois(open_group(meta.path, mode="r+"), {roi: physical}, table)
+        where = output if output is not None else meta.location
+        write_rois(open_group(where, mode="r+"), {roi: physical}, table)
     except (NgffError, OSError):
         return  # no physical units, `tables/<table>` is another kind, or read-only: config only

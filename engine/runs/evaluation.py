@@ -19,6 +19,7 @@ from engine.core.geometry import Roi
 from engine.execute.cluster import connect
 from engine.execute.executor import Executor
 from engine.io.existing import read_label_image
+from engine.io.location import Location, Workspace
 from engine.io.metadata import open_group, read_image
 from engine.io.ngff_write import listed
 from engine.io.rois import image_roi, parse_cli_roi, resolve_roi
@@ -47,7 +48,7 @@ def evaluation_attrs(labels: str, reference: str) -> dict[str, Any]:
     }
 
 
-def stored_scores(table: str | Path, key: str) -> Scores | None:
+def stored_scores(table: str | Path | Location, key: str) -> Scores | None:
     """The row of ROI `key` in an evaluation table, if it has one."""
     names, columns, values = read_rows(table)
     hits = [i for i, name in enumerate(names) if name == key]
@@ -61,13 +62,16 @@ def diff(
     roi: str | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    output: str | Path | Location | None = None,
 ) -> Scores:
     """Scores of `labels/<labels>` against `labels/<reference>` over the whole label image,
-    or an ROI: a name from the image's ROI tables, or boxes as `--roi` takes them."""
+    or an ROI: a name from the image's ROI tables, or boxes as `--roi` takes them.
+    `output`: the output store holding label images (looked up there first)."""
     meta = read_image(image)
+    ws = Workspace.of(meta.location, Location.parse(output) if output is not None else None)
     found = {}
     for name in (labels, reference):
-        label = read_label_image(meta, name)
+        label = read_label_image(meta, name, ws.output)
         if label is None:
             known = ", ".join(listed(open_group(meta.path), "labels", meta.version)) or "none"
             raise NgffError(f"{meta.path}/labels/{name}: no such label image (labels: {known})")
@@ -85,6 +89,6 @@ def diff(
     box = resolve_roi(spec, a, 0, roi or "whole image")
     plan = comparison_plan(meta.path, (f"labels/{labels}", a), (f"labels/{reference}", b), box)
     with connect(workers, scheduler) as client:
-        executor = Executor(client, meta.path, plan, lambda *_: 0)
+        executor = Executor(client, ws, plan, lambda *_: 0)
         executor.run()
     return scores(executor.evaluations["diff"])

@@ -8,7 +8,6 @@ a refused run leaves the input image and every existing output as they were.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import zarr
 
 from engine.core.errors import ConfigError, EngineError, OutputConflict
 from engine.core.geometry import Roi
@@ -32,6 +30,7 @@ from engine.execute.cluster import (
 )
 from engine.execute.executor import Executor, StageStats, TaskFailed
 from engine.io.existing import read_existing
+from engine.io.location import Location, Workspace
 from engine.io.metadata import ImageMeta, open_group, read_image
 from engine.io.models import write_model
 from engine.io.ngff_write import (
@@ -42,6 +41,7 @@ from engine.io.ngff_write import (
     list_in_parent,
     set_engine_attrs,
 )
+from engine.io.output_store import prepare_store, source_image, workspace
 from engine.io.preview import preview
 from engine.io.rois import named_roi, resolve_roi, save_config_roi
 from engine.io.tables import (
@@ -131,21 +131,46 @@ class RunResult:
         }
 
 
-def resolve_input(pipeline: Pipeline, input: str | Path | None) -> str:
+def resolve_input(
+    pipeline: Pipeline,
+    input: str | Path | Location | None,
+    storage_options: dict[str, Any] | None = None,
+) -> Location:
+    """The input image's location: `input`, else the config's; with the config's
+    `storage_options` and then the caller's."""
     path = input if input is not None else pipeline.input
     if path is None:
         raise ConfigError("no input image: set 'input' in the config or pass --input")
-    return str(Path(path))
+    return Location.parse(path, {**pipeline.storage_options, **(storage_options or {})})
+
+
+def resolve_workspace(
+    pipeline: Pipeline,
+    meta: ImageMeta,
+    output: str | Path | Location | None,
+    storage_options: dict[str, Any] | None = None,
+    run_id: str = "",
+    writing: bool = True,
+) -> Workspace:
+    """Where outputs and run state go: `output`, else the config's `output_store`, else
+    the image (engine/io/output_store.py)."""
+    where = output if output is not None else pipeline.output_store
+    options = {**pipeline.storage_options, **(storage_options or {})}
+    return workspace(meta, where, options, run_id, writing)
 
 
 def roi_spec(
-    pipeline: Pipeline, roi: str | RoiSpec | dict | None, image: str | None = None
+    pipeline: Pipeline,
+    roi: str | RoiSpec | dict | None,
+    image: str | None = None,
+    ws: Workspace | None = None,
 ) -> tuple[str, RoiSpec | None]:
-    """A name is looked up in the config's `rois:`, then in the image's ROI tables."""
+    """A name is looked up in the config's `rois:`, then in the ROI tables of the output
+    store (when separate) and the image."""
     if roi is None:
         return "whole image", None
     if isinstance(roi, str):
-        return roi, named_roi(pipeline, roi, image)
+        return roi, named_roi(pipeline, roi, image, ws.output if ws is not None else None)
     if isinstance(roi, dict):
         return "roi", RoiSpec.model_validate(roi)
     return "roi", roi
@@ -153,19 +178,23 @@ def roi_spec(
 
 def make_plan(
     pipeline: Pipeline,
-    input: str | Path | None = None,
+    input: str | Path | Location | None = None,
     roi: str | RoiSpec | dict | None = None,
     run_id: str = "plan",
     overwrite: bool = False,
+    output: str | Path | Location | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> tuple[ImageMeta, Plan]:
     """The plan a run would follow: outputs stored for the same config and ROI are reused
-    (not with `overwrite`), versions are named; see engine/plan/versions.py."""
+    (not with `overwrite`), versions are named; see engine/plan/versions.py. `output`:
+    a separate output store (engine/io/output_store.py)."""
     pipeline.check_complete()
-    meta = read_image(resolve_input(pipeline, input))
-    name, spec = roi_spec(pipeline, roi, meta.path)
+    meta = read_image(resolve_input(pipeline, input, storage_options))
+    ws = resolve_workspace(pipeline, meta, output, storage_options, writing=False)
+    name, spec = roi_spec(pipeline, roi, meta.path, ws)
     level = {s.input_ref.level for s in pipeline.steps if s.source == "image"} or {0}
     box = resolve_roi(spec, meta, min(level), name)
-    existing = read_existing(meta, pipeline)
+    existing = read_existing(meta, pipeline, ws.output)
     return meta, compile_plan(pipeline, meta, box, run_id, __version__, existing, overwrite)
 
 
@@ -183,6 +212,8 @@ def run(
     retries: int = RETRIES,
     priority_roi: str | RoiSpec | dict | None = None,
     announce: Callable[[str], None] | None = None,
+    output: str | Path | Location | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run a pipeline on an image (or an ROI of it) and write its outputs into the image's zarr.
 
@@ -204,6 +235,12 @@ def run(
     a run that finished are reused, not computed (`overwrite=True` computes them again);
     a run with nothing left to compute starts no cluster. With `versions: keep` a changed
     config writes a new version of its output (engine/plan/versions.py).
+
+    `input` and `output` are paths or URLs (http(s)://, s3://; engine/io/location.py);
+    `output` (default: the config's `output_store`, else the image itself) is a separate
+    OME-Zarr store for the outputs and run state (engine/io/output_store.py), needed when
+    the image cannot be written. `storage_options` (fsspec; e.g. S3 `endpoint_url`) add
+    to the config's.
     """
     if overwrite and update:
         raise ConfigError("--overwrite and --update exclude each other")
@@ -211,16 +248,19 @@ def run(
         raise ConfigError("--resume continues a run with its own --overwrite/--update choice")
     started = time.perf_counter()
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    meta, plan = make_plan(pipeline, input, roi, run_id, overwrite)
+    where = (output, storage_options)
+    meta, plan = make_plan(pipeline, input, roi, run_id, overwrite, *where)
+    ws = resolve_workspace(pipeline, meta, *where, run_id=run_id)
     old: dict[str, Any] | None = None
     if resume:
-        old = find_resumable(meta.path, [o.path for o in plan.outputs])
+        old = find_resumable(ws.output, [o.path for o in plan.outputs])
         run_id = old["run_id"]
         overwrite, update = bool(old.get("overwrite")), bool(old.get("update"))
-        meta, plan = make_plan(pipeline, input, roi, run_id, overwrite)
+        meta, plan = make_plan(pipeline, input, roi, run_id, overwrite, *where)
+        ws = resolve_workspace(pipeline, meta, *where, run_id=run_id)
     layout = layout_hash(plan)
     config = pipeline.to_dict()
-    priority = priority_box(pipeline, priority_roi, meta, plan)
+    priority = priority_box(pipeline, priority_roi, meta, plan, ws)
     if old is not None:
         check_resumable(old, config, plan, layout)
     created = set(old.get("created", [])) if old else set()
@@ -234,17 +274,21 @@ def run(
                 # "create" also when it was killed between making one and recording that
                 modes[out.step] = before if before == "update" else "create"
             else:
-                modes[out.step] = check_output(meta, out, overwrite, update)
+                modes[out.step] = check_output(ws, out, overwrite, update)
         return modes
 
     decide()  # refuse before writing anything, even a lock
-    locks = OutputLocks(meta.path, [o.path for o in plan.outputs], run_id).acquire()
+    ws.output.check_writable()
+    prepare_store(ws, meta)
+    locks = OutputLocks(ws.output, [o.path for o in plan.outputs], run_id).acquire()
     try:
         modes = decide()  # again, under the locks: another run may have finished meanwhile
         if old is not None:
-            drop_torn_writes(meta.path, [*(o.path for o in plan.outputs), plan.scratch])
-        record = _start_record(meta, plan, run_id, config, layout, modes, overwrite, update, old)
-        writer = _OutputWriter(meta, plan, modes, run_id, record, created, old)
+            drop_torn_writes(ws.output, [*(o.path for o in plan.outputs), plan.scratch])
+        record = _start_record(
+            meta, ws, plan, run_id, config, layout, modes, overwrite, update, old
+        )
+        writer = _OutputWriter(meta, plan, modes, run_id, record, created, old, ws)
         executor = None
         stage_rows = record.data["stages"]
 
@@ -271,10 +315,10 @@ def run(
                     record.update(projected_worker_bytes=projected, worker_memory_limit=limit)
                     if announce is not None and client.dashboard_link:
                         announce(f"dask dashboard: {client.dashboard_link}")
-                    markers = Markers(meta.path, plan, layout)
+                    markers = Markers(ws.output, plan, layout)
                     executor = Executor(
                         client,
-                        meta.path,
+                        ws,
                         plan,
                         writer.prepare,
                         live,
@@ -287,9 +331,10 @@ def run(
                     live.executor = executor
                     stages = executor.run()
                 writer.finish(executor)
-            save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
+            # named config ROI -> tables/rois
+            save_config_roi(pipeline, roi, meta, plan.roi, output=ws.output)
         except BaseException as exc:
-            _fail_record(record, plan, meta.path, layout, stage_rows, executor, exc)
+            _fail_record(record, plan, ws.output, layout, stage_rows, executor, exc)
             raise
         record.update(
             state="completed",
@@ -301,7 +346,7 @@ def run(
     finally:
         locks.release()
     every = (*plan.outputs, *plan.reused)
-    outputs = {out.name: str(Path(meta.path) / out.path) for out in every}
+    outputs = {out.name: str(ws.output.child(out.path)) for out in every}
     labels = {
         next(o.name for o in plan.outputs if o.step == step): r.count
         for step, r in (executor.labels.items() if executor is not None else ())
@@ -310,7 +355,7 @@ def run(
     evaluations = dict(writer.evaluations)
     key = roi_key(plan.roi, plan.axes)
     for out in plan.reused:
-        found = stored_scores(Path(meta.path) / out.path, key) if out.op == "evaluate" else None
+        found = stored_scores(ws.output.child(out.path), key) if out.op == "evaluate" else None
         if found is not None:
             evaluations[out.name] = found
     return RunResult(
@@ -331,7 +376,11 @@ def run(
 
 
 def priority_box(
-    pipeline: Pipeline, roi: str | RoiSpec | dict | None, meta: ImageMeta, plan: Plan
+    pipeline: Pipeline,
+    roi: str | RoiSpec | dict | None,
+    meta: ImageMeta,
+    plan: Plan,
+    ws: Workspace | None = None,
 ) -> Roi | None:
     """The box (plan work space) a run computes first: `roi`, else a config ROI marked
     `preview: true`; clipped to the run's ROI."""
@@ -339,7 +388,7 @@ def priority_box(
         roi = next((name for name, spec in pipeline.rois.items() if spec.preview), None)
         if roi is None:
             return None
-    name, spec = roi_spec(pipeline, roi, meta.path)
+    name, spec = roi_spec(pipeline, roi, meta.path, ws)
     box = resolve_roi(spec, meta, plan.level, name)
     keep = [i for i in range(len(meta.axes)) if i != meta.channel_axis]
     work = Roi(tuple(box.start[i] for i in keep), tuple(box.stop[i] for i in keep), plan.level)
@@ -378,6 +427,7 @@ def check_resumable(old: dict[str, Any], config: dict[str, Any], plan: Plan, lay
 
 def _start_record(
     meta: ImageMeta,
+    ws: Workspace,
     plan: Plan,
     run_id: str,
     config: dict[str, Any],
@@ -431,7 +481,9 @@ def _start_record(
             "error": None,
             "attempts": [],
         }
-    record = RunRecord(str(meta.path), run_id, data)
+    if ws.separate and old is None:
+        data["output_store"] = str(ws.output)
+    record = RunRecord(ws.output, run_id, data)
     record.save()
     return record
 
@@ -489,7 +541,7 @@ def _totals(stage_rows: dict[str, dict[str, Any]]) -> dict[str, int]:
 def _fail_record(
     record: RunRecord,
     plan: Plan,
-    root: str,
+    root: Location,
     layout: str,
     stage_rows: dict[str, dict[str, Any]],
     executor: Executor | None,
@@ -518,16 +570,16 @@ def _fail_record(
         pass
 
 
-def check_output(meta: ImageMeta, out: OutputPlan, overwrite: bool, update: bool) -> Mode:
+def check_output(ws: Workspace, out: OutputPlan, overwrite: bool, update: bool) -> Mode:
     """Decide what happens to an output, refusing before anything is written."""
-    path = Path(meta.path) / out.path
+    path = ws.output.child(out.path)
     if not path.exists():
         return "create"
     if overwrite:
         return "overwrite"
     try:
-        existing = engine_attrs(zarr.open_group(str(path), mode="r"))
-    except (OSError, ValueError, zarr.errors.BaseZarrError):
+        existing = engine_attrs(path.read_attrs() or {})
+    except (OSError, ValueError):
         existing = {}
     if "config_hash" not in existing:
         raise OutputConflict(
@@ -566,8 +618,10 @@ class _OutputWriter:
         record: RunRecord | None = None,
         created: set[str] | None = None,
         resumed: dict[str, Any] | None = None,
+        ws: Workspace | None = None,
     ) -> None:
         self.meta = meta
+        self.ws = ws if ws is not None else Workspace.of(meta.location)
         self.plan = plan
         self.modes = modes
         self.run_id = run_id
@@ -579,7 +633,7 @@ class _OutputWriter:
         self.max_labels: dict[str, int] = {}
         self.evaluations: dict[str, Scores] = {}
         self.previews: dict[str, str] = {}  # evaluation table -> PNG of its ROI
-        self.root = open_group(meta.path, mode="r+")
+        self.root = open_group(self.ws.output, mode="r+")
 
     def prepare(self, key: str, dtype: str | None, count: int | None) -> int:
         """Create the array a stage writes; for label outputs return the id offset."""
@@ -634,7 +688,7 @@ class _OutputWriter:
     def _scratch_array(
         self, path: str, dtype: str, shape: tuple[int, ...], chunks: tuple[int, ...]
     ) -> None:
-        if self.resumed and (Path(self.meta.path) / path).exists():
+        if self.resumed and self.ws.output.exists(path):
             return  # made by the run being resumed: its chunks are marked done or redone
         self.root.create_array(
             path,
@@ -654,7 +708,9 @@ class _OutputWriter:
 
     def _create(self, out: OutputPlan, dtype: str) -> None:
         version = self.meta.version
-        extra = image_label_json(version) if out.kind == "label" else {}
+        extra = {}
+        if out.kind == "label":
+            extra = image_label_json(version, source_image(self.ws, 2))
         create_image(
             self.root,
             out.path,
@@ -681,7 +737,7 @@ class _OutputWriter:
             if out.kind == "table"
         }
         models = {
-            out.step: write_model(self.meta.path, self.root, out.path, executor.models[out.step])
+            out.step: write_model(self.ws.output, self.root, out.path, executor.models[out.step])
             for out in self.plan.outputs
             if out.kind == "model"
         }
@@ -697,7 +753,7 @@ class _OutputWriter:
                 "engine_version": __version__,
                 "config_hash": out.config_hash,
                 "provenance": out.provenance,
-                "source": {"image": "../" * (out.path.count("/") + 1)},
+                "source": {"image": source_image(self.ws, out.path.count("/") + 1)},
                 "runs": runs,
             }
             if out.step in self.max_labels:
@@ -721,16 +777,15 @@ class _OutputWriter:
             if a in "zyx"
         }
         box["level"] = self.plan.level
-        target = Path(self.meta.path) / ENGINE_GROUP / "previews" / f"{out.name}_{key}.png"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = self.ws.output.child(f"{ENGINE_GROUP}/previews/{out.name}_{key}.png")
         name = labels.removeprefix("labels/")
-        preview(self.meta.path, target, box, name, level=self.plan.level)
+        preview(self.ws, target, box, name, level=self.plan.level)
         return str(target)
 
     def _write_table(self, out: OutputPlan, executor: Executor) -> dict[str, Any]:
         """Write a measurement or evaluation table (merging rows into it on --update);
         return the provenance record it had before, for the run list."""
-        path = Path(self.meta.path) / out.path
+        path = self.ws.output.child(out.path)
         update = self.modes[out.step] == "update"
         record = engine_attrs(self.root[out.path]) if update else {}
         if out.op == "evaluate":
@@ -770,12 +825,9 @@ class _OutputWriter:
 
     def drop_scratch(self) -> None:
         """Remove the run's arrays and markers; keep its record (the group's metadata)."""
-        scratch = Path(self.meta.path) / self.plan.scratch
-        if not scratch.exists():
-            return
-        for child in scratch.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child)
+        where = self.ws.output
+        for child in where.list_dirs(self.plan.scratch):
+            where.delete_tree(f"{self.plan.scratch}/{child}")
 
 
 def _label_dtype(count: int) -> str:

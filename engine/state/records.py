@@ -11,6 +11,7 @@ run's scratch (arrays and markers inside the same group), which is removed on su
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 from engine.core.errors import EngineError
