@@ -141,9 +141,14 @@ class Location:
         return self.url if self.is_local else self.store()
 
     def read_attrs(self, relpath: str = "") -> dict[str, Any] | None:
-        """The attributes of the zarr group at `relpath`, or None when there is none."""
+        """The attributes of the zarr group at `relpath`, or None when there is none.
+
+        Remote: the metadata object read directly (one GET; zarr's open tries several
+        keys of both formats, 0.15 s per group on the local moto server)."""
         import zarr
 
+        if not self.is_local:
+            return self._read_attrs_remote(relpath)
         try:
             group = zarr.open_group(self.child(relpath).zarr_url(), mode="r")
         except (FileNotFoundError, zarr.errors.BaseZarrError):
@@ -153,9 +158,16 @@ class Location:
     def write_attrs(self, relpath: str, attrs: dict[str, Any]) -> None:
         """Set keys of the attributes of the zarr group at `relpath` (created, with its
         parents, in this location's zarr format when absent): one metadata document
-        written whole, so a kill never leaves it half written."""
+        written whole, so a kill never leaves it half written.
+
+        Remote: the metadata object read and PUT whole (two requests; through zarr it
+        took 0.64 s per update on the local moto server, run records are updated every
+        second)."""
         import zarr
 
+        if not self.is_local:
+            self._write_attrs_remote(relpath, attrs)
+            return
         root = zarr.open_group(self.zarr_url(), mode="r+")
         try:
             group = zarr.open_group(self.child(relpath).zarr_url(), mode="r+")
@@ -163,6 +175,42 @@ class Location:
             root.create_group(relpath, attributes=attrs)
             return
         group.attrs.update(attrs)
+
+    def _read_attrs_remote(self, relpath: str) -> dict[str, Any] | None:
+        base = f"{relpath.strip('/')}/" if relpath.strip("/") else ""
+        try:
+            meta = json.loads(self.read_bytes(f"{base}zarr.json"))
+            return dict(meta.get("attributes", {}))
+        except FileNotFoundError:
+            pass
+        try:
+            return dict(json.loads(self.read_bytes(f"{base}.zattrs")))
+        except FileNotFoundError:
+            return {} if self.exists(f"{base}.zgroup") else None
+
+    def _write_attrs_remote(self, relpath: str, attrs: dict[str, Any]) -> None:
+        relpath = relpath.strip("/")
+        old = self._read_attrs_remote(relpath)
+        if self._zarr_format() == 3:
+            if old is None:
+                self._create_parents(relpath)
+            meta = {"attributes": {**(old or {}), **attrs}, "zarr_format": 3, "node_type": "group"}
+            self.write_bytes(f"{relpath}/zarr.json", json.dumps(meta, indent=2).encode())
+            return
+        if old is None:
+            self._create_parents(relpath)
+            self.write_bytes(f"{relpath}/.zgroup", b'{"zarr_format": 2}')
+        self.write_bytes(f"{relpath}/.zattrs", json.dumps({**(old or {}), **attrs}).encode())
+
+    def _create_parents(self, relpath: str) -> None:
+        parts = relpath.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            parent = "/".join(parts[:i])
+            if self._read_attrs_remote(parent) is None:
+                self._write_attrs_remote(parent, {})
+
+    def _zarr_format(self) -> int:
+        return _zarr_format(self)
 
     # -- whole objects, for the engine's own state ---------------------------------------
 
@@ -342,6 +390,12 @@ class Location:
             if isinstance(exc, FileNotFoundError):
                 detail = "the bucket does not exist (NoSuchBucket)"
             raise LocationError(f"{self.url}: {detail}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _zarr_format(where: Location) -> int:
+    """The zarr format of the group at a remote root (it never changes)."""
+    return 3 if where.exists("zarr.json") else 2
 
 
 def describe_remote_error(exc: BaseException) -> str:

@@ -109,10 +109,15 @@ def open_group(path: str | Path | Location, mode: Literal["r", "r+"] = "r") -> z
     """The zarr group at a path or URL; one line naming the URL and what the server said
     when it cannot be read (engine/io/location.py)."""
     where = Location.parse(path)
-    where.check_reachable()
+    if where.is_local:
+        where.check_reachable()
     try:
         return zarr.open_group(where.zarr_url(), mode=mode)
-    except (OSError, ValueError, zarr.errors.BaseZarrError) as exc:
+    except Exception as exc:  # noqa: BLE001 (a remote store raises its client's errors)
+        if not where.is_local:
+            where.check_reachable()  # names the URL and what the server said
+        if not isinstance(exc, OSError | ValueError | zarr.errors.BaseZarrError):
+            raise
         raise NgffError(f"{where}: not a zarr group ({exc})") from exc
 
 
