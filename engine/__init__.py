@@ -25,10 +25,10 @@ _WHERE = {
     "Roi": "engine.core.geometry",
     "RoiSpec": "engine.core.pipeline",
     "RunHandle": "engine.runs.submit",
-    "RunResult": "engine.runs.runner",
+    "RunResult": "engine.runs.result",
     "Step": "engine.core.pipeline",
     "__version__": "engine.core.version",
-    "make_plan": "engine.runs.runner",
+    "make_plan": "engine.runs.planning",
     "run": "engine.runs.runner",
     "submit": "engine.runs.submit",
 }
@@ -70,5 +70,7 @@ if TYPE_CHECKING:
     from engine.core.geometry import Roi
     from engine.core.pipeline import ClusterSpec, InputRef, OutputSpec, Pipeline, RoiSpec, Step
     from engine.core.version import __version__
-    from engine.runs.runner import RunResult, make_plan, run
+    from engine.runs.planning import make_plan
+    from engine.runs.result import RunResult
+    from engine.runs.runner import run
     from engine.runs.submit import RunHandle, submit

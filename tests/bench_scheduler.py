@@ -97,9 +97,9 @@ def plan_and_setup(image: str) -> dict:
     import numpy as np
 
     from engine.execute.batching import batch, batch_size
-    from engine.plan.compiler import layout_hash
+    from engine.plan.fingerprint import layout_hash
     from engine.plan.memory import projected_peak
-    from engine.runs.runner import make_plan
+    from engine.runs.planning import make_plan
     from engine.state.markers import Markers
 
     before = peak_rss()
@@ -135,7 +135,7 @@ def in_child(*argv: str) -> dict:
 
 
 def overhead(tmp: Path, count: int, address: str, workers: int) -> dict:
-    from engine.runs.runner import make_plan
+    from engine.runs.planning import make_plan
 
     image = noop_image(tmp, count)
     pipeline = noop_pipeline()

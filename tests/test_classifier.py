@@ -16,7 +16,7 @@ from engine.cli.commands import main
 from engine.core.errors import ConfigError, EngineError, OutputConflict
 from engine.io.sample_image import sample_rois
 from engine.io.sample_zarr import write_sample
-from engine.runs.runner import make_plan
+from engine.runs.planning import make_plan
 from tasks.classifier import TrainParams, block_samples, combine_samples, file_sha256
 from tasks.features import FeatureSettings, pixel_features
 

@@ -8,7 +8,8 @@ import pytest
 
 from engine import Pipeline
 from engine.io.sample_zarr import write_sample
-from engine.runs.runner import make_plan, run
+from engine.runs.planning import make_plan
+from engine.runs.runner import run
 
 CONFIGS_DIR = Path(__file__).parents[1] / "configs"
 CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))

@@ -12,12 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import Pipeline
-from engine.core.geometry import Roi, chunks_touching, count_chunks
+from engine.core.geometry import Roi, chain_boxes, chunks_touching, count_chunks
 from engine.core.grid import ChunkGrid
 from engine.io.metadata import Axis, read_image
 from engine.io.ngff_write import LevelSpec, create_image
-from engine.plan.compiler import Link, chain_boxes, compile_plan, layout_hash, summarize
+from engine.plan.compiler import compile_plan
+from engine.plan.fingerprint import layout_hash
 from engine.plan.memory import _task_bytes, project_stage
+from engine.plan.report import summarize
+from engine.plan.types import Link
 
 SHAPE = (23, 30, 17)
 NUCLEI = (

@@ -15,7 +15,7 @@ from engine import Pipeline, run
 from engine.core.errors import ConfigError, EngineError
 from engine.core.geometry import Roi
 from engine.execute.executor import TaskFailed
-from engine.runs.runner import make_plan
+from engine.runs.planning import make_plan
 from tasks.instance import seeded_watershed
 
 OVERLAP = 12

@@ -17,7 +17,7 @@ from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import ClusterSpec
 from engine.execute.executor import TaskFailed
 from engine.execute.slurm import make_cluster, resource_directives
-from engine.runs.runner import make_plan
+from engine.runs.planning import make_plan
 
 SHAPE = (20, 70, 50)
 ROI = {"z": [3, 17], "y": [10, 61], "x": [5, 50]}  # not chunk-aligned, touches the x border

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from engine.ngff import ImageMeta, read_image
 from ome_zarr.format import FormatV04, FormatV05
 from scipy import ndimage as ndi
 
 from engine import Pipeline, RoiSpec, run
 from engine.core.errors import NgffError
+from engine.io.metadata import ImageMeta, read_image
 from engine.io.sample_image import make_nuclei
 from engine.io.sample_zarr import write_sample
 

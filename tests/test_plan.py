@@ -11,7 +11,8 @@ from engine import Pipeline
 from engine.core.geometry import Roi
 from engine.io.metadata import Axis, read_image
 from engine.io.ngff_write import LevelSpec, create_image
-from engine.plan.compiler import compile_plan, summarize
+from engine.plan.compiler import compile_plan
+from engine.plan.report import summarize
 
 NUCLEI = (
     Pipeline()

@@ -18,7 +18,8 @@ from engine.core.pipeline import Pipeline
 from engine.io.metadata import open_group, read_image
 from engine.io.roi_tables import ROI_COLUMNS, box_to_micrometer, read_rois, write_rois
 from engine.io.rois import image_roi, resolve_roi
-from engine.runs.runner import make_plan, run
+from engine.runs.planning import make_plan
+from engine.runs.runner import run
 
 PIPELINE = """
 rois:
@@ -59,8 +60,8 @@ def test_roi_table_layout_round_trips(tmp_path: Path, version: str) -> None:
     assert row["z_micrometer"] == 4.0 and row["len_z_micrometer"] == 14.0
     assert row["y_micrometer"] == pytest.approx(5 * 0.325)
     # back to the same voxels, at level 0 and (halved in y/x) at level 1
-    assert resolve_roi(image_roi(str(path), "a"), meta, 0, "a") == box
-    assert resolve_roi(image_roi(str(path), "a"), meta, 1, "a") == Roi((2, 3, 4), (9, 20, 31), 1)
+    assert resolve_roi(image_roi(meta, "a"), meta, 0, "a") == box
+    assert resolve_roi(image_roi(meta, "a"), meta, 1, "a") == Roi((2, 3, 4), (9, 20, 31), 1)
     # adding another ROI keeps the first; writing one again replaces it
     other = box_to_micrometer(meta, Roi((0, 0, 0), (16, 10, 10), 0))
     write_rois(open_group(path, mode="r+"), {"b": other})
@@ -81,7 +82,7 @@ def test_2d_image_stores_unit_z_and_ignores_it(tmp_path: Path) -> None:
     table = anndata.read_zarr(str(path / "tables/rois"))
     row = dict(zip(table.var_names, np.asarray(table.X)[0]))
     assert (row["z_micrometer"], row["len_z_micrometer"]) == (0.0, 1.0)
-    assert resolve_roi(image_roi(str(path), "flat"), meta, 0, "flat") == box
+    assert resolve_roi(image_roi(meta, "flat"), meta, 0, "flat") == box
 
 
 def test_names_come_from_the_config_first_then_the_zarr(tmp_path: Path) -> None:

@@ -32,8 +32,7 @@ def _boxes(path: Path) -> dict[str, Roi]:
     meta = read_image(path)
     bare = Pipeline()
     return {
-        name: resolve_roi(named_roi(bare, name, str(path)), meta, 0, name)
-        for name in ("train", "test")
+        name: resolve_roi(named_roi(bare, name, meta), meta, 0, name) for name in ("train", "test")
     }
 
 

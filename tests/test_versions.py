@@ -22,7 +22,7 @@ from engine.cli.commands import main
 from engine.core.errors import OutputConflict
 from engine.execute.executor import TaskFailed
 from engine.io.sample_zarr import write_sample
-from engine.runs.runner import make_plan
+from engine.runs.planning import make_plan
 from engine.state.records import read_record
 
 ROI = {"z": (1, 15), "y": (5, 90), "x": (3, 77)}

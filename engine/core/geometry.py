@@ -16,6 +16,7 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 Number = int | float
 
@@ -136,6 +137,28 @@ class Roi:
             level,
         )
 
+    def drop_axis(self, axis: int | None) -> Roi:
+        """This box without axis `axis` (None: unchanged): an image ROI in the work space,
+        which has no channel axis."""
+        if axis is None:
+            return self
+        keep = [i for i in range(self.ndim) if i != axis]
+        return Roi(
+            tuple(self.start[i] for i in keep), tuple(self.stop[i] for i in keep), self.level
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The form run records, output provenance and results keep an ROI in."""
+        return {
+            "start": [int(v) for v in self.start],
+            "stop": [int(v) for v in self.stop],
+            "level": self.level,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Roi:
+        return cls(tuple(data["start"]), tuple(data["stop"]), data["level"])
+
     def __str__(self) -> str:
         space = "physical" if self.is_physical else f"level {self.level}"
         ranges = ", ".join(f"{a}:{b}" for a, b in zip(self.start, self.stop, strict=True))
@@ -178,3 +201,16 @@ def chunks_touching(
 
 def count_chunks(roi: Roi, chunks: Sequence[int], bounds: Roi) -> int:
     return math.prod(len(r) for r in chunk_index_range(roi.intersect(bounds), chunks))
+
+
+def chain_boxes(write: Roi, chain: Sequence[Any], bounds: Roi) -> list[Roi]:
+    """Boxes each link's input must cover, first link first; the last entry is `write`
+    (a link is anything with a per-axis `halo`, as the plan's `Link`).
+
+    Going backwards from the box written, each link widens the box by its halo,
+    clipped to the data's extent, where boundary modes then apply as on the whole.
+    """
+    boxes = [write]
+    for link in reversed(chain):
+        boxes.append(boxes[-1].grow(link.halo).intersect(bounds))
+    return boxes[::-1]

@@ -38,7 +38,8 @@ DASK_WORKER_ENVIRONMENT = {
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
 }
-# what a worker imports to run chunk tasks, and the server's own exit (engine/execute/fork_server.py)
+# what a worker imports to run chunk tasks, and the server's own exit
+# (engine/execute/fork_server.py)
 WORKER_MODULES = ["distributed", "engine.execute.executor", "engine.execute.fork_server"]
 
 _server_environment: dict[str, str] | None = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,18 +26,19 @@ import numpy as np
 from distributed import Client, Future, as_completed
 
 from engine.core.errors import EngineError
-from engine.core.geometry import Roi, chunks_touching
+from engine.core.geometry import Roi
 from engine.core.grid import ChunkTask
 from engine.execute.batching import Batches, batch, batch_size
+from engine.io.downsample import downsample_factors
 from engine.io.location import Where
-from engine.plan.compiler import Plan, Stage, downsample_factors
-from engine.state.markers import KEEP_RESULTS, ChunkMarker, Markers
-from engine.worker import compute
-from engine.worker.compute import RelabelTable
-from tasks import OPS
-from tasks.evaluate import Counts, combine_counts
-from tasks.label import FaceComponents, resolve_face_components
-from tasks.measure import Partial, combine_partials
+from engine.plan.kinds import KINDS
+from engine.plan.types import Plan, Stage
+from engine.state.markers import ChunkMarker, Markers
+from engine.worker.chain import StepFailed
+from engine.worker.labels import LabelResult
+from tasks.evaluate import Counts
+from tasks.label import FaceComponents
+from tasks.measure import Partial
 
 IN_FLIGHT_PER_WORKER = 16  # batches handed to dask at once, per worker
 PREVIEW_PRIORITY = 1_000_000  # added to dask priority for chunks in the priority box
@@ -51,17 +52,6 @@ class StageStats:
     seconds: float
     done: int = 0  # chunk tasks this run computed
     skipped: int = 0  # chunk tasks marked done by an earlier attempt (--resume)
-
-
-@dataclass(frozen=True)
-class LabelResult:
-    """What a label merge produced: how many objects, the dtype they need, the id offset
-    (an --update continues after the output's largest id) and the objects per chunk."""
-
-    count: int
-    dtype: str
-    offset: int = 0
-    counts: tuple[int, ...] = ()
 
 
 class TaskFailed(EngineError):
@@ -122,7 +112,7 @@ def _run_tasks(
                     time.sleep(backoff * 2**attempt)
                     continue
                 tries = f" (after {attempt + 1} attempts)" if attempt else ""
-                if isinstance(exc, compute.StepFailed):
+                if isinstance(exc, StepFailed):
                     message = (
                         f"step '{exc.step}' failed on chunk {task.write} (stage {stage.name})"
                         f"{tries}: {type(exc.error).__name__}: {exc.error}"
@@ -135,50 +125,18 @@ def _run_tasks(
                 raise TaskFailed(message, stage.name, tuple(task.index)) from exc
         if marker is not None:
             marker.mark(position, result)
-        results.append(result if marker is None or kind in KEEP_RESULTS else None)
-    if kind == "reduce":  # the first level of the reduction tree, here on the worker
-        return [combine_reduction(stage, results), *([None] * (len(results) - 1))]
-    return results
-
-
-def combine_reduction(stage: Stage, partials: Sequence[dict | None]) -> dict:
-    """Per time point, the partials of a reduction stage combined (None: nothing)."""
-    op = OPS[stage.chain[-1].op]
-    reduction = op.reduction(op.params.model_validate(stage.chain[-1].params))
-    combined: dict[Any, Any] = {}
-    for part in partials:
-        for t, partial in (part or {}).items():
-            combined[t] = reduction.combine(combined[t], partial) if t in combined else partial
-    return combined
+        keep = marker is None or KINDS[kind].keeps_results
+        results.append(result if keep else None)
+    fold = KINDS[kind].fold
+    return fold(stage, results) if fold is not None else results
 
 
 def _run_one(
     kind: str, root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict
 ) -> Any:
-    spatial, ctx, values = common["spatial"], common["context"], common["values"]
-    if kind == "blockwise":
-        return compute.run_blockwise(root, stage, task.read, task.write, spatial, ctx, values)
-    if kind == "reduce":
-        return compute.run_reduce(root, stage, task.read, task.write, spatial, ctx, values)
-    if kind == "label":
-        return compute.run_label(root, stage, task, spatial, ctx, values)
-    if kind == "faces":
-        return compute.run_faces(root, stage, task, spatial, common["chunks"], extra)
-    if kind == "segment":
-        return compute.run_segment(root, stage, task, spatial, ctx, values)
-    if kind == "match":
-        return compute.run_match(root, stage, task, spatial, extra)
-    if kind == "relabel":
-        return compute.run_relabel(root, stage, task.write, extra.table())
-    if kind == "pyramid":
-        return compute.run_pyramid(root, stage, task.read, task.write, common["factors"])
-    if kind == "measure":
-        return compute.run_measure(root, stage, task, spatial, ctx, values)
-    if kind == "train":
-        return compute.run_train(root, stage, task, spatial, ctx, values)
-    if kind == "evaluate":
-        return compute.run_evaluate(root, stage, task)
-    raise ValueError(f"unknown stage kind {kind}")
+    work = KINDS[kind].work
+    assert work is not None, f"stage kind {kind} has no chunk tasks"
+    return work(root, stage, task, extra, common)
 
 
 @dataclass
@@ -253,10 +211,22 @@ class Executor:
         # retiring before its walltime); the peaks are those of the workers still there.
         self.client.run(reset_peak_memory, on_error="ignore")
         for stage in self.plan.stages:
-            getattr(self, f"_{stage.kind}")(stage)
+            self._start(stage)
         self._drain(lambda: not self.live and all(r.remaining == 0 for r in self.runs.values()))
         self.peak_memory = self.client.run(peak_memory, on_error="ignore")
         return [self.stats[s.name] for s in self.plan.stages]
+
+    def _start(self, stage: Stage) -> None:
+        """What the stage's kind (engine/plan/kinds.py) asks of the driver: create what it
+        writes, queue its chunks with what each gets, and fold their results at the end
+        (a barrier; stages after it queue only once it is done)."""
+        kind = KINDS[stage.kind]
+        if kind.prepare is not None:
+            kind.prepare(self, stage)
+        if kind.work is not None:
+            self._enqueue(stage, kind.extra(self, stage) if kind.extra is not None else None)
+        if kind.finish is not None:
+            kind.finish(self, stage)
 
     def in_progress(self) -> dict[str, tuple[int, int]]:
         """Stages started but not complete: (chunks computed, chunks skipped)."""
@@ -264,7 +234,7 @@ class Executor:
 
     def _common(self, stage: Stage, **extra: Any) -> dict[str, Any]:
         needed = {link.value_from for link in stage.chain if link.value_from}
-        if stage.kind == "reduce":
+        if stage.pass_no:  # a later pass of a reduction: the value of the one before
             needed.add(f"{stage.step}/reduce-{stage.pass_no - 1}")
         values = {k: v for k, v in self.values.items() if k in needed}
         return {
@@ -281,7 +251,7 @@ class Executor:
         tasks = stage.tasks
         count = len(tasks)
         shared = self._common(stage, **common)
-        keep = stage.kind in KEEP_RESULTS
+        keep = KINDS[stage.kind].keeps_results
         results: list[Any] | None = [None] * count if keep else None
         finished = np.zeros(count, bool)
         if self.markers is not None and count:
@@ -344,7 +314,7 @@ class Executor:
         """The priority box in the coordinates of the stage's tasks (its pyramid level)."""
         if self.priority is None:
             return None
-        if stage.kind != "pyramid":
+        if stage.level == 0:  # not a pyramid level
             return self.priority
         out = next(o for o in self.plan.outputs if o.step == stage.step)
         factors = downsample_factors(out.levels[0], out.levels[stage.level])
@@ -426,151 +396,22 @@ class Executor:
 
     def _complete(self, run: _StageRun) -> None:
         run.seconds = time.perf_counter() - run.started
-        self._record(run.stage, run.seconds, run.done, run.skipped)
+        self.record(run.stage, run.seconds, run.done, run.skipped)
 
-    def _record(self, stage: Stage, seconds: float, done: int = 0, skipped: int = 0) -> None:
+    def record(self, stage: Stage, seconds: float, done: int = 0, skipped: int = 0) -> None:
         stat = StageStats(stage.name, stage.kind, len(stage.tasks), seconds, done, skipped)
         self.stats[stage.name] = stat
         if self.on_stage is not None:
             self.on_stage(stat)
 
-    def _collect(self, *names: str) -> list[list[Any]]:
+    def collect(self, *names: str) -> list[list[Any]]:
         """Wait for whole stages (a barrier) and return their per-task results."""
         runs = [self.runs[n] for n in names]
         self._drain(lambda: all(r.seconds is not None for r in runs))
         return [r.results for r in runs]
 
-    def _reduce(self, stage: Stage) -> None:
-        if stage.target is not None:
-            self.prepare_output(f"{stage.step}/input", stage.target_dtype, None)
-        link = stage.chain[-1]
-        op = OPS[link.op]
-        params = op.params.model_validate(link.params)
-        reduction = op.reduction(params)
-        self._enqueue(stage)
-        # per batch, one partial combined on its worker; here the second level
-        combined = combine_reduction(stage, self._collect(stage.name)[0])
-        previous = self.values.get(f"{stage.step}/reduce-{stage.pass_no - 1}", {})
-        try:
-            self.values[stage.name] = {
-                t: reduction.finish(c, params, stage.pass_no, previous.get(t))
-                for t, c in combined.items()
-            }
-        except ValueError as exc:
-            raise EngineError(f"step '{stage.step}': {exc}") from None
-
-    def _blockwise(self, stage: Stage) -> None:
-        self.prepare_output(stage.step, stage.target_dtype, None)
-        self._enqueue(stage)
-
-    def _label(self, stage: Stage) -> None:
-        self.prepare_output(f"{stage.step}/local", "uint32", None)
-        self._enqueue(stage)
-
-    def _faces(self, stage: Stage) -> None:
-        """Face pairs in ids (chunk position << 32 | local id): known before any chunk
-        is labelled, so a chunk's faces go as soon as it and its neighbours are done."""
-        grid = stage.tasks
-        bounds = Roi.from_shape(tuple(int(b) for b in self.plan.roi.stop), self.plan.level)
-
-        def bases(position: int) -> dict[tuple[int, ...], int]:
-            found = {}
-            for idx, _ in chunks_touching(grid[position].read, self.plan.chunks, bounds):
-                neighbour = grid.position(idx)
-                if neighbour is not None:
-                    found[idx] = neighbour << 32
-            return found
-
-        self._enqueue(stage, bases)
-
-    def _segment(self, stage: Stage) -> None:
-        self._label(stage)
-
-    def _match(self, stage: Stage) -> None:
-        self._faces(stage)
-
-    def _merge(self, stage: Stage) -> None:
-        started = time.perf_counter()
-        local = next(
-            s.name
-            for s in self.plan.stages
-            if s.step == stage.step and s.kind in ("label", "segment")
-        )
-        counts, found = self._collect(local, *stage.after)
-        waited = time.perf_counter() - started
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
-        pairs = np.concatenate([np.zeros((0, 2), np.uint64), *found])
-        # chunk position << 32 | local id  ->  provisional id, consecutive over chunks
-        pairs = offsets[(pairs >> np.uint64(32)).astype(np.int64)] + (pairs & np.uint64(2**32 - 1))
-        components = resolve_face_components(pairs)
-        count = int(offsets[-1]) - len(components.merged)
-        offset = self.prepare_output(stage.step, "uint64" if count >= 2**32 else "uint32", count)
-        dtype = "uint32" if count + offset < 2**32 else "uint64"
-        self.components[stage.step] = components
-        self.labels[stage.step] = LabelResult(count, dtype, offset, tuple(int(c) for c in counts))
-        self.merge_stats[stage.step] = {
-            "objects": count,
-            "face_ids": len(components.ids),
-            "pairs": len(pairs),
-            "seconds": time.perf_counter() - started - waited,
-            "bytes": components.nbytes + pairs.nbytes,
-        }
-        self._record(stage, time.perf_counter() - started)
-
-    def _relabel(self, stage: Stage) -> None:
-        result = self.labels[stage.step]
-        components = self.components.pop(stage.step)
-        firsts = np.concatenate([[1], np.cumsum(result.counts) + 1]).astype(np.int64)
-
-        def table(position: int) -> RelabelTable:
-            first, count = int(firsts[position]), result.counts[position]
-            return RelabelTable(
-                components.within(first, count), first, count, result.offset, result.dtype
-            )
-
-        self._enqueue(stage, table)
-
-    def _measure(self, stage: Stage) -> None:
-        """Per-chunk partials combined into one row per object; the run writes the table."""
-        self._enqueue(stage)
-        parts = self._collect(stage.name)[0]
-        started = time.perf_counter()
-        rows = sum(len(p["label"]) for p in parts)
-        combined = combine_partials(parts) if parts else None
-        if combined is None:
-            raise EngineError(f"step '{stage.step}': the ROI is empty: nothing to measure")
-        self.measurements[stage.step] = combined
-        self.merge_stats[stage.step] = {
-            "partial_rows": rows,
-            "objects": len(combined["label"]),
-            "seconds": time.perf_counter() - started,
-            "partial_bytes": sum(v.nbytes for p in parts for v in p.values()),
-            "table_bytes": sum(v.nbytes for v in combined.values()),
-        }
-
-    def _train(self, stage: Stage) -> None:
-        """The chunks' samples combined here (a barrier); one worker fits the model."""
-        self._enqueue(stage)
-        parts = self._collect(stage.name)[0]
-        started = time.perf_counter()
-        samples = compute.combine_training(stage, parts)
-        future = self.client.submit(compute.fit_model, stage, samples, pure=False)
-        self.models[stage.step] = future.result()
-        self.merge_stats[stage.step] = {
-            "samples": len(samples.classes),
-            "sample_bytes": samples.features.nbytes,
-            "seconds": time.perf_counter() - started,
-        }
-
-    def _evaluate(self, stage: Stage) -> None:
-        """Per-chunk contingency tables added up into one; the run scores it."""
-        self._enqueue(stage)
-        self.evaluations[stage.step] = combine_counts(self._collect(stage.name)[0])
-
-    def _pyramid(self, stage: Stage) -> None:
-        out = next(o for o in self.plan.outputs if o.step == stage.step)
-        factors = downsample_factors(out.levels[stage.level - 1], out.levels[stage.level])
-        self._enqueue(stage, factors=factors)
+    def on_worker(self, function: Callable[..., Any], *args: Any) -> Any:
+        return self.client.submit(function, *args, pure=False).result()
 
 
 def reset_peak_memory() -> None:

@@ -41,7 +41,7 @@ from distributed.security import Security
 
 from engine.core.errors import EngineError
 from engine.core.pipeline import ClusterSpec, duration_seconds
-from engine.execute.cluster import config_exports, worker_config
+from engine.execute.worker_config import config_exports, worker_config
 
 
 def _import_jobqueue():
@@ -306,3 +306,10 @@ def slurm_client(spec: ClusterSpec, resources: dict[str, float] | None = None) -
                 value.close()
         if tls_dir is not None:
             shutil.rmtree(tls_dir, ignore_errors=True)
+
+
+def memory_bytes(text: str) -> int:
+    """Bytes in a SLURM-style memory size ("4GiB", "500 MB"), as dask reads them."""
+    from dask.utils import parse_bytes
+
+    return parse_bytes(text.replace(" ", ""))

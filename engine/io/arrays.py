@@ -116,7 +116,7 @@ def read_array(root: Where, path: str, box: Roi | Sequence[slice]) -> np.ndarray
     return np.asarray(open_array(root, path)[slices])
 
 
-def write_array(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
+def write_target(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
     """Write a box; a box that is exactly one chunk goes straight to its chunk file."""
     array = open_array(root, path, "r+")
     files = direct_files(root, path)

@@ -7,9 +7,10 @@ so planning never opens pixel data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pydantic
@@ -21,6 +22,7 @@ from engine.core.errors import NgffError
 from engine.io.location import Location
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER
 
+T = TypeVar("T")
 Version = Literal["0.4", "0.5"]
 SPATIAL = ("z", "y", "x")
 
@@ -88,6 +90,11 @@ class ImageMeta:
             if a.type == "channel" or (a.type is None and a.name == "c"):
                 return i
         return None
+
+    def drop_channel(self, values: Sequence[T]) -> tuple[T, ...]:
+        """Per-axis `values` (a shape, chunks, a scale) without the channel axis: the
+        work space every op sees."""
+        return tuple(v for i, v in enumerate(values) if i != self.channel_axis)
 
     def level(self, index: int) -> Level:
         if not 0 <= index < len(self.levels):

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
+from engine.core.layout import MODELS
 from engine.io.metadata import Axis, Version
 
 ENGINE_KEY = "ngff_engine"
@@ -23,7 +24,7 @@ GROUP_OF_KIND: dict[str, str] = {
     "label": "labels",
     "image": "results",
     "table": "tables",
-    "model": "_engine/models",
+    "model": MODELS,
 }
 
 

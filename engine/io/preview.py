@@ -23,7 +23,7 @@ from engine.core.pipeline import RoiSpec
 from engine.io.location import Location, Workspace
 from engine.io.metadata import ImageMeta, read_image
 from engine.io.ngff_write import read_ome
-from engine.io.rois import image_roi, parse_cli_roi, resolve_roi
+from engine.io.rois import user_roi
 
 LOW, HIGH = 1.0, 99.8  # percentiles of the contrast stretch
 
@@ -68,19 +68,6 @@ def stretch(plane: np.ndarray, low: float = LOW, high: float = HIGH) -> np.ndarr
         return np.zeros(plane.shape, dtype=np.uint8)
     scaled = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
     return np.round(scaled * 255).astype(np.uint8)
-
-
-def _roi_box(meta: ImageMeta, roi: str | RoiSpec | dict | None, level: int) -> Roi:
-    if roi is None:
-        return resolve_roi(None, meta, level)
-    if isinstance(roi, dict):
-        roi = RoiSpec.model_validate(roi)
-    if isinstance(roi, RoiSpec):
-        return resolve_roi(roi, meta, level)
-    if ":" in roi:  # pixels of the preview's level
-        spec = parse_cli_roi(roi, meta).model_copy(update={"level": level})
-        return resolve_roi(spec, meta, level, roi)
-    return resolve_roi(image_roi(meta.path, roi), meta, level, roi)
 
 
 def _project(
@@ -134,7 +121,7 @@ def render_preview(
     ws = path if isinstance(path, Workspace) else Workspace.of(Location.parse(path))
     path = ws.image
     meta = read_image(path)
-    box = _roi_box(meta, roi, level)
+    box = user_roi(roi, meta, level, text_level=level)  # text: pixels of this level
     names = meta.axis_names
     ranges = {n: (a, b) for n, a, b in zip(names, box.start, box.stop, strict=True)}
     if "y" not in names or "x" not in names:

@@ -15,6 +15,7 @@ import zarr
 
 from engine.core.errors import EngineError
 from engine.core.geometry import Roi
+from engine.io.downsample import block_mean
 from engine.io.metadata import Axis, Version, read_image
 from engine.io.ngff_write import (
     LevelSpec,
@@ -26,7 +27,6 @@ from engine.io.ngff_write import (
 )
 from engine.io.roi_tables import box_to_micrometer, write_rois
 from engine.io.sample_image import make_annotations, make_nuclei, sample_rois
-from engine.worker.compute import block_mean
 
 SPACING_UM = {"z": 1.0, "y": 0.5, "x": 0.5}
 

@@ -17,9 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.core.errors import ConfigError
+from engine.core.geometry import chain_boxes
 from engine.core.worker_env import HEAP_TOP_PAD_BYTES
 from engine.io.chunk_cache import DEFAULT_BUDGET_BYTES
-from engine.plan.compiler import Plan, Stage, chain_boxes, human_bytes
+from engine.plan.kinds import KINDS
+from engine.plan.report import human_bytes
+from engine.plan.types import Plan, Stage
 
 PROCESS_BYTES = 200 * 1024**2  # a dask worker with numpy, scipy, zarr imported (~130 MiB measured)
 WORKING_ITEMSIZE = 8  # ops may compute in float64
@@ -65,7 +68,7 @@ def _task_bytes(stage: Stage, read, write) -> int:
             )
             dtype = out_dtype
         total += worst
-    if stage.target is not None and stage.kind not in ("measure", "evaluate"):
+    if stage.target is not None and KINDS[stage.kind].writes_chunks:
         total += write.size * np.dtype(stage.target_dtype or "uint64").itemsize
     return int(total)
 

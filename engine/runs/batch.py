@@ -2,8 +2,8 @@
 
 dask-jobqueue's SLURMRunner gives each task its role: task 0 the dask scheduler,
 task 1 the driver (this module's `drive`: the same `run()` as `ngff-engine run`),
-tasks 2.. the workers. TLS comes from the run's certificate in RUN_DIR, put in dask's
-config so that the scheduler, the workers and every client of this process use it.
+tasks 2.. the workers (engine/execute/batch_runner.py); TLS comes from the run's
+certificate in RUN_DIR.
 
 The driver writes into RUN_DIR: progress.json while it runs, then result.json (or
 error.txt) and exit_code (0 done, 2 a problem with the input, 1 anything else).
@@ -19,9 +19,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import dask
-
-TLS_FILES = {"ca": "tls-ca.pem", "cert": "tls-cert.pem", "key": "tls-key.pem"}
+from engine.execute.batch_runner import serve
+from engine.runs.progress import StageCounts
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -31,44 +30,20 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def tls_config(run_dir: Path) -> dict[str, Any]:
-    ca, cert, key = (str(run_dir / TLS_FILES[k]) for k in ("ca", "cert", "key"))
-    return {
-        "distributed.comm.require-encryption": True,
-        "distributed.comm.tls.ca-file": ca,
-        "distributed.comm.tls.scheduler.cert": cert,
-        "distributed.comm.tls.scheduler.key": key,
-        "distributed.comm.tls.worker.cert": cert,
-        "distributed.comm.tls.worker.key": key,
-        "distributed.comm.tls.client.cert": cert,
-        "distributed.comm.tls.client.key": key,
-    }
+def progress_file(path: Path) -> StageCounts:
+    """The run's progress, mirrored to `path` (progress.json) for `status()`: when a
+    stage starts or completes, else at most every 0.5 s."""
+    last = [0.0]
 
+    def save(stage: str, final: bool) -> None:
+        moment = time.monotonic()
+        if final or moment - last[0] > 0.5:
+            last[0] = moment
+            write_json(path, {"stages": counts.stages, "time": time.time()})
 
-class Progress:
-    """The run's progress callback, mirrored to progress.json for `status()`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.stages: dict[str, list[int]] = {}
-        self.last = 0.0
-        self.save(force=True)
-
-    def save(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.last > 0.5:
-            self.last = now
-            write_json(self.path, {"stages": self.stages, "time": time.time()})
-
-    def __call__(self, stage: str, total: int):
-        self.stages[stage] = [0, total]
-        self.save(force=True)
-
-        def advance(n: int) -> None:
-            self.stages[stage][0] += n
-            self.save(force=self.stages[stage][0] >= total)
-
-        return advance
+    counts = StageCounts(on_change=save)
+    write_json(path, {"stages": counts.stages, "time": time.time()})
+    return counts
 
 
 def drive(run_dir: Path, spec: dict[str, Any], scheduler: str) -> int:
@@ -86,7 +61,7 @@ def drive(run_dir: Path, spec: dict[str, Any], scheduler: str) -> int:
             update=spec["update"],
             resume=spec.get("resume", False),
             scheduler=scheduler,
-            progress=Progress(run_dir / "progress.json"),
+            progress=progress_file(run_dir / "progress.json"),
         )
     except EngineError as exc:
         (run_dir / "error.txt").write_text(f"{exc}\n")
@@ -103,60 +78,7 @@ def drive(run_dir: Path, spec: dict[str, Any], scheduler: str) -> int:
 def main(argv: list[str]) -> int:
     run_dir = Path(argv[0]).absolute()
     spec = json.loads((run_dir / "run.json").read_text())
-    tls = spec.get("tls", True)
-    if tls:
-        dask.config.set(tls_config(run_dir))
-
-    from dask_jobqueue.slurm import SLURMRunner  # installs its SIGINT -> exit handler
-    from distributed.core import rpc
-    from distributed.security import Security
-
-    security = Security()  # from the config set above
-
-    class Runner(SLURMRunner):
-        async def before_client_start(self) -> None:
-            # SLURMRunner's rpc to the scheduler has no TLS arguments; give it ours.
-            self.scheduler_comm = rpc(
-                self.scheduler_address,
-                connection_args=security.get_connection_args("client"),
-            )
-
-    protocol = "tls" if tls else "tcp"
-    runner = Runner(
-        scheduler_file=str(run_dir / "scheduler.json"),
-        scheduler_options={
-            "protocol": protocol,
-            "security": security,
-            "dashboard": False,
-            "dashboard_address": ":0",
-        },
-        worker_options={
-            "nthreads": int(spec.get("threads", 1)),
-            "memory_limit": spec.get("memory_limit", "auto"),
-            "security": security,
-            "protocol": protocol,
-        },
-    )
-    # Only the driver gets here: the scheduler and the workers exit inside the runner.
-    code = 1
-    try:
-        with runner:
-            from distributed import Client
-
-            timeout = spec.get("worker_timeout", 300)
-            try:
-                with Client(runner.scheduler_address, security=security) as client:
-                    client.wait_for_workers(runner.n_workers, timeout=timeout)
-            except (TimeoutError, OSError) as exc:
-                (run_dir / "error.txt").write_text(
-                    f"the {runner.n_workers} dask worker(s) of the allocation did not all "
-                    f"connect within {timeout} s ({type(exc).__name__}: {exc})\n"
-                )
-                return code
-            code = drive(run_dir, spec, runner.scheduler_address)
-    finally:
-        (run_dir / "exit_code").write_text(f"{code}\n")
-    return code
+    return serve(run_dir, spec, lambda scheduler: drive(run_dir, spec, scheduler))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from engine.io.existing import read_label_image
 from engine.io.location import Location, Workspace
 from engine.io.metadata import open_group, read_image
 from engine.io.ngff_write import listed
-from engine.io.rois import image_roi, parse_cli_roi, resolve_roi
+from engine.io.rois import resolve_roi, roi_spec
 from engine.io.tables import read_rows
 from engine.plan.compiler import comparison_plan
 from tasks.evaluate import Scores, scores
@@ -83,10 +83,9 @@ def diff(
             f"labels/{reference} has {list(b.levels[0].shape)} (axes {list(b.axis_names)}): "
             "diff compares label images of one shape"
         )
-    spec = None
-    if roi is not None:  # a name from the image's ROI tables, or boxes as --roi takes them
-        spec = parse_cli_roi(roi, a) if ":" in roi else image_roi(meta.path, roi)
-    box = resolve_roi(spec, a, 0, roi or "whole image")
+    # a name from the image's ROI tables, or boxes as --roi takes them, on the labels' grid
+    name, spec = roi_spec(roi, meta, store=ws.output)
+    box = resolve_roi(spec, a, 0, name)
     plan = comparison_plan(meta.path, (f"labels/{labels}", a), (f"labels/{reference}", b), box)
     with connect(workers, scheduler) as client:
         executor = Executor(client, ws, plan, lambda *_: 0)

@@ -31,15 +31,15 @@ from typing import Any
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import ClusterSpec, Pipeline, RoiSpec
 from engine.execute.cluster import ClusterArg, resolve_cluster
-from engine.plan.compiler import layout_hash
-from engine.runs.runner import (
-    RunResult,
-    check_output,
-    check_resumable,
-    make_plan,
-    resolve_input,
-    run,
-)
+from engine.execute.slurm import memory_bytes
+from engine.execute.tls import write_certificates
+from engine.plan.fingerprint import layout_hash
+from engine.runs.bookkeeping import check_resumable
+from engine.runs.outputs import check_flags, check_output
+from engine.runs.planning import make_plan, resolve_input, resolve_workspace
+from engine.runs.progress import StageCounts
+from engine.runs.result import RunResult
+from engine.runs.runner import run
 from engine.state.records import find_resumable
 
 TEMPLATE = Path(__file__).with_name("run.sbatch.template")  # slurm/ links to it
@@ -82,28 +82,20 @@ class ThreadRun(RunHandle):
         self._kwargs = kwargs
         self._pipeline = pipeline
         self._cancel = threading.Event()
-        self._stages: dict[str, list[int]] = {}
+        self._counts = StageCounts(on_change=self._check_cancel)
         self._state = "running"
         self._result: RunResult | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="ngff-engine-run", daemon=True)
         self._thread.start()
 
-    def _progress(self, stage: str, total: int):
+    def _check_cancel(self, stage: str, final: bool) -> None:
         if self._cancel.is_set():
             raise RunCancelled("run cancelled")
-        self._stages[stage] = [0, total]
-
-        def advance(n: int) -> None:
-            self._stages[stage][0] += n
-            if self._cancel.is_set():
-                raise RunCancelled("run cancelled")
-
-        return advance
 
     def _main(self) -> None:
         try:
-            self._result = run(self._pipeline, progress=self._progress, **self._kwargs)
+            self._result = run(self._pipeline, progress=self._counts, **self._kwargs)
             self._state = "done"
         except RunCancelled as exc:
             self._error = exc
@@ -116,7 +108,7 @@ class ThreadRun(RunHandle):
         return self._state
 
     def progress(self) -> dict[str, tuple[int, int]]:
-        return {k: (v[0], v[1]) for k, v in list(self._stages.items())}
+        return self._counts.snapshot()
 
     def wait(self, timeout: float | None = None) -> RunResult:
         self._thread.join(timeout)
@@ -199,7 +191,7 @@ class BatchRun(RunHandle):
             time.sleep(poll)
         if state != "done":
             raise EngineError(f"batch job {self.job_id} {state}: {self.error()} (log: {self.log})")
-        return _result_from_json(json.loads(self._file("result.json") or "{}"))
+        return RunResult.from_json(json.loads(self._file("result.json") or "{}"))
 
     def cancel(self) -> None:
         subprocess.run(["scancel", self.job_id], capture_output=True, text=True, timeout=60)
@@ -213,39 +205,11 @@ def _scontrol_state(job_id: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _result_from_json(data: dict[str, Any]) -> RunResult:
-    from engine.core.geometry import Roi
-    from engine.execute.executor import StageStats
-    from tasks.evaluate import Scores
-
-    roi = data["roi"]
-    return RunResult(
-        run_id=data["run_id"],
-        image=data["image"],
-        roi=Roi(tuple(roi["start"]), tuple(roi["stop"]), roi["level"]),
-        outputs=data["outputs"],
-        stages=[
-            StageStats(s["name"], s["kind"], s["tasks"], s["seconds"], s.get("done", 0))
-            for s in data["stages"]
-        ],
-        seconds=data["seconds"],
-        labels=data.get("objects", {}),
-        reused=data.get("reused", []),
-        evaluations={k: Scores.from_json(v) for k, v in data.get("evaluations", {}).items()},
-    )
-
-
-def _memory_bytes(text: str) -> int:
-    from dask.utils import parse_bytes
-
-    return parse_bytes(text.replace(" ", ""))
-
-
 def directives(spec: ClusterSpec, log: str) -> list[str]:
     """The #SBATCH lines of a batch job: one task each for the scheduler and the driver,
     and one per worker, each with `cores` CPUs and `memory`."""
     workers = spec.jobs or spec.max_jobs or 1
-    mem_per_cpu = math.ceil(_memory_bytes(spec.memory) / spec.cores / 2**20)
+    mem_per_cpu = math.ceil(memory_bytes(spec.memory) / spec.cores / 2**20)
     lines = [
         f"--job-name={spec.job_name}",
         f"--output={log}",
@@ -288,19 +252,6 @@ def _roi_json(roi: Any) -> Any:
     return roi
 
 
-def _write_certificates(run_dir: Path) -> None:
-    from distributed.security import Security
-
-    from engine.runs.batch import TLS_FILES
-
-    temporary = Security.temporary()  # one self-signed certificate for every role
-    for key, text in (("ca", temporary.tls_ca_file), ("cert", temporary.tls_client_cert)):
-        (run_dir / TLS_FILES[key]).write_text(text)
-    key_path = run_dir / TLS_FILES["key"]
-    key_path.touch(mode=0o600)
-    key_path.write_text(temporary.tls_client_key)
-
-
 def check_outputs(
     pipeline: Pipeline,
     input: str | Path | None,
@@ -311,18 +262,16 @@ def check_outputs(
 ) -> dict[str, str]:
     """What `run()` would refuse about the outputs, refused here before anything starts:
     a started run cannot report it until it runs. Returns name -> path of each output."""
-    if overwrite and update:
-        raise ConfigError("--overwrite and --update exclude each other")
-    if resume and (overwrite or update):
-        raise ConfigError("--resume continues a run with its own --overwrite/--update choice")
+    check_flags(overwrite, update, resume)
     meta, plan = make_plan(pipeline, input, roi)
+    ws = resolve_workspace(pipeline, meta, None)  # the config's output_store, if any
     if resume:  # the outputs are the interrupted run's own
-        old = find_resumable(meta.path, [o.path for o in plan.outputs])
+        old = find_resumable(ws.output, [o.path for o in plan.outputs])
         check_resumable(old, pipeline.to_dict(), plan, layout_hash(plan))
     else:
         for out in plan.outputs:
-            check_output(meta, out, overwrite, update)
-    return {out.name: str(Path(meta.path) / out.path) for out in plan.outputs}
+            check_output(ws, out, overwrite, update)
+    return {out.name: str(ws.output.child(out.path)) for out in plan.outputs}
 
 
 def submit_batch(
@@ -376,18 +325,18 @@ def submit_batch(
     run_spec = {
         "config": config or "pipeline",
         "pipeline": pipeline.to_dict(),
-        "input": resolve_input(pipeline, input),  # as given: the job runs in workdir
+        "input": str(resolve_input(pipeline, input)),  # as given: the job runs in workdir
         "roi": _roi_json(roi),
         "overwrite": overwrite,
         "update": update,
         "resume": resume,
         "threads": spec.cores,
-        "memory_limit": _memory_bytes(spec.memory),
+        "memory_limit": memory_bytes(spec.memory),
         "tls": spec.tls,
     }
     (run_dir / "run.json").write_text(json.dumps(run_spec, indent=1))
     if spec.tls:
-        _write_certificates(run_dir)
+        write_certificates(run_dir)
     (run_dir / "job.sbatch").write_text(script)
     proc = subprocess.run(
         ["sbatch", "--parsable", str(run_dir / "job.sbatch")],

@@ -28,10 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import OutputConflict
+from engine.core.layout import LOCKS
 from engine.io.location import Location
-from engine.plan.compiler import ENGINE_GROUP
-
-LOCKS = f"{ENGINE_GROUP}/locks"
 
 
 def _alive(pid: int) -> bool:

@@ -39,13 +39,11 @@ from typing import Any
 import numpy as np
 
 from engine.core.errors import EngineError
+from engine.core.layout import marker_folder
 from engine.io.location import Location, Where, locate
-from engine.plan.compiler import Plan, Stage
+from engine.plan.kinds import KINDS
+from engine.plan.types import Plan, Stage
 
-# Stage kinds whose per-chunk results the driver needs after the stage (kept on disk).
-KEEP_RESULTS = frozenset(
-    {"reduce", "label", "faces", "segment", "match", "measure", "evaluate", "train"}
-)
 LAYOUT_FILE = "layout.json"
 RECORDS = ".done"
 
@@ -63,7 +61,7 @@ class Done:
 
 
 def marker_path(plan: Plan, stage: Stage) -> str:
-    return f"{plan.scratch}/markers/{stage.name.replace('/', '.')}"
+    return marker_folder(plan.scratch, stage.name)
 
 
 def read_records(folder: Path | Location, keep: bool = False) -> Done:
@@ -157,10 +155,10 @@ class Markers:
 
     def done(self, stage: Stage) -> Done:
         folder = self.root.child(marker_path(self.plan, stage))
-        return read_records(folder, stage.kind in KEEP_RESULTS)
+        return read_records(folder, KINDS[stage.kind].keeps_results)
 
     def worker_info(self, stage: Stage) -> dict[str, Any]:
-        return {"path": marker_path(self.plan, stage), "keep": stage.kind in KEEP_RESULTS}
+        return {"path": marker_path(self.plan, stage), "keep": KINDS[stage.kind].keeps_results}
 
 
 class ChunkMarker:

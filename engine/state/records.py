@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import EngineError
+from engine.core.layout import RUNS
+from engine.io.group_attrs import read_group_attr, write_group_attr
 from engine.io.location import Location
-from engine.plan.compiler import ENGINE_GROUP
 from engine.state.locks import is_stale
 
-RUNS = f"{ENGINE_GROUP}/runs"
 KEY = "ngff_engine_run"
 
 
@@ -39,7 +39,7 @@ class RunRecord:
 
     def save(self) -> None:
         """One atomic metadata write: a kill never leaves a run group without its record."""
-        self.root.write_attrs(self.path, {KEY: self.data})
+        write_group_attr(self.root, self.path, KEY, self.data)
 
     def update(self, **values: Any) -> None:
         self.data.update(values)
@@ -47,8 +47,7 @@ class RunRecord:
 
 
 def read_record(root: str | Location, run_id: str) -> dict[str, Any] | None:
-    attrs = Location.parse(root).read_attrs(f"{RUNS}/{run_id}")
-    data = (attrs or {}).get(KEY)
+    data = read_group_attr(root, f"{RUNS}/{run_id}", KEY)
     return dict(data) if isinstance(data, dict) else None
 
 

@@ -1,0 +1,186 @@
+"""What the command prints: results, tables, progress bars. Formatting only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from engine.plan.report import human_bytes
+
+console = Console(stderr=True)
+out = Console()
+
+
+def progress_bars() -> Progress:
+    """One bar per stage: chunks done of all, rate, time so far and left."""
+    columns = (
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    return Progress(*columns, console=console, transient=False)
+
+
+def progress_callback(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:
+    def start(stage: str, total: int) -> Callable[[int], None]:
+        task = progress.add_task(stage, total=total)
+        return lambda n: progress.advance(task, n)
+
+    return start
+
+
+def print_result(result: Any) -> None:
+    out.print(
+        f"run {result.run_id} on {result.image} ROI {result.roi} in {result.seconds:.1f} s, "
+        f"{result.tasks_done} chunk tasks"
+    )
+    for name, path in result.outputs.items():
+        objects = f" ({result.labels[name]} objects)" if name in result.labels else ""
+        reused = " (reused: same config and ROI)" if name in result.reused else ""
+        out.print(f"  {name}: {path}{objects}{reused}")
+    for name, found in result.evaluations.items():
+        out.print(f"  {name}: {scores(found)}", highlight=False)
+        if name in result.previews:
+            out.print(f"    preview: {result.previews[name]}", highlight=False)
+    if result.peak_worker_bytes:
+        peak = max(result.peak_worker_bytes.values())
+        out.print(
+            f"  worker memory: peak {human_bytes(peak)}, "
+            f"projected {human_bytes(result.projected_worker_bytes)}"
+        )
+
+
+class RateColumn(ProgressColumn):
+    """Chunks per second of a stage."""
+
+    def render(self, task: Any) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.1f}/s")
+
+
+def scores(s: Any) -> str:
+    return (
+        f"Dice {s.dice:.4f}, IoU {s.iou:.4f}; objects at IoU 0.5: precision {s.precision:.4f}, "
+        f"recall {s.recall:.4f}, F1 {s.f1:.4f} ({s.true_positives} matched, "
+        f"{s.predicted_objects} predicted, {s.reference_objects} in the reference)"
+    )
+
+
+def print_info(path: str, info: dict[str, Any]) -> None:
+    meta = info["image"]
+    out.print(f"[bold]{path}[/]  OME-Zarr {meta['version']}  axes {meta['axes']}")
+    table = Table("level", "shape", "chunks", "dtype", "scale")
+    for lv in meta["levels"]:
+        table.add_row(
+            lv["path"], str(lv["shape"]), str(lv["chunks"]), lv["dtype"], str(lv["scale"])
+        )
+    out.print(table)
+    for kind in ("labels", "results"):
+        for item in info[kind]:
+            runs = item.get("runs", 0)
+            out.print(
+                f"{kind}/{item['name']}: {item['dtype']} {item['levels']} levels, {runs} run(s)"
+            )
+    for item in info["tables"]:
+        region = f" of {item['region']}" if item["region"] else ""
+        out.print(
+            f"tables/{item['name']}: {item['type']}{region}, {item['rows']} rows, "
+            f"{item['runs']} run(s)"
+        )
+    for item in info["models"]:
+        kind = item.get("estimator", "?").rsplit(".", 1)[-1]
+        out.print(
+            f"{item['path']}: {kind}, classes {item.get('classes')}, "
+            f"{item.get('n_features')} features, halo {item.get('halo')}",
+            highlight=False,
+        )
+    for group in info["versions"]:
+        out.print(f"versions of {group['output']}:", highlight=False)
+        for v in group["versions"]:
+            change = f" (from {v['previous']}: {v['changed']})" if v.get("previous") else ""
+            out.print(f"  v{v['number']} {v['name']}{change}", highlight=False, markup=False)
+    for roi in info["rois"]:
+        box = ", ".join(f"{a}: {r[0]:g}..{r[1]:g}" for a, r in roi["micrometer"].items())
+        out.print(f"roi {roi['name']} (tables/{roi['table']}): {box} micrometer", highlight=False)
+    return 0
+
+
+def print_plan(plan: Any, rows: list[dict[str, Any]], reused: list[str], seconds: float) -> None:
+    table = Table(title=f"plan for ROI {plan.roi} ({plan.task_count} tasks, {seconds:.3f} s)")
+    for col in (
+        "stage",
+        "kind",
+        "tasks",
+        "chunks read",
+        "chunks written",
+        "read",
+        "written",
+        "halo",
+    ):
+        table.add_column(col)
+    for r in rows:
+        halo = ",".join(f"{k}{v}" for k, v in r["halo"].items() if v) or "-"
+        table.add_row(
+            r["stage"],
+            r["kind"],
+            str(r["tasks"]),
+            str(r["chunks_read"]),
+            str(r["chunks_written"]),
+            human_bytes(r["bytes_read"]),
+            human_bytes(r["bytes_written"]),
+            halo,
+        )
+    out.print(table)
+    if reused:
+        out.print(f"reused as stored (same config and ROI): {', '.join(reused)}")
+
+
+def print_image_runs(image: str, runs: list[dict[str, Any]]) -> None:
+    if not runs:
+        out.print(f"{image}: no runs recorded", highlight=False, markup=False)
+        return
+    for r in runs:
+        counts = (
+            f"{r.get('chunks_done', 0)} done, {r.get('chunks_skipped', 0)} skipped, "
+            f"{r.get('chunks_failed', 0)} failed of {r.get('tasks', '?')} chunk tasks"
+        )
+        out.print(
+            f"{r.get('run_id', '?')}  {r.get('state', '?')}  {', '.join(r.get('outputs', []))}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        if r.get("reused"):
+            out.print(
+                f"  reused: {', '.join(r['reused'])}", highlight=False, markup=False, soft_wrap=True
+            )
+        ended = f" -> {r['ended']}" if r.get("ended") else ""
+        out.print(
+            f"  {r.get('started')}{ended}; {counts}", highlight=False, markup=False, soft_wrap=True
+        )
+        for name, row in r.get("stages", {}).items():
+            timing = "running" if row.get("running") else f"{row.get('seconds', 0):.1f} s"
+            out.print(
+                f"  {name:<24} {row.get('done', 0) + row.get('skipped', 0)}/{row.get('tasks')} "
+                f"({row.get('skipped', 0)} skipped) {timing}",
+                highlight=False,
+                markup=False,
+            )
+        if r.get("error"):
+            out.print(f"  error: {r['error']}", highlight=False, markup=False, soft_wrap=True)
