@@ -133,7 +133,9 @@ class Location:
 
         if self.is_local:
             return LocalStore(self.url, read_only=read_only)
-        return _fsspec_store(self.url, self.options_json, read_only or self.read_only)
+        return _fsspec_store(
+            self.url, self.options_json, read_only or self.read_only, _credentials_env()
+        )
 
     def zarr_url(self) -> Any:
         """What `zarr.open_*` takes for this location: the path string when local (zarr's
@@ -215,7 +217,7 @@ class Location:
     # -- whole objects, for the engine's own state ---------------------------------------
 
     def filesystem(self) -> Any:
-        return _filesystem(self.scheme, self.options_json)
+        return _filesystem(self.scheme, self.options_json, _credentials_env())
 
     def _fs_path(self, relpath: str = "") -> str:
         url = self.child(relpath).url
@@ -432,20 +434,38 @@ def _options(options: dict[str, Any]) -> str:
     return json.dumps(options, sort_keys=True, default=str)
 
 
+def _credentials_env() -> tuple[str | None, ...]:
+    """The environment S3 credentials come from: part of the cache keys below, so a
+    process whose environment changes (the Python API, tests) gets new clients."""
+    return tuple(os.environ.get(k) for k in _AWS_ENV)
+
+
+_AWS_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+)
+
+
 @functools.lru_cache(maxsize=256)
-def _fsspec_store(url: str, options_json: str, read_only: bool) -> Any:
-    """zarr's store for a URL (its own asynchronous file system), one per process and URL:
-    making one costs a client session."""
+def _fsspec_store(url: str, options_json: str, read_only: bool, env: tuple) -> Any:
+    """zarr's store for a URL (its own asynchronous file system), one per process, URL
+    and credentials: making one costs a client session."""
     from zarr.storage import FsspecStore
 
     options = json.loads(options_json)
     if not url.startswith("http"):
         options.setdefault("use_listings_cache", False)
+        options.setdefault("skip_instance_cache", True)
     return FsspecStore.from_url(url, storage_options=options, read_only=read_only)
 
 
 @functools.lru_cache(maxsize=32)
-def _filesystem(scheme: str, options_json: str) -> Any:
+def _filesystem(scheme: str, options_json: str, env: tuple) -> Any:
     """One fsspec file system per scheme and options, per process. Listings are never
     cached (`use_listings_cache=False`): run state changes under the engine's feet."""
     import fsspec
@@ -455,6 +475,7 @@ def _filesystem(scheme: str, options_json: str) -> Any:
         options.setdefault("skip_instance_cache", False)
     else:
         options.setdefault("use_listings_cache", False)
+        options.setdefault("skip_instance_cache", True)
     return fsspec.filesystem(scheme, asynchronous=False, **options)
 
 
