@@ -459,8 +459,7 @@ def _fsspec_store(url: str, options_json: str, read_only: bool, env: tuple) -> A
 
     options = json.loads(options_json)
     if not url.startswith("http"):
-        options.setdefault("use_listings_cache", False)
-        options.setdefault("skip_instance_cache", True)
+        options = _s3_defaults(options)
     return FsspecStore.from_url(url, storage_options=options, read_only=read_only)
 
 
@@ -474,9 +473,22 @@ def _filesystem(scheme: str, options_json: str, env: tuple) -> Any:
     if scheme in ("http", "https"):
         options.setdefault("skip_instance_cache", False)
     else:
-        options.setdefault("use_listings_cache", False)
-        options.setdefault("skip_instance_cache", True)
+        options = _s3_defaults(options)
     return fsspec.filesystem(scheme, asynchronous=False, **options)
+
+
+def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
+    """s3fs settings for the engine's access pattern. `max_concurrency=1`: with more,
+    s3fs sends a HEAD before every whole-object GET (to split large objects into ranged
+    reads): counted on the moto server, every chunk read was a HEAD and a GET; chunks
+    are far below its 50 MB block, so the HEAD bought nothing. Concurrency across
+    chunks comes from zarr and the chunk cache instead."""
+    return {
+        "use_listings_cache": False,
+        "skip_instance_cache": True,
+        "max_concurrency": 1,
+        **options,
+    }
 
 
 @dataclass(frozen=True)
