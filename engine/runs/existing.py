@@ -48,7 +48,8 @@ def read_existing(meta: ImageMeta, pipeline: Pipeline, store: Location | None = 
         for s in pipeline.steps
         if (target := s.writes()) is not None
     }
-    return Existing(label_names(meta, store), labels, outputs)
+    models = None if store == meta.location else store.url
+    return Existing(label_names(meta, store), labels, outputs, models)
 
 
 def stored_versions(
