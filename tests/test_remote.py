@@ -109,22 +109,30 @@ def test_info_over_s3_with_credentials_from_the_environment(
 # -- runs ---------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def http_store(
+    http_image: str, scheduler: str, tmp_path_factory: pytest.TempPathFactory, served
+) -> tuple[Path, object]:
+    """The measure pipeline on the HTTP image, outputs into a separate local store; the
+    served folder is checked untouched."""
+    before = tree(served.root)
+    store = tmp_path_factory.mktemp("store") / "outputs.zarr"
+    result = run(Pipeline.from_yaml(MEASURE), input=http_image, output=store, scheduler=scheduler)
+    assert tree(served.root) == before
+    return store, result
+
+
 def test_http_input_into_a_local_output_store(
-    http_image: str, local_run: Path, scheduler: str, tmp_path: Path, served
+    http_image: str, http_store: tuple[Path, object], local_run: Path, scheduler: str
 ) -> None:
     """Input over HTTP (read-only), outputs into a separate local store: the same labels
     and table as in-image on a local copy; the store is an OME-Zarr readers open on its
     own, records its image, and a second run finds its outputs there (reuse)."""
-    before = tree(served.root)
-    store = tmp_path / "outputs.zarr"
-    result = run(Pipeline.from_yaml(MEASURE), input=http_image, output=store, scheduler=scheduler)
-    assert tree(served.root) == before  # the served image is untouched
+    store, result = http_store
     assert result.outputs["nuclei"] == str(store / "labels/nuclei")
     same_partition(labels(store), labels(local_run))
-    got, ref = (
-        read_table(store / "tables/nuclei_stats"),
-        read_table(local_run / "tables/nuclei_stats"),
-    )
+    got = read_table(store / "tables/nuclei_stats")
+    ref = read_table(local_run / "tables/nuclei_stats")
     np.testing.assert_array_equal(got[0], ref[0])
     np.testing.assert_allclose(got[2], ref[2])
 
@@ -136,6 +144,49 @@ def test_http_input_into_a_local_output_store(
 
     again = run(Pipeline.from_yaml(MEASURE), input=http_image, output=store, scheduler=scheduler)
     assert again.tasks_done == 0 and set(again.reused) == {"nuclei", "nuclei_stats"}
+
+
+def test_commands_take_urls_and_the_output_store(
+    http_image: str,
+    http_store: tuple[Path, object],
+    scheduler: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """plan (sees the stored outputs: reuse), validate, info --output, status, preview
+    (labels from the store) and diff (store labels against the image's truth) on the
+    HTTP image."""
+    store, _ = http_store
+    code, out, err = cli(
+        capsys, "plan", str(MEASURE), "--input", http_image, "--output", str(store), "--json"
+    )
+    assert code == 0, err
+    assert set(json.loads(out)["reused"]) == {"labels/nuclei", "tables/nuclei_stats"}
+
+    code, out, err = cli(capsys, "validate", str(MEASURE), "--input", http_image)
+    assert code == 0 and f"image {http_image}" in out, err
+
+    code, out, err = cli(capsys, "info", http_image, "--output", str(store), "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    assert {i["name"] for i in info["labels"]} == {"truth", "annotations", "nuclei"}
+    assert {t["name"] for t in info["tables"]} == {"rois", "nuclei_stats"}
+
+    code, out, err = cli(capsys, "status", str(store), "--json")
+    assert code == 0, err
+    runs = json.loads(out)["runs"]
+    assert runs and runs[0]["state"] == "completed" and runs[0]["input"] == http_image
+
+    png = tmp_path / "p.png"
+    argv = ["preview", http_image, "--output", str(store), "--labels", "nuclei"]
+    code, out, err = cli(capsys, *argv, "--out", str(png), "--plane", "10")
+    assert code == 0, err
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "label(s) of nuclei" in out
+
+    argv = ["diff", http_image, "nuclei", "truth", "--output", str(store)]
+    code, out, err = cli(capsys, *argv, "--scheduler", scheduler, "--json")
+    assert code == 0, err
+    assert 0.5 < json.loads(out)["dice"] <= 1.0
 
 
 def _readers_open(store: Path) -> None:
