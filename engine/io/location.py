@@ -36,6 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.errors import NgffError
+from engine.io.remote_clients import (
+    credentials_env,
+    describe_remote_error,
+    filesystem,
+    fsspec_store,
+    no_bucket,
+)
 
 REMOTE_SCHEMES = ("http", "https", "s3")
 READ_ONLY_SCHEMES = ("http", "https")
@@ -133,8 +140,8 @@ class Location:
 
         if self.is_local:
             return LocalStore(self.url, read_only=read_only)
-        return _fsspec_store(
-            self.url, self.options_json, read_only or self.read_only, _credentials_env()
+        return fsspec_store(
+            self.url, self.options_json, read_only or self.read_only, credentials_env()
         )
 
     def zarr_url(self) -> Any:
@@ -217,7 +224,7 @@ class Location:
     # -- whole objects, for the engine's own state ---------------------------------------
 
     def filesystem(self) -> Any:
-        return _filesystem(self.scheme, self.options_json, _credentials_env())
+        return filesystem(self.scheme, self.options_json, credentials_env())
 
     def _fs_path(self, relpath: str = "") -> str:
         url = self.child(relpath).url
@@ -365,7 +372,7 @@ class Location:
                 return
             except FileNotFoundError as exc:
                 last = exc
-                if self.scheme == "s3" and _no_bucket(exc):
+                if self.scheme == "s3" and no_bucket(exc):
                     break
             except Exception as exc:  # noqa: BLE001 (every client error becomes one line)
                 raise LocationError(f"{self.url}: {describe_remote_error(exc)}") from None
@@ -400,95 +407,8 @@ def _zarr_format(where: Location) -> int:
     return 3 if where.exists("zarr.json") else 2
 
 
-def describe_remote_error(exc: BaseException) -> str:
-    """What the server (or the client) said, in a few words."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    name = type(exc).__name__
-    status = getattr(exc, "status", None)
-    if isinstance(status, int):
-        reason = getattr(exc, "message", "") or ""
-        return f"HTTP {status} {reason}".strip()
-    if name in ("ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError"):
-        return f"cannot connect ({text})"
-    if name in ("NoCredentialsError", "PartialCredentialsError"):
-        return (
-            "no S3 credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, or "
-            "storage_options key/secret; anon: true for public buckets)"
-        )
-    if name == "EndpointConnectionError":
-        return f"cannot connect ({text})"
-    if isinstance(exc, FileNotFoundError):
-        if _no_bucket(exc):
-            return "the bucket does not exist (NoSuchBucket)"
-        return "not found (HTTP 404: no zarr metadata there)"
-    if isinstance(exc, PermissionError):
-        return f"access denied (HTTP 403: {text})"
-    return f"{name}: {text}"
-
-
-def _no_bucket(exc: BaseException) -> bool:
-    return "bucket does not exist" in str(exc) or "NoSuchBucket" in str(exc)
-
-
 def _options(options: dict[str, Any]) -> str:
     return json.dumps(options, sort_keys=True, default=str)
-
-
-def _credentials_env() -> tuple[str | None, ...]:
-    """The environment S3 credentials come from: part of the cache keys below, so a
-    process whose environment changes (the Python API, tests) gets new clients."""
-    return tuple(os.environ.get(k) for k in _AWS_ENV)
-
-
-_AWS_ENV = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL",
-    "AWS_PROFILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_CONFIG_FILE",
-)
-
-
-@functools.lru_cache(maxsize=256)
-def _fsspec_store(url: str, options_json: str, read_only: bool, env: tuple) -> Any:
-    """zarr's store for a URL (its own asynchronous file system), one per process, URL
-    and credentials: making one costs a client session."""
-    from zarr.storage import FsspecStore
-
-    options = json.loads(options_json)
-    if not url.startswith("http"):
-        options = _s3_defaults(options)
-    return FsspecStore.from_url(url, storage_options=options, read_only=read_only)
-
-
-@functools.lru_cache(maxsize=32)
-def _filesystem(scheme: str, options_json: str, env: tuple) -> Any:
-    """One fsspec file system per scheme and options, per process. Listings are never
-    cached (`use_listings_cache=False`): run state changes under the engine's feet."""
-    import fsspec
-
-    options = json.loads(options_json)
-    if scheme in ("http", "https"):
-        options.setdefault("skip_instance_cache", False)
-    else:
-        options = _s3_defaults(options)
-    return fsspec.filesystem(scheme, asynchronous=False, **options)
-
-
-def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
-    """s3fs settings for the engine's access pattern. `max_concurrency=1`: with more,
-    s3fs sends a HEAD before every whole-object GET (to split large objects into ranged
-    reads): counted on the moto server, every chunk read was a HEAD and a GET; chunks
-    are far below its 50 MB block, so the HEAD bought nothing. Concurrency across
-    chunks comes from zarr and the chunk cache instead."""
-    return {
-        "use_listings_cache": False,
-        "skip_instance_cache": True,
-        "max_concurrency": 1,
-        **options,
-    }
 
 
 @dataclass(frozen=True)
