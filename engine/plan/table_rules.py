@@ -15,6 +15,7 @@ from engine.core.errors import ConfigError
 from engine.core.geometry import Roi
 from engine.core.pipeline import IMAGE, Step
 from engine.io.models import model_path
+from engine.io.ngff_write import output_path
 from engine.plan.types import Link, OutputPlan, Source, Stage
 
 TABLE_OPS = ("measure", "evaluate")  # ops whose output is a table: one stage of that kind
@@ -27,7 +28,7 @@ class TableRules:
         n = step.name
         labels, label_name, after = self._table_input(step)
         params = step.typed_params()
-        extra: dict[str, Any] = {"labels": f"labels/{label_name}"}
+        extra: dict[str, Any] = {"labels": output_path("label", label_name)}
         if params.intensity is None:
             if params.channel is not None:
                 raise ConfigError(f"step '{n}': params.channel needs params.intensity: image")
@@ -56,7 +57,10 @@ class TableRules:
         step's output against the reference label image; the driver adds them up."""
         labels, label_name, after = self._table_input(step)
         reference, reference_name, more = self._reference(step, label_name)
-        extra = {"labels": f"labels/{label_name}", "reference": f"labels/{reference_name}"}
+        extra = {
+            "labels": output_path("label", label_name),
+            "reference": output_path("label", reference_name),
+        }
         if self._reused(step, extra):
             return
         out = self._output(step, None, extra)
@@ -103,7 +107,7 @@ class TableRules:
                 "(params.model); it takes no output"
             )
         labels = self._annotations(step, params.annotations)
-        extra = {"annotations": f"labels/{params.annotations}"}
+        extra = {"annotations": output_path("label", params.annotations)}
         if self._reused(step, extra):
             return
         source, links, after = self._chain(step, include_last=True)
@@ -139,7 +143,7 @@ class TableRules:
         level = labels.level(self.level)
         if not np.issubdtype(np.dtype(level.dtype), np.integer):
             raise ConfigError(f"{where}: labels/{name} holds {level.dtype}, not integer classes")
-        return Source(f"labels/{name}/{level.path}", level.dtype, self.bounds)
+        return Source(f"{output_path('label', name)}/{level.path}", level.dtype, self.bounds)
 
     def _table_input(self, step: Step) -> tuple[Source, str, list[str]]:
         """The label image a table step reads: the label output of its input step."""
@@ -193,7 +197,7 @@ class TableRules:
                 f"step '{n}': params.reference '{name}' is no step and no label image in "
                 f"{self.meta.path}/labels (label images: {known})"
             )
-        path = f"labels/{name}"
+        path = output_path("label", name)
         writer = next((o.step for o in self.outputs if o.path == path), None)
         if writer is not None:
             raise ConfigError(

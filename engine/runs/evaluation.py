@@ -21,7 +21,7 @@ from engine.execute.executor import Executor
 from engine.io.existing import read_label_image
 from engine.io.location import Location, Workspace
 from engine.io.metadata import open_group, read_image
-from engine.io.ngff_write import listed
+from engine.io.ngff_write import listed, output_path
 from engine.io.rois import resolve_roi, roi_spec
 from engine.io.tables import read_rows
 from engine.plan.compiler import comparison_plan
@@ -86,7 +86,8 @@ def diff(
     # a name from the image's ROI tables, or boxes as --roi takes them, on the labels' grid
     name, spec = roi_spec(roi, meta, store=ws.output)
     box = resolve_roi(spec, a, 0, name)
-    plan = comparison_plan(meta.path, (f"labels/{labels}", a), (f"labels/{reference}", b), box)
+    found_a, found_b = output_path("label", labels), output_path("label", reference)
+    plan = comparison_plan(meta.path, (found_a, a), (found_b, b), box)
     with connect(workers, scheduler) as client:
         executor = Executor(client, ws, plan, lambda *_: 0)
         executor.run()
