@@ -50,7 +50,7 @@ def workspace(
             )
         return Workspace.of(image, token=token)
     store = Location.parse(output, storage_options)
-    if store == image:
+    if store == image or (store.is_local and image_url(store) == image_url(image)):
         return Workspace.of(image, token=token)
     if store.read_only and writing:
         raise EngineError(f"{store}: the output store is not writable")
@@ -75,7 +75,7 @@ def check_store(store: Location, meta: ImageMeta) -> None:
     recorded = attrs.get(STORE_KEY, {}).get("image")
     if recorded is None:
         raise EngineError(f"{store}: a zarr group that is not an ngff-engine output store")
-    if recorded != meta.path:
+    if recorded != image_url(meta.location):
         raise EngineError(
             f"{store}: the output store holds outputs of {recorded}, not of {meta.path}"
         )
@@ -93,11 +93,17 @@ def prepare_store(ws: Workspace, meta: ImageMeta) -> None:
         ws.output.zarr_url(),
         mode="a",
         zarr_format=zarr_format(meta.version),
-        attributes={STORE_KEY: {"image": meta.path, "engine_version": __version__}},
+        attributes={STORE_KEY: {"image": image_url(ws.image), "engine_version": __version__}},
     )
 
 
 def source_image(ws: Workspace, depth: int) -> str:
     """What an output `depth` groups below the root names as its source image: the
     relative path in-image, the image's URL from a separate store."""
-    return ws.image.url if ws.separate else "../" * depth
+    return image_url(ws.image) if ws.separate else "../" * depth
+
+
+def image_url(image: Location) -> str:
+    """How a store names its image: the URL, or a local image's absolute path (a store
+    is found again from any working folder)."""
+    return str(image.local_path.resolve()) if image.is_local else image.url
