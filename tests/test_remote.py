@@ -386,3 +386,15 @@ def test_resume_after_kill_of_a_run_writing_to_s3(
     label_stage = next(s for s in result["stages"] if s["name"] == "nuclei/label")
     assert label_stage["done"] <= 32 - done_at_kill
     np.testing.assert_array_equal(labels(url, s3.options), labels(reference))
+
+
+def test_an_output_store_of_another_image_is_refused(
+    http_store: tuple[Path, object], sample: Path, capsys: pytest.CaptureFixture
+) -> None:
+    store, _ = http_store
+    before = tree(store)
+    argv = ["run", str(STANDARD), "--input", str(sample), "--output", str(store), "--quiet"]
+    code, _, err = cli(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1
+    assert str(store) in err and "holds outputs of http://" in err
+    assert tree(store) == before
