@@ -12,9 +12,12 @@ A remote image (HTTP, S3) is read chunk by chunk too, but the chunks a box misse
 fetched concurrently (a bounded thread pool; each fetch is one GET through zarr's
 store), since a remote read waits on the server, not the CPU. Measured with
 benchmarks/bench_remote.py's `halo_reads` (27 chunks of 32x64x64 uint16, the read box
-of one task) on the local moto S3 server, on a loaded 2-core machine: 0.37 to 0.41 s one
-by one, 0.17 to 0.33 s with 8 in flight; from the local http.server 0.04 to 0.06 s
-either way (a local folder served by a thread per request is no network).
+of one task) on the local moto S3 server, on a 2-core machine loaded by other jobs
+(load average about 20): 0.37 to 0.41 s one by one, 0.17 to 0.33 s with 8 in flight in
+one measurement, 0.42 against 0.55 s in another (32x128x128 chunks: the server, not the
+wait, was the limit there); from the local http.server 0.04 to 0.06 s either way. A real
+object store serves many requests at once, each with a longer wait: that is the case
+the pool is for.
 """
 
 from __future__ import annotations
