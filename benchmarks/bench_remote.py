@@ -7,7 +7,10 @@ the synthetic sample, uploads it, then times, each `--repeat` times (medians):
   local        configs/nuclei-measure.yaml on a local copy, outputs in-image
   s3           the same on the S3 image, outputs in-image on S3 (reads and writes S3)
   s3->local    the same reading the S3 image, outputs to a local output store
-  zarr read    zarr.open_array(FsspecStore)[...] of the S3 image's s0 (one process)
+               (both with S3 chunk I/O through obstore, then again through s3fs:
+               NGFF_ENGINE_S3_CLIENT=fsspec, suffix `_fsspec`)
+  zarr read    zarr.open_array(store)[...] of the S3 image's s0 (one process), with
+               either client
   halo reads   one task's input box (27 chunks) through the chunk cache, fetched one
                by one and with the cache's concurrent fetches (engine/io/chunk_cache.py)
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -117,18 +121,31 @@ def main() -> None:
         report["bytes_s0"] = int(np.prod(args.shape)) * 2
         fs = s3.filesystem()
 
-        times: dict[str, list[float]] = {"local": [], "s3": [], "s3_to_local_store": []}
+        names = ("local", "s3", "s3_to_local_store", "s3_fsspec", "s3_to_local_store_fsspec")
+        times: dict[str, list[float]] = {name: [] for name in names}
         results = {}
+        equal: dict[str, bool] = {}
         for _ in range(args.repeat):
             seconds, results["local"] = timed_run(local, workers=args.workers)
             times["local"].append(seconds)
-            seconds, results["s3"] = timed_run(url, options=s3.options, workers=args.workers)
-            times["s3"].append(seconds)
-            store = tmp / "outputs.zarr"
-            seconds, results["s3_to_local_store"] = timed_run(
-                url, output=store, options=s3.options, workers=args.workers
-            )
-            times["s3_to_local_store"].append(seconds)
+            ref = labels_of(str(local))
+            for client in ("obstore", "fsspec"):
+                # the S3 client of chunk I/O (engine/io/remote_clients.py); the workers
+                # of each run's own local cluster inherit the choice
+                os.environ["NGFF_ENGINE_S3_CLIENT"] = client
+                tag = "" if client == "obstore" else "_fsspec"
+                seconds, results[f"s3{tag}"] = timed_run(
+                    url, options=s3.options, workers=args.workers
+                )
+                times[f"s3{tag}"].append(seconds)
+                equal[f"s3{tag}"] = bool(np.array_equal(labels_of(url, s3.options), ref))
+                store = tmp / f"outputs{tag}.zarr"
+                seconds, results[f"s3_to_local_store{tag}"] = timed_run(
+                    url, output=store, options=s3.options, workers=args.workers
+                )
+                times[f"s3_to_local_store{tag}"].append(seconds)
+                equal[f"s3_to_local_store{tag}"] = bool(np.array_equal(labels_of(store), ref))
+            os.environ.pop("NGFF_ENGINE_S3_CLIENT")
         report["seconds"] = {k: statistics.median(v) for k, v in times.items()}
         report["stages"] = {
             k: {s.name: round(s.seconds, 2) for s in r.stages} for k, r in results.items()
@@ -138,22 +155,21 @@ def main() -> None:
 
         from engine.io.location import Location
 
-        whole = []
-        for _ in range(3):
-            started = time.perf_counter()
-            loc = Location.parse(url, s3.options).child("s0")
-            zarr.open_array(loc.zarr_url(), mode="r")[...]
-            whole.append(time.perf_counter() - started)
-        report["seconds"]["zarr_whole_array_read_s3"] = min(whole)
+        for client in ("obstore", "fsspec"):
+            os.environ["NGFF_ENGINE_S3_CLIENT"] = client
+            whole = []
+            for _ in range(3):
+                started = time.perf_counter()
+                loc = Location.parse(url, s3.options).child("s0")
+                zarr.open_array(loc.zarr_url(), mode="r")[...]
+                whole.append(time.perf_counter() - started)
+            report["seconds"][f"zarr_whole_array_read_s3_{client}"] = min(whole)
+        os.environ.pop("NGFF_ENGINE_S3_CLIENT")
         started = time.perf_counter()
         zarr.open_array(str(local / "s0"), mode="r")[...]
         report["seconds"]["zarr_whole_array_read_local"] = time.perf_counter() - started
 
-        ref = labels_of(str(local))
-        report["labels_equal"] = {
-            "s3": bool(np.array_equal(labels_of(url, s3.options), ref)),
-            "s3_to_local_store": bool(np.array_equal(labels_of(str(tmp / "outputs.zarr")), ref)),
-        }
+        report["labels_equal"] = equal
         report["halo_read_seconds"] = halo_reads(url, s3.options, args.chunks)
         started = time.perf_counter()
         for _ in range(20):
