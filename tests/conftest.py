@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,10 @@ from engine.io.metadata import Axis
 from engine.io.ngff_write import LevelSpec, create_image, zarr_format
 
 TESTS = Path(__file__).parent
+
+# Runs in tests start clusters of their own (or use the session's `scheduler`), as they did
+# before the warm engine; tests/test_warm.py turns it on, in a folder of its own.
+os.environ["NGFF_ENGINE_WARM"] = "0"
 
 
 @pytest.fixture(scope="session")

@@ -44,19 +44,32 @@ def test_adjust_test_evaluate_then_full_image(sample, scheduler, tmp_path, capsy
     picture = iio.imread(preview)
     assert picture.ndim == 3 and picture.std() > 0
 
-    # adjust: a stricter threshold; the probabilities are reused, the rest is a version 2
+    # adjust: the README's stricter threshold, a visible change; the probabilities are
+    # reused, the rest is a version 2, its scores printed next to version 1's
     data = yaml.safe_load((CONFIGS / "adjust-test-eval.yaml").read_text())
-    data["steps"][1]["params"]["value"] = 0.6
+    data["steps"][1]["params"]["value"] = 0.9
     changed = Pipeline.build(data)
     second = run(changed, sample, roi="test", scheduler=scheduler)
     assert "nuclei_prob" in second.reused
     assert {"nuclei_rf.v2", "nuclei_rf_eval.v2"} <= set(second.outputs)
-    assert second.evaluations["nuclei_rf_eval.v2"].dice != scores.dice
+    new = second.evaluations["nuclei_rf_eval.v2"]
+    assert abs(new.dice - scores.dice) > 0.02 and abs(new.f1 - scores.f1) > 0.05, (new, scores)
+    before, old = second.previous_evaluations["nuclei_rf_eval.v2"]
+    assert before == "nuclei_rf_eval" and old == scores
+    from engine.cli.render import print_result
 
     capsys.readouterr()
+    print_result(second)
+    printed = capsys.readouterr().out
+    assert f"Dice {scores.dice:.4f} -> {new.dice:.4f}" in printed, printed
+    assert f"F1 {scores.f1:.4f} -> {new.f1:.4f}" in printed
+
     assert main(["info", str(sample)]) == 0
     info = capsys.readouterr().out
-    assert "nuclei_rf.v2" in info and "0.5 -> 0.6" in info
+    assert "nuclei_rf.v2" in info and "0.5 -> 0.9" in info
+    # each version's scores, per ROI
+    key = "z=0:64,y=128:256,x=128:256"
+    assert f"{key}: Dice {scores.dice:.4f}" in info and f"{key}: Dice {new.dice:.4f}" in info
     assert main(["diff", str(sample), "nuclei_rf.v2", "nuclei_rf", "--roi", "test",
                  "--scheduler", scheduler]) == 0  # fmt: skip
     assert "Dice" in capsys.readouterr().out

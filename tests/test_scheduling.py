@@ -180,7 +180,7 @@ def probe():
     import dask
     profile = dask.config.get("distributed.worker.profile.enabled")
     heap = {name: os.environ.get(name) for name in HEAP_ENVIRONMENT}
-    return [heap, profile, "engine.worker.compute" in sys.modules, os.getppid()]
+    return [heap, profile, "engine.worker.chain" in sys.modules, os.getppid()]
 
 if __name__ == "__main__":
     start_worker_server(worker_environment())

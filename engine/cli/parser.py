@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from engine.cli import transfer
 from engine.core.version import __version__
 
 
@@ -16,6 +17,12 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"'{text}' is not a comma-separated list of integers"
         ) from None
+
+
+ROI_HELP = (
+    "ROI: a name from the config's rois: or from the image's ROI tables (tables/, listed "
+    "by `info`), or z0:z1,y0:y1,x0:x1 in pixels (default: the whole image)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="output store (path or URL) for outputs and run state, when not the image",
         )
-        p.add_argument("--roi", default=None, help="ROI name from the config, or z0:z1,y0:y1,x0:x1")
+        p.add_argument("--roi", default=None, help=ROI_HELP)
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        _warm_flags(p)
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
     _output_mode(p)
@@ -88,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit a run as one SLURM batch job")
     p.add_argument("config")
     p.add_argument("--input", default=None, help="image path (overrides the config)")
-    p.add_argument("--roi", default=None, help="ROI name from the config, or z0:z1,y0:y1,x0:x1")
+    p.add_argument("--roi", default=None, help=ROI_HELP)
     _output_mode(p)
     p.add_argument("--dry-run", action="store_true", help="print the job script, submit nothing")
     p.add_argument("--wait", action="store_true", help="wait for the job; exit with its state")
@@ -116,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _warm_flags(p)
 
     p = sub.add_parser("table", help="export a measurement table (tables/NAME) as CSV")
     p.add_argument("path", help="the image (.zarr)")
@@ -133,19 +142,64 @@ def build_parser() -> argparse.ArgumentParser:
         "--roi", default=None, help="ROI name from the image, or z0:z1,y0:y1,x0:x1 (at --level)"
     )
     p.add_argument("--labels", default=None, help="label image to outline, as in labels/NAME")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="compare --labels with this label image (labels/NAME): true positives, false "
+        "positives and false negatives at IoU 0.5, in three colours",
+    )
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        help="enlarge by this integer factor, nearest neighbour (default: long side >= 512 px)",
+    )
     p.add_argument("--out", default="preview.png", help="PNG to write (default preview.png)")
     p.add_argument("--level", type=int, default=0, help="resolution level (default 0)")
     view = p.add_mutually_exclusive_group()
     view.add_argument("--plane", type=int, default=None, help="one z plane (index at --level)")
-    view.add_argument("--max", action="store_true", help="maximum projection over z (default)")
+    view.add_argument(
+        "--max",
+        action="store_true",
+        help="maximum projection over z (default, unless label outlines would overlap in it: "
+        "then the plane through the ROI's centre)",
+    )
+    _warm_flags(p)
 
     p = sub.add_parser(
-        "status", help="runs of an image (.zarr), or state and progress of a submitted batch run"
+        "status",
+        help="the warm engine; runs of an image (.zarr); or state and progress of a batch run",
     )
-    p.add_argument("run", help="an image (.zarr): its runs; or a batch run folder or SLURM job id")
+    p.add_argument(
+        "run",
+        nargs="?",
+        default=None,
+        help="an image (.zarr): its runs; or a batch run folder or SLURM job id "
+        "(none: the warm engine)",
+    )
     p.add_argument("--shared-dir", default=None, help="where runs are (default ~/.ngff-engine)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("stop", help="stop the warm engine (local scheduler and workers)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    transfer.add_parsers(sub, _cluster_flags, cluster_overrides)
     return parser
+
+
+def _warm_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-warm",
+        action="store_true",
+        help="start a local cluster for this command only, not the warm engine "
+        "(also NGFF_ENGINE_WARM=0)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        help="seconds without work before the warm engine stops (default 600; also "
+        "NGFF_ENGINE_IDLE_TIMEOUT)",
+    )
 
 
 def _output_mode(p: argparse.ArgumentParser) -> None:

@@ -5,6 +5,16 @@ an ROI); the CLI prints its message alone and exits non-zero. Anything else is a
 bug and keeps its traceback.
 """
 
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
 
 class EngineError(Exception):
     """A problem with the user's input, reported without a traceback."""
@@ -20,3 +30,52 @@ class NgffError(EngineError):
 
 class OutputConflict(EngineError):
     """An output exists and the run was not allowed to change it."""
+
+
+# The command's flags in messages, and what a Python caller writes instead. Messages are
+# written once, for the command; the Python API (engine.run, engine.submit) raises them
+# with these names, so a script is told `update=True`, not `--update`.
+PYTHON_ARGUMENTS = {
+    "--overwrite": "overwrite=True",
+    "--update": "update=True",
+    "--resume": "resume=True",
+    "--roi": "roi=",
+    "--priority-roi": "priority_roi=",
+    "--input": "input=",
+    "--workers": "workers=",
+    "--scheduler": "scheduler=",
+    "--cluster slurm": 'cluster="slurm"',
+    "--cluster local": 'cluster="local"',
+    "--cluster": "cluster=",
+    "--jobs": 'cluster={"jobs": N}',
+    "--min-jobs": 'cluster={"min_jobs": N}',
+    "--max-jobs": 'cluster={"max_jobs": N}',
+    "--lifetime": 'cluster={"lifetime": ...}',
+    "--partition": 'cluster={"partition": ...}',
+    "--shared-dir": 'cluster={"shared_directory": ...}',
+}
+_FLAG = re.compile(
+    "|".join(re.escape(f) for f in sorted(PYTHON_ARGUMENTS, key=len, reverse=True)) + r"(?![\w-])"
+)
+# set while the command runs (engine/cli/commands.py): messages keep the command's flags
+COMMAND_LINE: ContextVar[bool] = ContextVar("command_line", default=False)
+
+
+def python_arguments(message: str) -> str:
+    """`message` with the command's flags named as the Python API's arguments."""
+    return _FLAG.sub(lambda m: PYTHON_ARGUMENTS[m.group(0)], message)
+
+
+def in_python_terms(function: F) -> F:
+    """Raise `function`'s EngineErrors with Python argument names, unless the command runs."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except EngineError as exc:
+            if not COMMAND_LINE.get() and exc.args and isinstance(exc.args[0], str):
+                exc.args = (python_arguments(exc.args[0]), *exc.args[1:])
+            raise
+
+    return wrapper  # type: ignore[return-value]

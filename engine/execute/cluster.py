@@ -65,9 +65,15 @@ def connect(
     cluster: ClusterArg = None,
     config: ClusterSpec | None = None,
     resources: dict[str, float] | None = None,
+    warm: bool | None = None,
+    idle_timeout: float | None = None,
 ) -> Iterator[Client]:
     """A client for one run. `config` is the pipeline's `cluster:` section; `cluster`
-    overrides it (see `resolve_cluster`). Workers the engine starts offer `resources`."""
+    overrides it (see `resolve_cluster`). Workers the engine starts offer `resources`.
+
+    A local run uses the warm engine (engine/execute/warm.py; started on first use) when
+    `warm` is True, or None and NGFF_ENGINE_WARM is not 0, unless it asks for another
+    number of workers or for worker resources; else a LocalCluster of its own."""
     spec = resolve_cluster(config, cluster)
     if scheduler is not None:
         if cluster is not None and spec.kind == "slurm":
@@ -90,6 +96,12 @@ def connect(
     n = workers or os.cpu_count() or 1
     if n < 1:
         raise EngineError(f"--workers must be at least 1, got {n}")
+    if uses_warm(warm, workers, resources):
+        from engine.execute.warm import client as warm_client
+
+        with warm_client(n, idle_timeout) as client:
+            yield client
+        return
     with (
         dask.config.set(worker_config()),
         dask.config.set(start_method()),
@@ -104,6 +116,17 @@ def connect(
         Client(cluster_) as client,
     ):
         yield client
+
+
+def uses_warm(
+    warm: bool | None, workers: int | None, resources: dict[str, float] | None = None
+) -> bool:
+    """Whether a local run goes to the warm engine (see `connect`)."""
+    from engine.execute import warm as warm_engine
+
+    wanted = warm_engine.enabled() if warm is None else warm
+    same_size = workers is None or workers == warm_engine.default_workers()
+    return wanted and same_size and not resources
 
 
 def worker_memory(client: Client) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import zarr
 
+from engine.core import cpu
 from engine.core.geometry import Roi
 from engine.io.chunk_files import ChunkFiles, chunk_files
 from engine.io.location import Location, Where, Workspace, locate
@@ -109,20 +110,29 @@ def _files_cached(url: str, stamp: tuple[int, int, int]) -> ChunkFiles | None:
 
 def read_array(root: Where, path: str, box: Roi | Sequence[slice]) -> np.ndarray:
     """A box (or slices) of an array: from its chunk files when it can, else through zarr."""
-    slices = tuple(box.to_slices() if isinstance(box, Roi) else box)
-    files = direct_files(root, path)
-    if files is not None:
-        return files.read_box(slices)
-    return np.asarray(open_array(root, path)[slices])
+    before = cpu.switch(cpu.DECODE)
+    try:
+        slices = tuple(box.to_slices() if isinstance(box, Roi) else box)
+        files = direct_files(root, path)
+        if files is not None:
+            return files.read_box(slices)
+        return np.asarray(open_array(root, path)[slices])
+    finally:
+        cpu.switch(before)
 
 
 def write_target(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
-    """Write a box; a box that is exactly one chunk goes straight to its chunk file."""
-    array = open_array(root, path, "r+")
-    files = direct_files(root, path)
-    slices = box.to_slices()
-    index = files.whole_chunk(slices) if files is not None else None
-    if index is not None:
-        files.write(index, data.astype(files.dtype, copy=False))
-    else:
-        array[slices] = data.astype(array.dtype, copy=False)
+    """Write a box; a box that is exactly one chunk goes straight to its chunk file. Its
+    CPU time counts as encoding (engine/core/cpu.py)."""
+    before = cpu.switch(cpu.ENCODE)
+    try:
+        array = open_array(root, path, "r+")
+        files = direct_files(root, path)
+        slices = box.to_slices()
+        index = files.whole_chunk(slices) if files is not None else None
+        if index is not None:
+            files.write(index, data.astype(files.dtype, copy=False))
+        else:
+            array[slices] = data.astype(array.dtype, copy=False)
+    finally:
+        cpu.switch(before)

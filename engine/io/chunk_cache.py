@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import zarr
 
+from engine.core import cpu
 from engine.io.chunk_files import ChunkFiles
 
 DEFAULT_BUDGET_BYTES = 256 * 1024**2
@@ -89,7 +90,22 @@ def read_cached(
     files: ChunkFiles | None = None,
 ) -> np.ndarray:
     """`array[selection]` (slices with steps of 1), assembled from whole cached chunks,
-    read from `files` (engine/io/chunk_files.py) when given, else through zarr."""
+    read from `files` (engine/io/chunk_files.py) when given, else through zarr. Its CPU
+    time, copies from the cache included, counts as decoding (engine/core/cpu.py)."""
+    before = cpu.switch(cpu.DECODE)
+    try:
+        return _read_cached(array, selection, run_key, cache, files)
+    finally:
+        cpu.switch(before)
+
+
+def _read_cached(
+    array: zarr.Array,
+    selection: Sequence[slice],
+    run_key: Hashable,
+    cache: ChunkCache,
+    files: ChunkFiles | None,
+) -> np.ndarray:
     chunks = array.chunks
     start = [s.start for s in selection]
     stop = [s.stop for s in selection]

@@ -49,7 +49,7 @@ def describe(
         },
         "labels": [],
         "results": [],
-        "tables": [t for _, r in stores for t in _tables(r)],
+        "tables": [t for w, r in stores for t in _tables(r, w)],
         "models": [
             {"name": name, "path": model_path(name), **(model_info(where, name) or {})}
             for where, _ in stores
@@ -103,7 +103,7 @@ def _versions(info: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _tables(root: zarr.Group) -> list[dict[str, Any]]:
+def _tables(root: zarr.Group, path: Location) -> list[dict[str, Any]]:
     if "tables" not in root:
         return []
     found = []
@@ -119,6 +119,18 @@ def _tables(root: zarr.Group) -> list[dict[str, Any]]:
                 "rows": int(rows),
                 "runs": len(engine_attrs(group).get("runs", [])),
                 "version": engine_attrs(group).get("version"),
+                "scores": _scores(path.child(f"tables/{name}")) if "reference" in attrs else None,
             }
         )
     return found
+
+
+def _scores(table: Location) -> dict[str, dict[str, float]]:
+    """An evaluation table's rows: ROI key -> its scores (dice, iou, precision, ...)."""
+    from engine.io.tables import read_rows
+
+    names, columns, values = read_rows(table)
+    return {
+        str(name): {c: float(v) for c, v in zip(columns, row, strict=True)}
+        for name, row in zip(names, values, strict=True)
+    }

@@ -234,9 +234,10 @@ class OutputWriter:
                 record["units"] = self._table_units(out)
             set_engine_attrs(group, record)
 
-    def _preview(self, out: OutputPlan, labels: str, key: str) -> str:
-        """A PNG of the run's ROI with the evaluated labels outlined (engine/io/preview.py),
-        in `_engine/previews/`; returns its path."""
+    def _preview(self, out: OutputPlan, labels: str, key: str, reference: str) -> str:
+        """A PNG of the run's ROI comparing the evaluated labels with the reference (true
+        and false positives, false negatives; engine/io/preview.py), in
+        `_engine/previews/`; returns its path."""
         box = {
             a: [int(lo), int(hi)]
             for a, lo, hi in zip(
@@ -247,7 +248,8 @@ class OutputWriter:
         box["level"] = self.plan.level
         target = self.ws.output.child(preview_file(out.name, key))
         name = labels.removeprefix("labels/")
-        preview(self.ws, target, box, name, level=self.plan.level)
+        truth = str(reference).removeprefix("labels/")
+        preview(self.ws, target, box, name, level=self.plan.level, reference=truth)
         return str(target)
 
     def _write_table(self, out: OutputPlan, executor: Executor) -> dict[str, Any]:
@@ -268,7 +270,9 @@ class OutputWriter:
             write_table(self.root, out.name, *rows, attrs, index_name="roi")
             config = next(c for c in provenance["chain"] if c["name"] == out.step)
             if config["params"].get("preview"):
-                self.previews[out.name] = self._preview(out, provenance["labels"], key)
+                self.previews[out.name] = self._preview(
+                    out, provenance["labels"], key, provenance["reference"]
+                )
             return record
         spatial = self.plan.spatial
         level = out.levels[0]

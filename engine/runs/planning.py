@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import ConfigError
+from engine.core.errors import ConfigError, in_python_terms
 from engine.core.geometry import Roi
 from engine.core.pipeline import Pipeline
 from engine.core.version import __version__
@@ -50,6 +50,7 @@ def resolve_workspace(
     return workspace(meta, where, options, run_id, writing)
 
 
+@in_python_terms
 def make_plan(
     pipeline: Pipeline,
     input: str | Path | Location | None = None,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.core.errors import in_python_terms
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.execute.cluster import (
     ClusterArg,
@@ -23,12 +24,14 @@ from engine.execute.cluster import (
     worker_memory,
 )
 from engine.execute.executor import Executor, StageStats
+from engine.io.existing import ids_left_by_earlier_runs
 from engine.io.location import Location
 from engine.io.output_store import prepare_store
 from engine.io.rois import save_config_roi
 from engine.io.tables import import_in_background
 from engine.plan.fingerprint import layout_hash
 from engine.plan.memory import check_fits
+from engine.plan.types import Plan
 from engine.runs.bookkeeping import (
     LiveCounts,
     Mode,
@@ -45,10 +48,17 @@ from engine.state.locks import OutputLocks
 from engine.state.markers import Markers, drop_torn_writes
 from engine.state.records import find_resumable, now
 
+
+def uses_user_code(plan: Plan) -> bool:
+    """Whether a plan calls user functions (op `function`, imported by module name)."""
+    return any(link.op == "function" for stage in plan.stages for link in stage.chain)
+
+
 RETRIES = 2  # a failing chunk task is tried this many more times before the run fails
 BACKOFF = 0.2  # seconds before the first retry; doubled for each further one
 
 
+@in_python_terms
 def run(
     pipeline: Pipeline,
     input: str | Path | None = None,
@@ -65,6 +75,8 @@ def run(
     announce: Callable[[str], None] | None = None,
     output: str | Path | Location | None = None,
     storage_options: dict[str, Any] | None = None,
+    warm: bool | None = None,
+    idle_timeout: float | None = None,
 ) -> RunResult:
     """Run a pipeline on an image (or an ROI of it) and write its outputs into the image's zarr.
 
@@ -81,6 +93,12 @@ def run(
     stage, so its result is on disk early. Before any chunk runs, the plan's projected
     worker memory is checked against the workers' memory limit (engine/plan/memory.py).
     `announce` receives one-line notices for the user (the dask dashboard address).
+
+    A local run goes to the warm engine (engine/execute/warm.py): one per user, started
+    on first use, reused by later runs and calls, stopped after `idle_timeout` seconds
+    without work; `warm=False` (or NGFF_ENGINE_WARM=0) starts a cluster for this run
+    only. A pipeline calling user functions (op `function`) runs on a cluster of its
+    own unless `warm=True`: the warm workers would keep the first version they imported.
 
     Outputs already stored for the same config (upstream chain included) and this ROI by
     a run that finished are reused, not computed (`overwrite=True` computes them again);
@@ -144,6 +162,7 @@ def run(
             row = stage_rows.setdefault(stat.name, {"kind": stat.kind, "tasks": stat.tasks})
             row["seconds"] = round(row.get("seconds", 0.0) + stat.seconds, 3)
             row["done"], row["skipped"] = stat.done, stat.skipped
+            row["cpu"] = stat.cpu
             row.pop("running", None)
             record.update(stages=stage_rows, **totals(stage_rows))
 
@@ -154,7 +173,11 @@ def run(
             projected = 0
             if plan.stages:  # else every output is reused: no cluster to start
                 resources = plan_resources(plan)
-                with connect(workers, scheduler, cluster, pipeline.cluster, resources) as client:
+                if warm is None and uses_user_code(plan):
+                    warm = False
+                with connect(
+                    workers, scheduler, cluster, pipeline.cluster, resources, warm, idle_timeout
+                ) as client:
                     check_resources(client, plan)
                     limit, threads = worker_memory(client)
                     projected = check_fits(plan, limit, threads)
@@ -176,6 +199,9 @@ def run(
                     )
                     live.executor = executor
                     stages = executor.run()
+                    for stat in stages:  # CPU with the driver's time after each completed
+                        if stat.name in stage_rows:
+                            stage_rows[stat.name]["cpu"] = stat.cpu
                 writer.finish(executor)
             # a named config ROI -> tables/rois
             save_config_roi(pipeline, roi, meta, plan.roi, output=ws.output)
@@ -198,12 +224,29 @@ def run(
         for step, r in (executor.labels.items() if executor is not None else ())
         if any(o.step == step for o in plan.outputs)
     }
+    by_name = {o.name: o for o in plan.outputs}
+    in_output = {  # after an update: this ROI's objects and those earlier runs left
+        name: count
+        + ids_left_by_earlier_runs(
+            ws.output, by_name[name].path, by_name[name].levels[0].path, plan.roi, run_id
+        )
+        for name, count in labels.items()
+        if modes.get(by_name[name].step) == "update"
+    }
     evaluations = dict(writer.evaluations)
     key = roi_key(plan.roi, plan.axes)
     for out in plan.reused:
         found = stored_scores(ws.output.child(out.path), key) if out.op == "evaluate" else None
         if found is not None:
             evaluations[out.name] = found
+    previous = {}
+    for out in plan.outputs:  # a new version of an evaluation: the one before, same ROI
+        before = (out.version or {}).get("previous")
+        if out.op == "evaluate" and before and out.name in evaluations:
+            path = ws.output.child(f"{Path(out.path).parent}/{before}")
+            found = stored_scores(path, key) if path.exists() else None
+            if found is not None:
+                previous[out.name] = (before, found)
     return RunResult(
         run_id,
         meta.path,
@@ -218,4 +261,6 @@ def run(
         [out.name for out in plan.reused],
         evaluations,
         dict(writer.previews),
+        in_output,
+        previous,
     )

@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import ConfigError, EngineError
+from engine.core.errors import ConfigError, EngineError, in_python_terms
 from engine.core.pipeline import ClusterSpec, Pipeline, RoiSpec
 from engine.execute.cluster import ClusterArg, resolve_cluster
-from engine.execute.slurm import memory_bytes
 from engine.execute.tls import write_certificates
 from engine.plan.fingerprint import layout_hash
 from engine.runs.bookkeeping import check_resumable
@@ -209,6 +208,8 @@ def directives(spec: ClusterSpec, log: str) -> list[str]:
     """The #SBATCH lines of a batch job: one task each for the scheduler and the driver,
     and one per worker, each with `cores` CPUs and `memory`."""
     workers = spec.jobs or spec.max_jobs or 1
+    from engine.execute.slurm import memory_bytes  # imports dask-jobqueue: not at import
+
     mem_per_cpu = math.ceil(memory_bytes(spec.memory) / spec.cores / 2**20)
     lines = [
         f"--job-name={spec.job_name}",
@@ -291,6 +292,7 @@ def submit_batch(
     from engine.execute.slurm import (
         base_directory,
         log_directory,
+        memory_bytes,
         private_directory,
         require_slurm,
         slurm_message,
@@ -361,6 +363,7 @@ def submit_batch(
     return BatchRun(run_dir)
 
 
+@in_python_terms
 def submit(
     pipeline: Pipeline | str | Path,
     input: str | Path | None = None,

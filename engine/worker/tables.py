@@ -130,7 +130,12 @@ def combine_train(driver: Driver, stage: Stage) -> None:
     parts = driver.collect(stage.name)[0]
     started = time.perf_counter()
     samples = combine_training(stage, parts)
+    # the fit takes seconds (10 s for 50 trees on the sample's scribbles) after the
+    # chunks' bar completes: a bar of its own shows it running, with its time
+    fitted = driver.progress(f"{stage.step}/fit", 1) if driver.progress else None
     driver.models[stage.step] = driver.on_worker(fit_model, stage, samples)
+    if fitted is not None:
+        fitted(1)
     driver.merge_stats[stage.step] = {
         "samples": len(samples.classes),
         "sample_bytes": samples.features.nbytes,
