@@ -181,7 +181,7 @@ def test_commands_take_urls_and_the_output_store(
     argv = ["preview", http_image, "--output", str(store), "--labels", "nuclei"]
     code, out, err = cli(capsys, *argv, "--out", str(png), "--plane", "10")
     assert code == 0, err
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "label(s) of nuclei" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "objects of nuclei outlined" in out
 
     argv = ["diff", http_image, "nuclei", "truth", "--output", str(store)]
     code, out, err = cli(capsys, *argv, "--scheduler", scheduler, "--json")
