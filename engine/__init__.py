@@ -33,7 +33,7 @@ _WHERE = {
     "export": "engine.io.export",
     "import_image": "engine.runs.importing",
     "make_plan": "engine.runs.planning",
-    "run": "engine.runs.runner",
+    "run": "engine.runs.units",
     "submit": "engine.runs.submit",
 }
 __all__ = [
@@ -87,5 +87,5 @@ if TYPE_CHECKING:
     from engine.runs.importing import ImportResult, import_image
     from engine.runs.planning import make_plan
     from engine.runs.result import RunResult
-    from engine.runs.runner import run
     from engine.runs.submit import RunHandle, submit
+    from engine.runs.units import run

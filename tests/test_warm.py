@@ -206,3 +206,21 @@ def test_plan_starts_the_engine_in_the_background(engine_dir, tmp_path, capsys):
     engine = warm.find()
     assert engine is not None and warm.state()["idle_timeout"] == 30
     assert warm.stop() == engine
+
+
+def test_a_relative_input_from_another_folder_than_the_engines(engine_dir, tmp_path, monkeypatch):
+    """The warm engine's workers run in the folder it started in: a later command in
+    another folder names its image relative to its own folder, and still finds it."""
+    data = blobs((16, 32, 32), seed=7)
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        write_image(folder / "img.zarr", data, (16, 32, 32), levels=1)
+        (folder / "p.yaml").write_text(pipeline().to_yaml())
+    monkeypatch.chdir(first)
+    assert main(["run", "p.yaml", "--input", "img.zarr", "--quiet"]) == 0
+    assert warm.find() is not None
+    monkeypatch.chdir(second)
+    assert main(["run", "p.yaml", "--input", "img.zarr", "--quiet"]) == 0
+    labels = zarr.open_array(str(second / "img.zarr" / "labels/nuclei/s0"))[:]
+    assert labels.max() > 0

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from engine.cli import transfer
 from engine.cli.engine_commands import cmd_stop, engine_status, start_in_background, warm_flag
-from engine.cli.parser import build_parser, cluster_overrides
+from engine.cli.parser import LOCAL_OVERRIDES, build_parser, cluster_overrides
 from engine.cli.render import (
     console,
     out,
@@ -24,44 +24,64 @@ from engine.cli.render import (
     print_info,
     print_plan,
     print_result,
+    print_units,
     progress_bars,
     progress_callback,
     scores,
 )
-from engine.core.errors import COMMAND_LINE, ConfigError, EngineError, OutputConflict
+from engine.cli.stopping import interrupted, joined_roi_values, signals_stop_the_command
+from engine.core.errors import (
+    COMMAND_LINE,
+    ConfigError,
+    EngineError,
+    OutputConflict,
+    os_error_message,
+)
 from engine.core.pipeline import Pipeline
 from engine.execute.cluster import resolve_cluster
 from engine.io.location import Location
 from engine.plan.report import summarize
 from engine.runs.outputs import check_output
 from engine.runs.planning import make_plan, resolve_input, resolve_workspace
-from engine.runs.runner import run
+from engine.runs.units import UnitsResult, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(joined_roi_values(words))
     token = COMMAND_LINE.set(True)
     try:
-        return COMMANDS[args.command](args)
+        with signals_stop_the_command():
+            return COMMANDS[args.command](args)
     except EngineError as exc:
         if args.debug:
             raise
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
-    except KeyboardInterrupt:
-        console.print("[bold red]interrupted[/]")
-        return 130
+    except KeyboardInterrupt as exc:
+        return interrupted(exc)
+    except OSError as exc:  # no space, a read-only or forbidden place: the user's to fix
+        message = os_error_message(exc)
+        if args.debug or message is None:
+            return _internal(args, exc)
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        return 2
     except Exception as exc:
-        if args.debug:
-            raise
-        console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        return 1
+        return _internal(args, exc)
     finally:
         COMMAND_LINE.reset(token)
+
+
+def _internal(args: argparse.Namespace, exc: Exception) -> int:
+    """A bug: one line, or the traceback with --debug."""
+    if args.debug:
+        raise exc
+    console.print(
+        f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 1
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -108,6 +128,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     ]
     written = f"outputs {', '.join(outputs)}" if outputs else "no outputs"
     out.print(f"ok: {checked}; {len(pipeline.steps)} steps; {written}", highlight=False)
+    code = pipeline.user_code()
+    if code:
+        out.print(
+            f"imports user code: {', '.join(code)} (a config is code: run only configs you trust)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     return 0
 
 
@@ -152,8 +180,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     roi = args.roi
     overrides = cluster_overrides(args)
     cluster = resolve_cluster(pipeline.cluster, overrides)
-    if cluster.kind != "slurm" and set(overrides) - {"kind"}:
-        flags = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(set(overrides) - {"kind"}))
+    slurm_only = sorted(set(overrides) - LOCAL_OVERRIDES)
+    if cluster.kind != "slurm" and slurm_only:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in slurm_only)
         raise ConfigError(f"{flags}: SLURM options need --cluster slurm (or cluster.kind: slurm)")
     if cluster.kind == "slurm" and args.workers is not None and args.scheduler is None:
         raise ConfigError("--workers is for --cluster local; SLURM runs use --jobs")
@@ -171,6 +200,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         announce=None if args.json or args.quiet else lambda t: console.print(t, highlight=False),
         output=args.output,
+        roi_table=args.roi_table,
+        wells=args.wells,
+        fields=args.fields,
+        roi_overlap=args.roi_overlap,
     )
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
@@ -181,6 +214,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = run(pipeline, progress=progress_callback(progress), **kwargs)
     if args.json:
         out.print_json(json.dumps(result.to_json()))
+        return 0
+    if isinstance(result, UnitsResult):
+        print_units(result)
         return 0
     print_result(result)
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -48,10 +49,15 @@ def goes_to_warm_engine(words: Sequence[str]) -> bool:
     return not any(w == "--workers" or w.startswith("--workers=") for w in words)
 
 
+def _stop_during_start(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signum)
+
+
 def main() -> int:
     """Run the command. After a run that started the worker server or used the warm
     engine, the process ends without the interpreter's teardown (its modules and dask's
     and zarr's threads: 0.3 s, with everything written and closed by then)."""
+    signal.signal(signal.SIGTERM, _stop_during_start)  # commands.main takes over from here
     remote = sends_to_warm_engine(sys.argv[1:])
     if remote is not None:
         _exit(remote)
@@ -61,7 +67,12 @@ def main() -> int:
     words = sys.argv[1:]
     warm = next((w for w in words if not w.startswith("-")), None) == "run"
     warm = warm and goes_to_warm_engine(words)
-    from engine.cli.commands import main as run_command
+    try:
+        from engine.cli.commands import main as run_command
+    except KeyboardInterrupt as exc:  # a stop signal while the engine imports
+        signum = exc.args[0] if exc.args else signal.SIGINT
+        print("interrupted", file=sys.stderr)
+        return 128 + int(signum)
 
     code = run_command()
     if not (server or warm):

@@ -10,6 +10,10 @@ from engine.cli import transfer
 from engine.core.version import __version__
 
 
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
@@ -72,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
         _warm_flags(p)
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
+    p.add_argument(
+        "--roi-table",
+        default=None,
+        help="run once per ROI of this ROI table of each image (e.g. FOV_ROI_table)",
+    )
+    p.add_argument(
+        "--roi-overlap",
+        choices=["refuse", "first", "last"],
+        default="refuse",
+        help="which ROI of --roi-table wins where ROIs overlap (default: refuse overlaps)",
+    )
+    p.add_argument("--wells", type=_names, default=None, help="wells of a plate input: B03,C05")
+    p.add_argument("--fields", type=_names, default=None, help="fields of each well: 0,1")
     _output_mode(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
@@ -84,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["local", "slurm"],
         default=None,
         help="where workers run (default: the config's cluster.kind, else local)",
+    )
+    p.add_argument(
+        "--dashboard",
+        default=None,
+        metavar="ADDRESS",
+        help="where a local run's dask dashboard listens (default 127.0.0.1 on a free port; "
+        "e.g. 0.0.0.0:8787 to reach it from other machines)",
     )
     p.add_argument(
         "--priority-roi",
@@ -248,7 +272,9 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
         "--shared-dir", default=None, help="folder the compute nodes see (default ~/.ngff-engine)"
     )
     g.add_argument(
-        "--no-tls", action="store_true", help="plain TCP between scheduler and workers (unsafe)"
+        "--no-tls",
+        action="store_true",
+        help="plain TCP between scheduler and workers, local or SLURM (unsafe)",
     )
 
 
@@ -260,6 +286,11 @@ def cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     if getattr(args, "no_tls", False):
         overrides["tls"] = False
+    if getattr(args, "dashboard", None):
+        overrides["dashboard"] = args.dashboard
     if getattr(args, "cluster", None):
         overrides["kind"] = args.cluster
     return overrides
+
+
+LOCAL_OVERRIDES = {"kind", "tls", "dashboard"}  # cluster overrides a local run takes

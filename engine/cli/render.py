@@ -79,6 +79,25 @@ def print_result(result: Any) -> None:
         out.print(f"  {cpu_text(total)[2:]}", highlight=False)
 
 
+def print_units(result: Any) -> None:
+    """A run over several images or ROIs: one line per unit, then the totals."""
+    for unit, one in result.results:
+        objects = ", ".join(f"{n} {c} objects" for n, c in one.labels.items())
+        out.print(
+            f"{unit.label}: run {one.run_id}, {one.tasks_done} chunk tasks, "
+            f"{one.seconds:.1f} s{'; ' + objects if objects else ''}",
+            highlight=False,
+        )
+    for name, path in result.plate_tables.items():
+        out.print(f"plate table {name}: {path}", highlight=False)
+    total = ", ".join(f"{n} {c} objects" for n, c in result.labels.items())
+    out.print(
+        f"{len(result.results)} units in {result.seconds:.1f} s, {result.tasks_done} chunk "
+        f"tasks{'; ' + total if total else ''}",
+        highlight=False,
+    )
+
+
 class RateColumn(ProgressColumn):
     """Chunks per second of a stage."""
 

@@ -7,7 +7,9 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import re
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -79,3 +81,62 @@ def in_python_terms(function: F) -> F:
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command got SIGINT (Ctrl-C) or SIGTERM (`kill`, SLURM): the run stops, is
+    recorded as `killed`, and `--resume` continues it. `run_id` is set by the run it
+    stopped, for the message."""
+
+    def __init__(self, signum: int, run_id: str | None = None) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.run_id = run_id
+
+
+def os_error_message(exc: OSError) -> str | None:
+    """One line for an OSError the user can act on (no space, a read-only or forbidden
+    place), naming the path; None for any other."""
+    where = exc.filename or "?"
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on device writing {where}: free some space, or write elsewhere"
+    if exc.errno == errno.EROFS:
+        return (
+            f"{where}: read-only file system: the image is not writable, and a run writes "
+            "its outputs and run state (_engine/) inside it; copy the image to a writable "
+            "place, or make it writable"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"{where}: permission denied: the image is not writable by this user, and a run "
+            "writes its outputs and run state (_engine/) inside it; copy the image to a "
+            "writable place, or ask its owner for write permission"
+        )
+    return None
+
+
+def disk_full(exc: OSError, path: str) -> bool:
+    """Whether a failed write to `path` ran out of space: ENOSPC, or a short write
+    (numpy's `tofile` says only '... requested and 0 written') where none is left."""
+    if exc.errno == errno.ENOSPC:
+        return True
+    if exc.errno is not None:
+        return False
+    try:
+        stat = os.statvfs(os.path.dirname(path) or ".")
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 1024 * 1024
+
+
+class NoSpace(EngineError):
+    """A write found the device full."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"no space left on device writing {path}: free some space, or write elsewhere"
+        )
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (NoSpace, (self.path,))

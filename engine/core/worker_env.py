@@ -39,9 +39,9 @@ DASK_WORKER_ENVIRONMENT = {
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
 }
-# what a worker imports to run chunk tasks, and the server's own settings
-# (engine/execute/fork_server.py)
-WORKER_MODULES = ["distributed", "engine.execute.executor", "engine.execute.fork_server"]
+# what the fork server imports: first its own settings (engine/execute/fork_server.py: exit
+# with the command, even during these imports; workers ignore Ctrl-C), then a worker's
+WORKER_MODULES = ["engine.execute.fork_server", "distributed", "engine.execute.executor"]
 
 _server_environment: dict[str, str] | None = None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import resource
 import time
 from collections.abc import Callable, Iterable
@@ -198,7 +199,9 @@ class Executor:
         self.backoff = backoff
         self.on_stage = on_stage
         self.priority = priority
-        self.root = root
+        # workers may run in another folder (the warm engine's, a SLURM job's): a local
+        # image goes to them by its absolute path
+        self.root = root if "://" in root else os.path.abspath(root)
         self.plan = plan
         self.prepare_output = prepare_output
         self.progress = progress
@@ -214,7 +217,7 @@ class Executor:
         self.runs: dict[str, _StageRun] = {}
         self.stats: dict[str, StageStats] = {}
         self.live: dict[tuple[int, int], Future] = {}  # (stage order, batch) -> in flight
-        self.completed = as_completed()
+        self.completed = as_completed(loop=client.loop)  # this client's, not a default one
         self.owner: dict[Future, tuple[_StageRun, int]] = {}
         self.peak_memory: dict[str, int] = {}
         self.clock = cpu.DriverClock()

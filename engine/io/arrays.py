@@ -21,8 +21,9 @@ import numpy as np
 import zarr
 
 from engine.core import cpu
+from engine.core.errors import NoSpace, disk_full
 from engine.core.geometry import Roi
-from engine.io.chunk_files import ChunkFiles, chunk_files
+from engine.io.chunk_files import ChunkFiles, chunk_files, locate_corrupt_chunk
 from engine.io.location import Location, Where, Workspace, locate
 
 
@@ -116,7 +117,13 @@ def read_array(root: Where, path: str, box: Roi | Sequence[slice]) -> np.ndarray
         files = direct_files(root, path)
         if files is not None:
             return files.read_box(slices)
-        return np.asarray(open_array(root, path)[slices])
+        array = open_array(root, path)
+        try:
+            return np.asarray(array[slices])
+        except Exception as exc:  # a chunk zarr cannot decode: name it
+            if any(s.step not in (None, 1) for s in slices):
+                raise
+            raise locate_corrupt_chunk(array, slices, exc) from None
     finally:
         cpu.switch(before)
 
@@ -134,5 +141,9 @@ def write_target(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
             files.write(index, data.astype(files.dtype, copy=False))
         else:
             array[slices] = data.astype(array.dtype, copy=False)
+    except OSError as exc:
+        if disk_full(exc, f"{root}/{path}/"):
+            raise NoSpace(f"{root}/{path} (box {box})") from None
+        raise
     finally:
         cpu.switch(before)

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from engine.io.location import Location
+from engine.io.location import Location, Where, locate
 from engine.io.metadata import ImageMeta, open_group, read_image
-from engine.io.ngff_write import GROUP_OF_KIND, engine_attrs, listed
+from engine.io.ngff_write import ENGINE_KEY, GROUP_OF_KIND, engine_attrs, listed
 
 
 def label_names(meta: ImageMeta, store: Location | None = None) -> tuple[str, ...]:
@@ -36,7 +36,18 @@ def read_label_image(meta: ImageMeta, name: str, store: Location | None = None) 
 def output_groups(store: Location, kind: str) -> list[tuple[str, str]]:
     """(name, path in the store) of every group in the folder of outputs of `kind`."""
     group = GROUP_OF_KIND[kind]
-    return [(name, f"{group}/{name}") for name in store.list_dirs(group)]
+    return [
+        (name, f"{group}/{name}")
+        for name in store.list_dirs(group)
+        if not name.startswith(".")  # an overwrite's new output
+    ]
+
+
+def output_run_ids(root: Where, path: str) -> list[str]:
+    """The ids of the runs an output's provenance lists ([] when it has none)."""
+    attrs = locate(root).read_attrs(path) or {}
+    runs = attrs.get(ENGINE_KEY, {}).get("runs", [])
+    return [str(r.get("run_id")) for r in runs if isinstance(r, dict)]
 
 
 def stored_attrs(store: Location, path: str) -> tuple[dict[str, Any], str | None]:

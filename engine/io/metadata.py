@@ -15,8 +15,10 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import pydantic
 import zarr
-from ome_zarr_models.v04.image import Image as ImageV04
-from ome_zarr_models.v05.image import Image as ImageV05
+from ome_zarr_models.v04.image import ImageAttrs as ImageAttrsV04
+from ome_zarr_models.v04.labels import LabelsAttrs as LabelsAttrsV04
+from ome_zarr_models.v05.image import ImageAttrs as ImageAttrsV05
+from ome_zarr_models.v05.labels import LabelsAttrs as LabelsAttrsV05
 
 from engine.core.errors import NgffError
 from engine.io.location import Location
@@ -181,10 +183,23 @@ def _datasets(path: str | Path, multiscale: dict[str, Any]) -> list[dict[str, An
     return datasets
 
 
-def _transform(transforms: list[dict[str, Any]] | None, kind: str, ndim: int) -> tuple[float, ...]:
+def _transform(
+    transforms: list[dict[str, Any]] | None, kind: str, ndim: int, where: str = ""
+) -> tuple[float, ...]:
+    """A dataset's (or the multiscale's) `kind` transform, one number per axis."""
     for t in transforms or []:
-        if t.get("type") == kind:
-            return tuple(float(v) for v in t[kind])
+        if isinstance(t, dict) and t.get("type") == kind:
+            try:
+                values = tuple(float(v) for v in t[kind])
+            except (KeyError, TypeError, ValueError):
+                raise NgffError(
+                    f"{where}: '{kind}' is not a list of numbers: {t.get(kind)!r}"
+                ) from None
+            if len(values) != ndim:
+                raise NgffError(
+                    f"{where}: '{kind}' has {len(values)} values for {ndim} axes: {list(values)}"
+                )
+            return values
     return (1.0,) * ndim if kind == "scale" else (0.0,) * ndim
 
 
@@ -204,15 +219,23 @@ def _level(
         raise NgffError(
             f"{path}: level array '{level_path}' listed in multiscales is missing"
         ) from None
+    except (ValueError, zarr.errors.BaseZarrError) as exc:  # its zarr.json/.zarray is broken
+        metadata = "zarr.json" if group.metadata.zarr_format == 3 else ".zarray"
+        raise NgffError(
+            f"{Path(path) / level_path / metadata}: unreadable array metadata "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(array, zarr.Array):
         raise NgffError(f"{path}: '{level_path}' is a group, not an array")
     if array.ndim != ndim:
         raise NgffError(f"{path}/{level_path}: array has {array.ndim} dimensions but {ndim} axes")
-    scale = _transform(dataset.get("coordinateTransformations"), "scale", ndim)
-    translation = _transform(dataset.get("coordinateTransformations"), "translation", ndim)
+    where = f"{path}: dataset '{level_path}'"
+    scale = _transform(dataset.get("coordinateTransformations"), "scale", ndim, where)
+    translation = _transform(dataset.get("coordinateTransformations"), "translation", ndim, where)
     global_transforms = multiscale.get("coordinateTransformations")
-    g_scale = _transform(global_transforms, "scale", ndim)
-    g_translation = _transform(global_transforms, "translation", ndim)
+    where = f"{path}: multiscales coordinateTransformations"
+    g_scale = _transform(global_transforms, "scale", ndim, where)
+    g_translation = _transform(global_transforms, "translation", ndim, where)
     return Level(
         path=level_path,
         shape=tuple(int(s) for s in array.shape),
@@ -227,14 +250,35 @@ def _level(
 
 
 def _validate(path: str | Path, group: zarr.Group, version: Version) -> None:
-    model = ImageV05 if version == "0.5" else ImageV04
-    try:
-        model.from_zarr(group)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise NgffError(
-            f"{path}: invalid OME-Zarr {version} metadata at {where}: {first['msg']}"
-        ) from exc
-    except (ValueError, RuntimeError, KeyError) as exc:
-        raise NgffError(f"{path}: invalid OME-Zarr {version} image: {exc}") from exc
+    """Validate the image's (and its `labels/` listing's) attributes with ome-zarr-models.
+
+    Attributes only, not the whole-group models (`Image.from_zarr`): those are pydantic
+    generics over pydantic-zarr's v2 and v3 specs, and once another library (ngio)
+    has imported the v3 models first, the v0.4 `Image` resolves its members to the v3
+    classes and rejects every 0.4 image (`members.0.GroupSpec: Input should be a valid
+    dictionary or instance of GroupSpec`; ome-zarr-models 1.7, pydantic-zarr 0.9.2).
+    What the group models add, that each listed level is an array with one dimension
+    per axis, `_level` checks above. The error locations are the same as before (the
+    group models validate the attributes first, with these very classes)."""
+    image_model = ImageAttrsV05 if version == "0.5" else ImageAttrsV04
+    labels_model = LabelsAttrsV05 if version == "0.5" else LabelsAttrsV04
+    attrs = group.attrs.asdict()
+    checks: list[tuple[str, Any, dict[str, Any]]] = [
+        ("", image_model, attrs.get("ome", {}) if version == "0.5" else attrs)
+    ]
+    labels = group.get("labels")
+    if isinstance(labels, zarr.Group):
+        listing = labels.attrs.asdict()
+        listing = listing.get("ome", {}) if version == "0.5" else listing
+        checks.append(("labels.", labels_model, listing))
+    for prefix, model, values in checks:
+        try:
+            model.model_validate(values)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            where = prefix + ".".join(str(p) for p in first.get("loc", ()))
+            raise NgffError(
+                f"{path}: invalid OME-Zarr {version} metadata at {where}: {first['msg']}"
+            ) from exc
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise NgffError(f"{path}: invalid OME-Zarr {version} image: {exc}") from exc

@@ -5,7 +5,8 @@ Layout (fractal-tasks-core table spec V1, as ngio reads it):
     image.zarr/tables/            attributes {"tables": [names...]}
     image.zarr/tables/<name>/     an AnnData group (anndata's own `encoding-type`), plus
         fractal_table_version "1", type "feature_table", region {path: ../labels/<label>},
-        instance_key "label" (and ngio's table_version/backend/index_key/index_type)
+        instance_key "label", and as ngio 1.1 writes them table_version "1", backend
+        "anndata_v1", index_key "label", index_type "int"
 
 obs index: label ids as strings (index name `label`); X: float64 feature columns; var
 index: the column names. Written in the image's zarr format (v2 for NGFF 0.4, v3 for
@@ -40,7 +41,7 @@ def table_attrs(label: str) -> dict[str, Any]:
         "region": {"path": f"../labels/{label}"},
         "instance_key": "label",
         "table_version": "1",
-        "backend": "anndata",
+        "backend": "anndata_v1",
         "index_key": "label",
         "index_type": "int",
     }
@@ -185,3 +186,22 @@ def _write_csv(handle: TextIO, labels: np.ndarray, columns: list[str], values: n
     writer.writerow(["label", *columns])
     for label, row in zip(labels, values, strict=True):
         writer.writerow([int(label), *(repr(float(v)) for v in row)])
+
+
+def set_row_names(image: str | Path, name: str, column: str, values: dict[str, str]) -> None:
+    """Add (or replace) a text column of `tables/<name>`'s obs, by row name (rows not in
+    `values` get ""), keeping its values and attributes: e.g. the ROI each object came from."""
+    path = table_path(image, name)
+    data = read_anndata(path)
+    attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+    keep = {k: v for k, v in attrs.items() if k not in ("encoding-type", "encoding-version")}
+    data.obs[column] = [values.get(str(row), "") for row in data.obs_names]
+    write_anndata(zarr.open_group(str(image), mode="r+"), name, data, keep)
+
+
+def obs_column(image: str | Path, name: str, column: str) -> list[str] | None:
+    """A text column of `tables/<name>`'s obs, in row order, or None when it has none."""
+    data = read_anndata(table_path(image, name))
+    if column not in data.obs:
+        return None
+    return [str(v) for v in data.obs[column]]

@@ -6,6 +6,7 @@ a run to be resumed still means the same thing.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -17,8 +18,8 @@ from engine.io.location import Location, Workspace
 from engine.io.metadata import ImageMeta
 from engine.plan.types import Plan
 from engine.plan.versions import describe_change
-from engine.state.locks import this_process
 from engine.state.markers import Markers
+from engine.state.processes import this_process
 from engine.state.records import RunRecord, now
 
 Mode = Literal["create", "overwrite", "update"]
@@ -190,8 +191,13 @@ def fail_record(
         message = str(exc) or type(exc).__name__
         if not isinstance(exc, EngineError):
             message = f"{type(exc).__name__}: {message}"
+        state = "failed"
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: stopped, not broken
+            state = "killed"
+            signum = getattr(exc, "signum", signal.SIGINT)
+            message = f"interrupted by {signal.Signals(signum).name}"
         record.update(
-            state="failed", error=message, ended=now(), stages=stage_rows, **totals(stage_rows)
+            state=state, error=message, ended=now(), stages=stage_rows, **totals(stage_rows)
         )
     except Exception:  # never hide the run's own error behind one writing its record
         pass

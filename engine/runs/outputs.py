@@ -18,6 +18,7 @@ from engine.io.location import Workspace
 from engine.io.metadata import ImageMeta, open_group
 from engine.io.models import write_model
 from engine.io.ngff_write import (
+    chunk_key_encoding,
     create_image,
     engine_attrs,
     fast_compressor,
@@ -91,9 +92,11 @@ class OutputWriter:
         record: RunRecord | None = None,
         created: set[str] | None = None,
         resumed: dict[str, Any] | None = None,
+        staged: dict[str, str] | None = None,
         ws: Workspace | None = None,
     ) -> None:
         self.meta = meta
+        self.staged = dict(staged or {})  # output -> the sibling an overwrite writes first
         self.ws = ws if ws is not None else Workspace.of(meta.location)
         self.plan = plan
         self.modes = modes
@@ -170,6 +173,7 @@ class OutputWriter:
             fill_value=0,
             overwrite=True,
             compressors=self._scratch_compressor(dtype),
+            chunk_key_encoding=chunk_key_encoding(self.root.metadata.zarr_format),
         )
 
     def _scratch_compressor(self, dtype: str) -> Any:
@@ -178,6 +182,11 @@ class OutputWriter:
             return None
         return fast_compressor(dtype, self.root.metadata.zarr_format)
 
+    def where(self, out: OutputPlan) -> str:
+        """Where the run writes an output: its own path, or the sibling of an overwrite
+        (engine/runs/staging.py)."""
+        return self.staged.get(out.path, out.path)
+
     def _create(self, out: OutputPlan, dtype: str) -> None:
         version = self.meta.version
         extra = {}
@@ -185,7 +194,7 @@ class OutputWriter:
             extra = image_label_json(version, source_image(self.ws, 2))
         create_image(
             self.root,
-            out.path,
+            self.where(out),
             version=version,
             axes=out.axes,
             levels=out.levels,
@@ -210,7 +219,7 @@ class OutputWriter:
             if out.kind == "model"
         }
         for out in self.plan.outputs:
-            group = self.root[out.path]
+            group = self.root[self.where(out)]
             if out.step in previous:
                 record = previous[out.step]
             else:

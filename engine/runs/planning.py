@@ -16,7 +16,7 @@ from engine.core.version import __version__
 from engine.io.location import Location, Workspace
 from engine.io.metadata import ImageMeta, read_image
 from engine.io.output_store import workspace
-from engine.io.rois import UserRoi, user_roi
+from engine.io.rois import UserRoi, check_config_rois, user_roi
 from engine.plan.compiler import compile_plan
 from engine.plan.types import Plan
 from engine.runs.existing import read_existing
@@ -64,6 +64,7 @@ def make_plan(
     (not with `overwrite`), versions are named; see engine/plan/versions.py. `output`: a
     separate output store (engine/io/output_store.py)."""
     pipeline.check_complete()
+    check_config_rois(pipeline.rois)
     meta = read_image(resolve_input(pipeline, input, storage_options))
     ws = resolve_workspace(pipeline, meta, output, storage_options, writing=False)
     level = {s.input_ref.level for s in pipeline.steps if s.source == "image"} or {0}

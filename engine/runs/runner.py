@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import in_python_terms
+from engine.core.errors import OutputConflict, in_python_terms
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.execute.cluster import (
     ClusterArg,
@@ -44,9 +44,16 @@ from engine.runs.evaluation import roi_key, stored_scores
 from engine.runs.outputs import OutputWriter, check_flags, check_output
 from engine.runs.planning import make_plan, priority_box, resolve_workspace
 from engine.runs.result import RunResult
+from engine.runs.staging import (
+    STAGED_KINDS,
+    drop_stale_siblings,
+    staged_plan,
+    staging_path,
+    swap_in,
+)
 from engine.state.locks import OutputLocks
 from engine.state.markers import Markers, drop_torn_writes
-from engine.state.records import find_resumable, now
+from engine.state.records import RunRecord, find_resumable, interrupted_run, now
 
 
 def uses_user_code(plan: Plan) -> bool:
@@ -56,6 +63,56 @@ def uses_user_code(plan: Plan) -> bool:
 
 RETRIES = 2  # a failing chunk task is tried this many more times before the run fails
 BACKOFF = 0.2  # seconds before the first retry; doubled for each further one
+
+
+def _staged(
+    plan: Plan,
+    modes: dict[str, Mode],
+    run_id: str,
+    old: dict[str, Any] | None,
+    where: Location | None = None,
+) -> dict[str, str]:
+    """The outputs this run writes beside the old ones (engine/runs/staging.py): those it
+    overwrites, or for a resumed run those the run it continues staged. None in an object
+    store (`where` remote): it has no rename to swap folders with, so an overwrite there
+    writes in place, as before staging existed."""
+    if old is not None and "staged" in old:
+        return dict(old["staged"] or {})
+    if where is not None and not where.is_local:
+        return {}
+    return {
+        out.path: staging_path(out.path, run_id)
+        for out in plan.outputs
+        if modes[out.step] == "overwrite" and out.kind in STAGED_KINDS
+    }
+
+
+def _finish_swap(
+    record: RunRecord,
+    root: Location,
+    plan: Plan,
+    staged: dict[str, str],
+    run_id: str,
+    started: float,
+) -> RunResult:
+    """Resume a run killed while it swapped its new outputs in: every chunk and its
+    provenance were written; only the swaps remain."""
+    swap_in(root, staged, run_id)
+    record.update(state="completed", ended=now())
+    outputs = {out.name: str(root.child(out.path)) for out in (*plan.outputs, *plan.reused)}
+    return RunResult(run_id, str(root), plan.roi, outputs, [], time.perf_counter() - started)
+
+
+def unfinished_run_conflict(root: str | Location, output: str) -> OutputConflict | None:
+    """The refusal for an output left by a run that was killed (and none finished it
+    since): `--resume` continues that run."""
+    found = interrupted_run(root, output)
+    if found is None:
+        return None
+    return OutputConflict(
+        f"output {output}: run {found['run_id']} writing it was killed before it finished; "
+        "--resume continues it (or --overwrite starts over)"
+    )
 
 
 @in_python_terms
@@ -73,10 +130,10 @@ def run(
     retries: int = RETRIES,
     priority_roi: str | RoiSpec | dict | None = None,
     announce: Callable[[str], None] | None = None,
-    output: str | Path | Location | None = None,
-    storage_options: dict[str, Any] | None = None,
     warm: bool | None = None,
     idle_timeout: float | None = None,
+    output: str | Path | Location | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run a pipeline on an image (or an ROI of it) and write its outputs into the image's zarr.
 
@@ -140,7 +197,10 @@ def run(
                 # "create" also when it was killed between making one and recording that
                 modes[out.step] = before if before == "update" else "create"
             else:
-                modes[out.step] = check_output(ws, out, overwrite, update)
+                try:
+                    modes[out.step] = check_output(ws, out, overwrite, update)
+                except OutputConflict as exc:
+                    raise unfinished_run_conflict(ws.output, out.path) or exc from None
         return modes
 
     decide()  # refuse before writing anything, even a lock
@@ -149,10 +209,19 @@ def run(
     locks = OutputLocks(ws.output, [o.path for o in plan.outputs], run_id).acquire()
     try:
         modes = decide()  # again, under the locks: another run may have finished meanwhile
+        staged = _staged(plan, modes, run_id, old, ws.output)
         if old is not None:
-            drop_torn_writes(ws.output, [*(o.path for o in plan.outputs), plan.scratch])
+            outputs = [*(o.path for o in plan.outputs), *staged.values()]
+            drop_torn_writes(ws.output, [*outputs, plan.scratch])
+        else:
+            for output, sibling in staged.items():
+                drop_stale_siblings(ws.output, output, keep=sibling)
+        plan = staged_plan(plan, staged)
         record = start_record(meta, ws, plan, run_id, config, layout, modes, overwrite, update, old)
-        writer = OutputWriter(meta, plan, modes, run_id, record, created, old, ws)
+        record.update(staged=staged)
+        if old is not None and old.get("swapping"):
+            return _finish_swap(record, ws.output, plan, staged, run_id, started)
+        writer = OutputWriter(meta, plan, modes, run_id, record, created, old, staged, ws)
         executor = None
         stage_rows = record.data["stages"]
 
@@ -205,8 +274,13 @@ def run(
                 writer.finish(executor)
             # a named config ROI -> tables/rois
             save_config_roi(pipeline, roi, meta, plan.roi, output=ws.output)
+            if staged:  # the new outputs are complete: in place of the old ones, one step each
+                record.update(swapping=True)
+                swap_in(ws.output, staged, run_id)
         except BaseException as exc:
             fail_record(record, plan, ws.output, layout, stage_rows, executor, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                exc.run_id = run_id  # type: ignore[attr-defined]  # for the CLI's one line
             raise
         record.update(
             state="completed",

@@ -14,11 +14,11 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import EngineError
+from engine.core.errors import EngineError, NoSpace, disk_full
 from engine.core.layout import RUNS
 from engine.io.group_attrs import read_group_attr, write_group_attr
 from engine.io.location import Location
-from engine.state.locks import is_stale
+from engine.state.processes import is_stale
 
 KEY = "ngff_engine_run"
 
@@ -39,7 +39,12 @@ class RunRecord:
 
     def save(self) -> None:
         """One atomic metadata write: a kill never leaves a run group without its record."""
-        write_group_attr(self.root, self.path, KEY, self.data)
+        try:
+            write_group_attr(self.root, self.path, KEY, self.data)
+        except OSError as exc:
+            if disk_full(exc, f"{self.root}/{self.path}/"):
+                raise NoSpace(f"{self.root}/{self.path}") from None
+            raise
 
     def update(self, **values: Any) -> None:
         self.data.update(values)
@@ -63,8 +68,24 @@ def list_runs(root: str | Path | Location) -> list[dict[str, Any]]:
         if data.get("state") == "running" and is_stale(data.get("process", {})):
             data["state"] = "killed"
         records.append(data)
-    records.sort(key=lambda r: str(r.get("run_id", "")))
+    # run ids are made per second: runs started within one second are ordered by `started`
+    records.sort(
+        key=lambda r: (
+            str(r.get("run_id", ""))[:15],
+            str(r.get("started", "")),
+            str(r.get("run_id", "")),
+        )
+    )
     return records
+
+
+def interrupted_run(root: str | Location, output: str) -> dict[str, Any] | None:
+    """The latest run that wrote `output` if it was killed (interrupted, not failed on
+    its own: its error is for the user to fix first); None otherwise."""
+    runs = [r for r in list_runs(root) if output in r.get("outputs", [])]
+    if runs and runs[-1].get("state") == "killed":
+        return runs[-1]
+    return None
 
 
 def find_resumable(root: str | Location, outputs: list[str]) -> dict[str, Any]:
