@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import resource
 import time
 from collections.abc import Callable, Iterable
@@ -33,7 +32,7 @@ from engine.core.geometry import Roi
 from engine.core.grid import ChunkTask
 from engine.execute.batching import Batches, batch, batch_size
 from engine.io.downsample import downsample_factors
-from engine.io.location import Where
+from engine.io.location import Where, for_workers
 from engine.plan.kinds import KINDS
 from engine.plan.types import Plan, Stage
 from engine.state.markers import ChunkMarker, Markers
@@ -201,7 +200,7 @@ class Executor:
         self.priority = priority
         # workers may run in another folder (the warm engine's, a SLURM job's): a local
         # image goes to them by its absolute path
-        self.root = root if "://" in root else os.path.abspath(root)
+        self.root = for_workers(root)
         self.plan = plan
         self.prepare_output = prepare_output
         self.progress = progress

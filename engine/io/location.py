@@ -455,3 +455,15 @@ def locate(root: Where, relpath: str = "") -> Location:
     if isinstance(root, Workspace):
         return root.locate(relpath) if relpath else root.output
     return Location.parse(root).child(relpath)
+
+
+def for_workers(root: Where) -> Where:
+    """`root` as workers in another folder (the warm engine's, a SLURM job's) reach it:
+    local paths made absolute, URLs as they are."""
+    if isinstance(root, Workspace):
+        return Workspace(for_workers(root.image), for_workers(root.output), root.token)
+    where = Location.parse(root)
+    if not where.is_local:
+        return where if isinstance(root, Location) else str(root)
+    absolute = os.path.abspath(where.url)
+    return Location(absolute, where.options_json) if isinstance(root, Location) else absolute

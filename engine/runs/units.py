@@ -43,6 +43,7 @@ from typing import Any
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.execute.cluster import ClusterArg, shared_scheduler
+from engine.io.location import Workspace
 from engine.io.masking import MaskedWrite
 from engine.io.metadata import read_image
 from engine.io.plates import FieldImage, collection_images, is_collection, write_plate_table
@@ -306,7 +307,7 @@ def check_units(pipeline: Pipeline, units: list[Unit], overwrite: bool, update: 
         first.add(unit.image.path)
         for out in plan.outputs:
             try:
-                check_output(meta, out, overwrite, update)
+                check_output(Workspace.of(meta.location), out, overwrite, update)
             except EngineError as exc:
                 raise type(exc)(f"{unit.label}: {exc}") from None
 
