@@ -398,3 +398,21 @@ def test_an_output_store_of_another_image_is_refused(
     assert code == 2 and err.count("\n") == 1
     assert str(store) in err and "holds outputs of http://" in err
     assert tree(store) == before
+
+
+def test_read_only_local_image_writes_to_an_output_store(
+    sample: Path, local_run: Path, scheduler: str, tmp_path: Path
+) -> None:
+    """An image on a read-only file system (a tmpfs remounted read-only) runs with its
+    outputs in a separate store; the image is untouched."""
+    from test_errors_input import mounted
+
+    with mounted(tmp_path / "ro", "4m") as folder:
+        image = folder / "image.zarr"
+        shutil.copytree(sample, image)
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        before = tree(image)
+        store = tmp_path / "out.zarr"
+        run(Pipeline.from_yaml(MEASURE), input=image, output=store, scheduler=scheduler)
+        assert tree(image) == before
+        same_partition(labels(store), labels(local_run))

@@ -42,11 +42,13 @@ def workspace(
     image = meta.location
     if output is None:
         if writing and image.read_only:
-            why = "HTTP is read-only" if image.scheme.startswith("http") else "read-only"
+            http = image.scheme.startswith("http")
+            why = "HTTP is read-only" if http else "read-only file system or no permission"
+            copy = "" if http else ", or copy the image to a writable place"
             raise EngineError(
                 f"{image}: the image is not writable ({why}); write the outputs to a "
                 "separate store with --output PATH_OR_URL (output_store: in the config, "
-                "output= in Python)"
+                f"output= in Python){copy}"
             )
         return Workspace.of(image, token=token)
     store = Location.parse(output, storage_options)
