@@ -93,3 +93,21 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     fg = a != 0
     pairs = np.unique(np.stack([a[fg], b[fg]], axis=1), axis=0)
     return len(np.unique(pairs[:, 0])) == len(pairs) == len(np.unique(pairs[:, 1]))
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's standalone S3 server on 127.0.0.1 (tests/servers.py)."""
+    from servers import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """Python's http.server serving a folder (tests/servers.py); tests put zarrs in it."""
+    from servers import http_server
+
+    with http_server(tmp_path_factory.mktemp("served")) as server:
+        yield server

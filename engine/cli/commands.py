@@ -39,9 +39,10 @@ from engine.core.errors import (
 )
 from engine.core.pipeline import Pipeline
 from engine.execute.cluster import resolve_cluster
+from engine.io.location import Location
 from engine.plan.report import summarize
 from engine.runs.outputs import check_output
-from engine.runs.planning import make_plan
+from engine.runs.planning import make_plan, resolve_input, resolve_workspace
 from engine.runs.units import UnitsResult, run
 
 
@@ -97,7 +98,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from engine.io.inventory import describe
 
-    info = describe(args.path)
+    info = describe(args.path, args.output)
     if args.json:
         out.print_json(json.dumps(info))
         return 0
@@ -114,9 +115,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     pipeline.check_complete()
     path = args.input or pipeline.input
     checked = "config"
-    if path is not None and Path(path).exists():
+    where = resolve_input(pipeline, path) if path is not None else None
+    if where is not None and (not where.is_local or where.exists()):
         for roi in [None, *pipeline.rois]:
-            make_plan(pipeline, path, roi)
+            make_plan(pipeline, path, roi, output=args.output)
         checked = f"config, image {path} and {len(pipeline.rois)} ROI(s)"
     outputs = [f"{s.output.kind}/{s.output.name}" for s in pipeline.steps if s.output]
     outputs += [
@@ -144,14 +146,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if resolve_cluster(pipeline.cluster).kind == "local":
         start_in_background(args)
     started = time.perf_counter()
-    meta, plan = make_plan(pipeline, args.input, args.roi)
+    meta, plan = make_plan(pipeline, args.input, args.roi, output=args.output)
     seconds = time.perf_counter() - started
     rows = summarize(plan)
     reused = [o.path for o in plan.reused]
     refusals = []
+    ws = resolve_workspace(pipeline, meta, args.output, writing=False)
     for output in plan.outputs:  # what `run` without --update/--overwrite would refuse
         try:
-            check_output(meta, output, overwrite=False, update=False)
+            check_output(ws, output, overwrite=False, update=False)
         except OutputConflict as exc:
             refusals.append(str(exc))
     if args.json:
@@ -196,6 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         warm=warm_flag(args),
         idle_timeout=args.idle_timeout,
         announce=None if args.json or args.quiet else lambda t: console.print(t, highlight=False),
+        output=args.output,
         roi_table=args.roi_table,
         wells=args.wells,
         fields=args.fields,
@@ -223,7 +227,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    box = diff_roi(args.path, args.a, args.b, args.roi)
+    box = diff_roi(args.path, args.a, args.b, args.roi, args.output)
     found = diff(
         args.path,
         args.a,
@@ -233,6 +237,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         args.scheduler,
         warm_flag(args),
         args.idle_timeout,
+        args.output,
     )
     if args.json:
         data = {
@@ -298,7 +303,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_zarr(path: Path) -> bool:
+def _is_zarr(text: str) -> bool:
+    """An image or output store (a URL, or a local zarr), not a batch run or job id."""
+    if Location.parse(text).scheme != "file":
+        return True
+    path = Path(text)
     return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup"))
 
 
@@ -307,7 +316,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     if args.run is None:
         return engine_status(args)
-    if _is_zarr(Path(args.run)):
+    if _is_zarr(args.run):
         return _image_status(args)
 
     handle = find_run(args.run, args.shared_dir)
@@ -351,6 +360,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         reference=args.reference,
         scale=args.scale,
         projection=args.max,
+        output=args.output,
     )
     height, width = result.png.shape[:2]
     view = result.mode

@@ -45,17 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("info", help="describe an OME-Zarr image and its outputs")
-    p.add_argument("path")
+    p.add_argument("path", help="the image: a path or URL (http(s)://, s3://)")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="output store (path or URL) for outputs and run state, when not the image",
+    )
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("validate", help="check a pipeline config (and its image, if present)")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="output store (path or URL) for outputs and run state, when not the image",
+    )
     p.add_argument("config")
     p.add_argument("--input", default=None)
 
     for name, text in (("plan", "show the chunk tasks a run would do"), ("run", "run a pipeline")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config")
-        p.add_argument("--input", default=None, help="image path (overrides the config)")
+        p.add_argument("--input", default=None, help="image path or URL (overrides the config)")
+        p.add_argument(
+            "--output",
+            default=None,
+            help="output store (path or URL) for outputs and run state, when not the image",
+        )
         p.add_argument("--roi", default=None, help=ROI_HELP)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         _warm_flags(p)
@@ -121,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "diff", help="compare two label images (e.g. versions): the evaluate scores, B as reference"
     )
-    p.add_argument("path", help="the image (.zarr)")
+    p.add_argument("path", help="the image (.zarr): a path or URL")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="output store (path or URL) for outputs and run state, when not the image",
+    )
     p.add_argument("a", help="label image to score, as in labels/A")
     p.add_argument("b", help="reference label image, as in labels/B")
     p.add_argument("--roi", default=None, help="z0:z1,y0:y1,x0:x1 in pixels (default: all)")
@@ -136,7 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", required=True, help="CSV file to write ('-' for standard output)")
 
     p = sub.add_parser("preview", help="PNG of an ROI with label outlines, to look at")
-    p.add_argument("path", help="the image (.zarr)")
+    p.add_argument("path", help="the image (.zarr): a path or URL")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="output store (path or URL) for outputs and run state, when not the image",
+    )
     p.add_argument(
         "--roi", default=None, help="ROI name from the image, or z0:z1,y0:y1,x0:x1 (at --level)"
     )

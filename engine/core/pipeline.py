@@ -298,6 +298,11 @@ class ClusterSpec(_Model):
 class Pipeline(_Model):
     # an image, a plate, a well, a glob, or a list of images (engine/io/plates.py)
     input: str | list[str] | None = None
+    # where outputs and run state go when not into the image (a path or URL); see
+    # engine/io/location.py
+    output_store: str | None = None
+    # fsspec options for remote input and output (e.g. S3 endpoint_url, key, secret, anon)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
     rois: dict[str, RoiSpec] = Field(default_factory=dict)
     # run once per ROI of this ROI table of each image (engine/runs/units.py)
     roi_table: str | None = None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import resource
 import time
 from collections.abc import Callable, Iterable
@@ -33,6 +32,7 @@ from engine.core.geometry import Roi
 from engine.core.grid import ChunkTask
 from engine.execute.batching import Batches, batch, batch_size
 from engine.io.downsample import downsample_factors
+from engine.io.location import Where, for_workers
 from engine.plan.kinds import KINDS
 from engine.plan.types import Plan, Stage
 from engine.state.markers import ChunkMarker, Markers
@@ -73,7 +73,7 @@ class TaskFailed(EngineError):
 
 def _run_batch(
     kind: str,
-    root: str,
+    root: Where,
     stage: Stage,
     positions: np.ndarray,
     extras: list | None,
@@ -100,7 +100,7 @@ def _run_batch(
 
 def _run_tasks(
     kind: str,
-    root: str,
+    root: Where,
     stage: Stage,
     items: Iterable[tuple[int, ChunkTask, Any]],
     common: dict,
@@ -142,7 +142,9 @@ def _run_tasks(
     return fold(stage, results) if fold is not None else results
 
 
-def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> Any:
+def _run_one(
+    kind: str, root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict
+) -> Any:
     work = KINDS[kind].work
     assert work is not None, f"stage kind {kind} has no chunk tasks"
     return work(root, stage, task, extra, common)
@@ -180,7 +182,7 @@ class Executor:
     def __init__(
         self,
         client: Client,
-        root: str,
+        root: Where,
         plan: Plan,
         prepare_output: Callable[[str, str | None, int | None], int],
         progress: Callable[[str, int], Callable[[int], None]] | None = None,
@@ -198,7 +200,7 @@ class Executor:
         self.priority = priority
         # workers may run in another folder (the warm engine's, a SLURM job's): a local
         # image goes to them by its absolute path
-        self.root = root if "://" in root else os.path.abspath(root)
+        self.root = for_workers(root)
         self.plan = plan
         self.prepare_output = prepare_output
         self.progress = progress

@@ -8,7 +8,7 @@ so planning never opens pixel data.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -21,10 +21,10 @@ from ome_zarr_models.v05.image import ImageAttrs as ImageAttrsV05
 from ome_zarr_models.v05.labels import LabelsAttrs as LabelsAttrsV05
 
 from engine.core.errors import NgffError
+from engine.io.location import Location
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER
 
 T = TypeVar("T")
-
 Version = Literal["0.4", "0.5"]
 SPATIAL = ("z", "y", "x")
 
@@ -62,6 +62,12 @@ class ImageMeta:
     axes: tuple[Axis, ...]
     levels: tuple[Level, ...]
     name: str | None = None
+    # where the image lives, with its storage options; `path` is its URL as text
+    where: Location | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def location(self) -> Location:
+        return self.where if self.where is not None else Location.parse(self.path)
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -108,20 +114,28 @@ class ImageMeta:
         )
 
 
-def open_group(path: str | Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
-    path = Path(path)
-    if not path.exists():
-        raise NgffError(f"{path}: no such file or directory")
+def open_group(path: str | Path | Location, mode: Literal["r", "r+"] = "r") -> zarr.Group:
+    """The zarr group at a path or URL; one line naming the URL and what the server said
+    when it cannot be read (engine/io/location.py)."""
+    where = Location.parse(path)
+    if where.is_local:
+        where.check_reachable()
     try:
-        return zarr.open_group(str(path), mode=mode)
-    except (OSError, ValueError, zarr.errors.BaseZarrError) as exc:
-        raise NgffError(f"{path}: not a zarr group ({exc})") from exc
+        return zarr.open_group(where.zarr_url(), mode=mode)
+    except Exception as exc:  # noqa: BLE001 (a remote store raises its client's errors)
+        if not where.is_local:
+            where.check_reachable()  # names the URL and what the server said
+        if not isinstance(exc, OSError | ValueError | zarr.errors.BaseZarrError):
+            raise
+        raise NgffError(f"{where}: not a zarr group ({exc})") from exc
 
 
-def read_image(path: str | Path, validate: bool = True) -> ImageMeta:
+def read_image(path: str | Path | Location, validate: bool = True) -> ImageMeta:
     """An image's metadata; `validate=False` skips the ome-zarr-models check (for label
     images, read as the plain multiscales they are)."""
-    group = open_group(path)
+    where = Location.parse(path)
+    path = str(where)
+    group = open_group(where)
     attrs = group.attrs.asdict()
     version, ome = _ome_attributes(path, attrs)
     multiscales = ome.get("multiscales")
@@ -134,7 +148,7 @@ def read_image(path: str | Path, validate: bool = True) -> ImageMeta:
     )
     if validate:
         _validate(path, group, version)
-    return ImageMeta(str(path), version, axes, levels, multiscale.get("name"))
+    return ImageMeta(str(path), version, axes, levels, multiscale.get("name"), where)
 
 
 def _ome_attributes(path: str | Path, attrs: dict[str, Any]) -> tuple[Version, dict[str, Any]]:

@@ -167,8 +167,10 @@ def list_in_parent(root: zarr.Group, kind: OutputKind, name: str, version: Versi
         parent.attrs.update({key: [*names, name]})
 
 
-def image_label_json(version: Version) -> dict[str, Any]:
-    label: dict[str, Any] = {"source": {"image": "../../"}}
+def image_label_json(version: Version, source: str = "../../") -> dict[str, Any]:
+    """`image-label` of `labels/<name>`; `source` names the image (a URL when the label
+    is in a separate output store)."""
+    label: dict[str, Any] = {"source": {"image": source}}
     if version == "0.4":
         label["version"] = "0.4"
     return {"image-label": label}

@@ -72,6 +72,8 @@ def is_collection(input: str | Path | Sequence[str] | None) -> bool:
         return False
     if not isinstance(input, str | Path):
         return True
+    if "://" in str(input):  # a URL (engine/io/location.py): one image; remote plates
+        return False  # are not read as collections (yet)
     if _GLOB & set(str(input)):
         return True
     return kind_of(input) in ("plate", "well")

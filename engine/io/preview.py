@@ -35,6 +35,7 @@ import zarr
 from engine.core.errors import ConfigError, NgffError
 from engine.core.geometry import Roi
 from engine.core.pipeline import RoiSpec
+from engine.io.location import Location, Workspace
 from engine.io.metadata import ImageMeta, read_image
 from engine.io.ngff_write import read_ome
 from engine.io.preview_caption import LegendEntry, with_caption
@@ -136,7 +137,7 @@ def _project(
 
 
 def render_preview(
-    path: str | Path,
+    path: str | Path | Location | Workspace,
     roi: str | RoiSpec | dict | None = None,
     labels: str | None = None,
     plane: int | None = None,
@@ -149,7 +150,10 @@ def render_preview(
     in pixels of `level`, a RoiSpec/dict, or None for the whole image) with `labels/<labels>`
     drawn on it, compared with `labels/<reference>` if given. `plane` is a z index at
     `level`; `projection` asks for the maximum projection; neither: see the module's
-    docstring. `scale`: an integer enlargement (default: long side >= 512 px)."""
+    docstring. `scale`: an integer enlargement (default: long side >= 512 px). `path` may
+    be a run's Workspace: label images are then looked up in its output store first."""
+    ws = path if isinstance(path, Workspace) else Workspace.of(Location.parse(path))
+    path = ws.image
     meta = read_image(path)
     box = user_roi(roi, meta, level, text_level=level)  # text: pixels of this level
     names = meta.axis_names
@@ -166,17 +170,26 @@ def render_preview(
         z0, z1 = ranges["z"]
         if not z0 <= plane < z1:
             raise ConfigError(f"--plane {plane} is outside the ROI's z range {z0}..{z1 - 1}")
-    root = zarr.open_group(str(path), mode="r")
+    root = zarr.open_group(path.zarr_url(), mode="r")
+    store = zarr.open_group(ws.output.zarr_url(), mode="r") if ws.separate else None
+
+    def lroot(name: str | None) -> zarr.Group:
+        """Where a label image is: a separate output store first, then the image."""
+        found = store is not None and name and ws.output.is_group(f"labels/{name}")
+        return store if found else root
+
     has_z = "z" in names
-    ids3d = _label_volume(root, meta, labels, level, ranges) if labels is not None else None
-    ref3d = _label_volume(root, meta, reference, level, ranges) if reference else None
+    ids3d = (
+        _label_volume(lroot(labels), meta, labels, level, ranges) if labels is not None else None
+    )
+    ref3d = _label_volume(lroot(reference), meta, reference, level, ranges) if reference else None
     mode, centre, densest = "plane", False, False
     if has_z:
         z0, z1 = ranges["z"]
         if plane is None and not projection and ids3d is not None and z1 - z0 > 1:
             if _overlaps(ids3d) or (ref3d is not None and _overlaps(ref3d)):
                 plane, centre = (z0 + z1) // 2, True
-                if ref3d is None and _classes(root, labels, ids3d) is not None:
+                if ref3d is None and _classes(lroot(labels), labels, ids3d) is not None:
                     # sparse class labels (scribbles) may miss the centre: their fullest plane
                     plane = z0 + int(np.argmax((ids3d != 0).sum(axis=(1, 2))))
                     densest = True
@@ -193,7 +206,7 @@ def render_preview(
             counts = _draw_comparison(rgb, ids3d, ref3d, ids, _view(ref3d, plane, z0), factor)
             n_labels = counts["true positives"] + counts["false positives"]
         else:
-            classes = _classes(root, labels, ids3d)
+            classes = _classes(lroot(labels), labels, ids3d)
             if classes is not None:
                 n_labels = _draw_classes(rgb, _enlarge(ids, factor), classes)
             else:
@@ -328,9 +341,12 @@ def _label_volume(
     return np.asarray(array[tuple(index)])
 
 
-def caption(result: Preview, path: str | Path) -> tuple[list[str], list[LegendEntry]]:
+def caption(
+    result: Preview, path: str | Path | Location | Workspace
+) -> tuple[list[str], list[LegendEntry]]:
     """The caption's lines and the legend of a preview (engine/io/preview_caption.py)."""
-    where = f"{Path(path).name}  ROI {result.roi}, scale {result.scale}x"
+    image = path.image if isinstance(path, Workspace) else Location.parse(path)
+    where = f"{image.name}  ROI {result.roi}, scale {result.scale}x"
     if result.mode == "max":
         z = result.roi.start[0], result.roi.stop[0] - 1
         shown = f"maximum projection over z {z[0]}..{z[1]}"
@@ -389,18 +405,26 @@ def _label_array(
     return array, axes
 
 
-def write_png(rgb: np.ndarray, out: str | Path) -> None:
+def write_png(rgb: np.ndarray, out: str | Path | Location) -> None:
+    """Write the PNG to a local file, or as one object to a remote location."""
     import imageio.v3 as iio
 
     try:
+        if isinstance(out, Location):
+            if out.is_local:
+                out.local_path.parent.mkdir(parents=True, exist_ok=True)
+                iio.imwrite(out.url, rgb, extension=".png")
+            else:
+                out.write_bytes("", iio.imwrite("<bytes>", rgb, extension=".png"))
+            return
         iio.imwrite(str(out), rgb, extension=".png")
     except OSError as exc:
         raise NgffError(f"{out}: cannot write the PNG ({exc})") from None
 
 
 def preview(
-    path: str | Path,
-    out: str | Path = "preview.png",
+    path: str | Path | Location | Workspace,
+    out: str | Path | Location = "preview.png",
     roi: str | RoiSpec | dict | None = None,
     labels: str | None = None,
     plane: int | None = None,
@@ -408,8 +432,12 @@ def preview(
     reference: str | None = None,
     scale: int | None = None,
     projection: bool = False,
+    output: str | Path | Location | None = None,
 ) -> Preview:
-    """Render (see `render_preview`), add the caption and write the PNG to `out`."""
+    """Render (see `render_preview`), add the caption and write the PNG to `out`;
+    `output`: the output store where the label images are (when not in the image)."""
+    if output is not None and not isinstance(path, Workspace):
+        path = Workspace.of(Location.parse(path), Location.parse(output))
     result = render_preview(path, roi, labels, plane, level, reference, scale, projection)
     lines, legend = caption(result, path)
     png = with_caption(result.rgb, lines, legend)

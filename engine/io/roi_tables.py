@@ -38,6 +38,7 @@ import zarr
 
 from engine.core.errors import NgffError
 from engine.core.geometry import Roi
+from engine.io.location import Location
 from engine.io.metadata import ImageMeta, read_image
 from engine.io.tables import TABLES, read_anndata, write_anndata
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER
@@ -126,7 +127,12 @@ def _micrometers(meta: ImageMeta, axis: int) -> float:
     return factor
 
 
-def _origin_um(image: Path) -> dict[str, float]:
+def _image_of(table: Location) -> Location:
+    """The image a table group `<image>/tables/<name>` belongs to."""
+    return Location(table.url.rstrip("/").rsplit("/", 2)[0], table.options_json)
+
+
+def _origin_um(image: Location) -> dict[str, float]:
     """The image's level-0 translation along x, y, z in um (what legacy rows added)."""
     meta = read_image(image, validate=False)
     level = meta.level(0)
@@ -147,24 +153,26 @@ def _rows(rois: dict[str, PhysicalBox]) -> np.ndarray:
     return values
 
 
-def _tables_folder(root: zarr.Group) -> Path:
-    return Path(str(root.store.root)) / root.path / TABLES
-
-
-def write_rois(root: zarr.Group, rois: dict[str, PhysicalBox], table: str = DEFAULT_TABLE) -> None:
+def write_rois(
+    root: zarr.Group,
+    rois: dict[str, PhysicalBox],
+    table: str = DEFAULT_TABLE,
+    where: Location | None = None,
+) -> None:
     """Add or replace `rois` (by name, in um from the image's origin) in the ROI table
     `tables/<table>`, keeping the others (a legacy table's rows converted); list the
     table in `tables/` attributes."""
     import anndata
     import pandas as pd
 
-    folder = _tables_folder(root)
     existing: dict[str, PhysicalBox] = {}
-    if (folder / table).exists():
-        kind = zarr.open_group(str(folder / table), mode="r").attrs.get("type")
+    key = f"{TABLES}/{table}"
+    if key in root:
+        kind = root[key].attrs.get("type")
+        where = where.child(key) if where is not None else _group_location(root, key)
         if kind != "roi_table":
-            raise NgffError(f"{folder / table} exists and is a {kind!r} table, not an roi_table")
-        existing = read_roi_table(folder / table)
+            raise NgffError(f"{where} exists and is a {kind!r} table, not an roi_table")
+        existing = read_roi_table(where)
     merged = {**existing, **rois}
     obs = pd.DataFrame(index=pd.Index(list(merged), name="FieldIndex"))
     var = pd.DataFrame(index=pd.Index(list(ROI_COLUMNS)))
@@ -185,16 +193,16 @@ def write_masking_rois(
     write_anndata(root, table, data, roi_table_attrs("masking_roi_table", region))
 
 
-def read_roi_table(path: str | Path) -> dict[str, PhysicalBox]:
+def read_roi_table(path: str | Path | Location) -> dict[str, PhysicalBox]:
     """name -> {x, y, z: (start, stop) in um from the image's origin} of one ROI table
     group (`<image>/tables/<name>`)."""
     return load_roi_table(path).rois
 
 
-def load_roi_table(path: str | Path) -> RoiTable:
+def load_roi_table(path: str | Path | Location) -> RoiTable:
     """One ROI table group (`<image>/tables/<name>`), legacy rows converted."""
-    path = Path(path)
-    attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+    path = Location.parse(path)
+    attrs = path.read_attrs() or {}
     data = read_anndata(path)
     columns = [str(v) for v in data.var_names]
     missing = [c for c in ROI_COLUMNS if c not in columns]
@@ -203,7 +211,7 @@ def load_roi_table(path: str | Path) -> RoiTable:
     values = np.asarray(data.X, dtype=np.float64)
     where = {c: columns.index(c) for c in ROI_COLUMNS}
     legacy = is_legacy(attrs)
-    origin = _origin_um(path.parent.parent) if legacy else {}
+    origin = _origin_um(_image_of(path)) if legacy else {}
     out: dict[str, PhysicalBox] = {}
     for name, row in zip(data.obs_names, values, strict=True):
         box: PhysicalBox = {}
@@ -219,14 +227,23 @@ def load_roi_table(path: str | Path) -> RoiTable:
     return RoiTable(path.name, kind, out, label, legacy)
 
 
-def roi_table_names(image: str | Path) -> list[str]:
+def _group_location(root: zarr.Group, key: str) -> Location:
+    """Where a group below `root` is: its folder, or its URL in a remote store."""
+    store = root.store
+    base = getattr(store, "root", None)
+    if base is not None:  # a LocalStore
+        return Location.parse(Path(str(base)) / root.path / key)
+    raise NgffError(f"{key}: a table in a remote store is read through its Location")
+
+
+def roi_table_names(image: str | Path | Location) -> list[str]:
     """Tables listed in `tables/` whose type is roi_table or masking_roi_table, in
     listing order."""
-    folder = Path(image) / TABLES
+    folder = Location.parse(image).child(TABLES)
     if not folder.exists():
         return []
     try:
-        tables = zarr.open_group(str(folder), mode="r")
+        tables = zarr.open_group(folder.zarr_url(), mode="r")
         listed = list(tables.attrs.get("tables", []))
     except (OSError, ValueError, zarr.errors.BaseZarrError):
         return []
@@ -240,11 +257,12 @@ def roi_table_names(image: str | Path) -> list[str]:
     return names
 
 
-def read_rois(image: str | Path) -> dict[str, tuple[str, PhysicalBox]]:
-    """Every named ROI in the image's ROI tables: name -> (table, box). The first table
-    listed wins when two tables use the same name."""
+def read_rois(*images: str | Path | Location) -> dict[str, tuple[str, PhysicalBox]]:
+    """Every named ROI in the ROI tables of `images` (an output store, then its image):
+    name -> (table, box). The first table listed wins when two tables use the same name."""
     found: dict[str, tuple[str, PhysicalBox]] = {}
-    for table in roi_table_names(image):
-        for name, box in read_roi_table(Path(image) / TABLES / table).items():
-            found.setdefault(name, (table, box))
+    for image in dict.fromkeys(Location.parse(i) for i in images):
+        for table in roi_table_names(image):
+            for name, box in read_roi_table(image.child(f"{TABLES}/{table}")).items():
+                found.setdefault(name, (table, box))
     return found

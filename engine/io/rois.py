@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from engine.core.errors import ConfigError, NgffError
 from engine.core.geometry import Roi
 from engine.core.pipeline import AXES, Pipeline, RoiSpec
+from engine.io.location import Location
 from engine.io.metadata import Axis, ImageMeta, open_group
 from engine.io.roi_tables import (
     DEFAULT_TABLE,
@@ -219,14 +220,18 @@ UserRoi = str | RoiSpec | dict | None  # every form a user gives an ROI in
 
 
 def roi_spec(
-    roi: UserRoi, meta: ImageMeta, pipeline: Pipeline | None = None, text_level: int = 0
+    roi: UserRoi,
+    meta: ImageMeta,
+    pipeline: Pipeline | None = None,
+    text_level: int = 0,
+    store: Location | None = None,
 ) -> tuple[str, RoiSpec | None]:
     """The one place that tells an ROI's forms apart: (its name for messages, its spec).
 
     None is the whole image; a dict or RoiSpec is taken as it is; text with a `:` is a
     pixel box as `--roi` takes it (`z0:z1,y0:y1,x0:x1`, at level `text_level`); any
-    other text is a name: the config's `rois:` first (with a pipeline), then the
-    image's ROI tables.
+    other text is a name: the config's `rois:` first (with a pipeline), then the ROI
+    tables of the output store (`store`, when separate) and of the image.
     """
     if roi is None:
         return "whole image", None
@@ -237,8 +242,8 @@ def roi_spec(
     if ":" in roi:
         return roi, parse_cli_roi(roi, meta).model_copy(update={"level": text_level})
     if pipeline is not None:
-        return roi, named_roi(pipeline, roi, meta)
-    return roi, image_roi(meta, roi)
+        return roi, named_roi(pipeline, roi, meta, store)
+    return roi, image_roi(meta, roi, store)
 
 
 def user_roi(
@@ -247,17 +252,26 @@ def user_roi(
     level: int,
     pipeline: Pipeline | None = None,
     text_level: int = 0,
+    store: Location | None = None,
 ) -> Roi:
     """Any form of an ROI (see `roi_spec`) as an index box at `level` over all axes."""
-    name, spec = roi_spec(roi, meta, pipeline, text_level)
+    name, spec = roi_spec(roi, meta, pipeline, text_level, store)
     return resolve_roi(spec, meta, level, name)
 
 
-def named_roi(pipeline: Pipeline, name: str, meta: ImageMeta | None = None) -> RoiSpec:
-    """An ROI by name: the config's `rois:` first, then the image's ROI tables."""
+def _tables_of(meta: ImageMeta, store: Location | None) -> list[Location]:
+    """Where named ROIs are: a separate output store first, then the image."""
+    return [w for w in (store, meta.location) if w is not None]
+
+
+def named_roi(
+    pipeline: Pipeline, name: str, meta: ImageMeta | None = None, store: Location | None = None
+) -> RoiSpec:
+    """An ROI by name: the config's `rois:` first, then the ROI tables of the output
+    store (when separate) and of the image."""
     if name in pipeline.rois:
         return pipeline.rois[name]
-    stored = read_rois(meta.path) if meta is not None else {}
+    stored = read_rois(*_tables_of(meta, store)) if meta is not None else {}
     if name in stored:
         return spec_from_table(stored[name][1], meta.axis_names)
     known = ", ".join(sorted(pipeline.rois)) or "none defined"
@@ -268,9 +282,9 @@ def named_roi(pipeline: Pipeline, name: str, meta: ImageMeta | None = None) -> R
     raise ConfigError(f"roi '{name}' is not defined in {where} (known: {known})")
 
 
-def image_roi(meta: ImageMeta, name: str) -> RoiSpec:
+def image_roi(meta: ImageMeta, name: str, store: Location | None = None) -> RoiSpec:
     """An ROI by name from the image's ROI tables (for commands without a config)."""
-    stored = read_rois(meta.path)
+    stored = read_rois(*_tables_of(meta, store))
     if name not in stored:
         known = ", ".join(sorted(stored)) or "none"
         raise ConfigError(f"roi '{name}' is not in the ROI tables of {meta.path} (known: {known})")
@@ -337,13 +351,19 @@ def spec_from_table(box: PhysicalBox, axes: tuple[str, ...]) -> RoiSpec:
 
 
 def save_config_roi(
-    pipeline: Pipeline, roi: object, meta: ImageMeta, box: Roi, table: str = DEFAULT_TABLE
+    pipeline: Pipeline,
+    roi: object,
+    meta: ImageMeta,
+    box: Roi,
+    table: str = DEFAULT_TABLE,
+    output: Location | None = None,
 ) -> None:
     """After a run on a config-defined ROI: store it (as run, in um) in `tables/<table>`."""
     if not isinstance(roi, str) or roi not in pipeline.rois:
         return
     try:
         physical = box_to_micrometer(meta, box)
-        write_rois(open_group(meta.path, mode="r+"), {roi: physical}, table)
+        where = output if output is not None else meta.location
+        write_rois(open_group(where, mode="r+"), {roi: physical}, table, where)
     except (NgffError, OSError):
         return  # no physical units, `tables/<table>` is another kind, or read-only: config only

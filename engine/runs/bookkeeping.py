@@ -14,6 +14,7 @@ from typing import Any, Literal
 from engine.core.errors import EngineError
 from engine.core.version import __version__
 from engine.execute.executor import Executor, TaskFailed
+from engine.io.location import Location, Workspace
 from engine.io.metadata import ImageMeta
 from engine.plan.types import Plan
 from engine.plan.versions import describe_change
@@ -54,6 +55,7 @@ def check_resumable(old: dict[str, Any], config: dict[str, Any], plan: Plan, lay
 
 def start_record(
     meta: ImageMeta,
+    ws: Workspace,
     plan: Plan,
     run_id: str,
     config: dict[str, Any],
@@ -107,7 +109,9 @@ def start_record(
             "error": None,
             "attempts": [],
         }
-    record = RunRecord(str(meta.path), run_id, data)
+    if ws.separate and old is None:
+        data["output_store"] = str(ws.output)
+    record = RunRecord(ws.output, run_id, data)
     record.save()
     return record
 
@@ -165,7 +169,7 @@ def totals(stage_rows: dict[str, dict[str, Any]]) -> dict[str, int]:
 def fail_record(
     record: RunRecord,
     plan: Plan,
-    root: str,
+    root: Location,
     layout: str,
     stage_rows: dict[str, dict[str, Any]],
     executor: Executor | None,

@@ -25,6 +25,8 @@ from engine.execute.cluster import (
 )
 from engine.execute.executor import Executor, StageStats
 from engine.io.existing import ids_left_by_earlier_runs
+from engine.io.location import Location
+from engine.io.output_store import prepare_store
 from engine.io.rois import save_config_roi
 from engine.io.tables import import_in_background
 from engine.plan.fingerprint import layout_hash
@@ -40,7 +42,7 @@ from engine.runs.bookkeeping import (
 )
 from engine.runs.evaluation import roi_key, stored_scores
 from engine.runs.outputs import OutputWriter, check_flags, check_output
-from engine.runs.planning import make_plan, priority_box
+from engine.runs.planning import make_plan, priority_box, resolve_workspace
 from engine.runs.result import RunResult
 from engine.runs.staging import (
     STAGED_KINDS,
@@ -64,12 +66,20 @@ BACKOFF = 0.2  # seconds before the first retry; doubled for each further one
 
 
 def _staged(
-    plan: Plan, modes: dict[str, Mode], run_id: str, old: dict[str, Any] | None
+    plan: Plan,
+    modes: dict[str, Mode],
+    run_id: str,
+    old: dict[str, Any] | None,
+    where: Location | None = None,
 ) -> dict[str, str]:
     """The outputs this run writes beside the old ones (engine/runs/staging.py): those it
-    overwrites, or for a resumed run those the run it continues staged."""
+    overwrites, or for a resumed run those the run it continues staged. None in an object
+    store (`where` remote): it has no rename to swap folders with, so an overwrite there
+    writes in place, as before staging existed."""
     if old is not None and "staged" in old:
         return dict(old["staged"] or {})
+    if where is not None and not where.is_local:
+        return {}
     return {
         out.path: staging_path(out.path, run_id)
         for out in plan.outputs
@@ -79,7 +89,7 @@ def _staged(
 
 def _finish_swap(
     record: RunRecord,
-    root: str,
+    root: Location,
     plan: Plan,
     staged: dict[str, str],
     run_id: str,
@@ -89,11 +99,11 @@ def _finish_swap(
     provenance were written; only the swaps remain."""
     swap_in(root, staged, run_id)
     record.update(state="completed", ended=now())
-    outputs = {out.name: str(Path(root) / out.path) for out in (*plan.outputs, *plan.reused)}
-    return RunResult(run_id, root, plan.roi, outputs, [], time.perf_counter() - started)
+    outputs = {out.name: str(root.child(out.path)) for out in (*plan.outputs, *plan.reused)}
+    return RunResult(run_id, str(root), plan.roi, outputs, [], time.perf_counter() - started)
 
 
-def unfinished_run_conflict(root: str, output: str) -> OutputConflict | None:
+def unfinished_run_conflict(root: str | Location, output: str) -> OutputConflict | None:
     """The refusal for an output left by a run that was killed (and none finished it
     since): `--resume` continues that run."""
     found = interrupted_run(root, output)
@@ -122,6 +132,8 @@ def run(
     announce: Callable[[str], None] | None = None,
     warm: bool | None = None,
     idle_timeout: float | None = None,
+    output: str | Path | Location | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run a pipeline on an image (or an ROI of it) and write its outputs into the image's zarr.
 
@@ -149,20 +161,29 @@ def run(
     a run that finished are reused, not computed (`overwrite=True` computes them again);
     a run with nothing left to compute starts no cluster. With `versions: keep` a changed
     config writes a new version of its output (engine/plan/versions.py).
+
+    `input` and `output` are paths or URLs (http(s)://, s3://; engine/io/location.py);
+    `output` (default: the config's `output_store`, else the image itself) is a separate
+    OME-Zarr store for the outputs and run state (engine/io/output_store.py), needed when
+    the image cannot be written. `storage_options` (fsspec; e.g. S3 `endpoint_url`) add
+    to the config's.
     """
     check_flags(overwrite, update, resume)
     started = time.perf_counter()
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    meta, plan = make_plan(pipeline, input, roi, run_id, overwrite)
+    where = (output, storage_options)
+    meta, plan = make_plan(pipeline, input, roi, run_id, overwrite, *where)
+    ws = resolve_workspace(pipeline, meta, *where, run_id=run_id)
     old: dict[str, Any] | None = None
     if resume:
-        old = find_resumable(meta.path, [o.path for o in plan.outputs])
+        old = find_resumable(ws.output, [o.path for o in plan.outputs])
         run_id = old["run_id"]
         overwrite, update = bool(old.get("overwrite")), bool(old.get("update"))
-        meta, plan = make_plan(pipeline, input, roi, run_id, overwrite)
+        meta, plan = make_plan(pipeline, input, roi, run_id, overwrite, *where)
+        ws = resolve_workspace(pipeline, meta, *where, run_id=run_id)
     layout = layout_hash(plan)
     config = pipeline.to_dict()
-    priority = priority_box(pipeline, priority_roi, meta, plan)
+    priority = priority_box(pipeline, priority_roi, meta, plan, ws)
     if old is not None:
         check_resumable(old, config, plan, layout)
     created = set(old.get("created", [])) if old else set()
@@ -177,28 +198,30 @@ def run(
                 modes[out.step] = before if before == "update" else "create"
             else:
                 try:
-                    modes[out.step] = check_output(meta, out, overwrite, update)
+                    modes[out.step] = check_output(ws, out, overwrite, update)
                 except OutputConflict as exc:
-                    raise unfinished_run_conflict(meta.path, out.path) or exc from None
+                    raise unfinished_run_conflict(ws.output, out.path) or exc from None
         return modes
 
     decide()  # refuse before writing anything, even a lock
-    locks = OutputLocks(meta.path, [o.path for o in plan.outputs], run_id).acquire()
+    ws.output.check_writable()
+    prepare_store(ws, meta)
+    locks = OutputLocks(ws.output, [o.path for o in plan.outputs], run_id).acquire()
     try:
         modes = decide()  # again, under the locks: another run may have finished meanwhile
-        staged = _staged(plan, modes, run_id, old)
+        staged = _staged(plan, modes, run_id, old, ws.output)
         if old is not None:
             outputs = [*(o.path for o in plan.outputs), *staged.values()]
-            drop_torn_writes(meta.path, [*outputs, plan.scratch])
+            drop_torn_writes(ws.output, [*outputs, plan.scratch])
         else:
             for output, sibling in staged.items():
-                drop_stale_siblings(meta.path, output, keep=sibling)
+                drop_stale_siblings(ws.output, output, keep=sibling)
         plan = staged_plan(plan, staged)
-        record = start_record(meta, plan, run_id, config, layout, modes, overwrite, update, old)
+        record = start_record(meta, ws, plan, run_id, config, layout, modes, overwrite, update, old)
         record.update(staged=staged)
         if old is not None and old.get("swapping"):
-            return _finish_swap(record, meta.path, plan, staged, run_id, started)
-        writer = OutputWriter(meta, plan, modes, run_id, record, created, old, staged)
+            return _finish_swap(record, ws.output, plan, staged, run_id, started)
+        writer = OutputWriter(meta, plan, modes, run_id, record, created, old, staged, ws)
         executor = None
         stage_rows = record.data["stages"]
 
@@ -230,10 +253,10 @@ def run(
                     record.update(projected_worker_bytes=projected, worker_memory_limit=limit)
                     if announce is not None and client.dashboard_link:
                         announce(f"dask dashboard: {client.dashboard_link}")
-                    markers = Markers(meta.path, plan, layout)
+                    markers = Markers(ws.output, plan, layout)
                     executor = Executor(
                         client,
-                        meta.path,
+                        ws,
                         plan,
                         writer.prepare,
                         live,
@@ -249,12 +272,13 @@ def run(
                         if stat.name in stage_rows:
                             stage_rows[stat.name]["cpu"] = stat.cpu
                 writer.finish(executor)
-            save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
+            # a named config ROI -> tables/rois
+            save_config_roi(pipeline, roi, meta, plan.roi, output=ws.output)
             if staged:  # the new outputs are complete: in place of the old ones, one step each
                 record.update(swapping=True)
-                swap_in(meta.path, staged, run_id)
+                swap_in(ws.output, staged, run_id)
         except BaseException as exc:
-            fail_record(record, plan, meta.path, layout, stage_rows, executor, exc)
+            fail_record(record, plan, ws.output, layout, stage_rows, executor, exc)
             if isinstance(exc, KeyboardInterrupt):
                 exc.run_id = run_id  # type: ignore[attr-defined]  # for the CLI's one line
             raise
@@ -268,7 +292,7 @@ def run(
     finally:
         locks.release()
     every = (*plan.outputs, *plan.reused)
-    outputs = {out.name: str(Path(meta.path) / out.path) for out in every}
+    outputs = {out.name: str(ws.output.child(out.path)) for out in every}
     labels = {
         next(o.name for o in plan.outputs if o.step == step): r.count
         for step, r in (executor.labels.items() if executor is not None else ())
@@ -278,7 +302,7 @@ def run(
     in_output = {  # after an update: this ROI's objects and those earlier runs left
         name: count
         + ids_left_by_earlier_runs(
-            meta.path, by_name[name].path, by_name[name].levels[0].path, plan.roi, run_id
+            ws.output, by_name[name].path, by_name[name].levels[0].path, plan.roi, run_id
         )
         for name, count in labels.items()
         if modes.get(by_name[name].step) == "update"
@@ -286,14 +310,14 @@ def run(
     evaluations = dict(writer.evaluations)
     key = roi_key(plan.roi, plan.axes)
     for out in plan.reused:
-        found = stored_scores(Path(meta.path) / out.path, key) if out.op == "evaluate" else None
+        found = stored_scores(ws.output.child(out.path), key) if out.op == "evaluate" else None
         if found is not None:
             evaluations[out.name] = found
     previous = {}
     for out in plan.outputs:  # a new version of an evaluation: the one before, same ROI
         before = (out.version or {}).get("previous")
         if out.op == "evaluate" and before and out.name in evaluations:
-            path = Path(meta.path) / Path(out.path).parent / before
+            path = ws.output.child(f"{Path(out.path).parent}/{before}")
             found = stored_scores(path, key) if path.exists() else None
             if found is not None:
                 previous[out.name] = (before, found)

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from pathlib import Path
 
 from engine.io.exchange import exchange_directories
 from engine.io.existing import output_run_ids
+from engine.io.location import Location
 from engine.plan.types import Plan, Source
 
 STAGED_KINDS = ("label", "image")
@@ -72,11 +72,15 @@ def staged_plan(plan: Plan, moves: dict[str, str]) -> Plan:
     return dataclasses.replace(plan, stages=stages)
 
 
-def drop_stale_siblings(root: str, output: str, keep: str | None = None) -> None:
+def drop_stale_siblings(root: str | Location, output: str, keep: str | None = None) -> None:
     """Remove siblings left by earlier overwrites of `output` that were killed and are
-    started over (called under the output's lock, so no live run writes them)."""
+    started over (called under the output's lock, so no live run writes them). An object
+    store has none: outputs there are not staged (engine/runs/runner.py)."""
+    where = Location.parse(root)
+    if not where.is_local:
+        return
     parent, _, name = output.rpartition("/")
-    folder = Path(root) / parent
+    folder = where.local_path / parent
     if not folder.is_dir():
         return
     for child in folder.glob(f".{name}.new-*"):
@@ -84,11 +88,12 @@ def drop_stale_siblings(root: str, output: str, keep: str | None = None) -> None
             shutil.rmtree(child, ignore_errors=True)
 
 
-def swap_in(root: str, moves: dict[str, str], run_id: str) -> None:
+def swap_in(root: str | Location, moves: dict[str, str], run_id: str) -> None:
     """Put each new output in place of the old one, in one step each, then delete the
     old; an output already swapped by this run (a resumed swap) is only cleaned up."""
+    base = Location.parse(root).local_path  # staged outputs are local only
     for output, sibling in moves.items():
-        final, staged = Path(root) / output, Path(root) / sibling
+        final, staged = base / output, base / sibling
         if run_id not in output_run_ids(root, output):
             if final.exists():
                 exchange_directories(staged, final)

@@ -43,6 +43,7 @@ from typing import Any
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.execute.cluster import ClusterArg, shared_scheduler
+from engine.io.location import Workspace
 from engine.io.masking import MaskedWrite
 from engine.io.metadata import read_image
 from engine.io.plates import FieldImage, collection_images, is_collection, write_plate_table
@@ -140,6 +141,8 @@ def run(
     parallel: int = PARALLEL,
     warm: bool | None = None,
     idle_timeout: float | None = None,
+    output: str | Path | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> RunResult | UnitsResult:
     """Run a pipeline on an image, or on every selected image of a plate, a well or a
     list/glob of images (`wells=["B03"]`, `fields=["0"]`), or once per ROI of the ROI
@@ -154,7 +157,13 @@ def run(
         return runner.run(
             pipeline, source, roi, workers, overwrite, update, scheduler, progress,
             cluster, resume, retries, priority_roi, announce, warm, idle_timeout,
+            output, storage_options,
         )  # fmt: skip
+    if output is not None or pipeline.output_store is not None:
+        raise ConfigError(
+            "an output store holds one image's outputs: --output (output_store:) is for a "
+            "run on one image"
+        )
     if resume:
         raise ConfigError("--resume continues one image's run; resume each image on its own")
     if overwrite and update:
@@ -298,7 +307,7 @@ def check_units(pipeline: Pipeline, units: list[Unit], overwrite: bool, update: 
         first.add(unit.image.path)
         for out in plan.outputs:
             try:
-                check_output(meta, out, overwrite, update)
+                check_output(Workspace.of(meta.location), out, overwrite, update)
             except EngineError as exc:
                 raise type(exc)(f"{unit.label}: {exc}") from None
 

@@ -8,6 +8,14 @@ another host whose SLURM job squeue no longer lists (a batch job that was cancel
 its walltime). Any other lock from another host is never broken. A lock file that is not
 JSON (damaged: locks are written whole) is taken over when no run recorded as running on
 its output could hold it (`taken_over` says so), and otherwise refused as unreadable.
+
+On S3 (an output store or image in a bucket) a lock is an object created with a
+conditional PUT (`If-None-Match: *`): the server refuses it when the key exists, so
+taking a lock keeps its guarantee. Breaking a stale lock is weaker there: S3 has no
+rename, so the stale object is read, checked and deleted, and two runs breaking the same
+stale lock at the same moment could both see it stale; the conditional create that
+follows still lets only one of them take it, but the loser may delete the winner's fresh
+lock between its check and its delete (a window of one request).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import Any
 
 from engine.core.errors import OutputConflict
 from engine.core.layout import LOCKS
+from engine.io.location import Location
 from engine.state.processes import is_stale, this_process
 from engine.state.records import list_runs
 
@@ -46,8 +55,14 @@ def _live_run_of(root: Path, output: str) -> str | None:
 class OutputLocks:
     """Locks on every output of a run, taken all or none (in sorted order)."""
 
-    def __init__(self, root: str | Path, outputs: Iterable[str], run_id: str) -> None:
-        self.base = Path(root) / LOCKS
+    def __new__(cls, root: str | Path | Location, *args: Any, **kwargs: Any) -> OutputLocks:
+        if cls is OutputLocks and not Location.parse(root).is_local:
+            return super().__new__(RemoteOutputLocks)  # same interface, objects not files
+        return super().__new__(cls)
+
+    def __init__(self, root: str | Path | Location, outputs: Iterable[str], run_id: str) -> None:
+        self.where = Location.parse(root)
+        self.base = self.where.local_path / LOCKS
         self.outputs = sorted(set(outputs))
         self.owner = {"run_id": run_id, **this_process()}
         self.held: list[Path] = []
@@ -133,3 +148,55 @@ class OutputLocks:
                     break
                 parent = parent.parent
         self.held = []
+
+
+class RemoteOutputLocks(OutputLocks):
+    """The same locks as objects in an object store (see the module docstring)."""
+
+    def __init__(self, root: str | Path | Location, outputs: Iterable[str], run_id: str) -> None:
+        self.where = Location.parse(root)
+        self.outputs = sorted(set(outputs))
+        self.owner = {"run_id": run_id, **this_process()}
+        self.held: list[Path] = []
+        self.held_keys: list[str] = []
+        self.taken_over: list[dict[str, Any]] = []
+
+    def path(self, output: str) -> Path:  # for messages: the lock's URL
+        return Path(self.where.child(f"{LOCKS}/{output}").url)
+
+    def _read_key(self, key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.where.read_bytes(key))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+
+    def _acquire(self, output: str) -> None:
+        key = f"{LOCKS}/{output}"
+        data = json.dumps(self.owner).encode()
+        for _ in range(3):
+            if self.where.create_bytes(key, data):
+                self.held_keys.append(key)
+                return
+            owner = self._read_key(key)
+            if owner is None:
+                continue  # released meanwhile: try again
+            if owner and is_stale(owner):
+                if self._read_key(key) == owner:
+                    self.where.delete(key)
+                    self.taken_over.append(owner)
+                continue
+            who = owner.get("run_id", "an unknown run")
+            where = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "?"
+            raise OutputConflict(
+                f"output {output} is being written by run {who} ({where}); wait for it to "
+                f"finish, or remove {self.where.child(key)} if that run is gone"
+            )
+        raise OutputConflict(f"output {output}: could not take its lock {self.where.child(key)}")
+
+    def release(self) -> None:
+        for key in self.held_keys:
+            if self._read_key(key) == self.owner:
+                self.where.delete(key)
+        self.held_keys = []
