@@ -4,6 +4,12 @@ Not a test (pytest does not collect it). Prints a table and writes JSON:
 
     python benchmarks/bench_pipeline.py [--shape 256,1024,1024] [--small 128,512,512]
                                    [--workers 2] [--repeat 3] [--out bench.json]
+                                   [--workloads standard,slide,timeseries,small,double]
+                                   [--tiny]
+
+`--workloads` adds the 2D slide, the time series, the cold small sample and the double
+volume (benchmarks/bench_workloads.py); `--tiny` shrinks every shape to check the benchmark.
+Every engine run is cold (`--no-warm`): its cluster's start is in its time.
 
 Measured in one run, on the same sample: plan time for a 64^3 ROI in a metadata-only
 2048x65536x65536 image; the engine's wall time for configs/nuclei-measure.yaml
@@ -37,6 +43,14 @@ import zarr
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # conftest: NUCLEI, huge_image, as the plan tests
+
+from bench_workloads import (  # noqa: E402
+    WORKLOADS,
+    cpu_breakdown,
+    print_workload,
+    reference,
+    run_workload,
+)
 
 
 def plan_time_huge(tmp: Path) -> dict:
@@ -131,10 +145,13 @@ def partition_equal(a: np.ndarray, b: np.ndarray) -> bool:
     return bool((forward[x] == y).all() and (backward[y] == x).all())
 
 
-def run_engine(sample: str, workers: int, config: str = "configs/nuclei-measure.yaml") -> dict:
+def run_engine(
+    sample: str, workers: int, config: str = "configs/nuclei-measure.yaml", cold: bool = True
+) -> dict:
     """The command as a user runs it, timed from start to exit. Each worker's peak
     memory is its VmHWM, which the engine reports; only the driver's RSS is sampled here
-    (polling every worker's took CPU from them, on 2 cores)."""
+    (polling every worker's took CPU from them, on 2 cores). `cold`: a cluster of its
+    own (`--no-warm`), its start in the time."""
     cmd = [
         sys.executable,
         "-m",
@@ -147,6 +164,7 @@ def run_engine(sample: str, workers: int, config: str = "configs/nuclei-measure.
         str(workers),
         "--overwrite",
         "--json",
+        *(["--no-warm"] if cold else []),
     ]
     started = time.perf_counter()
     proc = psutil.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -173,6 +191,7 @@ def run_engine(sample: str, workers: int, config: str = "configs/nuclei-measure.
         "engine_reported_s": result["seconds"],
         "objects": result["objects"]["nuclei"],
         "stages": result["stages"],
+        "cpu": cpu_breakdown(result["stages"]),
         "merge": result.get("merge", {}),
         "driver_peak_rss_bytes": peak[0],
         "max_worker_peak_rss_bytes": max(result["peak_worker_bytes"].values(), default=0),
@@ -208,10 +227,39 @@ def main() -> None:
         help="engine and scipy runs, taken in turn; the ratio is of their medians",
     )
     parser.add_argument("--out", default="bench-results/pipeline.json")
+    parser.add_argument(
+        "--workloads",
+        default="standard",
+        help="comma-separated: standard (the volume above), slide, timeseries, small, double "
+        "(benchmarks/bench_workloads.py); 'all' for every one",
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny shapes, to check the benchmark, not to time"
+    )
     parser.add_argument("--scipy-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--reference-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.scipy_child:
         scipy_child(*args.scipy_child)
+        return
+    if args.reference_child:
+        name, path = args.reference_child
+        print(json.dumps(reference(WORKLOADS[name], path)))
+        return
+    names = list(WORKLOADS) + ["standard"] if args.workloads == "all" else args.workloads.split(",")
+    unknown = set(names) - {"standard", *WORKLOADS}
+    if unknown:
+        raise SystemExit(f"--workloads: unknown {', '.join(sorted(unknown))}")
+    if args.tiny:
+        args.shape, args.small = "32,128,128", "16,64,64"
+    others = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (n for n in names if n != "standard"):
+            others[name] = run_workload(WORKLOADS[name], Path(tmp), args.workers, args.repeat,
+                                        args.tiny)  # fmt: skip
+            print_workload(others[name])
+    if "standard" not in names:
+        write_report(args.out, {"workloads": others, "cores": psutil.cpu_count()})
         return
 
     from engine.io.sample_zarr import write_sample
@@ -249,7 +297,15 @@ def main() -> None:
         "scipy": scipy,
         "ratio_engine_over_scipy_compute": engine["wall_s"] / scipy["compute_s"],
         "ratio_engine_over_scipy_total": engine["wall_s"] / scipy["total_s"],
+        "workloads": others,
     }
+    if "double" in others:  # scale: twice the voxels against the standard volume
+        double = others["double"]["engine"]
+        report["double_over_standard"] = {
+            "wall": double["wall_s"] / engine["wall_s"],
+            "worker_peak": double["max_worker_peak_rss_bytes"]
+            / max(1, engine["max_worker_peak_rss_bytes"]),
+        }
     gib = 1024**3
     rows = [
         ("plan, 64^3 ROI in 2048x65536x65536", f"{plan['plan_seconds_min'] * 1000:.1f} ms", ""),
@@ -296,9 +352,19 @@ def main() -> None:
         print(f"  {stage['name']:<{width - 2}}  {stage['seconds']:>9.2f}s  {stage['tasks']} tasks")
     for step, merge in engine["merge"].items():
         print(f"  merge {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in merge.items()))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    print("  engine CPU s: " + ", ".join(f"{k} {v:.2f}" for k, v in engine["cpu"].items()))
+    if "double_over_standard" in report:
+        scale = report["double_over_standard"]
+        print(
+            f"double / standard: wall {scale['wall']:.2f}x, worker peak {scale['worker_peak']:.2f}x"
+        )
+    write_report(args.out, report)
+
+
+def write_report(out: str, report: dict) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ Prints, in one run, and writes JSON:
 (b) time to a preview result: the standard pipeline (configs/nuclei.yaml) on a 64^3 ROI
     of images 256^3, 1024^3 and a 2048x65536x65536 volume, on a running cluster; only
     the chunks around the ROI hold data, nothing else is ever written or read;
+(d) an ROI run with the warm engine, from the command's start to its exit
+    (benchmarks/bench_warm.py);
 (c) peak worker memory of the standard pipeline, gaussian -> Otsu -> label, on samples
     of three sizes (benchmarks/bench_pipeline.py runs it). It grows until the worker's fixed
     budgets are full (the 256 MiB decoded-chunk cache, the heap's free top), then stays.
@@ -26,6 +28,7 @@ Prints, in one run, and writes JSON:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -41,6 +44,8 @@ from distributed import Client, LocalCluster
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_pipeline
+
+from bench_warm import print_warm, warm_roi_latency  # noqa: E402
 
 NOOP = {"steps": [{"name": "copy", "op": "function", "params": {"function": "numpy:asarray"}}]}
 
@@ -272,7 +277,15 @@ def main() -> None:
     parser.add_argument("--plan-count", type=int, default=10**6)
     parser.add_argument("--out", default="bench-results/scheduler.json")
     parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)  # in_child's
+    parser.add_argument("--parts", default="a,b,c,d", help="which parts to run (a,b,c,d)")
+    parser.add_argument("--warm-repeat", type=int, default=3, help="(d): runs per image")
+    parser.add_argument("--tiny", action="store_true", help="(d): small images, to check it")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if "a" not in parts:
+        args.counts, args.plan_count = "", 0
+    if "c" not in parts:
+        args.sizes = ""
     if args.probe:
         name, *rest = args.probe
         print(json.dumps({"drive": drive, "plan": plan_and_setup}[name](*rest)))
@@ -284,20 +297,27 @@ def main() -> None:
         tmp = Path(tmp_name)
         if args.plan_count:
             report["plan"] = in_child("plan", str(noop_image(tmp, args.plan_count)))
-        with LocalCluster(
-            n_workers=args.workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
+        report["overhead"], report["client_map"], report["preview"] = [], [], []
+        with (
+            LocalCluster(
+                n_workers=args.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+            )
+            if parts & {"a", "b"}
+            else contextlib.nullcontext()
         ) as cluster:
-            address = cluster.scheduler_address
+            address = cluster.scheduler_address if cluster is not None else ""
             if counts:
                 in_child("drive", str(noop_image(tmp, 1000)), address)  # warm the workers up
             report["overhead"] = [overhead(tmp, n, address, args.workers) for n in counts]
             report["client_map"] = [client_map(address, n) for n in counts]
-            report["preview"] = preview_latency(tmp, address)
+            report["preview"] = preview_latency(tmp, address) if "b" in parts else []
         report["memory"] = memory_at_sizes(tmp, sizes, args.workers)
+        if "d" in parts:
+            report["warm_roi"] = warm_roi_latency(tmp, args.warm_repeat, args.tiny)
     report["load_after"] = os.getloadavg()
 
     print("(a) overhead per chunk task, no-op chain")
@@ -330,6 +350,8 @@ def main() -> None:
             f"  {shape:>18}: {row['max_worker_peak_rss_bytes'] / 2**30:.2f} GiB "
             f"(wall {row['wall_s']:.1f} s, {row['objects']} objects)"
         )
+    if "warm_roi" in report:
+        print_warm(report["warm_roi"])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"load average {report['load_before']} before, {report['load_after']} after")

@@ -153,13 +153,11 @@ def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den else math.nan
 
 
-def scores(table: Counts) -> Scores:
-    """Pixel and object scores from a combined contingency table."""
+def matched_pairs(table: Counts) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted ids, reference ids) of the objects matched at IoU >= 0.5: the true
+    positives `scores` counts (engine/io/preview.py colours them)."""
     pred, ref, count = table["pred"], table["ref"], table["count"]
     both = (pred != 0) & (ref != 0)
-    overlap = int(count[both].sum())
-    pred_voxels = int(count[pred != 0].sum())
-    ref_voxels = int(count[ref != 0].sum())
     p_ids, p_size = _sizes(pred, count)
     r_ids, r_size = _sizes(ref, count)
     pp, rr, shared = pred[both], ref[both], count[both]
@@ -170,7 +168,19 @@ def scores(table: Counts) -> Scores:
     order = candidate[np.lexsort((rr[candidate], pp[candidate], -iou))]
     _, first = np.unique(pp[order], return_index=True)
     order = order[np.sort(first)]
-    matches = len(np.unique(rr[order]))
+    return pp[order], rr[order]
+
+
+def scores(table: Counts) -> Scores:
+    """Pixel and object scores from a combined contingency table."""
+    pred, ref, count = table["pred"], table["ref"], table["count"]
+    both = (pred != 0) & (ref != 0)
+    overlap = int(count[both].sum())
+    pred_voxels = int(count[pred != 0].sum())
+    ref_voxels = int(count[ref != 0].sum())
+    p_ids = _sizes(pred, count)[0]
+    r_ids = _sizes(ref, count)[0]
+    matches = len(np.unique(matched_pairs(table)[1]))
     n_pred, n_ref = len(p_ids), len(r_ids)
     return Scores(
         dice=_ratio(2 * overlap, pred_voxels + ref_voxels),

@@ -48,6 +48,9 @@ CONFIGS = REPO / "configs"
 # an output's metadata files: they hold run ids and times, so runs that computed the same
 # voxels differ there
 METADATA_FILES = frozenset({"zarr.json", ".zattrs", ".zarray", ".zgroup"})
+# Runs in tests start clusters of their own (or use the session's `scheduler`), as they did
+# before the warm engine; tests/test_warm.py turns it on, in a folder of its own.
+os.environ["NGFF_ENGINE_WARM"] = "0"
 # the standard pipeline (configs/nuclei.yaml without its ROIs)
 NUCLEI = (
     Pipeline()
@@ -58,6 +61,10 @@ NUCLEI = (
 
 
 # --- a dask cluster ----------------------------------------------------------------------
+
+# Runs in tests start clusters of their own (or use the session's `scheduler`), as they did
+# before the warm engine; tests/test_warm.py turns it on, in a folder of its own.
+os.environ["NGFF_ENGINE_WARM"] = "0"
 
 
 @pytest.fixture(scope="session")
@@ -360,3 +367,24 @@ def pythonpath_with_tests() -> str:
 def engine_environment() -> dict[str, str]:
     """This process's environment, with tests/ on PYTHONPATH."""
     return {**os.environ, "PYTHONPATH": pythonpath_with_tests()}
+
+
+# --- servers ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's standalone S3 server on 127.0.0.1 (tests/servers.py)."""
+    from servers import s3_server
+
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """Python's http.server serving a folder (tests/servers.py); tests put zarrs in it."""
+    from servers import http_server
+
+    with http_server(tmp_path_factory.mktemp("served")) as server:
+        yield server

@@ -139,7 +139,7 @@ def test_overwrite_and_update_together(
 
 def test_overwrite_and_update_together_in_python(image_with_output: Path) -> None:
     before = tree_hash(image_with_output)
-    with pytest.raises(ConfigError, match="--overwrite and --update"):
+    with pytest.raises(ConfigError, match="overwrite=True and update=True"):
         run(
             Pipeline.build({"steps": base_steps()}),
             input=image_with_output,

@@ -142,5 +142,5 @@ def test_diff_of_a_missing_label(image3d: Path, scheduler: str, cli: Cli) -> Non
     expect_user_error(
         cli, argv, [image3d], "labels/nosuch", "no such label image", "truth, annotations"
     )
-    argv = ["diff", str(image3d), "truth", "annotations", "--roi", "0:4,0:99", "--json"]
+    argv = ["diff", str(image3d), "truth", "annotations", "--roi", "0:4,0:99,0:8", "--json"]
     expect_user_error(cli, argv, [image3d], "outside", "y: 0..64")

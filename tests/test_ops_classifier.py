@@ -118,9 +118,9 @@ def test_train_writes_the_model_artifact(
     assert again.tasks_done == 0 and again.stages == [] and again.reused == ["nuclei_rf"]
     assert file_sha256(trained / info["file"]) == info["sha256"]  # reused: not trained again
     changed = _train(sample, model="nuclei_rf", **{**TRAIN, "seed": 1})
-    with pytest.raises(OutputConflict, match=r"params.seed: 0 -> 1\); use --overwrite"):
+    with pytest.raises(OutputConflict, match=r"params.seed: 0 -> 1\); use overwrite=True"):
         run(changed, roi="train", scheduler=scheduler)
-    with pytest.raises(OutputConflict, match="a model is trained once: use --overwrite"):
+    with pytest.raises(OutputConflict, match="a model is trained once: use overwrite=True"):
         run(_train(sample, model="nuclei_rf", **TRAIN), roi="test", scheduler=scheduler)
 
 

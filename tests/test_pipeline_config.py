@@ -13,7 +13,7 @@ def test_yaml_and_python_are_equivalent_and_round_trip():
     loaded = Pipeline.from_yaml(CONFIGS / "nuclei.yaml")
     built = (
         Pipeline(input="sample.zarr")
-        .with_roi("preview", units="pixel", level=0, z=[0, 64], y=[100, 356], x=[40, 296])
+        .with_roi("preview", units="pixel", level=0, z=[0, 64], y=[64, 192], x=[64, 192])
         .with_roi("organoid", units="micrometer", z=[5.0, 30.0], y=[50.0, 120.0], x=[20.0, 90.0])
         .add("smooth", "gaussian", "image", sigma=2.0)
         .add("mask", "threshold", "smooth", method="otsu")

@@ -180,7 +180,7 @@ def _refusals(image: Path, run_id: str, scheduler: str, tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     for word in (run_id, "steps[smooth].params.sigma: 2.0 -> 3.0", "--resume"):
         assert word in proc.stderr, proc.stderr
-    with pytest.raises(EngineError, match=f"--resume: run {run_id} was on ROI"):
+    with pytest.raises(EngineError, match=f"resume=True: run {run_id} was on ROI"):
         roi = {"z": [0, 32], "y": [0, 256], "x": [0, 256]}
         run(Pipeline.from_yaml(CONFIG), input=image, roi=roi, scheduler=scheduler, resume=True)
 

@@ -46,9 +46,9 @@ def test_slurm_worker_memory_refuses_a_plan_that_cannot_fit(slurm, image, tmp_pa
 def test_submit_resume_with_nothing_to_resume_is_refused_at_once(image, tmp_path):
     # refused before anything is submitted or started, in a batch job or in a thread
     for batch in (True, False):
-        with pytest.raises(EngineError, match="--resume: no interrupted or failed run"):
+        with pytest.raises(EngineError, match="resume=True: no interrupted or failed run"):
             submit(CONFIG, input=image, cluster=spec(tmp_path, jobs=1), batch=batch, resume=True)
-    with pytest.raises(EngineError, match="--resume continues a run with its own"):
+    with pytest.raises(EngineError, match="resume=True continues a run with its own"):
         submit(CONFIG, input=image, batch=True, resume=True, overwrite=True)
     assert not (image / OUTPUT).exists() and not (tmp_path / "shared").exists()
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from engine.cli.parser import build_parser, cluster_overrides
+from engine.cli import transfer
+from engine.cli.engine_commands import cmd_stop, engine_status, start_in_background, warm_flag
+from engine.cli.parser import LOCAL_OVERRIDES, build_parser, cluster_overrides
 from engine.cli.render import (
     console,
     out,
@@ -22,39 +24,64 @@ from engine.cli.render import (
     print_info,
     print_plan,
     print_result,
+    print_units,
     progress_bars,
     progress_callback,
     scores,
 )
-from engine.core.errors import ConfigError, EngineError
+from engine.cli.stopping import interrupted, joined_roi_values, signals_stop_the_command
+from engine.core.errors import (
+    COMMAND_LINE,
+    ConfigError,
+    EngineError,
+    OutputConflict,
+    os_error_message,
+)
 from engine.core.pipeline import Pipeline
 from engine.execute.cluster import resolve_cluster
+from engine.io.location import Location
 from engine.plan.report import summarize
-from engine.runs.planning import make_plan
-from engine.runs.runner import run
+from engine.runs.outputs import check_output
+from engine.runs.planning import make_plan, resolve_input, resolve_workspace
+from engine.runs.units import UnitsResult, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(joined_roi_values(words))
+    token = COMMAND_LINE.set(True)
     try:
-        return COMMANDS[args.command](args)
+        with signals_stop_the_command():
+            return COMMANDS[args.command](args)
     except EngineError as exc:
         if args.debug:
             raise
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
-    except KeyboardInterrupt:
-        console.print("[bold red]interrupted[/]")
-        return 130
+    except KeyboardInterrupt as exc:
+        return interrupted(exc)
+    except OSError as exc:  # no space, a read-only or forbidden place: the user's to fix
+        message = os_error_message(exc)
+        if args.debug or message is None:
+            return _internal(args, exc)
+        console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        return 2
     except Exception as exc:
-        if args.debug:
-            raise
-        console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        return 1
+        return _internal(args, exc)
+    finally:
+        COMMAND_LINE.reset(token)
+
+
+def _internal(args: argparse.Namespace, exc: Exception) -> int:
+    """A bug: one line, or the traceback with --debug."""
+    if args.debug:
+        raise exc
+    console.print(
+        f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 1
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -71,7 +98,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from engine.io.inventory import describe
 
-    info = describe(args.path)
+    info = describe(args.path, args.output)
     if args.json:
         out.print_json(json.dumps(info))
         return 0
@@ -88,12 +115,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
     pipeline.check_complete()
     path = args.input or pipeline.input
     checked = "config"
-    if path is not None and Path(path).exists():
+    where = resolve_input(pipeline, path) if path is not None else None
+    if where is not None and (not where.is_local or where.exists()):
         for roi in [None, *pipeline.rois]:
-            make_plan(pipeline, path, roi)
+            make_plan(pipeline, path, roi, output=args.output)
         checked = f"config, image {path} and {len(pipeline.rois)} ROI(s)"
     outputs = [f"{s.output.kind}/{s.output.name}" for s in pipeline.steps if s.output]
-    out.print(f"ok: {checked}; {len(pipeline.steps)} steps; outputs {', '.join(outputs)}")
+    outputs += [
+        f"model _engine/models/{s.params['model']}"
+        for s in pipeline.steps
+        if s.op == "train_pixel_classifier" and s.params.get("model")
+    ]
+    written = f"outputs {', '.join(outputs)}" if outputs else "no outputs"
+    out.print(f"ok: {checked}; {len(pipeline.steps)} steps; {written}", highlight=False)
+    code = pipeline.user_code()
+    if code:
+        out.print(
+            f"imports user code: {', '.join(code)} (a config is code: run only configs you trust)",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     return 0
 
 
@@ -101,16 +143,35 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import time
 
     pipeline = _load(args)
+    if resolve_cluster(pipeline.cluster).kind == "local":
+        start_in_background(args)
     started = time.perf_counter()
-    _, plan = make_plan(pipeline, args.input, args.roi)
+    meta, plan = make_plan(pipeline, args.input, args.roi, output=args.output)
     seconds = time.perf_counter() - started
     rows = summarize(plan)
     reused = [o.path for o in plan.reused]
+    refusals = []
+    ws = resolve_workspace(pipeline, meta, args.output, writing=False)
+    for output in plan.outputs:  # what `run` without --update/--overwrite would refuse
+        try:
+            check_output(ws, output, overwrite=False, update=False)
+        except OutputConflict as exc:
+            refusals.append(str(exc))
     if args.json:
-        data = {"roi": str(plan.roi), "plan_seconds": seconds, "stages": rows, "reused": reused}
+        data = {
+            "roi": str(plan.roi),
+            "plan_seconds": seconds,
+            "stages": rows,
+            "reused": reused,
+            "run_refuses": refusals,
+        }
         out.print_json(json.dumps(data))
         return 0
     print_plan(plan, rows, reused, seconds)
+    for refusal in refusals:
+        out.print(f"run would refuse: {refusal}", highlight=False, markup=False)
+    if refusals:
+        out.print("(outputs exist: add --update or --overwrite)", highlight=False, markup=False)
     return 0
 
 
@@ -119,8 +180,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     roi = args.roi
     overrides = cluster_overrides(args)
     cluster = resolve_cluster(pipeline.cluster, overrides)
-    if cluster.kind != "slurm" and set(overrides) - {"kind"}:
-        flags = ", ".join(f"--{k.replace('_', '-')}" for k in sorted(set(overrides) - {"kind"}))
+    slurm_only = sorted(set(overrides) - LOCAL_OVERRIDES)
+    if cluster.kind != "slurm" and slurm_only:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in slurm_only)
         raise ConfigError(f"{flags}: SLURM options need --cluster slurm (or cluster.kind: slurm)")
     if cluster.kind == "slurm" and args.workers is not None and args.scheduler is None:
         raise ConfigError("--workers is for --cluster local; SLURM runs use --jobs")
@@ -134,7 +196,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         cluster=overrides or None,
         resume=args.resume,
         priority_roi=args.priority_roi,
+        warm=warm_flag(args),
+        idle_timeout=args.idle_timeout,
         announce=None if args.json or args.quiet else lambda t: console.print(t, highlight=False),
+        output=args.output,
+        roi_table=args.roi_table,
+        wells=args.wells,
+        fields=args.fields,
+        roi_overlap=args.roi_overlap,
     )
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
@@ -146,22 +215,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(json.dumps(result.to_json()))
         return 0
+    if isinstance(result, UnitsResult):
+        print_units(result)
+        return 0
     print_result(result)
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from engine.runs.evaluation import diff
+    from engine.runs.evaluation import diff, diff_roi
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    found = diff(args.path, args.a, args.b, args.roi, args.workers, args.scheduler)
+    box = diff_roi(args.path, args.a, args.b, args.roi, args.output)
+    found = diff(
+        args.path,
+        args.a,
+        args.b,
+        args.roi,
+        args.workers,
+        args.scheduler,
+        warm_flag(args),
+        args.idle_timeout,
+        args.output,
+    )
     if args.json:
-        data = {"labels": f"labels/{args.a}", "reference": f"labels/{args.b}", **found.to_json()}
+        data = {
+            "labels": f"labels/{args.a}",
+            "reference": f"labels/{args.b}",
+            "roi": {"name": args.roi, "start": list(box.start), "stop": list(box.stop)},
+            **found.to_json(),
+        }
         out.print_json(json.dumps(data))
         return 0
     out.print(f"labels/{args.a} against labels/{args.b}: {scores(found)}", highlight=False)
+    out.print(f"  scored on ROI {_roi_name(args.roi)}{box}", highlight=False)
     return 0
+
+
+def _roi_name(name: str | None) -> str:
+    """`test ` for a named ROI, `whole image ` for none, nothing for boxes (they print)."""
+    if name is None:
+        return "whole image "
+    return "" if ":" in name else f"{name} "
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -207,14 +303,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_zarr(path: Path) -> bool:
+def _is_zarr(text: str) -> bool:
+    """An image or output store (a URL, or a local zarr), not a batch run or job id."""
+    if Location.parse(text).scheme != "file":
+        return True
+    path = Path(text)
     return path.is_dir() and any((path / f).exists() for f in ("zarr.json", ".zgroup"))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from engine.runs.submit import find_run
 
-    if _is_zarr(Path(args.run)):
+    if args.run is None:
+        return engine_status(args)
+    if _is_zarr(args.run):
         return _image_status(args)
 
     handle = find_run(args.run, args.shared_dir)
@@ -247,11 +349,40 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     from engine.io.preview import preview
 
-    result = preview(args.path, args.out, args.roi, args.labels, args.plane, args.level)
-    height, width = result.rgb.shape[:2]
-    outlines = f", {result.n_labels} label(s) of {result.labels}" if result.labels else ""
+    start_in_background(args)
+    result = preview(
+        args.path,
+        args.out,
+        args.roi,
+        args.labels,
+        args.plane,
+        args.level,
+        reference=args.reference,
+        scale=args.scale,
+        projection=args.max,
+        output=args.output,
+    )
+    height, width = result.png.shape[:2]
+    view = result.mode
+    if result.centre:
+        view += " (the ROI's centre)"
+    if result.densest:
+        view += " (the most labelled pixels)"
+    drawn = ""
+    if result.counts is not None:
+        drawn = ", " + ", ".join(f"{n} {what}" for what, n in result.counts.items())
+        drawn += f" of labels/{result.labels} against labels/{args.reference}"
+    elif result.classes is not None:
+        drawn = f", classes of {result.labels}: " + ", ".join(
+            f"{v} {n}" for v, n in result.classes.items()
+        )
+    elif result.labels:
+        drawn = (
+            f", {result.n_labels} objects of {result.labels} outlined ({result.in_roi} in the ROI)"
+        )
     out.print(
-        f"wrote {args.out} ({width}x{height} px, ROI {result.roi}, {result.mode}{outlines})",
+        f"wrote {args.out} ({width}x{height} px, scale {result.scale}, ROI {result.roi}, "
+        f"{view}{drawn})",
         highlight=False,
         soft_wrap=True,
     )
@@ -287,6 +418,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    **transfer.COMMANDS,
     "sample": cmd_sample,
     "info": cmd_info,
     "validate": cmd_validate,
@@ -297,6 +429,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "table": cmd_table,
     "diff": cmd_diff,
     "preview": cmd_preview,
+    "stop": cmd_stop,
 }
 
 if __name__ == "__main__":

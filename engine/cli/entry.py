@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -32,23 +33,69 @@ def starts_local_workers(argv: Sequence[str]) -> bool:
     command = next((w for w in words if not w.startswith("-")), None)
     if command != "run" or any(w.startswith("--scheduler") for w in words):
         return False
+    if goes_to_warm_engine(words):
+        return False
     after = dict(zip(words, [*words[1:], ""], strict=True))
     return after.get("--cluster") != "slurm" and "--cluster=slurm" not in words
 
 
+def goes_to_warm_engine(words: Sequence[str]) -> bool:
+    """Whether a run will use the warm engine (engine/execute/warm.py), whose workers are
+    up: no worker server to start here (it would import the engine on the other core
+    while this command does). With --workers the run may need a cluster of its own."""
+    setting = os.environ.get("NGFF_ENGINE_WARM", "1").strip().lower()
+    if setting in ("0", "no", "false") or "--no-warm" in words:
+        return False
+    return not any(w == "--workers" or w.startswith("--workers=") for w in words)
+
+
+def _stop_during_start(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signum)
+
+
 def main() -> int:
-    """Run the command. After a run that started the worker server, the process ends
-    without the interpreter's teardown (its modules and dask's and zarr's threads:
-    0.3 s, with everything written and closed by then)."""
+    """Run the command. After a run that started the worker server or used the warm
+    engine, the process ends without the interpreter's teardown (its modules and dask's
+    and zarr's threads: 0.3 s, with everything written and closed by then)."""
+    signal.signal(signal.SIGTERM, _stop_during_start)  # commands.main takes over from here
+    remote = sends_to_warm_engine(sys.argv[1:])
+    if remote is not None:
+        _exit(remote)
     server = starts_local_workers(sys.argv[1:])
     if server:
         start_worker_server(worker_environment())
-    from engine.cli.commands import main as run_command
+    words = sys.argv[1:]
+    warm = next((w for w in words if not w.startswith("-")), None) == "run"
+    warm = warm and goes_to_warm_engine(words)
+    try:
+        from engine.cli.commands import main as run_command
+    except KeyboardInterrupt as exc:  # a stop signal while the engine imports
+        signum = exc.args[0] if exc.args else signal.SIGINT
+        print("interrupted", file=sys.stderr)
+        return 128 + int(signum)
 
     code = run_command()
-    if not server:
+    if not (server or warm):
         return code
+    _exit(code)
+
+
+def _exit(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
+
+
+def sends_to_warm_engine(words: Sequence[str]) -> int | None:
+    """Run a run, plan, preview or diff in the warm engine's command server (engine/cli/
+    remote.py) when one of this code runs: this process then imports nothing of the
+    engine's libraries. Its exit code; None: run it here."""
+    command = next((w for w in words if not w.startswith("-")), None)
+    if command not in ("run", "plan", "preview", "diff") or not goes_to_warm_engine(words):
+        return None
+    if any(w.startswith(("--scheduler", "--cluster")) for w in words):
+        return None
+    from engine.cli.remote import send
+
+    return send(words)

@@ -21,7 +21,7 @@ from rich.text import Text
 from engine.plan.report import human_bytes
 
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # lines are not cut at 80 columns in a pipe or a log
 
 
 def progress_bars() -> Progress:
@@ -52,10 +52,17 @@ def print_result(result: Any) -> None:
     )
     for name, path in result.outputs.items():
         objects = f" ({result.labels[name]} objects)" if name in result.labels else ""
+        if name in result.objects_in_output:
+            objects = (
+                f" ({result.labels[name]} objects in this ROI, "
+                f"{result.objects_in_output[name]} in the output)"
+            )
         reused = " (reused: same config and ROI)" if name in result.reused else ""
         out.print(f"  {name}: {path}{objects}{reused}")
     for name, found in result.evaluations.items():
-        out.print(f"  {name}: {scores(found)}", highlight=False)
+        before = result.previous_evaluations.get(name)
+        text = scores(found) if before is None else score_change(before[1], found, before[0])
+        out.print(f"  {name}: {text}", highlight=False)
         if name in result.previews:
             out.print(f"    preview: {result.previews[name]}", highlight=False)
     if result.peak_worker_bytes:
@@ -64,6 +71,31 @@ def print_result(result: Any) -> None:
             f"  worker memory: peak {human_bytes(peak)}, "
             f"projected {human_bytes(result.projected_worker_bytes)}"
         )
+    total: dict[str, float] = {}
+    for stage in result.stages:
+        for part, seconds in stage.cpu.items():
+            total[part] = total.get(part, 0.0) + seconds
+    if total:
+        out.print(f"  {cpu_text(total)[2:]}", highlight=False)
+
+
+def print_units(result: Any) -> None:
+    """A run over several images or ROIs: one line per unit, then the totals."""
+    for unit, one in result.results:
+        objects = ", ".join(f"{n} {c} objects" for n, c in one.labels.items())
+        out.print(
+            f"{unit.label}: run {one.run_id}, {one.tasks_done} chunk tasks, "
+            f"{one.seconds:.1f} s{'; ' + objects if objects else ''}",
+            highlight=False,
+        )
+    for name, path in result.plate_tables.items():
+        out.print(f"plate table {name}: {path}", highlight=False)
+    total = ", ".join(f"{n} {c} objects" for n, c in result.labels.items())
+    out.print(
+        f"{len(result.results)} units in {result.seconds:.1f} s, {result.tasks_done} chunk "
+        f"tasks{'; ' + total if total else ''}",
+        highlight=False,
+    )
 
 
 class RateColumn(ProgressColumn):
@@ -82,9 +114,32 @@ def scores(s: Any) -> str:
     )
 
 
+def score_change(old: Any, new: Any, previous: str) -> str:
+    """The scores of a new version next to the previous version's on the same ROI."""
+    pairs = [
+        (name, getattr(old, key), getattr(new, key))
+        for name, key in (
+            ("Dice", "dice"),
+            ("IoU", "iou"),
+            ("precision", "precision"),
+            ("recall", "recall"),
+            ("F1", "f1"),
+        )
+    ]
+    return (
+        ", ".join(f"{n} {a:.4f} -> {b:.4f}" for n, a, b in pairs)
+        + f" ({previous} -> this version; {new.true_positives} matched, "
+        f"{new.predicted_objects} predicted, {new.reference_objects} in the reference)"
+    )
+
+
 def print_info(path: str, info: dict[str, Any]) -> None:
     meta = info["image"]
-    out.print(f"[bold]{path}[/]  OME-Zarr {meta['version']}  axes {meta['axes']}")
+    axes = ", ".join(
+        f"{a['name']} ({', '.join(v for v in (a.get('type'), a.get('unit')) if v)})"
+        for a in meta["axes"]
+    )
+    out.print(f"[bold]{path}[/]  OME-Zarr {meta['version']}  axes {axes}", highlight=False)
     table = Table("level", "shape", "chunks", "dtype", "scale")
     for lv in meta["levels"]:
         table.add_row(
@@ -110,11 +165,19 @@ def print_info(path: str, info: dict[str, Any]) -> None:
             f"{item.get('n_features')} features, halo {item.get('halo')}",
             highlight=False,
         )
+    scored = {t["name"]: t["scores"] for t in info["tables"] if t.get("scores")}
     for group in info["versions"]:
         out.print(f"versions of {group['output']}:", highlight=False)
         for v in group["versions"]:
             change = f" (from {v['previous']}: {v['changed']})" if v.get("previous") else ""
             out.print(f"  v{v['number']} {v['name']}{change}", highlight=False, markup=False)
+            for roi, row in scored.get(v["name"], {}).items():
+                out.print(
+                    f"      {roi}: Dice {row['dice']:.4f}, IoU {row['iou']:.4f}, "
+                    f"F1 {row['f1']:.4f}",
+                    highlight=False,
+                    markup=False,
+                )
     for roi in info["rois"]:
         box = ", ".join(f"{a}: {r[0]:g}..{r[1]:g}" for a, r in roi["micrometer"].items())
         out.print(f"roi {roi['name']} (tables/{roi['table']}): {box} micrometer", highlight=False)
@@ -146,9 +209,26 @@ def print_plan(plan: Any, rows: list[dict[str, Any]], reused: list[str], seconds
             human_bytes(r["bytes_written"]),
             halo,
         )
-    out.print(table)
+    Console(width=max(out.width, _table_width(table))).print(table)
     if reused:
         out.print(f"reused as stored (same config and ROI): {', '.join(reused)}")
+
+
+def _table_width(table: Table) -> int:
+    """Columns wide enough for every cell and header (rich otherwise cuts them to the
+    terminal, or to 80 columns when the output is not a terminal)."""
+    widths = [
+        max([len(str(c.header)), *(len(str(cell)) for cell in c._cells)]) for c in table.columns
+    ]
+    return max(sum(w + 3 for w in widths) + 1, len(str(table.title or "")))
+
+
+def cpu_text(parts: dict[str, float] | None) -> str:
+    """'; CPU 1.20 s: compute 0.90, decode 0.10, ...' (engine/core/cpu.py), or nothing."""
+    if not parts:
+        return ""
+    shown = ", ".join(f"{name} {seconds:.2f}" for name, seconds in parts.items())
+    return f"; CPU {sum(parts.values()):.2f} s: {shown}"
 
 
 def print_image_runs(image: str, runs: list[dict[str, Any]]) -> None:
@@ -170,6 +250,10 @@ def print_image_runs(image: str, runs: list[dict[str, Any]]) -> None:
             out.print(
                 f"  reused: {', '.join(r['reused'])}", highlight=False, markup=False, soft_wrap=True
             )
+        if r.get("roi"):
+            box = r["roi"]
+            ranges = ", ".join(f"{a}:{b}" for a, b in zip(box["start"], box["stop"], strict=True))
+            out.print(f"  ROI [{ranges}] (level {box.get('level', 0)})", highlight=False)
         ended = f" -> {r['ended']}" if r.get("ended") else ""
         out.print(
             f"  {r.get('started')}{ended}; {counts}", highlight=False, markup=False, soft_wrap=True
@@ -178,7 +262,7 @@ def print_image_runs(image: str, runs: list[dict[str, Any]]) -> None:
             timing = "running" if row.get("running") else f"{row.get('seconds', 0):.1f} s"
             out.print(
                 f"  {name:<24} {row.get('done', 0) + row.get('skipped', 0)}/{row.get('tasks')} "
-                f"({row.get('skipped', 0)} skipped) {timing}",
+                f"({row.get('skipped', 0)} skipped) {timing}{cpu_text(row.get('cpu'))}",
                 highlight=False,
                 markup=False,
             )

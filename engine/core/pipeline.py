@@ -30,6 +30,9 @@ from tasks import OPS
 
 IMAGE = "image"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# a parameter naming user code (`op: function`'s function, `op: model`'s model, a
+# segmenter): the module is imported by the driver and every worker
+USER_CODE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
 AXES = ("t", "c", "z", "y", "x")
 # parameters that name another step: must it be one (True), or may it name a label image?
 STEP_PARAMS = {"intensity": True, "reference": False}
@@ -40,10 +43,16 @@ class _Model(BaseModel):
 
 
 class RoiSpec(_Model):
-    """A box by axis name, in pixels of `level` or in a physical unit; absent axes are whole."""
+    """A box by axis name, in pixels of `level` or in a physical unit; absent axes are whole.
+
+    `origin` says where physical coordinates start: "world" (the default for config ROIs)
+    in the image's coordinate system, its translation included, keeping the voxels whose
+    positions fall inside; "image" as ngio and Fractal ROI tables are, from the image's
+    own first voxel (the translation not applied), rounded outwards as ngio rounds."""
 
     units: str = "pixel"
     level: int = Field(default=0, ge=0)
+    origin: Literal["world", "image"] = "world"
     preview: bool = False  # a run over more than this ROI computes its chunks first
     t: tuple[float, float] | None = None
     c: tuple[float, float] | None = None
@@ -107,6 +116,10 @@ class Step(_Model):
     input: str | InputRef = IMAGE
     params: dict[str, Any] = Field(default_factory=dict)
     output: OutputSpec | None = None
+    # a reduction (a threshold's Otsu) over more than the run's region: "plate" (every
+    # image of a collection run), "image" (every ROI of an image's ROI table); see
+    # engine/runs/reduce_over.py. None: over the run's region (an image, an ROI)
+    reduce_over: Literal["plate", "image"] | None = None
 
     @field_validator("name")
     @classmethod
@@ -213,7 +226,9 @@ class ClusterSpec(_Model):
     min_jobs: int | None = Field(default=None, ge=0)
     max_jobs: int | None = Field(default=None, ge=1)
     interface: str | None = None
-    tls: bool = True
+    tls: bool = True  # per-run certificates, local and SLURM; see engine/execute/cluster.py
+    # where a local run's dask dashboard listens: this machine only unless asked otherwise
+    dashboard: str = "127.0.0.1:0"
     shared_directory: str | None = None
     template: str | None = None
     lifetime: str | None = None  # adaptive mode: a worker retires after this; see slurm.py
@@ -281,8 +296,16 @@ class ClusterSpec(_Model):
 
 
 class Pipeline(_Model):
-    input: str | None = None
+    # an image, a plate, a well, a glob, or a list of images (engine/io/plates.py)
+    input: str | list[str] | None = None
+    # where outputs and run state go when not into the image (a path or URL); see
+    # engine/io/location.py
+    output_store: str | None = None
+    # fsspec options for remote input and output (e.g. S3 endpoint_url, key, secret, anon)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
     rois: dict[str, RoiSpec] = Field(default_factory=dict)
+    # run once per ROI of this ROI table of each image (engine/runs/units.py)
+    roi_table: str | None = None
     steps: tuple[Step, ...] = ()
     cluster: ClusterSpec | None = None
 
@@ -317,6 +340,18 @@ class Pipeline(_Model):
         if repeated:
             raise ValueError(f"two steps write the same output: {', '.join(repeated)}")
         return self
+
+    def user_code(self) -> list[str]:
+        """Every `module:function` the steps name, in step order: the code a run imports
+        and executes (a config is code; `validate` lists these)."""
+        found: list[str] = []
+        for step in self.steps:
+            params = step.typed_params()
+            for name in type(params).model_fields:
+                value = getattr(params, name)
+                if isinstance(value, str) and USER_CODE.match(value) and value not in found:
+                    found.append(value)
+        return found
 
     def check_complete(self) -> None:
         """A pipeline ready to run: it has steps, and every step's result is used.

@@ -15,6 +15,7 @@ environment spawns its workers as before.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 
 # glibc keeps this much free at the top of each heap of a worker (MALLOC_TOP_PAD_), so
@@ -38,9 +39,9 @@ DASK_WORKER_ENVIRONMENT = {
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
 }
-# what a worker imports to run chunk tasks, and the server's own exit
-# (engine/execute/fork_server.py)
-WORKER_MODULES = ["distributed", "engine.execute.executor", "engine.execute.fork_server"]
+# what the fork server imports: first its own settings (engine/execute/fork_server.py: exit
+# with the command, even during these imports; workers ignore Ctrl-C), then a worker's
+WORKER_MODULES = ["engine.execute.fork_server", "distributed", "engine.execute.executor"]
 
 _server_environment: dict[str, str] | None = None
 
@@ -66,6 +67,25 @@ def start_worker_server(environment: dict[str, str]) -> None:
             else:
                 os.environ[name] = value
     _server_environment = dict(environment)
+
+
+def ensure_worker_server() -> bool:
+    """Start the fork server for the Python API (`engine.run`, `engine.submit`) unless
+    one runs; whether local workers can come from it.
+
+    The API starts it on first use, so that it imports the workers' modules while the
+    caller imports the engine, as the command does (engine/cli/entry.py). Not in a
+    process multiprocessing started (a worker), nor when another fork server runs in
+    this process (its children would not have the workers' environment).
+    """
+    if _server_environment is not None:
+        return True
+    if multiprocessing.parent_process() is not None:
+        return False
+    if getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None) is not None:
+        return False
+    start_worker_server(worker_environment())
+    return True
 
 
 def worker_server_environment() -> dict[str, str] | None:

@@ -45,7 +45,7 @@ def serve(run_dir: Path, spec: dict[str, Any], drive: Callable[[str], int]) -> i
             "protocol": protocol,
             "security": security,
             "dashboard": False,
-            "dashboard_address": ":0",
+            "dashboard_address": "127.0.0.1:0",
         },
         worker_options={
             "nthreads": int(spec.get("threads", 1)),

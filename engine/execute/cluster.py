@@ -16,6 +16,7 @@ from typing import Any
 
 import dask
 from distributed import Client, LocalCluster
+from distributed.security import Security
 
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import ClusterSpec, _first_error
@@ -58,6 +59,17 @@ def resolve_cluster(config: ClusterSpec | None, cluster: ClusterArg = None) -> C
         raise ConfigError(f"cluster: {_first_error(exc)}") from None
 
 
+def dashboard_address(address: str) -> str:
+    """Where the dashboard listens: a bare port (`:8787`, `8787`) is on 127.0.0.1, not on
+    every interface as dask would bind it; give `0.0.0.0:8787` to share it on purpose."""
+    text = address.strip()
+    if text.startswith(":"):
+        return f"127.0.0.1{text}"
+    if text.isdigit():
+        return f"127.0.0.1:{text}"
+    return text
+
+
 @contextmanager
 def connect(
     workers: int | None = None,
@@ -65,15 +77,33 @@ def connect(
     cluster: ClusterArg = None,
     config: ClusterSpec | None = None,
     resources: dict[str, float] | None = None,
+    warm: bool | None = None,
+    idle_timeout: float | None = None,
 ) -> Iterator[Client]:
     """A client for one run. `config` is the pipeline's `cluster:` section; `cluster`
-    overrides it (see `resolve_cluster`). Workers the engine starts offer `resources`."""
+    overrides it (see `resolve_cluster`). Workers the engine starts offer `resources`.
+
+    A local cluster listens on 127.0.0.1 only, and with `tls` (the default) scheduler,
+    workers and client talk TLS with a certificate made for this run
+    (`Security.temporary()`, held in memory and handed to the workers in their start
+    arguments): any user of a shared machine can reach 127.0.0.1, and dask's scheduler
+    runs whatever a connected client sends (`client.run`), so a client without the
+    run's certificate must be refused. Its dashboard is on 127.0.0.1 unless
+    `cluster.dashboard` (`--dashboard ADDRESS`) says otherwise.
+
+    A local run uses the warm engine (engine/execute/warm.py; started on first use) when
+    `warm` is True, or None and NGFF_ENGINE_WARM is not 0, unless it asks for another
+    number of workers or for worker resources; else a LocalCluster of its own."""
     spec = resolve_cluster(config, cluster)
     if scheduler is not None:
         if cluster is not None and spec.kind == "slurm":
             raise ConfigError("--scheduler and --cluster slurm exclude each other")
         try:
-            client = Client(scheduler, timeout="10s")
+            # not the process's default client: runs on a shared scheduler may be made in
+            # threads (engine/runs/units.py), and a default client set from a thread stays
+            # in dask's global config after it closes ("no Client active" for the
+            # caller's own dask code, e.g. ngio's)
+            client = Client(scheduler, timeout="10s", set_as_default=False)
         except OSError as exc:
             raise EngineError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
         with client:
@@ -90,6 +120,13 @@ def connect(
     n = workers or os.cpu_count() or 1
     if n < 1:
         raise EngineError(f"--workers must be at least 1, got {n}")
+    if uses_warm(warm, workers, resources):
+        from engine.execute.warm import client as warm_client
+
+        with warm_client(n, idle_timeout) as client:
+            yield client
+        return
+    security = Security.temporary() if spec.tls else None
     with (
         dask.config.set(worker_config()),
         dask.config.set(start_method()),
@@ -97,13 +134,47 @@ def connect(
             n_workers=n,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=":0",
+            host="127.0.0.1",
+            dashboard_address=dashboard_address(spec.dashboard),
+            security=security,
+            protocol="tls://" if security is not None else "tcp://",
             silence_logs=logging.CRITICAL,
             resources=resources or None,
         ) as cluster_,
         Client(cluster_) as client,
     ):
         yield client
+
+
+@contextmanager
+def shared_scheduler(
+    workers: int | None = None,
+    scheduler: str | None = None,
+    cluster: ClusterArg = None,
+    config: ClusterSpec | None = None,
+    warm: bool | None = None,
+    idle_timeout: float | None = None,
+) -> Iterator[str]:
+    """The address of one cluster for several runs (the images of a plate, the ROIs of a
+    table): `scheduler` itself when given, else workers started once, as `connect` starts
+    them, for as long as the block lasts. Each run then connects to it (a client costs
+    tens of milliseconds; starting 2 local workers takes seconds)."""
+    if scheduler is not None:
+        yield scheduler
+        return
+    with connect(workers, None, cluster, config, None, warm, idle_timeout) as client:
+        yield client.scheduler.address
+
+
+def uses_warm(
+    warm: bool | None, workers: int | None, resources: dict[str, float] | None = None
+) -> bool:
+    """Whether a local run goes to the warm engine (see `connect`)."""
+    from engine.execute import warm as warm_engine
+
+    wanted = warm_engine.enabled() if warm is None else warm
+    same_size = workers is None or workers == warm_engine.default_workers()
+    return wanted and same_size and not resources
 
 
 def worker_memory(client: Client) -> tuple[int, int]:

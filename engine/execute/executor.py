@@ -15,6 +15,7 @@ never a Python object: tasks are computed from the stage's grid when they go.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import resource
 import time
 from collections.abc import Callable, Iterable
@@ -25,11 +26,13 @@ from typing import Any
 import numpy as np
 from distributed import Client, Future, as_completed
 
+from engine.core import cpu
 from engine.core.errors import EngineError
 from engine.core.geometry import Roi
 from engine.core.grid import ChunkTask
 from engine.execute.batching import Batches, batch, batch_size
 from engine.io.downsample import downsample_factors
+from engine.io.location import Where, for_workers
 from engine.plan.kinds import KINDS
 from engine.plan.types import Plan, Stage
 from engine.state.markers import ChunkMarker, Markers
@@ -51,6 +54,9 @@ class StageStats:
     seconds: float
     done: int = 0  # chunk tasks this run computed
     skipped: int = 0  # chunk tasks marked done by an earlier attempt (--resume)
+    # CPU seconds by part (engine/core/cpu.py): the workers' (compute, decode, encode, io,
+    # their own scheduling) and the driver's for this stage (scheduling)
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
 class TaskFailed(EngineError):
@@ -67,31 +73,34 @@ class TaskFailed(EngineError):
 
 def _run_batch(
     kind: str,
-    root: str,
+    root: Where,
     stage: Stage,
     positions: np.ndarray,
     extras: list | None,
     common: dict,
     *after: Any,
-) -> list:
+) -> tuple[list, tuple[float, ...]]:
     """Run a batch of chunk tasks on a worker: those at `positions` in the stage's grid,
     with what the driver adds to each (`extras`, None: nothing); `after`: the batches it
     waited for. Positions go as one array, which dask ships without looking inside. Each
     task is tried `retries` more times after a failure (with backoff); each is marked
-    done (markers.py) right after it succeeds."""
+    done (markers.py) right after it succeeds. Returns the results and the batch's CPU
+    seconds by part (engine/core/cpu.py)."""
+    cpu.start()
     marker = ChunkMarker(root, common["marker"]) if common.get("marker") else None
     tasks = stage.tasks.tasks_at(positions)
     items = zip(positions.tolist(), tasks, extras or [None] * len(positions), strict=True)
     try:
-        return _run_tasks(kind, root, stage, items, common, marker)
+        results = _run_tasks(kind, root, stage, items, common, marker)
     finally:
         if marker is not None:
             marker.close()
+    return results, cpu.stop()
 
 
 def _run_tasks(
     kind: str,
-    root: str,
+    root: Where,
     stage: Stage,
     items: Iterable[tuple[int, ChunkTask, Any]],
     common: dict,
@@ -102,7 +111,9 @@ def _run_tasks(
     for position, task, extra in items:
         for attempt in range(retries + 1):
             try:
+                cpu.switch(cpu.COMPUTE)
                 result = _run_one(kind, root, stage, task, extra, common)
+                cpu.switch(cpu.IO)  # the done marker
                 break
             except EngineError:
                 raise
@@ -126,11 +137,14 @@ def _run_tasks(
             marker.mark(position, result)
         keep = marker is None or KINDS[kind].keeps_results
         results.append(result if keep else None)
+    cpu.switch(cpu.SCHEDULING)
     fold = KINDS[kind].fold
     return fold(stage, results) if fold is not None else results
 
 
-def _run_one(kind: str, root: str, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> Any:
+def _run_one(
+    kind: str, root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict
+) -> Any:
     work = KINDS[kind].work
     assert work is not None, f"stage kind {kind} has no chunk tasks"
     return work(root, stage, task, extra, common)
@@ -156,6 +170,7 @@ class _StageRun:
     done: int = 0
     skipped: int = 0
     seconds: float | None = None  # set when complete
+    cpu: np.ndarray = field(default_factory=lambda: np.zeros(len(cpu.PARTS)))  # workers'
     head_deps: list[tuple[_StageRun, np.ndarray]] | None = field(default=None, repr=False)
 
 
@@ -167,7 +182,7 @@ class Executor:
     def __init__(
         self,
         client: Client,
-        root: str,
+        root: Where,
         plan: Plan,
         prepare_output: Callable[[str, str | None, int | None], int],
         progress: Callable[[str, int], Callable[[int], None]] | None = None,
@@ -183,7 +198,9 @@ class Executor:
         self.backoff = backoff
         self.on_stage = on_stage
         self.priority = priority
-        self.root = root
+        # workers may run in another folder (the warm engine's, a SLURM job's): a local
+        # image goes to them by its absolute path
+        self.root = for_workers(root)
         self.plan = plan
         self.prepare_output = prepare_output
         self.progress = progress
@@ -199,9 +216,10 @@ class Executor:
         self.runs: dict[str, _StageRun] = {}
         self.stats: dict[str, StageStats] = {}
         self.live: dict[tuple[int, int], Future] = {}  # (stage order, batch) -> in flight
-        self.completed = as_completed()
+        self.completed = as_completed(loop=client.loop)  # this client's, not a default one
         self.owner: dict[Future, tuple[_StageRun, int]] = {}
         self.peak_memory: dict[str, int] = {}
+        self.clock = cpu.DriverClock()
 
     def run(self) -> list[StageStats]:
         # on_error="ignore": a worker may leave meanwhile (an adaptive SLURM worker
@@ -211,19 +229,29 @@ class Executor:
             self._start(stage)
         self._drain(lambda: not self.live and all(r.remaining == 0 for r in self.runs.values()))
         self.peak_memory = self.client.run(peak_memory, on_error="ignore")
+        for name, stat in self.stats.items():  # with the driver's time after completion
+            self.stats[name] = dataclasses.replace(stat, cpu=self.stage_cpu(name))
         return [self.stats[s.name] for s in self.plan.stages]
+
+    def stage_cpu(self, name: str) -> dict[str, float]:
+        """CPU seconds by part of a stage so far: its workers' and the driver's."""
+        run = self.runs.get(name)
+        parts = run.cpu.copy() if run is not None else np.zeros(len(cpu.PARTS))
+        parts[cpu.SCHEDULING] += self.clock.spent.get(name, 0.0)
+        return cpu.as_dict(parts.tolist())
 
     def _start(self, stage: Stage) -> None:
         """What the stage's kind (engine/plan/kinds.py) asks of the driver: create what it
         writes, queue its chunks with what each gets, and fold their results at the end
         (a barrier; stages after it queue only once it is done)."""
         kind = KINDS[stage.kind]
-        if kind.prepare is not None:
-            kind.prepare(self, stage)
-        if kind.work is not None:
-            self._enqueue(stage, kind.extra(self, stage) if kind.extra is not None else None)
-        if kind.finish is not None:
-            kind.finish(self, stage)
+        with self.clock.charged(stage.name):
+            if kind.prepare is not None:
+                kind.prepare(self, stage)
+            if kind.work is not None:
+                self._enqueue(stage, kind.extra(self, stage) if kind.extra is not None else None)
+            if kind.finish is not None:
+                kind.finish(self, stage)
 
     def in_progress(self) -> dict[str, tuple[int, int]]:
         """Stages started but not complete: (chunks computed, chunks skipped)."""
@@ -336,6 +364,12 @@ class Executor:
                 run.head_deps = None
 
     def _submit(self, run: _StageRun, k: int, deps: list[tuple[_StageRun, np.ndarray]]) -> None:
+        with self.clock.charged(run.stage.name):
+            self._submit_batch(run, k, deps)
+
+    def _submit_batch(
+        self, run: _StageRun, k: int, deps: list[tuple[_StageRun, np.ndarray]]
+    ) -> None:
         stage = run.stage
         members = run.batches.members(k)
         extras = [run.extra(p) for p in members.tolist()] if run.extra is not None else None
@@ -371,32 +405,46 @@ class Executor:
             future = next(self.completed)
             run, k = self.owner.pop(future)
             del self.live[(run.order, k)]
-            try:
-                batch_results = future.result()
-            except EngineError as exc:
-                for other in self.owner:
-                    other.cancel()
-                if isinstance(exc, TaskFailed):
-                    raise TaskFailed(f"{exc}; ROI {self.plan.roi}", exc.stage, exc.index) from None
-                raise
-            members = run.batches.members(k)
-            if run.results is not None:
-                for position, result in zip(members.tolist(), batch_results, strict=True):
-                    run.results[position] = result
-            run.done += len(members)
-            run.remaining -= 1
-            if run.advance:
-                run.advance(len(members))
-            if not run.remaining:
-                self._complete(run)
+            with self.clock.charged(run.stage.name):
+                self._finished(run, k, future)
             self._pump()
+
+    def _finished(self, run: _StageRun, k: int, future: Future) -> None:
+        """A batch is done: keep its results and CPU times, advance its stage."""
+        try:
+            batch_results, batch_cpu = future.result()
+        except EngineError as exc:
+            for other in self.owner:
+                other.cancel()
+            if isinstance(exc, TaskFailed):
+                raise TaskFailed(f"{exc}; ROI {self.plan.roi}", exc.stage, exc.index) from None
+            raise
+        run.cpu += batch_cpu
+        members = run.batches.members(k)
+        if run.results is not None:
+            for position, result in zip(members.tolist(), batch_results, strict=True):
+                run.results[position] = result
+        run.done += len(members)
+        run.remaining -= 1
+        if run.advance:
+            run.advance(len(members))
+        if not run.remaining:
+            self._complete(run)
 
     def _complete(self, run: _StageRun) -> None:
         run.seconds = time.perf_counter() - run.started
         self.record(run.stage, run.seconds, run.done, run.skipped)
 
     def record(self, stage: Stage, seconds: float, done: int = 0, skipped: int = 0) -> None:
-        stat = StageStats(stage.name, stage.kind, len(stage.tasks), seconds, done, skipped)
+        stat = StageStats(
+            stage.name,
+            stage.kind,
+            len(stage.tasks),
+            seconds,
+            done,
+            skipped,
+            self.stage_cpu(stage.name),
+        )
         self.stats[stage.name] = stat
         if self.on_stage is not None:
             self.on_stage(stat)

@@ -220,7 +220,7 @@ def make_cluster(
         protocol="tls://" if security is not None else None,
         shared_temp_directory=str(tls_dir) if tls_dir is not None else None,
         # no dashboard; its HTTP server (health, metrics) on a free port
-        scheduler_options={"dashboard": False, "dashboard_address": ":0"},
+        scheduler_options={"dashboard": False, "dashboard_address": "127.0.0.1:0"},
         silence_logs=logging.CRITICAL,
     )
 

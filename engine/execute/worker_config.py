@@ -12,6 +12,7 @@ import dask
 from engine.core.worker_env import (
     HEAP_ENVIRONMENT,
     WORKER_DASK_SETTINGS,
+    ensure_worker_server,
     worker_server_environment,
 )
 
@@ -43,8 +44,10 @@ def worker_config() -> dict[str, Any]:
 
 
 def start_method() -> dict[str, Any]:
-    """Fork local workers from the server the command started (engine/core/worker_env.py) when
-    it has the environment dask's settings ask for; else spawn them."""
+    """Fork local workers from the server the command or the Python API started
+    (engine/core/worker_env.py; started here if neither did) when it has the environment
+    dask's settings ask for; else spawn them."""
+    ensure_worker_server()
     wanted = worker_config()["distributed.nanny.pre-spawn-environ"]
     if worker_server_environment() != {k: str(v) for k, v in wanted.items()}:
         return {}

@@ -1,7 +1,14 @@
-"""Arrays of an image's zarr, per chunk task: opened once per worker process, read and
-written through their chunk files when they can (engine/io/chunk_files.py), else zarr.
+"""Opening, reading and writing the arrays a chunk task touches, wherever they live.
 
-Plain functions, no dask: workers call them for every chunk they read or write.
+Workers call these with the run's `Workspace` (engine/io/location.py), which routes each
+array path to the image or to the output location, or with a plain path (tests, tools).
+
+Local arrays keep the fast paths measured before: handles cached per process while the
+array's metadata file is unchanged (opening costs about a millisecond, as much as a small
+chunk), and whole chunks read and written as files (engine/io/chunk_files.py). Remote
+arrays (HTTP, S3) go through zarr's `FsspecStore`: handles are cached per process and run
+(the workspace's token), a whole-chunk write is one PUT, and a box spanning several
+chunks is fetched by zarr's async pipeline concurrently.
 """
 
 from __future__ import annotations
@@ -13,32 +20,62 @@ from collections.abc import Sequence
 import numpy as np
 import zarr
 
+from engine.core import cpu
+from engine.core.errors import NoSpace, disk_full
 from engine.core.geometry import Roi
-from engine.io.chunk_files import ChunkFiles, chunk_files
+from engine.io.chunk_files import ChunkFiles, chunk_files, locate_corrupt_chunk
+from engine.io.location import Location, Where, Workspace, locate
 
 
-def open_array(root: str, path: str, mode: str = "r") -> zarr.Array:
-    """An array, opened once per worker process while its metadata file is unchanged.
+def array_location(root: Where, path: str, mode: str = "r") -> Location:
+    """Where `path` is read or written. Reading a label image from a separate output
+    store falls back to the image when the store has none (e.g. annotations or a
+    reference drawn in the image itself)."""
+    where = locate(root, path)
+    if (
+        mode == "r"
+        and isinstance(root, Workspace)
+        and root.separate
+        and path.startswith("labels/")
+        and not _has_array(where, root.token)
+    ):
+        return root.image.child(path)
+    return where
+
+
+@functools.lru_cache(maxsize=256)
+def _has_array(where: Location, token: str) -> bool:
+    return where.exists("zarr.json") or where.exists(".zarray")
+
+
+def open_array(root: Where, path: str, mode: str = "r") -> zarr.Array:
+    """An array, opened once per worker process while its metadata file is unchanged
+    (local) or once per run (remote).
 
     Opening costs about a millisecond (metadata read and parsed), as much as reading or
     writing a small chunk; every chunk task opens its source and target. The key carries
     the metadata file's mtime and size, so an array created anew is opened anew.
     """
-    url = f"{root}/{path}"
+    where = array_location(root, path, mode)
+    if not where.is_local:
+        return _open_remote(where, mode, root.token if isinstance(root, Workspace) else "")
+    url = where.url
     stamp = _metadata_stamp(url)
     if stamp is None:
         return zarr.open_array(url, mode=mode)
     return _open_cached(url, mode, stamp)
 
 
-def direct_files(root: str, path: str) -> ChunkFiles | None:
+def direct_files(root: Where, path: str) -> ChunkFiles | None:
     """Direct access to an array's chunk files (engine/io/chunk_files.py), or None when it
-    needs zarr; cached as `open_array` is."""
-    url = f"{root}/{path}"
-    stamp = _metadata_stamp(url)
+    needs zarr (remote arrays always do); cached as `open_array` is."""
+    where = array_location(root, path)
+    if not where.is_local:
+        return None
+    stamp = _metadata_stamp(where.url)
     if stamp is None:
         return None
-    return _files_cached(url, stamp)
+    return _files_cached(where.url, stamp)
 
 
 def _metadata_stamp(url: str) -> tuple[int, int, int] | None:
@@ -62,26 +99,51 @@ def _open_cached(url: str, mode: str, stamp: tuple[int, int, int]) -> zarr.Array
 
 
 @functools.lru_cache(maxsize=256)
+def _open_remote(where: Location, mode: str, token: str) -> zarr.Array:
+    array = zarr.open_array(where.store(read_only=mode == "r"), mode=mode)
+    return array if mode == "r" else array.with_config({"write_empty_chunks": True})
+
+
+@functools.lru_cache(maxsize=256)
 def _files_cached(url: str, stamp: tuple[int, int, int]) -> ChunkFiles | None:
     return chunk_files(_open_cached(url, "r", stamp))
 
 
-def read_array(root: str, path: str, box: Roi | Sequence[slice]) -> np.ndarray:
+def read_array(root: Where, path: str, box: Roi | Sequence[slice]) -> np.ndarray:
     """A box (or slices) of an array: from its chunk files when it can, else through zarr."""
-    slices = tuple(box.to_slices() if isinstance(box, Roi) else box)
-    files = direct_files(root, path)
-    if files is not None:
-        return files.read_box(slices)
-    return np.asarray(open_array(root, path)[slices])
+    before = cpu.switch(cpu.DECODE)
+    try:
+        slices = tuple(box.to_slices() if isinstance(box, Roi) else box)
+        files = direct_files(root, path)
+        if files is not None:
+            return files.read_box(slices)
+        array = open_array(root, path)
+        try:
+            return np.asarray(array[slices])
+        except Exception as exc:  # a chunk zarr cannot decode: name it
+            if any(s.step not in (None, 1) for s in slices):
+                raise
+            raise locate_corrupt_chunk(array, slices, exc) from None
+    finally:
+        cpu.switch(before)
 
 
-def write_target(root: str, path: str, box: Roi, data: np.ndarray) -> None:
-    """Write a box; a box that is exactly one chunk goes straight to its chunk file."""
-    array = open_array(root, path, "r+")
-    files = direct_files(root, path)
-    slices = box.to_slices()
-    index = files.whole_chunk(slices) if files is not None else None
-    if index is not None:
-        files.write(index, data.astype(files.dtype, copy=False))
-    else:
-        array[slices] = data.astype(array.dtype, copy=False)
+def write_target(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
+    """Write a box; a box that is exactly one chunk goes straight to its chunk file. Its
+    CPU time counts as encoding (engine/core/cpu.py)."""
+    before = cpu.switch(cpu.ENCODE)
+    try:
+        array = open_array(root, path, "r+")
+        files = direct_files(root, path)
+        slices = box.to_slices()
+        index = files.whole_chunk(slices) if files is not None else None
+        if index is not None:
+            files.write(index, data.astype(files.dtype, copy=False))
+        else:
+            array[slices] = data.astype(array.dtype, copy=False)
+    except OSError as exc:
+        if disk_full(exc, f"{root}/{path}/"):
+            raise NoSpace(f"{root}/{path} (box {box})") from None
+        raise
+    finally:
+        cpu.switch(before)

@@ -34,6 +34,8 @@ from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
 from zarr.core.chunk_grids import RegularChunkGrid
 from zarr.storage import LocalStore
 
+from engine.core.errors import NgffError, NoSpace, disk_full
+
 Index = tuple[int, ...]
 
 
@@ -62,11 +64,13 @@ class ChunkFiles:
                 return data.reshape(self.chunks)
             with open(path, "rb") as file:
                 encoded = file.read()
+            out = np.empty(self.chunks, dtype=self.dtype)
+            self.codec.decode(encoded, out=out)
+            return out
         except FileNotFoundError:
             return np.full(self.chunks, self.fill_value, dtype=self.dtype)
-        out = np.empty(self.chunks, dtype=self.dtype)
-        self.codec.decode(encoded, out=out)
-        return out
+        except Exception as exc:  # truncated, empty, random bytes: name the chunk at fault
+            raise corrupt_chunk(path, self.chunk_box(index), exc) from None
 
     def write(self, index: Index, data: np.ndarray) -> None:
         """Store a whole chunk (its part inside the array; an edge chunk is padded)."""
@@ -82,11 +86,17 @@ class ChunkFiles:
         except FileNotFoundError:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             file = open(partial, "wb")  # noqa: SIM115
-        with file:
-            if self.codec is None:
-                data.tofile(file)
-            else:
-                file.write(self.codec.encode(data))
+        try:
+            with file:
+                if self.codec is None:
+                    data.tofile(file)
+                else:
+                    file.write(self.codec.encode(data))
+        except OSError as exc:
+            os.unlink(partial)
+            if disk_full(exc, partial):
+                raise NoSpace(path) from None
+            raise
         os.replace(partial, path)
 
     def chunk_box(self, index: Index) -> tuple[slice, ...]:
@@ -125,6 +135,33 @@ class ChunkFiles:
         """The index of the chunk `box` covers exactly (within the array), else None."""
         index = tuple(s.start // c for s, c in zip(box, self.chunks, strict=True))
         return index if tuple(box) == self.chunk_box(index) else None
+
+
+def corrupt_chunk(path: str, box: Sequence[slice], exc: BaseException) -> NgffError:
+    """The error for a chunk file that cannot be decoded: its path and the box it holds."""
+    where = ", ".join(f"{s.start}:{s.stop}" for s in box)
+    return NgffError(
+        f"corrupt chunk {path} (box [{where}]): {type(exc).__name__}: {exc}; restore it "
+        "from a copy, or delete it to read it as fill values"
+    )
+
+
+def locate_corrupt_chunk(array: zarr.Array, box: Sequence[slice], exc: BaseException) -> Exception:
+    """After zarr failed to read `box`: the error naming the chunk that fails on its own
+    (its store key), or `exc` itself when every chunk reads (the fault is elsewhere)."""
+    chunks = tuple(array.chunks)
+    ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(box, chunks, strict=True)]
+    for index in itertools.product(*ranges):
+        part = tuple(
+            slice(i * c, min((i + 1) * c, n))
+            for i, c, n in zip(index, chunks, array.shape, strict=True)
+        )
+        try:
+            array[part]
+        except Exception as error:
+            key = f"{array.store_path.path}/{array.metadata.encode_chunk_key(index)}"
+            return corrupt_chunk(key, part, error)
+    return exc if isinstance(exc, Exception) else RuntimeError(str(exc))
 
 
 def chunk_files(array: zarr.Array) -> ChunkFiles | None:

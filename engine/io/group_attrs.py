@@ -1,28 +1,21 @@
-"""One attribute of a group inside an image's zarr, read and written whole: what the
-engine's run records (engine/state/records.py) are made of. A group's metadata is one
-file that zarr writes in one step, so a kill never leaves half a record."""
+"""One attribute of a group inside an image's zarr (or its output store), read and
+written whole: what the engine's run records (engine/state/records.py) are made of. A
+group's metadata is one file (one object on S3) written in one step, so a kill never
+leaves half a record. See `Location.read_attrs`/`write_attrs` (engine/io/location.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import zarr
+from engine.io.location import Where, locate
 
 
-def write_group_attr(root: str, path: str, key: str, value: Any) -> None:
+def write_group_attr(root: Where, path: str, key: str, value: Any) -> None:
     """Set attribute `key` of group `path` (made if missing) under the zarr at `root`."""
-    try:
-        group = zarr.open_group(f"{root}/{path}", mode="r+")
-    except (FileNotFoundError, zarr.errors.BaseZarrError):
-        zarr.open_group(root, mode="r+").create_group(path, attributes={key: value})
-        return
-    group.attrs.update({key: value})
+    locate(root).write_attrs(path, {key: value})
 
 
-def read_group_attr(root: str, path: str, key: str) -> Any | None:
+def read_group_attr(root: Where, path: str, key: str) -> Any | None:
     """Attribute `key` of group `path`, or None when there is no such group."""
-    try:
-        group = zarr.open_group(f"{root}/{path}", mode="r")
-    except (FileNotFoundError, zarr.errors.BaseZarrError):
-        return None
-    return group.attrs.asdict().get(key)
+    attrs = locate(root).read_attrs(path)
+    return None if attrs is None else attrs.get(key)

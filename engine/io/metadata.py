@@ -8,21 +8,23 @@ so planning never opens pixel data.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pydantic
 import zarr
-from ome_zarr_models.v04.image import Image as ImageV04
-from ome_zarr_models.v05.image import Image as ImageV05
+from ome_zarr_models.v04.image import ImageAttrs as ImageAttrsV04
+from ome_zarr_models.v04.labels import LabelsAttrs as LabelsAttrsV04
+from ome_zarr_models.v05.image import ImageAttrs as ImageAttrsV05
+from ome_zarr_models.v05.labels import LabelsAttrs as LabelsAttrsV05
 
 from engine.core.errors import NgffError
+from engine.io.location import Location
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER
 
 T = TypeVar("T")
-
 Version = Literal["0.4", "0.5"]
 SPATIAL = ("z", "y", "x")
 
@@ -60,6 +62,12 @@ class ImageMeta:
     axes: tuple[Axis, ...]
     levels: tuple[Level, ...]
     name: str | None = None
+    # where the image lives, with its storage options; `path` is its URL as text
+    where: Location | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def location(self) -> Location:
+        return self.where if self.where is not None else Location.parse(self.path)
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -106,20 +114,28 @@ class ImageMeta:
         )
 
 
-def open_group(path: str | Path, mode: Literal["r", "r+"] = "r") -> zarr.Group:
-    path = Path(path)
-    if not path.exists():
-        raise NgffError(f"{path}: no such file or directory")
+def open_group(path: str | Path | Location, mode: Literal["r", "r+"] = "r") -> zarr.Group:
+    """The zarr group at a path or URL; one line naming the URL and what the server said
+    when it cannot be read (engine/io/location.py)."""
+    where = Location.parse(path)
+    if where.is_local:
+        where.check_reachable()
     try:
-        return zarr.open_group(str(path), mode=mode)
-    except (OSError, ValueError, zarr.errors.BaseZarrError) as exc:
-        raise NgffError(f"{path}: not a zarr group ({exc})") from exc
+        return zarr.open_group(where.zarr_url(), mode=mode)
+    except Exception as exc:  # noqa: BLE001 (a remote store raises its client's errors)
+        if not where.is_local:
+            where.check_reachable()  # names the URL and what the server said
+        if not isinstance(exc, OSError | ValueError | zarr.errors.BaseZarrError):
+            raise
+        raise NgffError(f"{where}: not a zarr group ({exc})") from exc
 
 
-def read_image(path: str | Path, validate: bool = True) -> ImageMeta:
+def read_image(path: str | Path | Location, validate: bool = True) -> ImageMeta:
     """An image's metadata; `validate=False` skips the ome-zarr-models check (for label
     images, read as the plain multiscales they are)."""
-    group = open_group(path)
+    where = Location.parse(path)
+    path = str(where)
+    group = open_group(where)
     attrs = group.attrs.asdict()
     version, ome = _ome_attributes(path, attrs)
     multiscales = ome.get("multiscales")
@@ -132,7 +148,7 @@ def read_image(path: str | Path, validate: bool = True) -> ImageMeta:
     )
     if validate:
         _validate(path, group, version)
-    return ImageMeta(str(path), version, axes, levels, multiscale.get("name"))
+    return ImageMeta(str(path), version, axes, levels, multiscale.get("name"), where)
 
 
 def _ome_attributes(path: str | Path, attrs: dict[str, Any]) -> tuple[Version, dict[str, Any]]:
@@ -167,10 +183,23 @@ def _datasets(path: str | Path, multiscale: dict[str, Any]) -> list[dict[str, An
     return datasets
 
 
-def _transform(transforms: list[dict[str, Any]] | None, kind: str, ndim: int) -> tuple[float, ...]:
+def _transform(
+    transforms: list[dict[str, Any]] | None, kind: str, ndim: int, where: str = ""
+) -> tuple[float, ...]:
+    """A dataset's (or the multiscale's) `kind` transform, one number per axis."""
     for t in transforms or []:
-        if t.get("type") == kind:
-            return tuple(float(v) for v in t[kind])
+        if isinstance(t, dict) and t.get("type") == kind:
+            try:
+                values = tuple(float(v) for v in t[kind])
+            except (KeyError, TypeError, ValueError):
+                raise NgffError(
+                    f"{where}: '{kind}' is not a list of numbers: {t.get(kind)!r}"
+                ) from None
+            if len(values) != ndim:
+                raise NgffError(
+                    f"{where}: '{kind}' has {len(values)} values for {ndim} axes: {list(values)}"
+                )
+            return values
     return (1.0,) * ndim if kind == "scale" else (0.0,) * ndim
 
 
@@ -190,15 +219,23 @@ def _level(
         raise NgffError(
             f"{path}: level array '{level_path}' listed in multiscales is missing"
         ) from None
+    except (ValueError, zarr.errors.BaseZarrError) as exc:  # its zarr.json/.zarray is broken
+        metadata = "zarr.json" if group.metadata.zarr_format == 3 else ".zarray"
+        raise NgffError(
+            f"{Path(path) / level_path / metadata}: unreadable array metadata "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(array, zarr.Array):
         raise NgffError(f"{path}: '{level_path}' is a group, not an array")
     if array.ndim != ndim:
         raise NgffError(f"{path}/{level_path}: array has {array.ndim} dimensions but {ndim} axes")
-    scale = _transform(dataset.get("coordinateTransformations"), "scale", ndim)
-    translation = _transform(dataset.get("coordinateTransformations"), "translation", ndim)
+    where = f"{path}: dataset '{level_path}'"
+    scale = _transform(dataset.get("coordinateTransformations"), "scale", ndim, where)
+    translation = _transform(dataset.get("coordinateTransformations"), "translation", ndim, where)
     global_transforms = multiscale.get("coordinateTransformations")
-    g_scale = _transform(global_transforms, "scale", ndim)
-    g_translation = _transform(global_transforms, "translation", ndim)
+    where = f"{path}: multiscales coordinateTransformations"
+    g_scale = _transform(global_transforms, "scale", ndim, where)
+    g_translation = _transform(global_transforms, "translation", ndim, where)
     return Level(
         path=level_path,
         shape=tuple(int(s) for s in array.shape),
@@ -213,14 +250,35 @@ def _level(
 
 
 def _validate(path: str | Path, group: zarr.Group, version: Version) -> None:
-    model = ImageV05 if version == "0.5" else ImageV04
-    try:
-        model.from_zarr(group)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise NgffError(
-            f"{path}: invalid OME-Zarr {version} metadata at {where}: {first['msg']}"
-        ) from exc
-    except (ValueError, RuntimeError, KeyError) as exc:
-        raise NgffError(f"{path}: invalid OME-Zarr {version} image: {exc}") from exc
+    """Validate the image's (and its `labels/` listing's) attributes with ome-zarr-models.
+
+    Attributes only, not the whole-group models (`Image.from_zarr`): those are pydantic
+    generics over pydantic-zarr's v2 and v3 specs, and once another library (ngio)
+    has imported the v3 models first, the v0.4 `Image` resolves its members to the v3
+    classes and rejects every 0.4 image (`members.0.GroupSpec: Input should be a valid
+    dictionary or instance of GroupSpec`; ome-zarr-models 1.7, pydantic-zarr 0.9.2).
+    What the group models add, that each listed level is an array with one dimension
+    per axis, `_level` checks above. The error locations are the same as before (the
+    group models validate the attributes first, with these very classes)."""
+    image_model = ImageAttrsV05 if version == "0.5" else ImageAttrsV04
+    labels_model = LabelsAttrsV05 if version == "0.5" else LabelsAttrsV04
+    attrs = group.attrs.asdict()
+    checks: list[tuple[str, Any, dict[str, Any]]] = [
+        ("", image_model, attrs.get("ome", {}) if version == "0.5" else attrs)
+    ]
+    labels = group.get("labels")
+    if isinstance(labels, zarr.Group):
+        listing = labels.attrs.asdict()
+        listing = listing.get("ome", {}) if version == "0.5" else listing
+        checks.append(("labels.", labels_model, listing))
+    for prefix, model, values in checks:
+        try:
+            model.model_validate(values)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            where = prefix + ".".join(str(p) for p in first.get("loc", ()))
+            raise NgffError(
+                f"{path}: invalid OME-Zarr {version} metadata at {where}: {first['msg']}"
+            ) from exc
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise NgffError(f"{path}: invalid OME-Zarr {version} image: {exc}") from exc

@@ -20,6 +20,7 @@ import zarr
 
 from engine.core.errors import ConfigError
 from engine.core.pipeline import Pipeline, Step
+from engine.io.location import Location
 from engine.io.ngff_write import GROUP_OF_KIND, engine_attrs, output_path
 from tasks.classifier import MODEL_FILE, TrainedClassifier, model_op_params, save_classifier
 
@@ -30,22 +31,22 @@ def model_path(name: str) -> str:
     return output_path("model", name)
 
 
-def trained_models(image: str | Path) -> list[str]:
-    folder = Path(image) / MODELS
-    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+def trained_models(image: str | Path | Location) -> list[str]:
+    return Location.parse(image).list_dirs(MODELS)
 
 
-def model_info(image: str | Path, name: str) -> dict[str, Any] | None:
+def model_info(image: str | Path | Location, name: str) -> dict[str, Any] | None:
     """The artifact's `model` attributes, or None when there is no such model."""
     try:
-        group = zarr.open_group(str(Path(image) / model_path(name)), mode="r")
+        where = Location.parse(image).child(model_path(name))
+        group = zarr.open_group(where.zarr_url(), mode="r")
     except (FileNotFoundError, zarr.errors.BaseZarrError):
         return None
     info = engine_attrs(group).get("model")
     return dict(info) if isinstance(info, dict) else None
 
 
-def model_steps(pipeline: Pipeline, image: str) -> dict[str, Step]:
+def model_steps(pipeline: Pipeline, image: str | Location) -> dict[str, Step]:
     """Each predict step as the `op: model` step that runs it, by step name."""
     expanded = {}
     for step in pipeline.steps:
@@ -59,7 +60,13 @@ def model_steps(pipeline: Pipeline, image: str) -> dict[str, Step]:
                 f"step '{step.name}': params.model: no trained model '{params.model}' in "
                 f"{image}/{MODELS} (trained: {known}); run a train_pixel_classifier step first"
             )
-        file = str(Path(image).absolute() / model_path(params.model) / info["file"])
+        where = Location.parse(image)
+        if not where.is_local:
+            raise ConfigError(
+                f"step '{step.name}': params.model: models are read from a local image or "
+                f"output store; {where} is remote"
+            )
+        file = str(where.local_path.absolute() / model_path(params.model) / info["file"])
         try:
             op_params = model_op_params(params, file, info)
         except ValueError as exc:
@@ -75,9 +82,13 @@ def model_version(step: Step) -> dict[str, Any]:
 
 
 def write_model(
-    image: str, root: zarr.Group, path: str, trained: TrainedClassifier
+    image: str | Location, root: zarr.Group, path: str, trained: TrainedClassifier
 ) -> dict[str, Any]:
-    """Replace the artifact group at `path` with this model; return its `model` record."""
+    """Replace the artifact group at `path` with this model; return its `model` record.
+    The model file is written locally only (workers load it by path)."""
+    where = Location.parse(image)
+    if not where.is_local:
+        raise ConfigError(f"{where}: a trained model is written to a local image or output store")
     root.create_group(path, overwrite=True)
-    sha256 = save_classifier(trained, Path(image) / path / MODEL_FILE)
+    sha256 = save_classifier(trained, where.local_path / path / MODEL_FILE)
     return {"file": MODEL_FILE, "format": "joblib", "sha256": sha256, **trained.info()}

@@ -63,6 +63,13 @@ def zarr_format(version: Version) -> Literal[2, 3]:
     return 3 if version == "0.5" else 2
 
 
+def chunk_key_encoding(zarr_format: int) -> dict[str, str] | None:
+    """NGFF 0.4 arrays (Zarr v2) name chunks `0/1/2`, `dimension_separator: "/"`, as the
+    0.4 layout describes and ome-zarr-py and ngio write them (zarr's v2 default is `.`).
+    Zarr v3 keeps its default (`c/0/1/2`)."""
+    return {"name": "v2", "separator": "/"} if zarr_format == 2 else None
+
+
 def multiscales_json(
     version: Version, axes: Sequence[Axis], levels: Sequence[LevelSpec], name: str, method: str
 ) -> dict[str, Any]:
@@ -118,6 +125,8 @@ def create_image(
             kwargs["dimension_names"] = [a.name for a in axes]
             if lv.shards is not None:
                 kwargs["shards"] = lv.shards
+        else:
+            kwargs["chunk_key_encoding"] = chunk_key_encoding(2)
         group.create_array(
             lv.path,
             shape=lv.shape,
@@ -158,8 +167,10 @@ def list_in_parent(root: zarr.Group, kind: OutputKind, name: str, version: Versi
         parent.attrs.update({key: [*names, name]})
 
 
-def image_label_json(version: Version) -> dict[str, Any]:
-    label: dict[str, Any] = {"source": {"image": "../../"}}
+def image_label_json(version: Version, source: str = "../../") -> dict[str, Any]:
+    """`image-label` of `labels/<name>`; `source` names the image (a URL when the label
+    is in a separate output store)."""
+    label: dict[str, Any] = {"source": {"image": source}}
     if version == "0.4":
         label["version"] = "0.4"
     return {"image-label": label}

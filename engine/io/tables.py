@@ -5,12 +5,14 @@ Layout (fractal-tasks-core table spec V1, as ngio reads it):
     image.zarr/tables/            attributes {"tables": [names...]}
     image.zarr/tables/<name>/     an AnnData group (anndata's own `encoding-type`), plus
         fractal_table_version "1", type "feature_table", region {path: ../labels/<label>},
-        instance_key "label" (and ngio's table_version/backend/index_key/index_type)
+        instance_key "label", and as ngio 1.1 writes them table_version "1", backend
+        "anndata_v1", index_key "label", index_type "int"
 
 obs index: label ids as strings (index name `label`); X: float64 feature columns; var
 index: the column names. Written in the image's zarr format (v2 for NGFF 0.4, v3 for
-0.5); `anndata.read_zarr(path)` opens it. A table is written to a temporary group and
-then moved into place, so a failure never leaves half a table under its name.
+0.5); `anndata.read_zarr(path)` opens it. A local table is written to a temporary group
+and then moved into place, so a failure never leaves half a table under its name; on S3
+(no rename) the old table is removed and the new one written under its name.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import zarr
 
 from engine.core.errors import NgffError
+from engine.io.location import Location
 
 TABLES = "tables"
 
@@ -38,7 +41,7 @@ def table_attrs(label: str) -> dict[str, Any]:
         "region": {"path": f"../labels/{label}"},
         "instance_key": "label",
         "table_version": "1",
-        "backend": "anndata",
+        "backend": "anndata_v1",
         "index_key": "label",
         "index_type": "int",
     }
@@ -82,42 +85,50 @@ def write_anndata(root: zarr.Group, name: str, data: Any, attrs: dict[str, Any])
     """Write an AnnData as `tables/<name>` (replacing it whole: written beside, then renamed
     into place) and list it in `tables/` attributes."""
     from anndata.io import write_elem
+    from zarr.storage import LocalStore
 
     tables = root.require_group(TABLES)
-    temporary = f"_writing-{name}"
+    local = isinstance(root.store, LocalStore)
+    temporary = f"_writing-{name}" if local else name
+    if not local and name in tables:
+        del tables[name]  # an object store has no rename: replace in place
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zarr's note on future sharding defaults
         write_elem(tables, temporary, data)
     tables[temporary].attrs.update(attrs)
-    folder = Path(str(root.store.root)) / root.path / TABLES
-    if (folder / name).exists():
-        shutil.rmtree(folder / name)
-    (folder / temporary).rename(folder / name)
+    if local:
+        folder = Path(str(root.store.root)) / root.path / TABLES
+        if (folder / name).exists():
+            shutil.rmtree(folder / name)
+        (folder / temporary).rename(folder / name)
     listed = list(tables.attrs.get("tables", []))
     if name not in listed:
         tables.attrs.update({"tables": [*listed, name]})
-    return zarr.open_group(str(folder / name), mode="r+")
+    return zarr.open_group(root.store, path=f"{root.path}/{TABLES}/{name}".lstrip("/"), mode="r+")
 
 
-def read_anndata(path: str | Path) -> Any:
+def read_anndata(path: str | Path | Location) -> Any:
     """An AnnData table group, or one line saying why it is not one."""
     import anndata
 
+    where = Location.parse(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return anndata.read_zarr(str(path))
+            if where.is_local:
+                return anndata.read_zarr(where.url)
+            return anndata.read_zarr(zarr.open_group(where.store(read_only=True), mode="r"))
     except Exception as exc:
         raise NgffError(f"{path}: not an AnnData table ({type(exc).__name__}: {exc})") from None
 
 
-def read_table(path: str | Path) -> tuple[np.ndarray, list[str], np.ndarray]:
+def read_table(path: str | Path | Location) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(labels, column names, values) of a feature table group."""
     names, columns, values = read_rows(path)
     return np.asarray([int(v) for v in names], dtype=np.uint64), columns, values
 
 
-def read_rows(path: str | Path) -> tuple[np.ndarray, list[str], np.ndarray]:
+def read_rows(path: str | Path | Location) -> tuple[np.ndarray, list[str], np.ndarray]:
     """(row names as strings, column names, values) of any table group."""
     table = read_anndata(path)
     names = np.asarray([str(v) for v in table.obs_names], dtype=str)
@@ -140,19 +151,20 @@ def merge_rows(
     return all_labels[order], columns, all_values[order]
 
 
-def table_path(image: str | Path, name: str) -> Path:
-    return Path(image) / TABLES / name
+def table_path(image: str | Path | Location, name: str) -> Location:
+    return Location.parse(image).child(f"{TABLES}/{name}")
 
 
-def export_csv(image: str | Path, name: str, out: str | Path | TextIO) -> int:
+def export_csv(image: str | Path | Location, name: str, out: str | Path | TextIO) -> int:
     """Write a table as CSV (`label` then the feature columns); returns the row count."""
     path = table_path(image, name)
     if not path.exists():
         listed: list[str] = []
-        tables = Path(image) / TABLES
+        tables = Location.parse(image).child(TABLES)
         if tables.exists():
             try:
-                listed = list(zarr.open_group(str(tables), mode="r").attrs.get("tables", []))
+                group = zarr.open_group(tables.zarr_url(), mode="r")
+                listed = list(group.attrs.get("tables", []))
             except (OSError, ValueError, zarr.errors.BaseZarrError):
                 listed = []
         known = f" (tables: {', '.join(listed)})" if listed else " (the image has no tables)"
@@ -174,3 +186,22 @@ def _write_csv(handle: TextIO, labels: np.ndarray, columns: list[str], values: n
     writer.writerow(["label", *columns])
     for label, row in zip(labels, values, strict=True):
         writer.writerow([int(label), *(repr(float(v)) for v in row)])
+
+
+def set_row_names(image: str | Path, name: str, column: str, values: dict[str, str]) -> None:
+    """Add (or replace) a text column of `tables/<name>`'s obs, by row name (rows not in
+    `values` get ""), keeping its values and attributes: e.g. the ROI each object came from."""
+    path = table_path(image, name)
+    data = read_anndata(path)
+    attrs = zarr.open_group(str(path), mode="r").attrs.asdict()
+    keep = {k: v for k, v in attrs.items() if k not in ("encoding-type", "encoding-version")}
+    data.obs[column] = [values.get(str(row), "") for row in data.obs_names]
+    write_anndata(zarr.open_group(str(image), mode="r+"), name, data, keep)
+
+
+def obs_column(image: str | Path, name: str, column: str) -> list[str] | None:
+    """A text column of `tables/<name>`'s obs, in row order, or None when it has none."""
+    data = read_anndata(table_path(image, name))
+    if column not in data.obs:
+        return None
+    return [str(v) for v in data.obs[column]]

@@ -70,7 +70,7 @@ def compile_plan(
     reuse and versions); without it every output is planned under its own name.
     `overwrite` plans outputs even where a stored one could be reused.
     """
-    compiler = Compiler(pipeline, meta, roi, run_id, engine_version)
+    compiler = Compiler(pipeline, meta, roi, run_id, engine_version, existing)
     compiler.existing = existing or Existing()
     compiler.overwrite = overwrite
     return compiler.compile()
@@ -80,7 +80,13 @@ class Compiler(ChainRules, StitchRules, TableRules, OutputRules):
     """One compile: the state the rules (mixins, one module per concern) share."""
 
     def __init__(
-        self, pipeline: Pipeline, meta: ImageMeta, roi: Roi, run_id: str, engine_version: str
+        self,
+        pipeline: Pipeline,
+        meta: ImageMeta,
+        roi: Roi,
+        run_id: str,
+        engine_version: str,
+        existing: Existing | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.meta = meta
@@ -103,7 +109,9 @@ class Compiler(ChainRules, StitchRules, TableRules, OutputRules):
         self.scratch = run_folder(run_id)
         self.engine_version = engine_version
         self.stages: dict[str, Stage] = {}
-        self.expanded = model_steps(pipeline, meta.path)  # predict steps as `op: model`
+        # predict steps as `op: model`, with models from the output store when separate
+        models = existing.models if existing is not None and existing.models else meta.path
+        self.expanded = model_steps(pipeline, models)
         # step name -> (array holding its result, stage that writes it (None: an output
         # stored before this run), usable only by chains that need no halo beyond it: true
         # for ROI-only arrays of exact values)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from engine.worker import chain, labels, pyramid, tables
+from engine.worker import chain, importing, labels, pyramid, tables
 
 Work = Callable[..., Any]  # work(root, stage, task, extra, common) -> per-chunk result
 DriverStep = Callable[..., Any]  # step(driver, stage)
@@ -57,6 +57,7 @@ KINDS: dict[str, StageKind] = {
     "merge": StageKind(None, finish=labels.merge),
     "relabel": StageKind(labels.run_relabel, extra=labels.relabel_tables),
     "pyramid": StageKind(pyramid.run_pyramid),
+    "import": StageKind(importing.run_import, extra=importing.source_of),
     "measure": StageKind(
         tables.run_measure, finish=tables.combine_measure, keeps_results=True, writes_chunks=False
     ),

@@ -30,6 +30,10 @@ WORKING_ITEMSIZE = 8  # ops may compute in float64
 # engine/cli/entry.py): the task thread's heap and those of zarr's codec threads (measured:
 # 190 MiB more peak per worker than without the pad)
 HEAP_SLACK_BYTES = 3 * HEAP_TOP_PAD_BYTES
+# an op that looks `h` pixels along an axis builds a filter of 2h+1 weights for it
+# (scipy's gaussian: float64 weights per axis; a gaussian with sigma 1e9 asked for 59.6
+# GiB of them and failed three times on every worker before this was counted)
+KERNEL_ITEMSIZE = 8
 
 
 @dataclass(frozen=True)
@@ -64,13 +68,20 @@ def _task_bytes(stage: Stage, read, write) -> int:
             worst = max(
                 worst,
                 box_in.size * (dtype.itemsize + WORKING_ITEMSIZE + out_dtype.itemsize)
-                + box_out.size * out_dtype.itemsize,
+                + box_out.size * out_dtype.itemsize
+                + kernel_bytes(link.halo),
             )
             dtype = out_dtype
         total += worst
     if stage.target is not None and KINDS[stage.kind].writes_chunks:
         total += write.size * np.dtype(stage.target_dtype or "uint64").itemsize
     return int(total)
+
+
+def kernel_bytes(halo: tuple[int, ...]) -> int:
+    """The weights of a separable filter reaching `halo` pixels per axis; the halo is
+    not clipped to the image, the filter is built whole whatever the block."""
+    return sum((2 * int(h) + 1) * KERNEL_ITEMSIZE for h in halo if h)
 
 
 def worker_bytes(task_bytes: int, threads: int) -> int:
@@ -93,7 +104,8 @@ def check_fits(plan: Plan, limit: int, threads: int = 1) -> int:
     if limit and worst is not None and peak > limit:
         raise ConfigError(
             f"step '{worst.step}' ({worst.stage}): a task needs about "
-            f"{human_bytes(worst.task_bytes)} (chunk plus halo through its op chain); with "
+            f"{human_bytes(worst.task_bytes)} (chunk plus halo through its op chain, filter "
+            "weights included); with "
             f"{threads} thread(s), the decoded-chunk cache and the worker process that is "
             f"{human_bytes(peak)} per worker, more than the worker memory limit "
             f"{human_bytes(limit)}: use smaller chunks, fewer threads per worker or "

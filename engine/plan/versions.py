@@ -68,6 +68,8 @@ class Existing:
     label_names: tuple[str, ...] = ()
     labels: Mapping[str, ImageMeta] = field(default_factory=dict)
     outputs: Mapping[tuple[str, str], tuple[StoredOutput, ...]] = field(default_factory=dict)
+    # where trained models are (the output store when separate; None: the image)
+    models: str | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ a run to be resumed still means the same thing.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -13,11 +14,12 @@ from typing import Any, Literal
 from engine.core.errors import EngineError
 from engine.core.version import __version__
 from engine.execute.executor import Executor, TaskFailed
+from engine.io.location import Location, Workspace
 from engine.io.metadata import ImageMeta
 from engine.plan.types import Plan
 from engine.plan.versions import describe_change
-from engine.state.locks import this_process
 from engine.state.markers import Markers
+from engine.state.processes import this_process
 from engine.state.records import RunRecord, now
 
 Mode = Literal["create", "overwrite", "update"]
@@ -53,6 +55,7 @@ def check_resumable(old: dict[str, Any], config: dict[str, Any], plan: Plan, lay
 
 def start_record(
     meta: ImageMeta,
+    ws: Workspace,
     plan: Plan,
     run_id: str,
     config: dict[str, Any],
@@ -106,7 +109,9 @@ def start_record(
             "error": None,
             "attempts": [],
         }
-    record = RunRecord(str(meta.path), run_id, data)
+    if ws.separate and old is None:
+        data["output_store"] = str(ws.output)
+    record = RunRecord(ws.output, run_id, data)
     record.save()
     return record
 
@@ -164,7 +169,7 @@ def totals(stage_rows: dict[str, dict[str, Any]]) -> dict[str, int]:
 def fail_record(
     record: RunRecord,
     plan: Plan,
-    root: str,
+    root: Location,
     layout: str,
     stage_rows: dict[str, dict[str, Any]],
     executor: Executor | None,
@@ -186,8 +191,13 @@ def fail_record(
         message = str(exc) or type(exc).__name__
         if not isinstance(exc, EngineError):
             message = f"{type(exc).__name__}: {message}"
+        state = "failed"
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM: stopped, not broken
+            state = "killed"
+            signum = getattr(exc, "signum", signal.SIGINT)
+            message = f"interrupted by {signal.Signals(signum).name}"
         record.update(
-            state="failed", error=message, ended=now(), stages=stage_rows, **totals(stage_rows)
+            state=state, error=message, ended=now(), stages=stage_rows, **totals(stage_rows)
         )
     except Exception:  # never hide the run's own error behind one writing its record
         pass

@@ -19,7 +19,8 @@ from engine.core.geometry import Roi
 from engine.execute.cluster import connect
 from engine.execute.executor import Executor
 from engine.io.existing import read_label_image
-from engine.io.metadata import open_group, read_image
+from engine.io.location import Location, Workspace
+from engine.io.metadata import ImageMeta, open_group, read_image
 from engine.io.ngff_write import listed, output_path
 from engine.io.rois import resolve_roi, roi_spec
 from engine.io.tables import read_rows
@@ -61,13 +62,47 @@ def diff(
     roi: str | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    warm: bool | None = None,
+    idle_timeout: float | None = None,
+    output: str | Path | Location | None = None,
 ) -> Scores:
     """Scores of `labels/<labels>` against `labels/<reference>` over the whole label image,
-    or an ROI: a name from the image's ROI tables, or boxes as `--roi` takes them."""
+    or an ROI: a name from the image's ROI tables, or boxes as `--roi` takes them. Local
+    workers are the warm engine's, as for `run`. `output`: an output store holding label
+    images (looked up there first, then in the image)."""
+    meta, box, a, b = _diff_inputs(image, labels, reference, roi, output)
+    ws = Workspace.of(meta.location, Location.parse(output) if output is not None else None)
+    found_a, found_b = output_path("label", labels), output_path("label", reference)
+    plan = comparison_plan(meta.path, (found_a, a), (found_b, b), box)
+    with connect(workers, scheduler, warm=warm, idle_timeout=idle_timeout) as client:
+        executor = Executor(client, ws, plan, lambda *_: 0)
+        executor.run()
+    return scores(executor.evaluations["diff"])
+
+
+def diff_roi(
+    image: str | Path,
+    labels: str,
+    reference: str,
+    roi: str | None = None,
+    output: str | Path | Location | None = None,
+) -> Roi:
+    """The box `diff` scores (level 0 of the label images), to say which ROI was scored."""
+    return _diff_inputs(image, labels, reference, roi, output)[1]
+
+
+def _diff_inputs(
+    image: str | Path,
+    labels: str,
+    reference: str,
+    roi: str | None,
+    output: str | Path | Location | None = None,
+) -> tuple[ImageMeta, Roi, ImageMeta, ImageMeta]:
     meta = read_image(image)
+    store = Location.parse(output) if output is not None else None
     found = {}
     for name in (labels, reference):
-        label = read_label_image(meta, name)
+        label = read_label_image(meta, name, store)
         if label is None:
             known = ", ".join(listed(open_group(meta.path), "labels", meta.version)) or "none"
             raise NgffError(f"{meta.path}/labels/{name}: no such label image (labels: {known})")
@@ -80,11 +115,5 @@ def diff(
             "diff compares label images of one shape"
         )
     # a name from the image's ROI tables, or boxes as --roi takes them, on the labels' grid
-    name, spec = roi_spec(roi, meta)
-    box = resolve_roi(spec, a, 0, name)
-    found_a, found_b = output_path("label", labels), output_path("label", reference)
-    plan = comparison_plan(meta.path, (found_a, a), (found_b, b), box)
-    with connect(workers, scheduler) as client:
-        executor = Executor(client, meta.path, plan, lambda *_: 0)
-        executor.run()
-    return scores(executor.evaluations["diff"])
+    name, spec = roi_spec(roi, meta, store=store)
+    return meta, resolve_roi(spec, a, 0, name), a, b

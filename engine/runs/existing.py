@@ -17,13 +17,17 @@ from typing import Any
 
 from engine.core.pipeline import Pipeline
 from engine.io.existing import label_names, output_groups, read_label_image, stored_attrs
+from engine.io.location import Location
 from engine.io.metadata import ImageMeta
 from engine.plan.versions import Existing, StoredOutput, reusable_rois, version_number
 from engine.state.records import list_runs
 from tasks import OPS
 
 
-def read_existing(meta: ImageMeta, pipeline: Pipeline) -> Existing:
+def read_existing(meta: ImageMeta, pipeline: Pipeline, store: Location | None = None) -> Existing:
+    """The snapshot; `store`: a separate output store holding the outputs and run records
+    (label images are looked up there first, then in the image)."""
+    store = store if store is not None else meta.location
     steps = {s.name for s in pipeline.steps}
     references = {
         name
@@ -35,34 +39,35 @@ def read_existing(meta: ImageMeta, pipeline: Pipeline) -> Existing:
     }
     labels = {}
     for name in sorted(references):
-        label = read_label_image(meta, name)
+        label = read_label_image(meta, name, store)
         if label is not None:
             labels[name] = label
-    records = list_runs(meta.path)
+    records = list_runs(store)
     outputs = {
-        target: stored_versions(meta, *target, records)
+        target: stored_versions(store, *target, records)
         for s in pipeline.steps
         if (target := s.writes()) is not None
     }
-    return Existing(label_names(meta), labels, outputs)
+    models = None if store == meta.location else store.url
+    return Existing(label_names(meta, store), labels, outputs, models)
 
 
 def stored_versions(
-    meta: ImageMeta, kind: str, base: str, records: list[dict[str, Any]]
+    store: Location, kind: str, base: str, records: list[dict[str, Any]]
 ) -> tuple[StoredOutput, ...]:
-    """Every version of output `base` on disk (listed or not), oldest first."""
+    """Every version of output `base` in the store (listed or not), oldest first."""
     found = []
-    for name, path in output_groups(meta, kind):
+    for name, path in output_groups(store, kind):
         number = version_number(base, name)
         if number is not None:
-            found.append(_stored(meta, name, path, number, records))
+            found.append(_stored(store, name, path, number, records))
     return tuple(sorted(found, key=lambda s: s.version))
 
 
 def _stored(
-    meta: ImageMeta, name: str, path: str, number: int, records: list[dict[str, Any]]
+    store: Location, name: str, path: str, number: int, records: list[dict[str, Any]]
 ) -> StoredOutput:
-    record, dtype = stored_attrs(meta, path)
+    record, dtype = stored_attrs(store, path)
     writer = last_writer(path, records)
     finished = writer is None or writer.get("state") == "completed"
     digest = record.get("config_hash")

@@ -5,8 +5,6 @@ the run's scratch arrays; tables and evaluation scores; previews."""
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,9 +14,11 @@ from engine.core.layout import preview_file
 from engine.core.version import __version__
 from engine.execute.executor import Executor
 from engine.io.existing import stored_attrs
+from engine.io.location import Workspace
 from engine.io.metadata import ImageMeta, open_group
 from engine.io.models import write_model
 from engine.io.ngff_write import (
+    chunk_key_encoding,
     create_image,
     engine_attrs,
     fast_compressor,
@@ -26,6 +26,7 @@ from engine.io.ngff_write import (
     list_in_parent,
     set_engine_attrs,
 )
+from engine.io.output_store import source_image
 from engine.io.preview import preview
 from engine.io.tables import merge_rows, read_rows, read_table, table_attrs, write_table
 from engine.plan.types import OutputPlan, Plan
@@ -47,14 +48,13 @@ def check_flags(overwrite: bool, update: bool, resume: bool) -> None:
         raise ConfigError("--resume continues a run with its own --overwrite/--update choice")
 
 
-def check_output(meta: ImageMeta, out: OutputPlan, overwrite: bool, update: bool) -> Mode:
+def check_output(ws: Workspace, out: OutputPlan, overwrite: bool, update: bool) -> Mode:
     """Decide what happens to an output, refusing before anything is written."""
-    path = Path(meta.path) / out.path
-    if not path.exists():
+    if not ws.output.exists(out.path):
         return "create"
     if overwrite:
         return "overwrite"
-    existing, _ = stored_attrs(meta, out.path)
+    existing, _ = stored_attrs(ws.output, out.path)
     if "config_hash" not in existing:
         raise OutputConflict(
             f"output {out.path} exists and was not written by an ngff-engine run; "
@@ -92,8 +92,12 @@ class OutputWriter:
         record: RunRecord | None = None,
         created: set[str] | None = None,
         resumed: dict[str, Any] | None = None,
+        staged: dict[str, str] | None = None,
+        ws: Workspace | None = None,
     ) -> None:
         self.meta = meta
+        self.staged = dict(staged or {})  # output -> the sibling an overwrite writes first
+        self.ws = ws if ws is not None else Workspace.of(meta.location)
         self.plan = plan
         self.modes = modes
         self.run_id = run_id
@@ -105,7 +109,7 @@ class OutputWriter:
         self.max_labels: dict[str, int] = {}
         self.evaluations: dict[str, Scores] = {}
         self.previews: dict[str, str] = {}  # evaluation table -> PNG of its ROI
-        self.root = open_group(meta.path, mode="r+")
+        self.root = open_group(self.ws.output, mode="r+")
 
     def prepare(self, key: str, dtype: str | None, count: int | None) -> int:
         """Create the array a stage writes; for label outputs return the id offset."""
@@ -159,7 +163,7 @@ class OutputWriter:
     def _scratch_array(
         self, path: str, dtype: str, shape: tuple[int, ...], chunks: tuple[int, ...]
     ) -> None:
-        if self.resumed and (Path(self.meta.path) / path).exists():
+        if self.resumed and self.ws.output.exists(path):
             return  # made by the run being resumed: its chunks are marked done or redone
         self.root.create_array(
             path,
@@ -169,6 +173,7 @@ class OutputWriter:
             fill_value=0,
             overwrite=True,
             compressors=self._scratch_compressor(dtype),
+            chunk_key_encoding=chunk_key_encoding(self.root.metadata.zarr_format),
         )
 
     def _scratch_compressor(self, dtype: str) -> Any:
@@ -177,12 +182,19 @@ class OutputWriter:
             return None
         return fast_compressor(dtype, self.root.metadata.zarr_format)
 
+    def where(self, out: OutputPlan) -> str:
+        """Where the run writes an output: its own path, or the sibling of an overwrite
+        (engine/runs/staging.py)."""
+        return self.staged.get(out.path, out.path)
+
     def _create(self, out: OutputPlan, dtype: str) -> None:
         version = self.meta.version
-        extra = image_label_json(version) if out.kind == "label" else {}
+        extra = {}
+        if out.kind == "label":
+            extra = image_label_json(version, source_image(self.ws, 2))
         create_image(
             self.root,
-            out.path,
+            self.where(out),
             version=version,
             axes=out.axes,
             levels=out.levels,
@@ -202,12 +214,12 @@ class OutputWriter:
             if out.kind == "table"
         }
         models = {
-            out.step: write_model(self.meta.path, self.root, out.path, executor.models[out.step])
+            out.step: write_model(self.ws.output, self.root, out.path, executor.models[out.step])
             for out in self.plan.outputs
             if out.kind == "model"
         }
         for out in self.plan.outputs:
-            group = self.root[out.path]
+            group = self.root[self.where(out)]
             if out.step in previous:
                 record = previous[out.step]
             else:
@@ -218,7 +230,7 @@ class OutputWriter:
                 "engine_version": __version__,
                 "config_hash": out.config_hash,
                 "provenance": out.provenance,
-                "source": {"image": "../" * (out.path.count("/") + 1)},
+                "source": {"image": source_image(self.ws, out.path.count("/") + 1)},
                 "runs": runs,
             }
             if out.step in self.max_labels:
@@ -231,9 +243,10 @@ class OutputWriter:
                 record["units"] = self._table_units(out)
             set_engine_attrs(group, record)
 
-    def _preview(self, out: OutputPlan, labels: str, key: str) -> str:
-        """A PNG of the run's ROI with the evaluated labels outlined (engine/io/preview.py),
-        in `_engine/previews/`; returns its path."""
+    def _preview(self, out: OutputPlan, labels: str, key: str, reference: str) -> str:
+        """A PNG of the run's ROI comparing the evaluated labels with the reference (true
+        and false positives, false negatives; engine/io/preview.py), in
+        `_engine/previews/`; returns its path."""
         box = {
             a: [int(lo), int(hi)]
             for a, lo, hi in zip(
@@ -242,16 +255,16 @@ class OutputWriter:
             if a in "zyx"
         }
         box["level"] = self.plan.level
-        target = Path(self.meta.path) / preview_file(out.name, key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = self.ws.output.child(preview_file(out.name, key))
         name = labels.removeprefix("labels/")
-        preview(self.meta.path, target, box, name, level=self.plan.level)
+        truth = str(reference).removeprefix("labels/")
+        preview(self.ws, target, box, name, level=self.plan.level, reference=truth)
         return str(target)
 
     def _write_table(self, out: OutputPlan, executor: Executor) -> dict[str, Any]:
         """Write a measurement or evaluation table (merging rows into it on --update);
         return the provenance record it had before, for the run list."""
-        path = Path(self.meta.path) / out.path
+        path = self.ws.output.child(out.path)
         update = self.modes[out.step] == "update"
         record = engine_attrs(self.root[out.path]) if update else {}
         if out.op == "evaluate":
@@ -266,7 +279,9 @@ class OutputWriter:
             write_table(self.root, out.name, *rows, attrs, index_name="roi")
             config = next(c for c in provenance["chain"] if c["name"] == out.step)
             if config["params"].get("preview"):
-                self.previews[out.name] = self._preview(out, provenance["labels"], key)
+                self.previews[out.name] = self._preview(
+                    out, provenance["labels"], key, provenance["reference"]
+                )
             return record
         spatial = self.plan.spatial
         level = out.levels[0]
@@ -291,9 +306,6 @@ class OutputWriter:
 
     def drop_scratch(self) -> None:
         """Remove the run's arrays and markers; keep its record (the group's metadata)."""
-        scratch = Path(self.meta.path) / self.plan.scratch
-        if not scratch.exists():
-            return
-        for child in scratch.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child)
+        where = self.ws.output
+        for child in where.list_dirs(self.plan.scratch):
+            where.delete_tree(f"{self.plan.scratch}/{child}")

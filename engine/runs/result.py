@@ -26,6 +26,12 @@ class RunResult:
     reused: list[str] = field(default_factory=list)  # outputs read as they were, not computed
     evaluations: dict[str, Scores] = field(default_factory=dict)  # by table, on this ROI
     previews: dict[str, str] = field(default_factory=dict)  # by table: its PNG (preview: true)
+    # by label output, after an update: objects in the whole output (this ROI's and the
+    # earlier runs' left outside it); `labels` counts this ROI's
+    objects_in_output: dict[str, int] = field(default_factory=dict)
+    # by evaluation table of a new version: (the previous version's name, its scores on
+    # this ROI), to print next to the new ones
+    previous_evaluations: dict[str, tuple[str, Scores]] = field(default_factory=dict)
 
     @property
     def tasks_done(self) -> int:
@@ -39,6 +45,11 @@ class RunResult:
             "roi": self.roi.to_json(),
             "outputs": self.outputs,
             "objects": self.labels,
+            "objects_in_output": self.objects_in_output,
+            "previous_evaluations": {
+                name: {"version": prev, **s.to_json()}
+                for name, (prev, s) in self.previous_evaluations.items()
+            },
             "reused": self.reused,
             "evaluations": {name: s.to_json() for name, s in self.evaluations.items()},
             "previews": self.previews,
@@ -51,6 +62,7 @@ class RunResult:
                     "tasks": s.tasks,
                     "done": s.done,
                     "seconds": round(s.seconds, 3),
+                    "cpu": s.cpu,
                 }
                 for s in self.stages
             ],
@@ -68,11 +80,19 @@ class RunResult:
             roi=Roi.from_json(data["roi"]),
             outputs=data["outputs"],
             stages=[
-                StageStats(s["name"], s["kind"], s["tasks"], s["seconds"], s.get("done", 0))
+                StageStats(
+                    s["name"],
+                    s["kind"],
+                    s["tasks"],
+                    s["seconds"],
+                    s.get("done", 0),
+                    cpu=s.get("cpu", {}),
+                )
                 for s in data["stages"]
             ],
             seconds=data["seconds"],
             labels=data.get("objects", {}),
+            objects_in_output=data.get("objects_in_output", {}),
             reused=data.get("reused", []),
             evaluations={k: Scores.from_json(v) for k, v in data.get("evaluations", {}).items()},
         )

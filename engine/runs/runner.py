@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.core.errors import OutputConflict, in_python_terms
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.execute.cluster import (
     ClusterArg,
@@ -23,10 +24,14 @@ from engine.execute.cluster import (
     worker_memory,
 )
 from engine.execute.executor import Executor, StageStats
+from engine.io.existing import ids_left_by_earlier_runs
+from engine.io.location import Location
+from engine.io.output_store import prepare_store
 from engine.io.rois import save_config_roi
 from engine.io.tables import import_in_background
 from engine.plan.fingerprint import layout_hash
 from engine.plan.memory import check_fits
+from engine.plan.types import Plan
 from engine.runs.bookkeeping import (
     LiveCounts,
     Mode,
@@ -37,16 +42,80 @@ from engine.runs.bookkeeping import (
 )
 from engine.runs.evaluation import roi_key, stored_scores
 from engine.runs.outputs import OutputWriter, check_flags, check_output
-from engine.runs.planning import make_plan, priority_box
+from engine.runs.planning import make_plan, priority_box, resolve_workspace
 from engine.runs.result import RunResult
+from engine.runs.staging import (
+    STAGED_KINDS,
+    drop_stale_siblings,
+    staged_plan,
+    staging_path,
+    swap_in,
+)
 from engine.state.locks import OutputLocks
 from engine.state.markers import Markers, drop_torn_writes
-from engine.state.records import find_resumable, now
+from engine.state.records import RunRecord, find_resumable, interrupted_run, now
+
+
+def uses_user_code(plan: Plan) -> bool:
+    """Whether a plan calls user functions (op `function`, imported by module name)."""
+    return any(link.op == "function" for stage in plan.stages for link in stage.chain)
+
 
 RETRIES = 2  # a failing chunk task is tried this many more times before the run fails
 BACKOFF = 0.2  # seconds before the first retry; doubled for each further one
 
 
+def _staged(
+    plan: Plan,
+    modes: dict[str, Mode],
+    run_id: str,
+    old: dict[str, Any] | None,
+    where: Location | None = None,
+) -> dict[str, str]:
+    """The outputs this run writes beside the old ones (engine/runs/staging.py): those it
+    overwrites, or for a resumed run those the run it continues staged. None in an object
+    store (`where` remote): it has no rename to swap folders with, so an overwrite there
+    writes in place, as before staging existed."""
+    if old is not None and "staged" in old:
+        return dict(old["staged"] or {})
+    if where is not None and not where.is_local:
+        return {}
+    return {
+        out.path: staging_path(out.path, run_id)
+        for out in plan.outputs
+        if modes[out.step] == "overwrite" and out.kind in STAGED_KINDS
+    }
+
+
+def _finish_swap(
+    record: RunRecord,
+    root: Location,
+    plan: Plan,
+    staged: dict[str, str],
+    run_id: str,
+    started: float,
+) -> RunResult:
+    """Resume a run killed while it swapped its new outputs in: every chunk and its
+    provenance were written; only the swaps remain."""
+    swap_in(root, staged, run_id)
+    record.update(state="completed", ended=now())
+    outputs = {out.name: str(root.child(out.path)) for out in (*plan.outputs, *plan.reused)}
+    return RunResult(run_id, str(root), plan.roi, outputs, [], time.perf_counter() - started)
+
+
+def unfinished_run_conflict(root: str | Location, output: str) -> OutputConflict | None:
+    """The refusal for an output left by a run that was killed (and none finished it
+    since): `--resume` continues that run."""
+    found = interrupted_run(root, output)
+    if found is None:
+        return None
+    return OutputConflict(
+        f"output {output}: run {found['run_id']} writing it was killed before it finished; "
+        "--resume continues it (or --overwrite starts over)"
+    )
+
+
+@in_python_terms
 def run(
     pipeline: Pipeline,
     input: str | Path | None = None,
@@ -61,6 +130,10 @@ def run(
     retries: int = RETRIES,
     priority_roi: str | RoiSpec | dict | None = None,
     announce: Callable[[str], None] | None = None,
+    warm: bool | None = None,
+    idle_timeout: float | None = None,
+    output: str | Path | Location | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run a pipeline on an image (or an ROI of it) and write its outputs into the image's zarr.
 
@@ -78,24 +151,39 @@ def run(
     worker memory is checked against the workers' memory limit (engine/plan/memory.py).
     `announce` receives one-line notices for the user (the dask dashboard address).
 
+    A local run goes to the warm engine (engine/execute/warm.py): one per user, started
+    on first use, reused by later runs and calls, stopped after `idle_timeout` seconds
+    without work; `warm=False` (or NGFF_ENGINE_WARM=0) starts a cluster for this run
+    only. A pipeline calling user functions (op `function`) runs on a cluster of its
+    own unless `warm=True`: the warm workers would keep the first version they imported.
+
     Outputs already stored for the same config (upstream chain included) and this ROI by
     a run that finished are reused, not computed (`overwrite=True` computes them again);
     a run with nothing left to compute starts no cluster. With `versions: keep` a changed
     config writes a new version of its output (engine/plan/versions.py).
+
+    `input` and `output` are paths or URLs (http(s)://, s3://; engine/io/location.py);
+    `output` (default: the config's `output_store`, else the image itself) is a separate
+    OME-Zarr store for the outputs and run state (engine/io/output_store.py), needed when
+    the image cannot be written. `storage_options` (fsspec; e.g. S3 `endpoint_url`) add
+    to the config's.
     """
     check_flags(overwrite, update, resume)
     started = time.perf_counter()
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    meta, plan = make_plan(pipeline, input, roi, run_id, overwrite)
+    where = (output, storage_options)
+    meta, plan = make_plan(pipeline, input, roi, run_id, overwrite, *where)
+    ws = resolve_workspace(pipeline, meta, *where, run_id=run_id)
     old: dict[str, Any] | None = None
     if resume:
-        old = find_resumable(meta.path, [o.path for o in plan.outputs])
+        old = find_resumable(ws.output, [o.path for o in plan.outputs])
         run_id = old["run_id"]
         overwrite, update = bool(old.get("overwrite")), bool(old.get("update"))
-        meta, plan = make_plan(pipeline, input, roi, run_id, overwrite)
+        meta, plan = make_plan(pipeline, input, roi, run_id, overwrite, *where)
+        ws = resolve_workspace(pipeline, meta, *where, run_id=run_id)
     layout = layout_hash(plan)
     config = pipeline.to_dict()
-    priority = priority_box(pipeline, priority_roi, meta, plan)
+    priority = priority_box(pipeline, priority_roi, meta, plan, ws)
     if old is not None:
         check_resumable(old, config, plan, layout)
     created = set(old.get("created", [])) if old else set()
@@ -109,17 +197,31 @@ def run(
                 # "create" also when it was killed between making one and recording that
                 modes[out.step] = before if before == "update" else "create"
             else:
-                modes[out.step] = check_output(meta, out, overwrite, update)
+                try:
+                    modes[out.step] = check_output(ws, out, overwrite, update)
+                except OutputConflict as exc:
+                    raise unfinished_run_conflict(ws.output, out.path) or exc from None
         return modes
 
     decide()  # refuse before writing anything, even a lock
-    locks = OutputLocks(meta.path, [o.path for o in plan.outputs], run_id).acquire()
+    ws.output.check_writable()
+    prepare_store(ws, meta)
+    locks = OutputLocks(ws.output, [o.path for o in plan.outputs], run_id).acquire()
     try:
         modes = decide()  # again, under the locks: another run may have finished meanwhile
+        staged = _staged(plan, modes, run_id, old, ws.output)
         if old is not None:
-            drop_torn_writes(meta.path, [*(o.path for o in plan.outputs), plan.scratch])
-        record = start_record(meta, plan, run_id, config, layout, modes, overwrite, update, old)
-        writer = OutputWriter(meta, plan, modes, run_id, record, created, old)
+            outputs = [*(o.path for o in plan.outputs), *staged.values()]
+            drop_torn_writes(ws.output, [*outputs, plan.scratch])
+        else:
+            for output, sibling in staged.items():
+                drop_stale_siblings(ws.output, output, keep=sibling)
+        plan = staged_plan(plan, staged)
+        record = start_record(meta, ws, plan, run_id, config, layout, modes, overwrite, update, old)
+        record.update(staged=staged)
+        if old is not None and old.get("swapping"):
+            return _finish_swap(record, ws.output, plan, staged, run_id, started)
+        writer = OutputWriter(meta, plan, modes, run_id, record, created, old, staged, ws)
         executor = None
         stage_rows = record.data["stages"]
 
@@ -129,6 +231,7 @@ def run(
             row = stage_rows.setdefault(stat.name, {"kind": stat.kind, "tasks": stat.tasks})
             row["seconds"] = round(row.get("seconds", 0.0) + stat.seconds, 3)
             row["done"], row["skipped"] = stat.done, stat.skipped
+            row["cpu"] = stat.cpu
             row.pop("running", None)
             record.update(stages=stage_rows, **totals(stage_rows))
 
@@ -139,17 +242,21 @@ def run(
             projected = 0
             if plan.stages:  # else every output is reused: no cluster to start
                 resources = plan_resources(plan)
-                with connect(workers, scheduler, cluster, pipeline.cluster, resources) as client:
+                if warm is None and uses_user_code(plan):
+                    warm = False
+                with connect(
+                    workers, scheduler, cluster, pipeline.cluster, resources, warm, idle_timeout
+                ) as client:
                     check_resources(client, plan)
                     limit, threads = worker_memory(client)
                     projected = check_fits(plan, limit, threads)
                     record.update(projected_worker_bytes=projected, worker_memory_limit=limit)
                     if announce is not None and client.dashboard_link:
                         announce(f"dask dashboard: {client.dashboard_link}")
-                    markers = Markers(meta.path, plan, layout)
+                    markers = Markers(ws.output, plan, layout)
                     executor = Executor(
                         client,
-                        meta.path,
+                        ws,
                         plan,
                         writer.prepare,
                         live,
@@ -161,10 +268,19 @@ def run(
                     )
                     live.executor = executor
                     stages = executor.run()
+                    for stat in stages:  # CPU with the driver's time after each completed
+                        if stat.name in stage_rows:
+                            stage_rows[stat.name]["cpu"] = stat.cpu
                 writer.finish(executor)
-            save_config_roi(pipeline, roi, meta, plan.roi)  # named config ROI -> tables/rois
+            # a named config ROI -> tables/rois
+            save_config_roi(pipeline, roi, meta, plan.roi, output=ws.output)
+            if staged:  # the new outputs are complete: in place of the old ones, one step each
+                record.update(swapping=True)
+                swap_in(ws.output, staged, run_id)
         except BaseException as exc:
-            fail_record(record, plan, meta.path, layout, stage_rows, executor, exc)
+            fail_record(record, plan, ws.output, layout, stage_rows, executor, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                exc.run_id = run_id  # type: ignore[attr-defined]  # for the CLI's one line
             raise
         record.update(
             state="completed",
@@ -176,18 +292,35 @@ def run(
     finally:
         locks.release()
     every = (*plan.outputs, *plan.reused)
-    outputs = {out.name: str(Path(meta.path) / out.path) for out in every}
+    outputs = {out.name: str(ws.output.child(out.path)) for out in every}
     labels = {
         next(o.name for o in plan.outputs if o.step == step): r.count
         for step, r in (executor.labels.items() if executor is not None else ())
         if any(o.step == step for o in plan.outputs)
     }
+    by_name = {o.name: o for o in plan.outputs}
+    in_output = {  # after an update: this ROI's objects and those earlier runs left
+        name: count
+        + ids_left_by_earlier_runs(
+            ws.output, by_name[name].path, by_name[name].levels[0].path, plan.roi, run_id
+        )
+        for name, count in labels.items()
+        if modes.get(by_name[name].step) == "update"
+    }
     evaluations = dict(writer.evaluations)
     key = roi_key(plan.roi, plan.axes)
     for out in plan.reused:
-        found = stored_scores(Path(meta.path) / out.path, key) if out.op == "evaluate" else None
+        found = stored_scores(ws.output.child(out.path), key) if out.op == "evaluate" else None
         if found is not None:
             evaluations[out.name] = found
+    previous = {}
+    for out in plan.outputs:  # a new version of an evaluation: the one before, same ROI
+        before = (out.version or {}).get("previous")
+        if out.op == "evaluate" and before and out.name in evaluations:
+            path = ws.output.child(f"{Path(out.path).parent}/{before}")
+            found = stored_scores(path, key) if path.exists() else None
+            if found is not None:
+                previous[out.name] = (before, found)
     return RunResult(
         run_id,
         meta.path,
@@ -202,4 +335,6 @@ def run(
         [out.name for out in plan.reused],
         evaluations,
         dict(writer.previews),
+        in_output,
+        previous,
     )

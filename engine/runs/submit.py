@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.core.errors import ConfigError, EngineError
+from engine.core.errors import ConfigError, EngineError, in_python_terms
 from engine.core.pipeline import ClusterSpec, Pipeline, RoiSpec
 from engine.execute.cluster import ClusterArg, resolve_cluster
 from engine.execute.tls import write_certificates
 from engine.plan.fingerprint import layout_hash
 from engine.runs.bookkeeping import check_resumable
 from engine.runs.outputs import check_flags, check_output
-from engine.runs.planning import make_plan, resolve_input
+from engine.runs.planning import make_plan, resolve_input, resolve_workspace
 from engine.runs.progress import StageCounts
 from engine.runs.result import RunResult
 from engine.runs.runner import run
@@ -265,13 +265,14 @@ def check_outputs(
     a started run cannot report it until it runs. Returns name -> path of each output."""
     check_flags(overwrite, update, resume)
     meta, plan = make_plan(pipeline, input, roi)
+    ws = resolve_workspace(pipeline, meta, None)  # the config's output_store, if any
     if resume:  # the outputs are the interrupted run's own
-        old = find_resumable(meta.path, [o.path for o in plan.outputs])
+        old = find_resumable(ws.output, [o.path for o in plan.outputs])
         check_resumable(old, pipeline.to_dict(), plan, layout_hash(plan))
     else:
         for out in plan.outputs:
-            check_output(meta, out, overwrite, update)
-    return {out.name: str(Path(meta.path) / out.path) for out in plan.outputs}
+            check_output(ws, out, overwrite, update)
+    return {out.name: str(ws.output.child(out.path)) for out in plan.outputs}
 
 
 def submit_batch(
@@ -326,7 +327,7 @@ def submit_batch(
     run_spec = {
         "config": config or "pipeline",
         "pipeline": pipeline.to_dict(),
-        "input": resolve_input(pipeline, input),  # as given: the job runs in workdir
+        "input": str(resolve_input(pipeline, input)),  # as given: the job runs in workdir
         "roi": _roi_json(roi),
         "overwrite": overwrite,
         "update": update,
@@ -362,6 +363,7 @@ def submit_batch(
     return BatchRun(run_dir)
 
 
+@in_python_terms
 def submit(
     pipeline: Pipeline | str | Path,
     input: str | Path | None = None,

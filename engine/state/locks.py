@@ -5,15 +5,23 @@ job. It is created atomically (written under a temporary name, then hard-linked 
 place: the link fails if the lock exists), and removed at the end of the run. A lock whose
 pid is gone on this host is stale (its run was killed) and is taken over; so is one from
 another host whose SLURM job squeue no longer lists (a batch job that was cancelled or hit
-its walltime). Any other lock from another host is never broken.
+its walltime). Any other lock from another host is never broken. A lock file that is not
+JSON (damaged: locks are written whole) is taken over when no run recorded as running on
+its output could hold it (`taken_over` says so), and otherwise refused as unreadable.
+
+On S3 (an output store or image in a bucket) a lock is an object created with a
+conditional PUT (`If-None-Match: *`): the server refuses it when the key exists, so
+taking a lock keeps its guarantee. Breaking a stale lock is weaker there: S3 has no
+rename, so the stale object is read, checked and deleted, and two runs breaking the same
+stale lock at the same moment could both see it stale; the conditional create that
+follows still lets only one of them take it, but the loser may delete the winner's fresh
+lock between its check and its delete (a window of one request).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,16 +29,9 @@ from typing import Any
 
 from engine.core.errors import OutputConflict
 from engine.core.layout import LOCKS
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from engine.io.location import Location
+from engine.state.processes import is_stale, this_process
+from engine.state.records import list_runs
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -42,41 +43,26 @@ def _read(path: Path) -> dict[str, Any] | None:
         return {}
 
 
-def this_process() -> dict[str, Any]:
-    """Who holds a lock or runs a run: host, pid and, inside a SLURM job, its id (the one
-    thing another node can check)."""
-    owner: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
-    job = os.environ.get("SLURM_JOB_ID")
-    if job:
-        owner["slurm_job"] = job
-    return owner
-
-
-def _slurm_job_ended(job: str) -> bool:
-    """SLURM no longer lists the job; False when squeue cannot tell (absent, no answer)."""
-    try:
-        proc = subprocess.run(
-            ["squeue", "-h", "-j", job, "-o", "%A"], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    if proc.returncode == 0:
-        return job not in proc.stdout.split()
-    return "Invalid job id" in proc.stderr  # purged from SLURM's memory: long over
-
-
-def is_stale(owner: dict[str, Any]) -> bool:
-    if owner.get("host") == socket.gethostname():
-        return isinstance(owner.get("pid"), int) and not _alive(owner["pid"])
-    job = owner.get("slurm_job")
-    return isinstance(job, str) and job.isdigit() and _slurm_job_ended(job)
+def _live_run_of(root: Path, output: str) -> str | None:
+    """The id of a run recorded as running on `output` whose process may still be alive
+    (the only runs that could hold its lock); None: no such run."""
+    for record in list_runs(root):
+        if record.get("state") == "running" and output in record.get("outputs", []):
+            return str(record.get("run_id"))
+    return None
 
 
 class OutputLocks:
     """Locks on every output of a run, taken all or none (in sorted order)."""
 
-    def __init__(self, root: str | Path, outputs: Iterable[str], run_id: str) -> None:
-        self.base = Path(root) / LOCKS
+    def __new__(cls, root: str | Path | Location, *args: Any, **kwargs: Any) -> OutputLocks:
+        if cls is OutputLocks and not Location.parse(root).is_local:
+            return super().__new__(RemoteOutputLocks)  # same interface, objects not files
+        return super().__new__(cls)
+
+    def __init__(self, root: str | Path | Location, outputs: Iterable[str], run_id: str) -> None:
+        self.where = Location.parse(root)
+        self.base = self.where.local_path / LOCKS
         self.outputs = sorted(set(outputs))
         self.owner = {"run_id": run_id, **this_process()}
         self.held: list[Path] = []
@@ -110,7 +96,17 @@ class OutputLocks:
                 owner = _read(path)
                 if owner is None:
                     continue  # released meanwhile: try again
-                if owner and is_stale(owner):
+                if not owner:  # not JSON: locks are written whole, so something damaged it
+                    holder = _live_run_of(self.base.parent.parent, output)
+                    if holder is None:
+                        self._break(path, owner)
+                        continue
+                    raise OutputConflict(
+                        f"lock file {path} is not valid JSON, and run {holder} that writes "
+                        f"output {output} is still running; wait for it to finish, or remove "
+                        f"{path} if that run is gone"
+                    )
+                if is_stale(owner):
                     self._break(path, owner)
                     continue
                 who = owner.get("run_id", "an unknown run")
@@ -137,7 +133,7 @@ class OutputLocks:
             except FileExistsError:
                 pass
         else:
-            self.taken_over.append(owner)
+            self.taken_over.append(owner or {"broken_lock": str(path)})
         aside.unlink(missing_ok=True)
 
     def release(self) -> None:
@@ -152,3 +148,55 @@ class OutputLocks:
                     break
                 parent = parent.parent
         self.held = []
+
+
+class RemoteOutputLocks(OutputLocks):
+    """The same locks as objects in an object store (see the module docstring)."""
+
+    def __init__(self, root: str | Path | Location, outputs: Iterable[str], run_id: str) -> None:
+        self.where = Location.parse(root)
+        self.outputs = sorted(set(outputs))
+        self.owner = {"run_id": run_id, **this_process()}
+        self.held: list[Path] = []
+        self.held_keys: list[str] = []
+        self.taken_over: list[dict[str, Any]] = []
+
+    def path(self, output: str) -> Path:  # for messages: the lock's URL
+        return Path(self.where.child(f"{LOCKS}/{output}").url)
+
+    def _read_key(self, key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.where.read_bytes(key))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+
+    def _acquire(self, output: str) -> None:
+        key = f"{LOCKS}/{output}"
+        data = json.dumps(self.owner).encode()
+        for _ in range(3):
+            if self.where.create_bytes(key, data):
+                self.held_keys.append(key)
+                return
+            owner = self._read_key(key)
+            if owner is None:
+                continue  # released meanwhile: try again
+            if owner and is_stale(owner):
+                if self._read_key(key) == owner:
+                    self.where.delete(key)
+                    self.taken_over.append(owner)
+                continue
+            who = owner.get("run_id", "an unknown run")
+            where = f"pid {owner.get('pid')} on {owner.get('host')}" if owner else "?"
+            raise OutputConflict(
+                f"output {output} is being written by run {who} ({where}); wait for it to "
+                f"finish, or remove {self.where.child(key)} if that run is gone"
+            )
+        raise OutputConflict(f"output {output}: could not take its lock {self.where.child(key)}")
+
+    def release(self) -> None:
+        for key in self.held_keys:
+            if self._read_key(key) == self.owner:
+                self.where.delete(key)
+        self.held_keys = []

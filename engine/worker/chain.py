@@ -20,6 +20,7 @@ from engine.core.geometry import Roi, chain_boxes
 from engine.core.grid import ChunkTask
 from engine.io.arrays import direct_files, open_array, read_array, write_target
 from engine.io.chunk_cache import read_cached
+from engine.io.location import Where
 from tasks import OPS, Context
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ class StepFailed(Exception):
 
 
 def read_source(
-    root: str, source: Source, box: Roi, step: Sequence[int] | None = None
+    root: Where, source: Source, box: Roi, step: Sequence[int] | None = None
 ) -> np.ndarray:
     """A work-space box of a source (every `step`-th voxel per axis, when given); for the
     image, its one channel is selected.
@@ -101,7 +102,7 @@ def apply_chain(
 
 
 def chain_output(
-    root: str,
+    root: Where,
     stage: Stage,
     read: Roi,
     write: Roi,
@@ -123,7 +124,7 @@ def stack_time_points(parts: list[np.ndarray], spatial: Sequence[int], box: Roi)
     return parts[0] if len(spatial) == box.ndim else np.stack(parts)
 
 
-def run_blockwise(root: str, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> int:
+def run_blockwise(root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> int:
     read, write = task.read, task.write
     spatial, ctx, values = common["spatial"], common["context"], common["values"]
     parts = [block for _, block in chain_output(root, stage, read, write, spatial, ctx, values)]
@@ -132,7 +133,7 @@ def run_blockwise(root: str, stage: Stage, task: ChunkTask, extra: Any, common: 
     return write.size
 
 
-def run_reduce(root: str, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> dict:
+def run_reduce(root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> dict:
     """Partials of one reduction pass, per time point."""
     read, write = task.read, task.write
     spatial, ctx, values = common["spatial"], common["context"], common["values"]

@@ -26,6 +26,8 @@ class Driver(Protocol):
     models: dict[str, Any]  # train step -> the fitted model
     evaluations: dict[str, Any]  # evaluate step -> the contingency table
     merge_stats: dict[str, dict[str, float]]  # step -> numbers about its combine
+    # the caller's progress bars: (name, total) -> advance(n); None when nobody watches
+    progress: Callable[[str, int], Callable[[int], None]] | None
 
     def prepare_output(self, key: str, dtype: str | None, count: int | None) -> int:
         """Create what a stage writes before its chunks go; returns the id offset."""

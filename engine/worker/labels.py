@@ -19,6 +19,7 @@ import numpy as np
 from engine.core.geometry import Roi, chunk_roi, chunks_touching
 from engine.core.grid import ChunkTask
 from engine.io.arrays import read_array, write_target
+from engine.io.location import Where
 from engine.worker.chain import (
     StepFailed,
     chain_output,
@@ -64,7 +65,7 @@ def number_time_points(
     return stack_time_points(parts, spatial, box), count
 
 
-def run_label(root: str, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> int:
+def run_label(root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> int:
     """Local labels 1..n of one chunk (unique across its time points); returns n.
 
     Besides the labels, the chunk's first and last plane along each spatial axis go to
@@ -90,7 +91,7 @@ def run_label(root: str, stage: Stage, task: ChunkTask, extra: Any, common: dict
 
 
 def run_faces(
-    root: str, stage: Stage, task: ChunkTask, bases: dict[tuple[int, ...], int], common: dict
+    root: Where, stage: Stage, task: ChunkTask, bases: dict[tuple[int, ...], int], common: dict
 ) -> np.ndarray:
     """Pairs of provisional ids touching across this chunk's upper faces.
 
@@ -144,7 +145,7 @@ class RelabelTable:
         return np.concatenate([np.zeros(1, np.uint64), final]).astype(self.dtype)
 
 
-def run_segment(root: str, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> int:
+def run_segment(root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> int:
     """Run the segmenter on the chunk grown by the overlap; keep provisional ids 1..n for
     the objects of the chunk's own voxels (unique across its time points); returns n.
 
@@ -188,7 +189,7 @@ def run_segment(root: str, stage: Stage, task: ChunkTask, extra: Any, common: di
     return count
 
 
-def run_match(root: str, stage: Stage, task: ChunkTask, bases: dict, common: dict) -> np.ndarray:
+def run_match(root: Where, stage: Stage, task: ChunkTask, bases: dict, common: dict) -> np.ndarray:
     """Pairs of provisional ids that are one object across this chunk's upper borders:
     per axis, this chunk's band around the border against the upper neighbour's view of
     the same band (adjacent faces in the face array), matched by IoU."""
@@ -209,7 +210,9 @@ def run_match(root: str, stage: Stage, task: ChunkTask, bases: dict, common: dic
     return np.unique(np.concatenate(found), axis=0)
 
 
-def run_relabel(root: str, stage: Stage, task: ChunkTask, table: RelabelTable, common: dict) -> int:
+def run_relabel(
+    root: Where, stage: Stage, task: ChunkTask, table: RelabelTable, common: dict
+) -> int:
     assert stage.source is not None and stage.target is not None
     write, table = task.write, table.table()
     local = read_source(root, stage.source, write)

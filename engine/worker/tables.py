@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.core.errors import EngineError
 from engine.core.grid import ChunkTask
+from engine.io.location import Where
 from engine.worker.chain import chain_output, read_source, time_slices
 from tasks import OPS
 from tasks.classifier import (
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from engine.worker.driver import Driver
 
 
-def run_measure(root: str, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> dict:
+def run_measure(root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> dict:
     """Partial measurements of one chunk: per label, count, coordinate sums, bbox and
     intensity sum/min/max (tasks/measure.py), in global pixel coordinates of the level.
 
@@ -56,7 +57,9 @@ def run_measure(root: str, stage: Stage, task: ChunkTask, extra: Any, common: di
     return combine_partials(parts)
 
 
-def run_train(root: str, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> Samples | None:
+def run_train(
+    root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict
+) -> Samples | None:
     """Training samples of one chunk: the features of its annotated voxels (the chain's
     last link maps a block to features, with their halo), their classes and global voxel
     indices, capped per class (tasks/classifier.py)."""
@@ -96,7 +99,7 @@ def _train_params(stage: Stage) -> Any:
     return OPS[link.op].params.model_validate(link.params)
 
 
-def run_evaluate(root: str, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> Counts:
+def run_evaluate(root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> Counts:
     """The contingency table of one chunk: the label output (`stage.labels`) against the
     reference (`stage.source`), both read over the chunk's write box."""
     assert stage.labels is not None and stage.source is not None
@@ -127,7 +130,12 @@ def combine_train(driver: Driver, stage: Stage) -> None:
     parts = driver.collect(stage.name)[0]
     started = time.perf_counter()
     samples = combine_training(stage, parts)
+    # the fit takes seconds (10 s for 50 trees on the sample's scribbles) after the
+    # chunks' bar completes: a bar of its own shows it running, with its time
+    fitted = driver.progress(f"{stage.step}/fit", 1) if driver.progress else None
     driver.models[stage.step] = driver.on_worker(fit_model, stage, samples)
+    if fitted is not None:
+        fitted(1)
     driver.merge_stats[stage.step] = {
         "samples": len(samples.classes),
         "sample_bytes": samples.features.nbytes,

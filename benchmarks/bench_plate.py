@@ -1,0 +1,182 @@
+"""Benchmark: a plate in one run, against one run per field, against scipy per field.
+
+Not a test. Writes an HCS plate with ngio (rows x columns wells, `--fields` fields each,
+2D uint16 nuclei images of `--shape`, chunks 1x512x512), then times, as a user runs them:
+
+1. `ngff-engine run configs/nuclei-measure.yaml --input plate.zarr` (one run, one
+   cluster, every field; a plate-level table at the end);
+2. the same command once per field (`--input plate.zarr/B/03/0`), on a copy of the plate:
+   a shell loop, one cluster start per field;
+3. scipy + scikit-image per field in one process (gaussian_filter, threshold_otsu,
+   ndimage.label, regionprops_table), as a user would without the engine.
+
+and checks that each field's engine labels equal scipy's as a partition. Prints a table
+and writes JSON. Full size (the issue's benchmark): 4x6 wells, 2 fields of 2048x2048:
+
+    python benchmarks/bench_plate.py --rows 4 --columns 6 --fields 2 --shape 2048,2048
+
+A tiny plate checks the script itself in a minute:
+
+    python benchmarks/bench_plate.py --rows 2 --columns 2 --fields 2 --shape 256,256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "nuclei-measure.yaml"
+PROPS = ("label", "area", "centroid", "bbox", "intensity_mean", "intensity_min", "intensity_max")
+
+
+def write_plate(path: Path, rows: int, columns: int, fields: int, shape: tuple[int, int]) -> list:
+    """An ngio plate of nuclei images; returns the field paths (`B/03/0`, ...)."""
+    from ngio import ImageInWellPath, create_empty_plate, create_ome_zarr_from_array
+
+    from engine.io.sample_image import make_nuclei
+
+    keys = [
+        (string.ascii_uppercase[1 + r], f"{3 + 2 * c:02d}", str(f))
+        for r in range(rows)
+        for c in range(columns)
+        for f in range(fields)
+    ]
+    images = [ImageInWellPath(row=r, column=c, path=f) for r, c, f in keys]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        create_empty_plate(str(path), name="bench", images=images, ngff_version="0.4")
+        for k, (r, c, f) in enumerate(keys):
+            data = make_nuclei(shape, seed=k).image[None]
+            create_ome_zarr_from_array(
+                store=str(path / r / c / f),
+                array=data,
+                pixelsize=0.5,
+                axes_names="cyx",
+                ngff_version="0.4",
+                levels=3,
+                chunks=(1, 512, 512),
+                consolidation_mode="auto",
+                overwrite=True,
+            )
+    return [f"{r}/{c}/{f}" for r, c, f in keys]
+
+
+def engine_cmd(target: Path, workers: int) -> list[str]:
+    return [
+        sys.executable, "-m", "engine", "run", str(CONFIG), "--input", str(target),
+        "--workers", str(workers), "--quiet", "--json",
+    ]  # fmt: skip
+
+
+def timed(cmd: list[str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def scipy_fields(plate: Path, fields: list[str]) -> tuple[float, dict[str, np.ndarray]]:
+    """Every field in one process, one after the other; returns (seconds, labels)."""
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+    from skimage.measure import regionprops_table
+
+    labels = {}
+    started = time.perf_counter()
+    for key in fields:
+        image = zarr.open_array(str(plate / key / "0"), mode="r")[0]
+        smooth = ndimage.gaussian_filter(image.astype(np.float32), 2.0)
+        found, _ = ndimage.label(smooth > threshold_otsu(smooth))
+        regionprops_table(found, intensity_image=image, properties=PROPS)
+        labels[key] = found
+    return time.perf_counter() - started, labels
+
+
+def engine_labels(field: Path) -> np.ndarray:
+    from engine.io.metadata import read_image
+
+    level = read_image(field / "labels/nuclei", validate=False).levels[0].path
+    labels = np.asarray(zarr.open_array(str(field / "labels/nuclei" / level), mode="r"))
+    return labels.reshape(labels.shape[-2:])  # (y, x): the label image may keep a c axis
+
+
+def partition_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
+        return False
+    fg = a != 0
+    x, y = a[fg].astype(np.int64), b[fg].astype(np.int64)
+    forward = np.zeros(x.max(initial=0) + 1, dtype=np.int64)
+    forward[x] = y
+    backward = np.zeros(y.max(initial=0) + 1, dtype=np.int64)
+    backward[y] = x
+    return bool((forward[x] == y).all() and (backward[y] == x).all())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=4)
+    parser.add_argument("--columns", type=int, default=6)
+    parser.add_argument("--fields", type=int, default=2)
+    parser.add_argument("--shape", default="2048,2048")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default=None, help="JSON results file")
+    parser.add_argument("--tmp", default=None, help="folder for the plates (default: a temp dir)")
+    args = parser.parse_args()
+    shape = tuple(int(s) for s in args.shape.split(","))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-plate-", dir=args.tmp))
+    try:
+        plate = tmp / "plate.zarr"
+        started = time.perf_counter()
+        fields = write_plate(plate, args.rows, args.columns, args.fields, shape)
+        write_s = time.perf_counter() - started
+        loop_plate = tmp / "loop.zarr"
+        shutil.copytree(plate, loop_plate)
+
+        plate_s = timed(engine_cmd(plate, args.workers))
+        print(f"plate run: {plate_s:.1f} s", flush=True)
+        loop_s = sum(timed(engine_cmd(loop_plate / key, args.workers)) for key in fields)
+        print(f"loop of {len(fields)} runs: {loop_s:.1f} s", flush=True)
+        scipy_s, expected = scipy_fields(plate, fields)
+        equal = all(partition_equal(engine_labels(plate / k), expected[k]) for k in fields)
+        import anndata
+
+        table = anndata.read_zarr(str(plate / "tables/nuclei_stats"))
+        objects = sum(int(v.max()) for v in expected.values())
+        results = {
+            "plate": f"{args.rows}x{args.columns} wells x {args.fields} fields of {shape}",
+            "fields": len(fields),
+            "write_plate_s": round(write_s, 2),
+            "engine_plate_run_s": round(plate_s, 2),
+            "engine_loop_of_runs_s": round(loop_s, 2),
+            "scipy_per_field_s": round(scipy_s, 2),
+            "plate_over_scipy": round(plate_s / scipy_s, 2),
+            "loop_over_plate": round(loop_s / plate_s, 2),
+            "labels_equal": equal,
+            "plate_table_rows": len(table),
+            "objects": objects,
+            "workers": args.workers,
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        print(f"{key:<{width}}  {value}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""Runs over several units of work: the images of a plate (a well, a list or glob of
+images) and the ROIs of an ROI table, on one cluster started once.
+
+`run` is the public entry point: one image and one ROI go straight to
+engine/runs/runner.py; a collection or `roi_table` becomes a list of units (image, ROI),
+all planned and checked before anything is written (a bad config, ROI or output
+conflict in any image refuses the whole run), then run on one scheduler
+(engine/execute/cluster.py `shared_scheduler`), `parallel` images at a time.
+
+Per unit the run is exactly a single-image run on that image and ROI, so outputs land
+in each image as a single run writes them, halos are read from the image around each
+ROI, and reductions (Otsu, percentiles) are per unit: per image, per ROI. The second
+and later ROIs of an image add to its outputs as `--update` does: inside their ROI only,
+label ids after the output's largest, table rows merged. Overlapping ROIs are refused
+unless `roi_overlap` says which wins ("last": later rows overwrite earlier ones where
+they overlap; "first": the reverse). Measurement tables get an obs column `roi` (the
+ROI each object came from); a plate run also writes each table at the plate root with
+`well` and `field` columns (engine/io/plates.py). A unit that fails does not stop the
+others; the error raised at the end names every failed image (and ROI), and their
+finished work stays on disk.
+
+`reduce_over: plate` / `reduce_over: image` on a threshold step: one value over every
+unit, or over each image's units (engine/runs/reduce_over.py).
+
+Not (yet) one interleaved plan: each unit is its own run (plan, lock, run record);
+images run two at a time (`parallel`), an image's own ROIs one after the other.
+
+Masking ROI tables (`type: masking_roi_table`): one unit per object, its bounding box as
+the ROI; engine/io/masking.py keeps the unit's result only inside the object's mask and
+puts back the outputs' earlier voxels elsewhere in the box (label and image outputs at
+level 0; tables refused, as their rows would measure the whole box).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.core.errors import ConfigError, EngineError
+from engine.core.pipeline import Pipeline, RoiSpec
+from engine.execute.cluster import ClusterArg, shared_scheduler
+from engine.io.location import Workspace
+from engine.io.masking import MaskedWrite
+from engine.io.metadata import read_image
+from engine.io.plates import FieldImage, collection_images, is_collection, write_plate_table
+from engine.io.roi_tables import read_rois, roi_table_names
+from engine.io.rois import UserRoi, table_rois, user_roi
+from engine.io.tables import obs_column, read_table, set_row_names, table_path
+from engine.runs import runner
+from engine.runs.outputs import check_output
+from engine.runs.planning import make_plan
+from engine.runs.reduce_over import shared_values
+from engine.runs.result import RunResult
+from engine.runs.work_unit import Unit
+
+ROI_COLUMN = "roi"
+# Images run side by side on the one cluster (an image's own ROIs one after the other).
+# A unit's stages wait on each other (a 256x256 field: 8 stages, 3 to 5 s, mostly
+# waiting), so two images at once keep the workers busier: 8 such fields on 2 workers
+# took 29.3 s one at a time, 19.7 s two at a time, 19.1 s four at a time (load ~12).
+PARALLEL = 2
+
+
+@dataclass
+class UnitsResult:
+    """What a run over several units gives back: each unit's result, the failures, and
+    the plate-level tables written."""
+
+    results: list[tuple[Unit, RunResult]]
+    failed: list[tuple[Unit, str]] = field(default_factory=list)
+    plate_tables: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    reduced: dict[str, dict[str, float]] = field(default_factory=dict)  # reduce_over values
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Objects per label output, summed over the units."""
+        total: dict[str, int] = {}
+        for _, result in self.results:
+            for name, count in result.labels.items():
+                total[name] = total.get(name, 0) + count
+        return total
+
+    @property
+    def tasks_done(self) -> int:
+        return sum(r.tasks_done for _, r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "units": [
+                {
+                    "image": u.image.path,
+                    "well": u.image.well,
+                    "field": u.image.field,
+                    "roi": u.roi_name,
+                    **r.to_json(),
+                }
+                for u, r in self.results
+            ],
+            "failed": [
+                {"unit": u.label, "image": u.image.path, "error": e} for u, e in self.failed
+            ],
+            "plate_tables": self.plate_tables,
+            "reduced": self.reduced,
+            "objects": self.labels,
+            "tasks_done": self.tasks_done,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class UnitsFailed(EngineError):
+    """Some units failed; `result` holds the others' (finished, on disk) results."""
+
+    def __init__(self, message: str, result: UnitsResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def run(
+    pipeline: Pipeline,
+    input: str | Path | Sequence[str] | None = None,
+    roi: UserRoi = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    update: bool = False,
+    scheduler: str | None = None,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    cluster: ClusterArg = None,
+    resume: bool = False,
+    retries: int = runner.RETRIES,
+    priority_roi: str | RoiSpec | dict | None = None,
+    announce: Callable[[str], None] | None = None,
+    roi_table: str | None = None,
+    wells: Sequence[str] | None = None,
+    fields: Sequence[str] | None = None,
+    roi_overlap: str = "refuse",
+    parallel: int = PARALLEL,
+    warm: bool | None = None,
+    idle_timeout: float | None = None,
+    output: str | Path | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> RunResult | UnitsResult:
+    """Run a pipeline on an image, or on every selected image of a plate, a well or a
+    list/glob of images (`wells=["B03"]`, `fields=["0"]`), or once per ROI of the ROI
+    table `roi_table` of each image (`roi=` naming an ROI table, not an ROI, does the
+    same); see the module docstring. One image and no ROI table: exactly
+    engine/runs/runner.py `run`, returning its RunResult."""
+    source = input if input is not None else pipeline.input
+    table = roi_table if roi_table is not None else pipeline.roi_table
+    if table is None and _names_a_table(pipeline, roi, source):
+        table, roi = str(roi), None  # `roi="FOV_ROI_table"`: every ROI of that table
+    if not is_collection(source) and table is None and not wells and not fields:
+        return runner.run(
+            pipeline, source, roi, workers, overwrite, update, scheduler, progress,
+            cluster, resume, retries, priority_roi, announce, warm, idle_timeout,
+            output, storage_options,
+        )  # fmt: skip
+    if output is not None or pipeline.output_store is not None:
+        raise ConfigError(
+            "an output store holds one image's outputs: --output (output_store:) is for a "
+            "run on one image"
+        )
+    if resume:
+        raise ConfigError("--resume continues one image's run; resume each image on its own")
+    if overwrite and update:
+        raise ConfigError("--overwrite and --update exclude each other")
+    if source is None:
+        raise ConfigError("no input image: set 'input' in the config or pass --input")
+    images = collection_images(source, wells, fields)
+    units = plan_units(pipeline, images, roi, table, roi_overlap)
+    check_units(pipeline, units, overwrite, update)
+    started = time.perf_counter()
+    result = UnitsResult([])
+    seen_rows: dict[tuple[str, str], dict[str, str]] = {}  # (image, table) -> row -> roi
+    tables = [s.output.name for s in pipeline.steps if s.output and s.output.kind == "table"]
+    with shared_scheduler(
+        workers, scheduler, cluster, pipeline.cluster, warm, idle_timeout
+    ) as address:
+        if announce is not None:
+            announce(f"{len(units)} units ({len(images)} images) on the scheduler {address}")
+
+        def run_one(pipe: Pipeline, unit: Unit, first: bool) -> RunResult:
+            return runner.run(
+                pipe,
+                unit.image.path,
+                unit.roi,
+                overwrite=overwrite and first,
+                update=update or not first,
+                scheduler=address,
+                progress=progress,
+                retries=retries,
+                priority_roi=priority_roi,
+            )
+
+        pipeline_for, result.reduced = shared_values(pipeline, units, run_one)
+
+        def run_image(group: list[Unit]) -> list[tuple[Unit, RunResult | str]]:
+            """One image's units, in order (later ROIs add to the earlier's outputs)."""
+            done: list[tuple[Unit, RunResult | str]] = []
+            for k, unit in enumerate(group):
+                masked = _masked_write(pipeline, unit)
+                try:
+                    if masked is not None:
+                        masked.before()
+                    one = run_one(pipeline_for(unit), unit, k == 0)
+                    if masked is not None:
+                        masked.after()
+                except EngineError as exc:
+                    done.append((unit, str(exc)))
+                    continue
+                except Exception as exc:  # noqa: BLE001 (one failure must not end the rest)
+                    done.append((unit, f"{type(exc).__name__}: {exc}"))
+                    continue
+                done.append((unit, one))
+                if unit.roi_name is not None:
+                    _note_rows(unit, tables, seen_rows)
+            return done
+
+        groups: dict[str, list[Unit]] = {}
+        for unit in units:
+            groups.setdefault(unit.image.path, []).append(unit)
+        with ThreadPoolExecutor(max(1, min(parallel, len(groups)))) as pool:
+            for done in pool.map(run_image, groups.values()):
+                for unit, outcome in done:
+                    if isinstance(outcome, str):
+                        result.failed.append((unit, outcome))
+                    else:
+                        result.results.append((unit, outcome))
+    for (image, name), rows in seen_rows.items():
+        set_row_names(image, name, ROI_COLUMN, rows)
+    result.plate_tables = _plate_tables(result, tables)
+    result.seconds = time.perf_counter() - started
+    if result.failed:
+        lines = "; ".join(f"{u.label} ({u.image.path}): {e}" for u, e in result.failed)
+        raise UnitsFailed(
+            f"{len(result.failed)} of {len(units)} units failed (the others' outputs are "
+            f"written): {lines}",
+            result,
+        )
+    return result
+
+
+def _names_a_table(pipeline: Pipeline, roi: UserRoi, source: Any) -> bool:
+    """An ROI given by a name that is no config ROI but an ROI table of the (first) image."""
+    if not isinstance(roi, str) or ":" in roi or roi in pipeline.rois or source is None:
+        return False
+    try:
+        first = collection_images(source)[0].path
+    except EngineError:
+        return False
+    return roi in roi_table_names(first) and roi not in read_rois(first)
+
+
+def plan_units(
+    pipeline: Pipeline,
+    images: list[FieldImage],
+    roi: UserRoi,
+    table: str | None,
+    overlap: str = "refuse",
+) -> list[Unit]:
+    """The units of a run, in order: per image, its ROIs of `table` (or `roi`)."""
+    if table is not None and roi is not None:
+        raise ConfigError("--roi and --roi-table exclude each other: give one")
+    level = min({s.input_ref.level for s in pipeline.steps if s.source == "image"} or {0})
+    units = []
+    for image in images:
+        meta = read_image(image.path)
+        c = meta.channel_axis
+        if table is None:
+            units.append(Unit(image, roi, None, None, user_roi(roi, meta, level, pipeline), c))
+            continue
+        for name, spec, box, mask in table_rois(meta, table, level, overlap):
+            units.append(Unit(image, spec, name, mask, box, c))
+    if any(u.mask for u in units):
+        _check_masking(pipeline, level)
+    return units
+
+
+def _check_masking(pipeline: Pipeline, level: int) -> None:
+    """What a masked run can do: label and image outputs at level 0, no tables (their
+    rows would measure the whole box, not the object's mask)."""
+    if level != 0:
+        raise ConfigError("a masking ROI table needs the steps to read the image at level 0")
+    for step in pipeline.steps:
+        if step.output is not None and step.output.kind not in ("label", "image"):
+            raise ConfigError(
+                f"step '{step.name}': a {step.output.kind} output is not written per masked "
+                "object; with a masking ROI table, outputs are label and image outputs only"
+            )
+
+
+def check_units(pipeline: Pipeline, units: list[Unit], overwrite: bool, update: bool) -> None:
+    """Refuse before anything is written: every unit plans (its image, ROI and config are
+    sound), and the outputs of each image's first unit may be written as asked."""
+    first: set[str] = set()
+    for unit in units:
+        try:
+            meta, plan = make_plan(pipeline, unit.image.path, unit.roi, overwrite=overwrite)
+        except EngineError as exc:
+            raise type(exc)(f"{unit.label}: {exc}") from None
+        if unit.image.path in first:
+            continue
+        first.add(unit.image.path)
+        for out in plan.outputs:
+            try:
+                check_output(Workspace.of(meta.location), out, overwrite, update)
+            except EngineError as exc:
+                raise type(exc)(f"{unit.label}: {exc}") from None
+
+
+def _masked_write(pipeline: Pipeline, unit: Unit) -> MaskedWrite | None:
+    if unit.mask is None or unit.box is None:
+        return None
+    outputs = [
+        f"{'labels' if s.output.kind == 'label' else 'results'}/{s.output.name}"
+        for s in pipeline.steps
+        if s.output is not None
+    ]
+    return MaskedWrite(unit.image.path, unit.mask[0], unit.mask[1], unit.box, outputs)
+
+
+def _note_rows(unit: Unit, tables: list[str], seen: dict[tuple[str, str], dict[str, str]]) -> None:
+    """Rows a unit added to the image's tables belong to its ROI."""
+    for name in tables:
+        path = table_path(unit.image.path, name)
+        if not path.exists():
+            continue
+        rows = seen.setdefault((unit.image.path, name), {})
+        labels, _, _ = read_table(path)
+        for label in labels:
+            rows.setdefault(str(int(label)), str(unit.roi_name))
+
+
+def _plate_tables(result: UnitsResult, tables: list[str]) -> dict[str, str]:
+    """Each table of a plate's fields, gathered at the plate root."""
+    plates = {u.image.plate for u, _ in result.results}
+    if not tables or len(plates) != 1 or None in plates:
+        return {}
+    plate = str(plates.pop())
+    written = {}
+    images = list(dict.fromkeys(u.image for u, _ in result.results))
+    for name in tables:
+        rows = []
+        for image in images:
+            path = table_path(image.path, name)
+            if not path.exists():
+                continue
+            labels, columns, values = read_table(path)
+            rows.append((image, labels, columns, values, obs_column(image.path, name, ROI_COLUMN)))
+        if rows:
+            written[name] = write_plate_table(plate, name, rows)
+    return written
