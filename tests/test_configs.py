@@ -46,7 +46,7 @@ def box(start: tuple[int, ...], stop: tuple[int, ...], tasks: int) -> tuple:
 WHOLE = ((0, 0, 0), SHAPE)
 TRAIN = ((0, 0, 0), (128, 256, 256))  # the sample's ROI table: y and x halves
 TEST = ((0, 256, 256), (128, 512, 512))
-PREVIEW = ((0, 100, 40), (64, 356, 296))  # pixels, as in the config
+PREVIEW = ((0, 64, 64), (64, 192, 192))  # pixels, as in the config
 ORGANOID = ((5, 100, 40), (30, 240, 180))  # micrometers / the sample's spacing (1, 0.5, 0.5)
 
 # gaussian -> Otsu (two passes over the ROI) -> connected components stitched across chunks
@@ -83,7 +83,7 @@ EXPECTED = {
         STANDARD_CHAINS,
         {
             None: box(*WHOLE, 44),
-            "preview": box(*PREVIEW, 22),
+            "preview": box(*PREVIEW, 7),
             "organoid": box(*ORGANOID, 7),
             "train": box(*TRAIN, 14),
             "test": box(*TEST, 14),
@@ -113,7 +113,7 @@ EXPECTED = {
             "nuclei/segment": [OTSU, ("instance", (12, 12, 12), WATERSHED)],
             "nuclei/match": [("instance", (12, 12, 12), WATERSHED)],
         },
-        {None: box(*WHOLE, 44), "preview": box(*PREVIEW, 22)},
+        {None: box(*WHOLE, 44), "preview": box(*PREVIEW, 7)},
     ),
     "nuclei-train.yaml": Expected(
         [("train/train", "train")],

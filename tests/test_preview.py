@@ -163,10 +163,10 @@ def test_comparison_colours_match_a_hand_computed_answer(
     """A 2D image, labels A against reference B, by hand:
     A1 = B5 exactly (true positive); A2 alone (false positive); B7 alone (false negative);
     A3 (4x4) holds B9 (2x2): IoU 4/16 < 0.5, so A3 a false positive and B9 a false negative."""
-    from tests.test_evaluate import add_labels
+    from conftest import write_image
+    from test_tables_evaluate import add_labels
 
     from engine.io.preview import FALSE_NEGATIVE, FALSE_POSITIVE, TRUE_POSITIVE
-    from tests.conftest import write_image
 
     image = write_image(
         tmp_path / "tiny.zarr", np.full((12, 16), 100, np.uint16), (12, 16), levels=1
