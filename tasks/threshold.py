@@ -123,7 +123,7 @@ OTSU = Reduction(passes=2, map=_map, combine=_combine, finish=_finish)
 # iteration is finished exactly on them in float64 (`li_refined`), giving the exact
 # float64 fixed point of Li's update. scikit-image computes its means in float32 and
 # stops at a tolerance, so on floats the two differ slightly. Measured: on 2,400 samples
-# of 5,000 values (tests/test_thresholds.py draws from the same kinds) at most 7e-7 of
+# of 5,000 values (tests/test_ops_thresholds.py draws from the same kinds) at most 7e-7 of
 # the data range, identical masks; on 120 volumes of 32,000 voxels at most 2.3e-5 of the
 # range (4 voxels on the other side), where scikit-image stopped short of the fixed point,
 # and once two fixed points one voxel apart, where the engine's iteration (started from

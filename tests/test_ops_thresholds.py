@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zarr
 from conftest import blobs, write_image
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 from skimage.filters import threshold_li
@@ -59,6 +59,7 @@ SAMPLES = (
 @given(
     *SAMPLES,
 )
+@example(54862, np.float32, 1, [])  # two fixed points of Li's update, 2 voxels apart
 def test_li_equals_skimage_on_the_whole(seed, dtype, kind, splits):
     data = sample(seed, dtype, kind)
     got = by_blocks(LI, ThresholdParams(method="li"), data, sorted(splits))["value"]
@@ -67,9 +68,25 @@ def test_li_equals_skimage_on_the_whole(seed, dtype, kind, splits):
         assert got == want  # bit-identical: the exact histogram and skimage's arithmetic
     else:
         # floats: documented tolerance (tasks/threshold.py), measured on these samples
-        assert abs(got - want) <= 1e-5 * (float(data.max()) - float(data.min()))
         between = np.count_nonzero((data > min(got, want)) & (data <= max(got, want)))
-        assert between <= 1
+        if abs(got - want) > 1e-5 * (float(data.max()) - float(data.min())):
+            # Li's update can have two fixed points a voxel or two apart: scikit-image's
+            # float32 iteration and the engine's float64 one may settle on different ones
+            # (seed 54862 below); the engine's is then an exact fixed point
+            assert is_li_fixed_point(data, got) and between <= 2
+        else:
+            assert between <= 1
+
+
+def is_li_fixed_point(data: np.ndarray, threshold: float) -> bool:
+    """Li's update (float64, on the data less its minimum, as scikit-image shifts it) maps
+    `threshold` to a value that splits the data the same way."""
+    low = float(data.min())
+    values = np.sort(data.astype(np.float64).ravel()) - low
+    t = threshold - low
+    back, fore = values[values <= t].mean(), values[values > t].mean()
+    update = (back - fore) / (np.log(back) - np.log(fore))
+    return np.searchsorted(values, update, "right") == np.searchsorted(values, t, "right")
 
 
 @settings(max_examples=60, deadline=None)
