@@ -7,20 +7,12 @@ import argparse
 from typing import Any
 
 from engine.cli import transfer
+from engine.cli.arguments import ints
 from engine.core.version import __version__
 
 
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not a comma-separated list of integers"
-        ) from None
 
 
 ROI_HELP = (
@@ -39,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="write a synthetic 3D nuclei image with true labels")
     p.add_argument("out", help="path of the new .zarr")
-    p.add_argument("--shape", type=_ints, default=(128, 512, 512), help="Z,Y,X or Y,X")
-    p.add_argument("--chunks", type=_ints, default=None, help="chunk sizes, as --shape")
+    p.add_argument("--shape", type=ints, default=(128, 512, 512), help="Z,Y,X or Y,X")
+    p.add_argument("--chunks", type=ints, default=None, help="chunk sizes, as --shape")
     p.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5")
     p.add_argument("--seed", type=int, default=0)
 

@@ -22,19 +22,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from engine.cli.arguments import ints
 from engine.core.errors import ConfigError
 
 console = Console(stderr=True)
 out = Console()
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not a comma-separated list of integers"
-        ) from None
 
 
 def add_parsers(
@@ -54,9 +46,9 @@ def add_parsers(
     p.add_argument("out", help="the new OME-Zarr image (.zarr)")
     p.add_argument("--ngff", choices=["0.4", "0.5"], default="0.5")
     p.add_argument(
-        "--chunks", type=_ints, default=None, help="per output axis (t,c,z,y,x order, present ones)"
+        "--chunks", type=ints, default=None, help="per output axis (t,c,z,y,x order, present ones)"
     )
-    p.add_argument("--shards", type=_ints, default=None, help="as --chunks; NGFF 0.5 only")
+    p.add_argument("--shards", type=ints, default=None, help="as --chunks; NGFF 0.5 only")
     p.add_argument("--levels", type=int, default=3, help="pyramid levels (default 3)")
     p.add_argument("--series", type=int, default=None, help="which image of a multi-image TIFF")
     p.add_argument("--dataset", default=None, help="HDF5 dataset path, e.g. t00000/s00/0/cells")
