@@ -1,34 +1,96 @@
-"""What an "import" chunk task does on a worker: read its box of the source, write it.
+"""What an "import" chunk task does on a worker: read its box of the source, write it to
+s0, and write the levels the plan fuses into the import (engine/plan/importing.py) from
+the block it holds.
 
 The source is opened once per worker process from its spec (engine/io/sources), so a
-task costs one box read and one write; the box is the task's write box (whole chunks or
-shards of s0, engine/plan/importing.py), so no two tasks write the same chunk. The spec
-travels as each task's extra: the same object for every task of a batch, which pickle
-sends once per batch.
+task costs one box read and its writes; the box covers whole write units (chunks or
+shards) of every level the task writes, so no two tasks write the same chunk. What a
+task gets (`ImportWork`: the spec and the fused levels) is the same object for every
+task of a batch, which pickle sends once per batch.
+
+The fused levels are computed slab by slab along the first axis (slabs a multiple of
+every fused level's factor along it, so each is the same block mean as the whole block:
+the blocks of a level never straddle a slab). Measured on a 64x1024x1024 uint16 block
+halved twice in y and x: the whole block at once holds 390 MiB of temporaries (uint32
+sums and float32 copies of the first level), slabs of 8 planes about 50 MiB, in the same
+time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from engine.core import cpu
+from engine.core.geometry import Roi
 from engine.core.grid import ChunkTask
-from engine.io.arrays import write_target
+from engine.io.arrays import write_chunks
+from engine.io.downsample import block_mean
 from engine.io.sources import SourceSpec, open_source
 
 if TYPE_CHECKING:
     from engine.plan.types import Stage
     from engine.worker.driver import Driver
 
+SLAB_BYTES = 16 * 1024**2  # s0 bytes downsampled at once
 
-def run_import(root: str, stage: Stage, task: ChunkTask, spec: SourceSpec, common: dict) -> int:
+
+@dataclass(frozen=True)
+class ImportWork:
+    spec: SourceSpec
+    # per level written after s0: its array path and its factors from the level below
+    fused: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+
+def run_import(root: str, stage: Stage, task: ChunkTask, work: Any, common: dict) -> int:
     assert stage.target is not None
-    data = open_source(spec, check=False).read(task.write.to_slices())
-    write_target(root, stage.target, task.write, data)
-    return task.write.size
+    if isinstance(work, SourceSpec):  # a batch queued by an older driver
+        work = ImportWork(work)
+    box = task.read  # the s0 box (task.write is the same box, or at the last fused level)
+    data = open_source(work.spec, check=False).read(box.to_slices())
+    write_chunks(root, stage.target, Roi(box.start, box.stop, 0), data)
+    if work.fused:
+        write_levels(root, box, data, work.fused)
+    return task.read.size
+
+
+def write_levels(
+    root: str, box: Roi, data: np.ndarray, fused: tuple[tuple[str, tuple[int, ...]], ...]
+) -> None:
+    """Each fused level of the s0 `box` (whose start is a multiple of every level's
+    factors from s0), computed from `data` slab by slab, then written."""
+    total = [1] * data.ndim
+    outs = []
+    for _, factors in fused:
+        total = [t * f for t, f in zip(total, factors, strict=True)]
+        shape = tuple(-(-n // t) for n, t in zip(data.shape, total, strict=True))
+        outs.append(np.empty(shape, data.dtype))
+    step0 = total[0]  # a slab is a multiple of every level's cumulative factor on axis 0
+    plane = data.nbytes // max(1, data.shape[0])
+    slab = max(step0, SLAB_BYTES // max(1, plane) // step0 * step0)
+    before = cpu.switch(cpu.COMPUTE)
+    try:
+        for z in range(0, data.shape[0], slab):
+            level = data[z : z + slab]
+            at = z
+            for out, (_, factors) in zip(outs, fused, strict=True):
+                level = block_mean(level, factors)
+                at //= factors[0]
+                out[at : at + level.shape[0]] = level
+    finally:
+        cpu.switch(before)
+    total = [1] * data.ndim
+    for k, (out, (path, factors)) in enumerate(zip(outs, fused, strict=True), start=1):
+        total = [t * f for t, f in zip(total, factors, strict=True)]
+        start = tuple(s // t for s, t in zip(box.start, total, strict=True))
+        stop = tuple(a + n for a, n in zip(start, out.shape, strict=True))
+        write_chunks(root, path, Roi(start, stop, k), out)
 
 
 def source_of(driver: Driver, stage: Stage) -> Callable[[int], Any]:
-    """Driver side: every task gets the plan's source spec."""
-    spec = driver.plan.extra["source"]
-    return lambda position: spec
+    """Driver side: every task gets the plan's source spec and the fused levels."""
+    work = ImportWork(driver.plan.extra["source"], tuple(driver.plan.extra.get("fused", ())))
+    return lambda position: work
