@@ -53,7 +53,7 @@ from tasks.spec import LENGTH_UNITS_IN_MICROMETER
 STEP = "import"
 TASK_BUDGET_BYTES = 256 * 1024**2  # most a task reads to avoid decoding a source unit twice
 FUSED_BUDGET_BYTES = 128 * 1024**2  # most an s0 block grows to write more levels at once
-MIN_TASKS = 8  # a fused level must leave this many import tasks (or as many as without it)
+MIN_TASKS = 4  # a fused level must leave this many import tasks (or as many as without it)
 DEFAULT_CHUNKS = {"t": 1, "c": 1, "z": 64, "y": 256, "x": 256}
 AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 

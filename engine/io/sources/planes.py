@@ -178,19 +178,26 @@ class PlaneSource:
         box = tuple(box)
         ranges = [range(*s.indices(n)) for s, n in zip(box, self.info.shape, strict=True)]
         out = np.empty(tuple(len(r) for r in ranges), self.dtype.newbyteorder("="))
+        self.read_into(box, out)
+        return out
+
+    def read_into(self, box: Sequence[slice], out: np.ndarray) -> None:
+        """`read(box)` into `out`: each plane's box straight from its file into its place."""
+        box = tuple(box)
+        ranges = [range(*s.indices(n)) for s, n in zip(box, self.info.shape, strict=True)]
         grid_at = [self.axes.index(a) for a in self.grid_axes]
         yx = box[-2:]
         native = (*yx, box[self.axes.index("c")]) if self.rgb else yx
         for key in itertools.product(*(ranges[i] for i in grid_at)):
             position = int(np.ravel_multi_index(key, self.spec.grid))
-            plane = _plane_reader(self.files[position]).read(native)
-            if self.rgb:
-                plane = np.moveaxis(plane, -1, 0)
             where: list = [slice(None)] * out.ndim
             for i, k in zip(grid_at, key, strict=True):
                 where[i] = k - ranges[i].start
-            out[tuple(where)] = plane
-        return out
+            reader = _plane_reader(self.files[position])
+            if self.rgb:
+                out[tuple(where)] = np.moveaxis(reader.read(native), -1, 0)
+            else:
+                reader.read_into(native, out[tuple(where)])
 
 
 @functools.lru_cache(maxsize=64)
