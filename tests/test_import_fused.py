@@ -158,3 +158,25 @@ def test_block_mean_of_slabs_is_that_of_the_block() -> None:
     np.testing.assert_array_equal(outs["s1"][1], s1)
     np.testing.assert_array_equal(outs["s2"][1], block_mean(s1, (2, 2, 2)))
     assert outs["s2"][0] == Roi((0, 0, 0), (3, 5, 6), 2)
+
+
+def test_connecting_starts_the_cluster_beside_the_caller() -> None:
+    """The import's cluster starts in a thread while the source is checked: its client
+    works from the caller's thread, the `with` stops it, a start error is raised where
+    the client is asked for."""
+    import threading
+
+    import pytest
+
+    from engine.core.errors import EngineError
+    from engine.execute.cluster import Connecting
+
+    pending = Connecting(workers=1)
+    assert any(t.name == "connecting" for t in threading.enumerate())
+    with pending as client:
+        assert client.submit(sum, [1, 2], pure=False).result() == 3
+    assert client.status == "closed"
+    assert not any(t.name == "connecting" for t in threading.enumerate())
+    with pytest.raises(EngineError, match="--workers must be at least 1"):
+        with Connecting(workers=-1):
+            pass
