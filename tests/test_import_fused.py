@@ -45,6 +45,7 @@ def test_the_plan_fuses_levels_while_blocks_fit_and_workers_stay_busy() -> None:
     assert task.read == Roi((0, 0, 0), (64, 1024, 1024), 0)
     assert task.write == Roi((0, 0, 0), (64, 256, 256), 2)
     assert plan.extra["fused"] == (("s1", (1, 2, 2)), ("s2", (1, 2, 2)))
+    assert plan.extra["piece"] == (64, 256, 1024)  # read a quarter of the block at once
     assert task.read.size * 2 <= FUSED_BUDGET_BYTES
 
     specs, plan = plan_for((64, 1024, 1024), (64, 256, 256), 3)

@@ -153,9 +153,8 @@ def write_target(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
 def write_chunks(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
     """Write a box made of whole chunks (those at the array's end clipped to it), each
     straight to its chunk file when the array allows, else the box through zarr. A task
-    writing many chunks (an import's block) skips zarr's general path: measured on a
-    64x512x512 uint16 box of four 64x256x256 Blosc-LZ4 chunks, ... ms by chunk files
-    against ... ms through zarr."""
+    writing many chunks (an import's block) skips zarr's general path (engine/io/
+    chunk_files.py: a chunk written in 3 ms against 16 ms through zarr)."""
     files = direct_files(root, path)
     if files is None:
         write_target(root, path, box, data)
