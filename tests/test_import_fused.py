@@ -181,3 +181,30 @@ def test_connecting_starts_the_cluster_beside_the_caller() -> None:
     with pytest.raises(EngineError, match="--workers must be at least 1"):
         with Connecting(workers=-1):
             pass
+
+
+def test_tiff_memory_maps_a_window_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    """Contiguous TIFF data is read through memory maps of a few planes at a time, into a
+    new array or into the caller's: the same boxes as the data, either byte order, steps
+    and empty boxes included."""
+    import engine.io.sources.tiff as tiff
+    from engine.io.sources import open_source, read_into
+
+    monkeypatch.setattr(tiff, "MAP_WINDOW_BYTES", 3000)  # 13x17x2 bytes a plane: 6 planes
+    source = data((15, 13, 17), "uint16", seed=4)
+    sizes = (("z", 1.0), ("y", 1.0), ("x", 1.0))
+    for order in ("<", ">"):
+        path = tmp_path / f"s{order == '>'}.tif"
+        tifffile.imwrite(path, source, byteorder=order, metadata={"axes": "ZYX"})
+        reader = open_source(SourceSpec("tiff", str(path), scale=sizes, unit="um"))
+        assert reader.reader.offset is not None  # memory-mapped, not through zarr
+        for box in [
+            (slice(0, 15), slice(0, 13), slice(0, 17)),
+            (slice(2, 14), slice(3, 9), slice(1, 16)),
+            (slice(1, 15, 2), slice(0, 13, 3), slice(2, 17)),
+            (slice(3, 3), slice(0, 1), slice(0, 1)),
+        ]:
+            np.testing.assert_array_equal(reader.read(box), source[box])
+            out = np.empty(source[box].shape, np.uint16)
+            read_into(reader, box, out)
+            np.testing.assert_array_equal(out, source[box])
