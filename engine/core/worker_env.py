@@ -40,8 +40,14 @@ DASK_WORKER_ENVIRONMENT = {
     "OPENBLAS_NUM_THREADS": "1",
 }
 # what the fork server imports: first its own settings (engine/execute/fork_server.py: exit
-# with the command, even during these imports; workers ignore Ctrl-C), then a worker's
-WORKER_MODULES = ["engine.execute.fork_server", "distributed", "engine.execute.executor"]
+# with the command, even during these imports; workers ignore Ctrl-C), then a worker's,
+# with the scipy and scikit-image code of the common ops (tasks/backends.py)
+WORKER_MODULES = [
+    "engine.execute.fork_server",
+    "distributed",
+    "engine.execute.executor",
+    "tasks.backends",
+]
 
 _server_environment: dict[str, str] | None = None
 
