@@ -20,6 +20,7 @@ from distributed.security import Security
 
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import ClusterSpec, _first_error
+from engine.execute.occupancy import Occupancy, measured
 from engine.execute.worker_config import start_method, worker_config
 from engine.plan.types import Plan
 
@@ -154,16 +155,23 @@ def shared_scheduler(
     config: ClusterSpec | None = None,
     warm: bool | None = None,
     idle_timeout: float | None = None,
+    occupancy: Occupancy | None = None,
 ) -> Iterator[str]:
     """The address of one cluster for several runs (the images of a plate, the ROIs of a
     table): `scheduler` itself when given, else workers started once, as `connect` starts
     them, for as long as the block lasts. Each run then connects to it (a client costs
-    tens of milliseconds; starting 2 local workers takes seconds)."""
+    tens of milliseconds; starting 2 local workers takes seconds). `occupancy` is filled
+    with how busy the workers were while the block ran (engine/execute/occupancy.py)."""
     if scheduler is not None:
-        yield scheduler
+        if occupancy is None:
+            yield scheduler
+            return
+        with connect(None, scheduler) as client, measured(client, occupancy):
+            yield scheduler
         return
     with connect(workers, None, cluster, config, None, warm, idle_timeout) as client:
-        yield client.scheduler.address
+        with measured(client, occupancy):
+            yield client.scheduler.address
 
 
 def uses_warm(

@@ -22,8 +22,12 @@ finished work stays on disk.
 `reduce_over: plate` / `reduce_over: image` on a threshold step: one value over every
 unit, or over each image's units (engine/runs/reduce_over.py).
 
-Not (yet) one interleaved plan: each unit is its own run (plan, lock, run record);
-images run two at a time (`parallel`), an image's own ROIs one after the other.
+One plan, then the runs: every unit's plan is compiled and checked before any unit runs
+(engine/runs/unit_plans.py), then each unit is its own run (lock, run record, markers)
+on the one cluster, `parallel` images at a time, an image's own ROIs one after the
+other; their chunk tasks interleave on the workers (how busy they were is measured:
+`UnitsResult.occupancy`, engine/execute/occupancy.py). `--resume` continues every unit
+(engine/runs/unit_resume.py); progress is one count over all units.
 
 Masking ROI tables (`type: masking_roi_table`): one unit per object, its bounding box as
 the ROI; engine/io/masking.py keeps the unit's result only inside the object's mask and
@@ -43,19 +47,32 @@ from typing import Any
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.execute.cluster import ClusterArg, shared_scheduler
-from engine.io.location import Workspace
+from engine.execute.occupancy import Occupancy
 from engine.io.masking import MaskedWrite
-from engine.io.metadata import read_image
 from engine.io.plates import FieldImage, collection_images, is_collection, write_plate_table
 from engine.io.roi_tables import read_rois, roi_table_names
-from engine.io.rois import UserRoi, table_rois, user_roi
+from engine.io.rois import UserRoi
 from engine.io.tables import obs_column, read_table, set_row_names, table_path
+from engine.plan.fingerprint import layout_hash
 from engine.runs import runner
-from engine.runs.outputs import check_output
+from engine.runs.bookkeeping import check_resumable
+from engine.runs.outputs import check_flags
 from engine.runs.planning import make_plan
+from engine.runs.progress import OverallProgress
 from engine.runs.reduce_over import shared_values
 from engine.runs.result import RunResult
+from engine.runs.unit_plans import (
+    UnitPlan,
+    check_outputs,
+    check_units,
+    compile_units,
+    plan_units,
+    priority_first,
+)
+from engine.runs.unit_resume import Resumption, check_resume_supported, collection_flags, decide
 from engine.runs.work_unit import Unit
+
+__all__ = ["UnitsFailed", "UnitsResult", "check_units", "plan_units", "run"]
 
 ROI_COLUMN = "roi"
 # Images run side by side on the one cluster (an image's own ROIs one after the other).
@@ -75,6 +92,7 @@ class UnitsResult:
     plate_tables: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     reduced: dict[str, dict[str, float]] = field(default_factory=dict)  # reduce_over values
+    occupancy: Occupancy = field(default_factory=Occupancy)  # how busy the workers were
 
     @property
     def labels(self) -> dict[str, int]:
@@ -109,7 +127,25 @@ class UnitsResult:
             "objects": self.labels,
             "tasks_done": self.tasks_done,
             "seconds": round(self.seconds, 3),
+            "workers": self.occupancy.to_json(),
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> UnitsResult:
+        """The result a batch job wrote (result.json), as `to_json` made it: units by
+        image, well and field; each unit's run result."""
+        results = [
+            (Unit(FieldImage(row["image"], row.get("well"), row.get("field"))),
+             RunResult.from_json(row))
+            for row in data.get("units", [])
+        ]  # fmt: skip
+        failed = [
+            (Unit(FieldImage(row["image"])), row.get("error", "")) for row in data.get("failed", [])
+        ]
+        return cls(
+            results, failed, dict(data.get("plate_tables", {})), float(data.get("seconds", 0)),
+            dict(data.get("reduced", {})),
+        )  # fmt: skip
 
 
 class UnitsFailed(EngineError):
@@ -148,10 +184,15 @@ def run(
     list/glob of images (`wells=["B03"]`, `fields=["0"]`), or once per ROI of the ROI
     table `roi_table` of each image (`roi=` naming an ROI table, not an ROI, does the
     same); see the module docstring. One image and no ROI table: exactly
-    engine/runs/runner.py `run`, returning its RunResult."""
+    engine/runs/runner.py `run`, returning its RunResult.
+
+    On a collection: `resume=True` continues every unit (engine/runs/unit_resume.py);
+    `progress` gets one overall count (engine/runs/progress.py `OverallProgress`);
+    `priority_roi` naming units (a well, a field, an image, an ROI of the table) runs
+    them first, else each unit computes that ROI first (engine/runs/unit_plans.py)."""
     source = input if input is not None else pipeline.input
     table = roi_table if roi_table is not None else pipeline.roi_table
-    if table is None and _names_a_table(pipeline, roi, source):
+    if table is None and names_a_table(pipeline, roi, source):
         table, roi = str(roi), None  # `roi="FOV_ROI_table"`: every ROI of that table
     if not is_collection(source) and table is None and not wells and not fields:
         return runner.run(
@@ -164,49 +205,82 @@ def run(
             "an output store holds one image's outputs: --output (output_store:) is for a "
             "run on one image"
         )
-    if resume:
-        raise ConfigError("--resume continues one image's run; resume each image on its own")
-    if overwrite and update:
-        raise ConfigError("--overwrite and --update exclude each other")
+    check_flags(overwrite, update, resume)
     if source is None:
         raise ConfigError("no input image: set 'input' in the config or pass --input")
     images = collection_images(source, wells, fields)
     units = plan_units(pipeline, images, roi, table, roi_overlap)
-    check_units(pipeline, units, overwrite, update)
+    units, named = priority_first(units, priority_roi, roi_overlap)
+    unit_priority = None if named else priority_roi
+    if resume:
+        check_resume_supported(units)
+    # every unit planned (and, unless resuming, its outputs checked) before any is written
+    plans = compile_units(pipeline, units, overwrite)
+    if not resume:
+        check_outputs(plans, overwrite, update)
     started = time.perf_counter()
     result = UnitsResult([])
     seen_rows: dict[tuple[str, str], dict[str, str]] = {}  # (image, table) -> row -> roi
     tables = [s.output.name for s in pipeline.steps if s.output and s.output.kind == "table"]
     with shared_scheduler(
-        workers, scheduler, cluster, pipeline.cluster, warm, idle_timeout
+        workers, scheduler, cluster, pipeline.cluster, warm, idle_timeout, result.occupancy
     ) as address:
         if announce is not None:
             announce(f"{len(units)} units ({len(images)} images) on the scheduler {address}")
 
-        def run_one(pipe: Pipeline, unit: Unit, first: bool) -> RunResult:
+        def first_pass(pipe: Pipeline, unit: Unit, first: bool) -> RunResult:
+            """reduce_over's first pass: its own scratch output, made again on --resume."""
             return runner.run(
-                pipe,
-                unit.image.path,
-                unit.roi,
-                overwrite=overwrite and first,
-                update=update or not first,
-                scheduler=address,
-                progress=progress,
-                retries=retries,
-                priority_roi=priority_roi,
-            )
+                pipe, unit.image.path, unit.roi,
+                overwrite=(overwrite or resume) and first, update=update or not first,
+                scheduler=address, retries=retries,
+            )  # fmt: skip
 
-        pipeline_for, result.reduced = shared_values(pipeline, units, run_one)
+        pipeline_for, result.reduced = shared_values(pipeline, units, first_pass)
+        if result.reduced:  # the units run with the reduced values: plan those
+            plans = [
+                UnitPlan(p.unit, p.meta, make_plan(pipeline_for(p.unit), p.unit.image.path,
+                                                   p.unit.roi, overwrite=overwrite)[1])
+                for p in plans
+            ]  # fmt: skip
+        decisions = [Resumption("fresh")] * len(units)
+        if resume:
+            decisions = [decide(p.unit, p.plan, pipeline_for(p.unit).to_dict()) for p in plans]
+            overwrite, update = collection_flags(list(zip(units, decisions, strict=True)), source)
+            fresh = {k for k, d in enumerate(decisions) if d.action == "fresh"}
+            check_outputs(plans, overwrite, update, only=fresh)
+            for p, d in zip(plans, decisions, strict=True):
+                if d.action == "resume":
+                    _check_resume(pipeline_for(p.unit), p, d)
+        overall = None
+        if progress is not None:
+            todo = sum(p.tasks for p, d in zip(plans, decisions, strict=True) if d.action != "done")
+            label = f"{len(images)} images" if table is None else f"{len(units)} ROIs"
+            overall = OverallProgress(progress, label, todo, len(units))
 
-        def run_image(group: list[Unit]) -> list[tuple[Unit, RunResult | str]]:
+        def run_one(k: int, first: bool) -> RunResult:
+            unit, decision = units[k], decisions[k]
+            if decision.action == "done":
+                return _done_result(plans[k], decision)
+            flags = {"overwrite": overwrite and first, "update": update or not first}
+            if decision.action == "resume":
+                flags = {"resume": True}
+            return runner.run(
+                pipeline_for(unit), unit.image.path, unit.roi,
+                scheduler=address, retries=retries, priority_roi=unit_priority,
+                progress=overall.unit() if overall is not None else None, **flags,
+            )  # fmt: skip
+
+        def run_image(group: list[int]) -> list[tuple[Unit, RunResult | str]]:
             """One image's units, in order (later ROIs add to the earlier's outputs)."""
             done: list[tuple[Unit, RunResult | str]] = []
-            for k, unit in enumerate(group):
+            for position, k in enumerate(group):
+                unit = units[k]
                 masked = _masked_write(pipeline, unit)
                 try:
                     if masked is not None:
                         masked.before()
-                    one = run_one(pipeline_for(unit), unit, k == 0)
+                    one = run_one(k, position == 0)
                     if masked is not None:
                         masked.after()
                 except EngineError as exc:
@@ -215,14 +289,17 @@ def run(
                 except Exception as exc:  # noqa: BLE001 (one failure must not end the rest)
                     done.append((unit, f"{type(exc).__name__}: {exc}"))
                     continue
+                finally:
+                    if overall is not None:
+                        overall.unit_done()
                 done.append((unit, one))
-                if unit.roi_name is not None:
+                if unit.roi_name is not None and decisions[k].action != "done":
                     _note_rows(unit, tables, seen_rows)
             return done
 
-        groups: dict[str, list[Unit]] = {}
-        for unit in units:
-            groups.setdefault(unit.image.path, []).append(unit)
+        groups: dict[str, list[int]] = {}
+        for k, unit in enumerate(units):
+            groups.setdefault(unit.image.path, []).append(k)
         with ThreadPoolExecutor(max(1, min(parallel, len(groups)))) as pool:
             for done in pool.map(run_image, groups.values()):
                 for unit, outcome in done:
@@ -244,7 +321,49 @@ def run(
     return result
 
 
-def _names_a_table(pipeline: Pipeline, roi: UserRoi, source: Any) -> bool:
+def _check_resume(pipeline: Pipeline, unit_plan: UnitPlan, decision: Resumption) -> None:
+    """The interrupted run of a unit still means the same (config, ROI, layout): refused
+    here, before any unit runs, naming the unit."""
+    record = decision.record or {}
+    try:
+        _, plan = make_plan(
+            pipeline, unit_plan.unit.image.path, unit_plan.unit.roi, record["run_id"],
+            bool(record.get("overwrite")),
+        )  # fmt: skip
+        check_resumable(record, pipeline.to_dict(), plan, layout_hash(plan))
+    except EngineError as exc:
+        raise type(exc)(f"{unit_plan.unit.label}: {exc}") from None
+
+
+def _done_result(unit_plan: UnitPlan, decision: Resumption) -> RunResult:
+    """A unit found complete on --resume: its outputs as its run left them."""
+    plan, record = unit_plan.plan, decision.record or {}
+    every = (*plan.outputs, *plan.reused)
+    outputs = {o.name: str(Path(unit_plan.unit.image.path) / o.path) for o in every}
+    return RunResult(
+        str(record.get("run_id", "")), unit_plan.unit.image.path, plan.roi, outputs, [], 0.0,
+        reused=list(outputs),
+    )  # fmt: skip
+
+
+def is_units_run(
+    pipeline: Pipeline,
+    input: Any,
+    roi: UserRoi = None,
+    roi_table: str | None = None,
+    wells: Sequence[str] | None = None,
+    fields: Sequence[str] | None = None,
+) -> bool:
+    """Whether `run` with these arguments is a collection run (several images, or the
+    ROIs of an ROI table), not one image's."""
+    source = input if input is not None else pipeline.input
+    table = roi_table if roi_table is not None else pipeline.roi_table
+    if table is None and names_a_table(pipeline, roi, source):
+        return True
+    return is_collection(source) or table is not None or bool(wells) or bool(fields)
+
+
+def names_a_table(pipeline: Pipeline, roi: UserRoi, source: Any) -> bool:
     """An ROI given by a name that is no config ROI but an ROI table of the (first) image."""
     if not isinstance(roi, str) or ":" in roi or roi in pipeline.rois or source is None:
         return False
@@ -253,63 +372,6 @@ def _names_a_table(pipeline: Pipeline, roi: UserRoi, source: Any) -> bool:
     except EngineError:
         return False
     return roi in roi_table_names(first) and roi not in read_rois(first)
-
-
-def plan_units(
-    pipeline: Pipeline,
-    images: list[FieldImage],
-    roi: UserRoi,
-    table: str | None,
-    overlap: str = "refuse",
-) -> list[Unit]:
-    """The units of a run, in order: per image, its ROIs of `table` (or `roi`)."""
-    if table is not None and roi is not None:
-        raise ConfigError("--roi and --roi-table exclude each other: give one")
-    level = min({s.input_ref.level for s in pipeline.steps if s.source == "image"} or {0})
-    units = []
-    for image in images:
-        meta = read_image(image.path)
-        c = meta.channel_axis
-        if table is None:
-            units.append(Unit(image, roi, None, None, user_roi(roi, meta, level, pipeline), c))
-            continue
-        for name, spec, box, mask in table_rois(meta, table, level, overlap):
-            units.append(Unit(image, spec, name, mask, box, c))
-    if any(u.mask for u in units):
-        _check_masking(pipeline, level)
-    return units
-
-
-def _check_masking(pipeline: Pipeline, level: int) -> None:
-    """What a masked run can do: label and image outputs at level 0, no tables (their
-    rows would measure the whole box, not the object's mask)."""
-    if level != 0:
-        raise ConfigError("a masking ROI table needs the steps to read the image at level 0")
-    for step in pipeline.steps:
-        if step.output is not None and step.output.kind not in ("label", "image"):
-            raise ConfigError(
-                f"step '{step.name}': a {step.output.kind} output is not written per masked "
-                "object; with a masking ROI table, outputs are label and image outputs only"
-            )
-
-
-def check_units(pipeline: Pipeline, units: list[Unit], overwrite: bool, update: bool) -> None:
-    """Refuse before anything is written: every unit plans (its image, ROI and config are
-    sound), and the outputs of each image's first unit may be written as asked."""
-    first: set[str] = set()
-    for unit in units:
-        try:
-            meta, plan = make_plan(pipeline, unit.image.path, unit.roi, overwrite=overwrite)
-        except EngineError as exc:
-            raise type(exc)(f"{unit.label}: {exc}") from None
-        if unit.image.path in first:
-            continue
-        first.add(unit.image.path)
-        for out in plan.outputs:
-            try:
-                check_output(Workspace.of(meta.location), out, overwrite, update)
-            except EngineError as exc:
-                raise type(exc)(f"{unit.label}: {exc}") from None
 
 
 def _masked_write(pipeline: Pipeline, unit: Unit) -> MaskedWrite | None:
