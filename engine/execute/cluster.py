@@ -104,7 +104,8 @@ def connect(
             # threads (engine/runs/units.py), and a default client set from a thread stays
             # in dask's global config after it closes ("no Client active" for the
             # caller's own dask code, e.g. ngio's)
-            client = Client(scheduler, timeout="10s", set_as_default=False)
+            security = _SHARED.get(scheduler)  # a shared_scheduler's TLS certificate
+            client = Client(scheduler, timeout="10s", set_as_default=False, security=security)
         except OSError as exc:
             raise EngineError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
         with client:
@@ -170,8 +171,19 @@ def shared_scheduler(
             yield scheduler
         return
     with connect(workers, None, cluster, config, None, warm, idle_timeout) as client:
-        with measured(client, occupancy):
-            yield client.scheduler.address
+        address = client.scheduler.address
+        # the runs connect by address: with TLS (a LocalCluster's temporary certificate,
+        # the warm engine's) they need the certificate this client has
+        _SHARED[address] = client.security
+        try:
+            with measured(client, occupancy):
+                yield address
+        finally:
+            _SHARED.pop(address, None)
+
+
+# address -> Security of the clusters `shared_scheduler` holds open in this process
+_SHARED: dict[str, Security] = {}
 
 
 def uses_warm(

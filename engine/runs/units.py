@@ -37,6 +37,7 @@ level 0; tables refused, as their rows would measure the whole box).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -218,6 +219,8 @@ def run(
     plans = compile_units(pipeline, units, overwrite)
     if not resume:
         check_outputs(plans, overwrite, update)
+    if warm is None and pipeline.user_code():
+        warm = False  # as for one image (runner.py): warm workers keep the first import
     started = time.perf_counter()
     result = UnitsResult([])
     seen_rows: dict[tuple[str, str], dict[str, str]] = {}  # (image, table) -> row -> roi
@@ -252,6 +255,7 @@ def run(
             for p, d in zip(plans, decisions, strict=True):
                 if d.action == "resume":
                     _check_resume(pipeline_for(p.unit), p, d)
+        stopping = threading.Event()
         overall = None
         if progress is not None:
             todo = sum(p.tasks for p, d in zip(plans, decisions, strict=True) if d.action != "done")
@@ -268,7 +272,7 @@ def run(
             return runner.run(
                 pipeline_for(unit), unit.image.path, unit.roi,
                 scheduler=address, retries=retries, priority_roi=unit_priority,
-                progress=overall.unit() if overall is not None else None, **flags,
+                progress=_stoppable(overall.unit() if overall else None, stopping), **flags,
             )  # fmt: skip
 
         def run_image(group: list[int]) -> list[tuple[Unit, RunResult | str]]:
@@ -300,13 +304,24 @@ def run(
         groups: dict[str, list[int]] = {}
         for k, unit in enumerate(units):
             groups.setdefault(unit.image.path, []).append(k)
-        with ThreadPoolExecutor(max(1, min(parallel, len(groups)))) as pool:
-            for done in pool.map(run_image, groups.values()):
-                for unit, outcome in done:
+        pool = ThreadPoolExecutor(max(1, min(parallel, len(groups))))
+        try:
+            for future in [pool.submit(run_image, group) for group in groups.values()]:
+                for unit, outcome in future.result():
                     if isinstance(outcome, str):
                         result.failed.append((unit, outcome))
                     else:
                         result.results.append((unit, outcome))
+        except BaseException as exc:
+            # Ctrl-C, SIGTERM (in this thread) or a unit interrupted: the running units
+            # stop at their next finished batch (recorded `killed`, --resume continues
+            # them), the waiting ones do not start
+            stopping.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            if isinstance(exc, KeyboardInterrupt):
+                exc.run_id = f"over {len(units)} units"  # type: ignore[attr-defined]
+            raise
+        pool.shutdown()
     for (image, name), rows in seen_rows.items():
         set_row_names(image, name, ROI_COLUMN, rows)
     result.plate_tables = _plate_tables(result, tables)
@@ -319,6 +334,27 @@ def run(
             result,
         )
     return result
+
+
+def _stoppable(
+    progress: Callable[[str, int], Callable[[int], None]] | None, stopping: threading.Event
+) -> Callable[[str, int], Callable[[int], None]]:
+    """A unit's progress callback that also stops the unit (KeyboardInterrupt in its
+    thread, so its run records itself `killed`) once the collection run is stopping:
+    signals reach the main thread only."""
+
+    def start(stage: str, total: int) -> Callable[[int], None]:
+        advance = progress(stage, total) if progress is not None else None
+
+        def step(n: int) -> None:
+            if stopping.is_set():
+                raise KeyboardInterrupt("the collection run stopped")
+            if advance is not None:
+                advance(n)
+
+        return step
+
+    return start
 
 
 def _check_resume(pipeline: Pipeline, unit_plan: UnitPlan, decision: Resumption) -> None:
