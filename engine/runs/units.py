@@ -53,7 +53,7 @@ from engine.io.masking import MaskedWrite
 from engine.io.plates import FieldImage, collection_images, is_collection, write_plate_table
 from engine.io.roi_tables import read_rois, roi_table_names
 from engine.io.rois import UserRoi
-from engine.io.tables import obs_column, read_table, set_row_names, table_path
+from engine.io.tables import read_table, read_table_column, set_row_names, table_path
 from engine.plan.fingerprint import layout_hash
 from engine.runs import runner
 from engine.runs.bookkeeping import check_resumable
@@ -94,6 +94,7 @@ class UnitsResult:
     seconds: float = 0.0
     reduced: dict[str, dict[str, float]] = field(default_factory=dict)  # reduce_over values
     occupancy: Occupancy = field(default_factory=Occupancy)  # how busy the workers were
+    driver_cpu: float = 0.0  # CPU seconds of this process (every unit's driver thread)
 
     @property
     def labels(self) -> dict[str, int]:
@@ -129,6 +130,7 @@ class UnitsResult:
             "tasks_done": self.tasks_done,
             "seconds": round(self.seconds, 3),
             "workers": self.occupancy.to_json(),
+            "driver_cpu_seconds": round(self.driver_cpu, 3),
         }
 
     @classmethod
@@ -221,7 +223,7 @@ def run(
         check_outputs(plans, overwrite, update)
     if warm is None and pipeline.user_code():
         warm = False  # as for one image (runner.py): warm workers keep the first import
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = UnitsResult([])
     seen_rows: dict[tuple[str, str], dict[str, str]] = {}  # (image, table) -> row -> roi
     tables = [s.output.name for s in pipeline.steps if s.output and s.output.kind == "table"]
@@ -326,6 +328,7 @@ def run(
         set_row_names(image, name, ROI_COLUMN, rows)
     result.plate_tables = _plate_tables(result, tables)
     result.seconds = time.perf_counter() - started
+    result.driver_cpu = time.process_time() - cpu
     if result.failed:
         lines = "; ".join(f"{u.label} ({u.image.path}): {e}" for u, e in result.failed)
         raise UnitsFailed(
@@ -447,8 +450,7 @@ def _plate_tables(result: UnitsResult, tables: list[str]) -> dict[str, str]:
             path = table_path(image.path, name)
             if not path.exists():
                 continue
-            labels, columns, values = read_table(path)
-            rows.append((image, labels, columns, values, obs_column(image.path, name, ROI_COLUMN)))
+            rows.append((image, *read_table_column(image.path, name, ROI_COLUMN)))
         if rows:
             written[name] = write_plate_table(plate, name, rows)
     return written
