@@ -11,6 +11,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import anndata
 import pytest
 from safety_runs import environment, executable, file_sums, slow_config, wait_for
 from test_plates import _check_plate, _pipeline, ngio_plate
@@ -169,3 +170,26 @@ def test_a_stopped_plate_run_resumes_every_unit_and_status_follows(
     # nothing left to continue: a second --resume reuses every field
     result = engine.run(engine.Pipeline.from_yaml(config), plate, scheduler=scheduler, resume=True)
     assert result.tasks_done == 0 and len(result.results) == 8
+
+
+def test_versions_keep_across_the_plate(tmp_path: Path, scheduler: str) -> None:
+    path, fields = ngio_plate(tmp_path, (1, 48, 64))
+    data = _pipeline().to_dict()
+    for step in data["steps"]:
+        if step.get("output"):
+            step["output"]["versions"] = "keep"
+    first = engine.run(engine.Pipeline.build(data), path, scheduler=scheduler, wells=["B03"])
+    assert set(first.plate_tables) == {"stats"}
+    data["steps"][0]["params"]["sigma"] = 2.5  # another config: version 2 in every field
+    second = engine.run(engine.Pipeline.build(data), path, scheduler=scheduler, wells=["B03"])
+    for unit, one in second.results:
+        assert set(one.outputs) == {"nuclei.v2", "stats.v2"}, unit.label
+    assert set(second.plate_tables) == {"stats.v2"}
+    v1 = anndata.read_zarr(str(path / "tables/stats"))
+    v2 = anndata.read_zarr(str(path / "tables/stats.v2"))
+    assert len(v1) == sum(first.labels.values())
+    assert len(v2) == sum(second.labels.values()) != len(v1)
+    # the same config again: every field's version 2 is reused, the plate table too
+    third = engine.run(engine.Pipeline.build(data), path, scheduler=scheduler, wells=["B03"])
+    assert third.tasks_done == 0 and set(third.plate_tables) == {"stats.v2"}
+    assert len(anndata.read_zarr(str(path / "tables/stats.v2"))) == len(v2)

@@ -55,6 +55,7 @@ from engine.io.roi_tables import read_rois, roi_table_names
 from engine.io.rois import UserRoi
 from engine.io.tables import read_table, read_table_column, set_row_names, table_path
 from engine.plan.fingerprint import layout_hash
+from engine.plan.versions import version_number
 from engine.runs import runner
 from engine.runs.bookkeeping import check_resumable
 from engine.runs.outputs import check_flags
@@ -300,7 +301,7 @@ def run(
                         overall.unit_done()
                 done.append((unit, one))
                 if unit.roi_name is not None and decisions[k].action != "done":
-                    _note_rows(unit, tables, seen_rows)
+                    _note_rows(unit, _written(tables, one), seen_rows)
             return done
 
         groups: dict[str, list[int]] = {}
@@ -436,21 +437,35 @@ def _note_rows(unit: Unit, tables: list[str], seen: dict[tuple[str, str], dict[s
             rows.setdefault(str(int(label)), str(unit.roi_name))
 
 
+def _written(tables: list[str], result: RunResult) -> list[str]:
+    """The names a run wrote (or reused) the table outputs `tables` under: with
+    `versions: keep`, `stats.v2` for the step's `stats` (engine/plan/versions.py)."""
+    return [
+        name for base in tables for name in result.outputs if version_number(base, name)
+    ] or list(tables)
+
+
 def _plate_tables(result: UnitsResult, tables: list[str]) -> dict[str, str]:
-    """Each table of a plate's fields, gathered at the plate root."""
+    """Each table of a plate's fields, gathered at the plate root: from each field the
+    version its run wrote (or reused); the plate table has that version's name when the
+    fields agree (`stats.v2`), else the step's output name."""
     plates = {u.image.plate for u, _ in result.results}
     if not tables or len(plates) != 1 or None in plates:
         return {}
     plate = str(plates.pop())
     written = {}
-    images = list(dict.fromkeys(u.image for u, _ in result.results))
-    for name in tables:
+    for base in tables:
+        sources: dict[FieldImage, str] = {}
+        for unit, one in result.results:
+            names = [n for n in _written([base], one) if version_number(base, n)]
+            sources.setdefault(unit.image, names[0] if names else base)
         rows = []
-        for image in images:
-            path = table_path(image.path, name)
-            if not path.exists():
+        for image, name in sources.items():
+            if not table_path(image.path, name).exists():
                 continue
             rows.append((image, *read_table_column(image.path, name, ROI_COLUMN)))
         if rows:
+            names = set(sources.values())
+            name = names.pop() if len(names) == 1 else base
             written[name] = write_plate_table(plate, name, rows)
     return written
