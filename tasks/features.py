@@ -20,8 +20,7 @@ from itertools import combinations_with_replacement
 from typing import Any
 
 import numpy as np
-from skimage import feature, filters
-from skimage.util import img_as_float32
+import skimage
 
 GAUSSIAN_TRUNCATE = 4.0  # skimage.filters.gaussian's default, which the features use
 
@@ -66,15 +65,15 @@ def pixel_features(
     float32, in scikit-image's order (per sigma: intensity, edges, Hessian eigenvalues
     in decreasing order)."""
     keep = tuple(keep) if keep is not None else tuple(slice(0, n) for n in image.shape)
-    img = np.ascontiguousarray(img_as_float32(image))
+    img = np.ascontiguousarray(skimage.util.img_as_float32(image))
     columns: list[np.ndarray] = []
     for sigma in settings.sigmas():
-        smooth = filters.gaussian(img, sigma=sigma, preserve_range=False)
+        smooth = skimage.filters.gaussian(img, sigma=sigma, preserve_range=False)
         if settings.intensity:
             columns.append(smooth[keep])
         if settings.edges:
             grown, inner = _grown(keep, 1, smooth.shape)
-            columns.append(filters.sobel(smooth[grown])[inner])
+            columns.append(skimage.filters.sobel(smooth[grown])[inner])
         if settings.texture:
             columns.extend(_hessian_eigenvalues(smooth, keep))
     return np.stack(columns, axis=-1)
@@ -89,7 +88,7 @@ def _hessian_eigenvalues(smooth: np.ndarray, keep: tuple[slice, ...]) -> list[np
         np.gradient(first[a], axis=b)[inner]
         for a, b in combinations_with_replacement(range(part.ndim), 2)
     ]
-    return list(feature.hessian_matrix_eigvals(elems))
+    return list(skimage.feature.hessian_matrix_eigvals(elems))
 
 
 def _grown(

@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import scipy
 from pydantic import Field, field_validator
-from scipy import ndimage
 
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER, Context, OpSpec, Params, check_each, per_axis
 
@@ -41,7 +41,7 @@ def _gaussian_halo(params: GaussianParams, ctx: Context) -> tuple[int, ...]:
 
 def gaussian(block: np.ndarray, params: GaussianParams, ctx: Context, value: None = None):
     sigma = gaussian_sigma_pixels(params, ctx)
-    return ndimage.gaussian_filter(
+    return scipy.ndimage.gaussian_filter(
         block.astype(np.float32, copy=False), sigma, mode="reflect", truncate=params.truncate
     )
 
@@ -59,7 +59,9 @@ def gaussian_cropped(
     sigma = gaussian_sigma_pixels(params, ctx)
     out = block.astype(np.float32, copy=False)
     for axis, (s, cut) in enumerate(zip(sigma, keep, strict=True)):
-        out = ndimage.gaussian_filter1d(out, s, axis=axis, mode="reflect", truncate=params.truncate)
+        out = scipy.ndimage.gaussian_filter1d(
+            out, s, axis=axis, mode="reflect", truncate=params.truncate
+        )
         out = out[(slice(None),) * axis + (cut,)]
     return out
 
@@ -94,7 +96,7 @@ def _median_halo(params: MedianParams, ctx: Context) -> tuple[int, ...]:
 
 
 def median(block: np.ndarray, params: MedianParams, ctx: Context, value: None = None):
-    return ndimage.median_filter(block, size=_median_size(params, block.ndim), mode="reflect")
+    return scipy.ndimage.median_filter(block, size=_median_size(params, block.ndim), mode="reflect")
 
 
 MEDIAN = OpSpec(

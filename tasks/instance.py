@@ -14,10 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import scipy
+import skimage
 from pydantic import Field, field_validator, model_validator
-from scipy import ndimage
-from skimage.feature import peak_local_max
-from skimage.segmentation import watershed
 
 from tasks.function import load_function
 from tasks.spec import Context, OpSpec, Params, check_each, per_axis
@@ -73,14 +72,14 @@ def seeded_watershed(mask: np.ndarray, min_distance: int, spacing: tuple[float, 
     block's border is not the image's.
     """
     mask = mask > 0
-    distance = ndimage.distance_transform_edt(mask, sampling=spacing)
-    components, _ = ndimage.label(mask)
-    peaks = peak_local_max(
+    distance = scipy.ndimage.distance_transform_edt(mask, sampling=spacing)
+    components, _ = scipy.ndimage.label(mask)
+    peaks = skimage.feature.peak_local_max(
         distance, min_distance=min_distance, labels=components, exclude_border=False
     )
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    return watershed(-distance, markers, mask=mask)
+    return skimage.segmentation.watershed(-distance, markers, mask=mask)
 
 
 def segment(block: np.ndarray, params: InstanceParams, ctx: Context, value: None = None):

@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy
 from pydantic import Field
-from scipy import ndimage, sparse
-from scipy.sparse.csgraph import connected_components
 
 from tasks.spec import Context, OpSpec, Params
 
@@ -29,13 +28,13 @@ class LabelParams(Params):
 def structure(ndim: int, connectivity: int) -> np.ndarray:
     if connectivity > ndim:
         raise ValueError(f"connectivity {connectivity} is more than the {ndim} spatial axes")
-    return ndimage.generate_binary_structure(ndim, connectivity)
+    return scipy.ndimage.generate_binary_structure(ndim, connectivity)
 
 
 def label_block(mask: np.ndarray, params: LabelParams, ctx: Context, value: None = None):
     """Labels of one block, 1..n in scan order, as uint32 (a block never holds 2**32 objects)."""
     labels = np.empty(mask.shape, dtype=np.uint32)  # scipy's int32 would need a copy
-    ndimage.label(mask, structure=structure(mask.ndim, params.connectivity), output=labels)
+    scipy.ndimage.label(mask, structure=structure(mask.ndim, params.connectivity), output=labels)
     return labels
 
 
@@ -105,11 +104,11 @@ def resolve_face_components(pairs: np.ndarray) -> FaceComponents:
         empty = np.zeros(0, dtype=np.uint64)
         return FaceComponents(empty, empty, empty)
     where = np.searchsorted(ids, pairs)
-    graph = sparse.coo_matrix(
+    graph = scipy.sparse.coo_matrix(
         (np.ones(len(pairs), dtype=np.int8), (where[:, 0], where[:, 1])),
         shape=(len(ids), len(ids)),
     )
-    _, component = connected_components(graph, directed=False)
+    _, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
     _, first = np.unique(component, return_index=True)  # ids are sorted: first is smallest
     roots = ids[first][component]
     return FaceComponents(ids, roots, ids[ids != roots])

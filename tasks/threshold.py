@@ -22,8 +22,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+import skimage
 from pydantic import Field, model_validator
-from skimage.filters import threshold_otsu
 
 from tasks.spec import Context, OpSpec, Params, Reduction
 
@@ -106,7 +106,7 @@ def _finish(combined: Any, params: ThresholdParams, pass_no: int, prev: Any) -> 
     else:
         edges = np.histogram_bin_edges(np.asarray([lo, hi]), bins=params.nbins, range=(lo, hi))
         centers = (edges[:-1] + edges[1:]) / 2.0
-    return threshold_otsu(hist=(combined, centers))
+    return skimage.filters.threshold_otsu(hist=(combined, centers))
 
 
 OTSU = Reduction(passes=2, map=_map, combine=_combine, finish=_finish)

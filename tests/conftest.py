@@ -48,9 +48,6 @@ CONFIGS = REPO / "configs"
 # an output's metadata files: they hold run ids and times, so runs that computed the same
 # voxels differ there
 METADATA_FILES = frozenset({"zarr.json", ".zattrs", ".zarray", ".zgroup"})
-# Runs in tests start clusters of their own (or use the session's `scheduler`), as they did
-# before the warm engine; tests/test_warm.py turns it on, in a folder of its own.
-os.environ["NGFF_ENGINE_WARM"] = "0"
 # the standard pipeline (configs/nuclei.yaml without its ROIs)
 NUCLEI = (
     Pipeline()
@@ -63,8 +60,10 @@ NUCLEI = (
 # --- a dask cluster ----------------------------------------------------------------------
 
 # Runs in tests start clusters of their own (or use the session's `scheduler`), as they did
-# before the warm engine; tests/test_warm.py turns it on, in a folder of its own.
+# before the warm engine and the in-process path for small runs; tests/test_warm.py and
+# tests/test_in_process.py turn them on.
 os.environ["NGFF_ENGINE_WARM"] = "0"
+os.environ["NGFF_ENGINE_IN_PROCESS_MAX"] = "0"
 
 
 @pytest.fixture(scope="session")

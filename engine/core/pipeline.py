@@ -232,8 +232,11 @@ class ClusterSpec(_Model):
     shared_directory: str | None = None
     template: str | None = None
     lifetime: str | None = None  # adaptive mode: a worker retires after this; see slurm.py
+    # a local run whose plan reads at most this much runs on threads of the command's own
+    # process, no worker processes started (engine/execute/cluster.py); "0": never
+    in_process_max: str = "32MiB"
 
-    @field_validator("memory")
+    @field_validator("memory", "in_process_max")
     @classmethod
     def _memory(cls, memory: str) -> str:
         if not MEMORY.match(memory):

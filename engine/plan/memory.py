@@ -112,3 +112,17 @@ def check_fits(plan: Plan, limit: int, threads: int = 1) -> int:
             "workers with more memory"
         )
     return peak
+
+
+def largest_read(plan: Plan) -> int:
+    """Bytes of the largest array a stage of the plan reads (its region of the image or
+    of a scratch array the run writes): what decides whether worker processes are worth
+    starting for it (engine/execute/cluster.py, `in_process_max`)."""
+    return max(
+        (
+            stage.tasks.bounds.size * np.dtype(stage.source.dtype).itemsize
+            for stage in plan.stages
+            if stage.source is not None
+        ),
+        default=0,
+    )

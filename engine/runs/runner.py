@@ -21,6 +21,8 @@ from engine.execute.cluster import (
     check_resources,
     connect,
     plan_resources,
+    resolve_cluster,
+    small_enough,
     worker_memory,
 )
 from engine.execute.executor import Executor, StageStats
@@ -30,7 +32,7 @@ from engine.io.output_store import prepare_store
 from engine.io.rois import save_config_roi
 from engine.io.tables import import_in_background
 from engine.plan.fingerprint import layout_hash
-from engine.plan.memory import check_fits
+from engine.plan.memory import check_fits, largest_read
 from engine.plan.types import Plan
 from engine.runs.bookkeeping import (
     LiveCounts,
@@ -203,6 +205,7 @@ def run(
                     raise unfinished_run_conflict(ws.output, out.path) or exc from None
         return modes
 
+    in_process = small_enough(resolve_cluster(pipeline.cluster, cluster), largest_read(plan))
     decide()  # refuse before writing anything, even a lock
     ws.output.check_writable()
     prepare_store(ws, meta)
@@ -245,7 +248,14 @@ def run(
                 if warm is None and uses_user_code(plan):
                     warm = False
                 with connect(
-                    workers, scheduler, cluster, pipeline.cluster, resources, warm, idle_timeout
+                    workers,
+                    scheduler,
+                    cluster,
+                    pipeline.cluster,
+                    resources,
+                    warm,
+                    idle_timeout,
+                    in_process,
                 ) as client:
                     check_resources(client, plan)
                     limit, threads = worker_memory(client)

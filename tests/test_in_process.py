@@ -1,0 +1,112 @@
+"""Small runs in the command's own process (`cluster.in_process_max`): a local run whose
+plan reads at most that much starts no worker processes; its outputs equal scipy's on the
+whole array and a worker-process run's, byte for byte; larger runs, `in_process_max: 0`
+and a bad NGFF_ENGINE_IN_PROCESS_MAX keep to worker processes or are refused.
+
+tests/conftest.py sets NGFF_ENGINE_IN_PROCESS_MAX=0 for every other test, so that they
+keep exercising worker processes; these tests set it themselves."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from conftest import NUCLEI, engine_command, engine_environment, same_partition, tree_hash
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+from engine.core.pipeline import Pipeline
+
+
+def _run(config: Path, image: Path, limit: str | None, *extra: str) -> tuple[int, dict, str]:
+    env = engine_environment()
+    if limit is None:
+        env.pop("NGFF_ENGINE_IN_PROCESS_MAX", None)  # the config's value, or the default
+    else:
+        env["NGFF_ENGINE_IN_PROCESS_MAX"] = limit
+    args = [engine_command(), "run", str(config), "--input", str(image), "--json", "--no-warm"]
+    proc = subprocess.run([*args, *extra], capture_output=True, text=True, env=env, timeout=300)
+    return proc.returncode, json.loads(proc.stdout) if proc.returncode == 0 else {}, proc.stderr
+
+
+def _workers(result: dict) -> list[str]:
+    return sorted(result["peak_worker_bytes"])
+
+
+def _pipeline(tmp_path: Path, cluster: dict | None = None) -> Path:
+    data = NUCLEI.to_dict()
+    if cluster is not None:
+        data["cluster"] = cluster
+    config = tmp_path / "p.yaml"
+    config.write_text(Pipeline.build(data).to_yaml())
+    return config
+
+
+def _expected(image: Path) -> np.ndarray:
+    data = zarr.open_array(str(image / "s0"), mode="r")[...].astype(np.float32)
+    smooth = ndimage.gaussian_filter(data, 2.0)
+    return ndimage.label(smooth > threshold_otsu(smooth))[0]
+
+
+def test_a_small_run_stays_in_the_process_and_equals_scipy_and_worker_processes(
+    tmp_path: Path, sample_image
+) -> None:
+    config = _pipeline(tmp_path)
+    inside = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "in.zarr")
+    outside = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "out.zarr")
+    code, result, err = _run(config, inside, None)  # the default: 32MiB
+    assert code == 0, err
+    # one worker in this process, reached through dask's in-process transport: no port
+    assert [w.split("://")[0] for w in _workers(result)] == ["inproc"]
+    labels = zarr.open_array(str(inside / "labels/nuclei/s0"), mode="r")[...]
+    assert same_partition(labels, _expected(inside))
+    code, other, err = _run(config, outside, "0")
+    assert code == 0, err
+    assert all(w.startswith("tls://127.0.0.1:") for w in _workers(other))
+    assert len(_workers(other)) == 2
+    assert tree_hash(inside / "labels", chunks_only=True) == tree_hash(
+        outside / "labels", chunks_only=True
+    )
+
+
+def test_larger_runs_and_a_zero_limit_start_worker_processes(tmp_path: Path, sample_image) -> None:
+    image = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "a.zarr")
+    # 16x96x80 float32 scratch is 480 KiB: above 100KiB, worker processes
+    code, result, err = _run(_pipeline(tmp_path), image, "100KiB", "--overwrite")
+    assert code == 0, err
+    assert all(w.startswith("tls://") for w in _workers(result))
+    # the config's own limit, when the environment does not set one
+    never = _pipeline(tmp_path, {"in_process_max": "0"})
+    code, result, err = _run(never, image, None, "--overwrite")
+    assert code == 0, err
+    assert all(w.startswith("tls://") for w in _workers(result))
+
+
+def test_a_bad_limit_is_refused_in_one_line(tmp_path: Path, sample_image) -> None:
+    image = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "a.zarr")
+    before = tree_hash(image)
+    code, _, err = _run(_pipeline(tmp_path), image, "lots")
+    assert code == 2
+    assert err.strip() == (
+        "error: NGFF_ENGINE_IN_PROCESS_MAX: 'lots' is not a size such as 32MiB or 0"
+    ), err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(_pipeline(tmp_path).read_text() + "cluster:\n  in_process_max: lots\n")
+    code, _, err = _run(bad, image, None)
+    assert code == 2 and "in_process_max" in err and len(err.strip().splitlines()) == 1, err
+    assert tree_hash(image) == before
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (12, 40, 52)])
+def test_in_process_outputs_equal_scipy(tmp_path: Path, sample_image, shape) -> None:
+    image = sample_image(shape, copy_to=tmp_path / "i.zarr")
+    code, result, err = _run(_pipeline(tmp_path), image, "1MiB")
+    assert code == 0, err
+    assert _workers(result)[0].startswith("inproc://")
+    labels = zarr.open_array(str(image / "labels/nuclei/s0"), mode="r")[...]
+    assert same_partition(labels, _expected(image))
+    assert result["objects"]["nuclei"] == int(labels.max())
