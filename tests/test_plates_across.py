@@ -193,3 +193,45 @@ def test_versions_keep_across_the_plate(tmp_path: Path, scheduler: str) -> None:
     third = engine.run(engine.Pipeline.build(data), path, scheduler=scheduler, wells=["B03"])
     assert third.tasks_done == 0 and set(third.plate_tables) == {"stats.v2"}
     assert len(anndata.read_zarr(str(path / "tables/stats.v2"))) == len(v2)
+
+
+def test_an_interrupted_roi_table_run_resumes_roi_by_roi(tmp_path: Path, scheduler: str) -> None:
+    from test_roi_table_units import FOVS, _ngio_image
+    from test_roi_table_units import _pipeline as roi_pipeline
+
+    path, _ = _ngio_image(tmp_path, FOVS)
+    reference = shutil.copytree(path, tmp_path / "reference.zarr")
+    whole = engine.run(roi_pipeline(), reference, roi_table="FOV_ROI_table", scheduler=scheduler)
+    finished = {"units": 0}
+
+    def stop_in_the_second_roi(label: str, total: int):
+        """As a Ctrl-C would: once the first ROI is done, in the second's chunk tasks."""
+
+        def advance(n: int) -> None:
+            if label == "units done":
+                finished["units"] += n
+            elif finished["units"] >= 1:
+                raise KeyboardInterrupt
+
+        return advance
+
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(
+            roi_pipeline(), path, roi_table="FOV_ROI_table", scheduler=scheduler,
+            progress=stop_in_the_second_roi,
+        )  # fmt: skip
+    states = [r["state"] for r in list_runs(path)]
+    assert states == ["completed", "killed"], states
+    result = engine.run(roi_pipeline(), path, roi_table="FOV_ROI_table", scheduler=scheduler,
+                        resume=True)  # fmt: skip
+    assert [r["state"] for r in list_runs(path)] == ["completed"] * 3
+    assert result.results[0][1].reused and result.results[0][1].tasks_done == 0
+    assert list_runs(path)[1]["attempts"]  # the killed run continued, not a new one
+    # the same labels, ids and table (with each object's ROI) as the uninterrupted run
+    assert file_sums(path / "labels/nuclei", metadata=False) == file_sums(
+        reference / "labels/nuclei", metadata=False
+    )
+    got, want = (anndata.read_zarr(str(p / "tables/stats")) for p in (path, reference))
+    assert list(got.obs_names) == list(want.obs_names)
+    assert list(got.obs["roi"]) == list(want.obs["roi"])
+    assert sum(one.labels.get("nuclei", 0) for _, one in whole.results) == len(want)

@@ -300,7 +300,12 @@ def run(
                     if overall is not None:
                         overall.unit_done()
                 done.append((unit, one))
-                if unit.roi_name is not None and decisions[k].action != "done":
+                if unit.roi_name is None:
+                    continue
+                if decisions[k].action == "done":  # found done on --resume
+                    ids = _id_range(k, units, decisions)
+                    _note_rows(unit, _written(tables, one), seen_rows, ids)
+                else:
                     _note_rows(unit, _written(tables, one), seen_rows)
             return done
 
@@ -425,8 +430,14 @@ def _masked_write(pipeline: Pipeline, unit: Unit) -> MaskedWrite | None:
     return MaskedWrite(unit.image.path, unit.mask[0], unit.mask[1], unit.box, outputs)
 
 
-def _note_rows(unit: Unit, tables: list[str], seen: dict[tuple[str, str], dict[str, str]]) -> None:
-    """Rows a unit added to the image's tables belong to its ROI."""
+def _note_rows(
+    unit: Unit,
+    tables: list[str],
+    seen: dict[tuple[str, str], dict[str, str]],
+    ids: tuple[int, float] | None = None,
+) -> None:
+    """Rows a unit added to the image's tables belong to its ROI: those not seen before
+    (units run in order), or with `ids` (low, high) the labels low < id <= high."""
     for name in tables:
         path = table_path(unit.image.path, name)
         if not path.exists():
@@ -434,7 +445,29 @@ def _note_rows(unit: Unit, tables: list[str], seen: dict[tuple[str, str], dict[s
         rows = seen.setdefault((unit.image.path, name), {})
         labels, _, _ = read_table(path)
         for label in labels:
-            rows.setdefault(str(int(label)), str(unit.roi_name))
+            if ids is None or ids[0] < int(label) <= ids[1]:
+                rows.setdefault(str(int(label)), str(unit.roi_name))
+
+
+def _id_range(k: int, units: list[Unit], decisions: list[Resumption]) -> tuple[int, float] | None:
+    """The label ids unit `k` (found done on --resume) wrote: from the id offset its run
+    record kept (engine/runs/outputs.py) to the next offset of its image's other units'
+    records; an ROI's objects are numbered after those of the ROIs before it."""
+    record = decisions[k].record
+    if record is None or not record.get("offsets"):
+        return None
+    step = next(iter(record["offsets"]))  # the (first) label step
+    low = int(record["offsets"][step])
+    later = [
+        int(d.record["offsets"][step])
+        for j, d in enumerate(decisions)
+        if j != k
+        and units[j].image.path == units[k].image.path
+        and d.record is not None
+        and step in d.record.get("offsets", {})
+        and int(d.record["offsets"][step]) > low
+    ]
+    return low, float(min(later, default=float("inf")))
 
 
 def _written(tables: list[str], result: RunResult) -> list[str]:
