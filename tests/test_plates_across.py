@@ -235,3 +235,13 @@ def test_an_interrupted_roi_table_run_resumes_roi_by_roi(tmp_path: Path, schedul
     assert list(got.obs_names) == list(want.obs_names)
     assert list(got.obs["roi"]) == list(want.obs["roi"])
     assert sum(one.labels.get("nuclei", 0) for _, one in whole.results) == len(want)
+
+
+def test_submit_a_plate_in_a_thread(tmp_path: Path, scheduler: str) -> None:
+    path, fields = ngio_plate(tmp_path, (1, 48, 64))
+    handle = engine.submit(_pipeline(), path, scheduler=scheduler)
+    assert set(handle.outputs) == {f"{_labels(k)} {n}" for k in KEYS for n in ("nuclei", "stats")}
+    result = handle.wait(timeout=300)
+    assert handle.status() == "done"
+    _check_plate(path, fields, result)
+    assert handle.progress()["units done"] == (8, 8)

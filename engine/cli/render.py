@@ -96,6 +96,13 @@ def print_units(result: Any) -> None:
         f"tasks{'; ' + total if total else ''}",
         highlight=False,
     )
+    busy = result.occupancy
+    if busy.threads and busy.tasks:
+        out.print(
+            f"  workers busy {100 * busy.busy_fraction:.0f}% of {busy.threads} threads x "
+            f"{busy.seconds:.1f} s; driver CPU {result.driver_cpu:.1f} s",
+            highlight=False,
+        )
 
 
 def print_collection_plan(found: Any) -> None:
