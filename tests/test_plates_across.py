@@ -106,6 +106,8 @@ def test_a_stopped_plate_run_resumes_every_unit_and_status_follows(
     reference = shutil.copytree(plate, reference_dir / "plate.zarr")
     argv = ["run", str(config), "--quiet", "--scheduler", scheduler]
     assert main([*argv, "--input", str(reference)]) == 0
+    summary = capsys.readouterr().out.splitlines()
+    assert summary[-2].startswith("8 units in ") and summary[-1].startswith("  workers busy ")
 
     proc = subprocess.Popen(
         [executable(), "run", str(config), "--input", str(plate), "--workers", "2", "--quiet"],
