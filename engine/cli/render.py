@@ -123,7 +123,8 @@ def print_collection_plan(found: Any) -> None:
             out.print(f"  run would refuse: {refusal}", highlight=False, markup=False)
     images = len({p.unit.image.path for p in found.plans})
     out.print(
-        f"total: {len(found.plans)} units ({images} images), {found.tasks} chunk tasks, "
+        f"total: {len(found.plans)} units ({images} image{'s' if images != 1 else ''}), "
+        f"{found.tasks} chunk tasks, "
         f"projected worker memory {human_bytes(found.projected_bytes)} (the largest unit's), "
         f"planned in {found.seconds:.2f} s",
         highlight=False,
