@@ -18,6 +18,7 @@ from test_plates import _check_plate, _pipeline, ngio_plate
 
 import engine
 from engine.cli.commands import main
+from engine.core.errors import EngineError
 from engine.runs.progress import StageCounts
 from engine.state.markers import read_records
 from engine.state.records import list_runs
@@ -79,6 +80,8 @@ def test_plan_on_a_plate_and_bad_input_in_one_field(
 
 def test_priority_roi_names_the_units_that_run_first(tmp_path: Path, scheduler: str) -> None:
     path, fields = ngio_plate(tmp_path, (1, 48, 64))
+    with pytest.raises(EngineError, match="--resume: no image of .* has an interrupted or"):
+        engine.run(_pipeline(), path, scheduler="tcp://127.0.0.1:9", resume=True)  # no cluster
     result = engine.run(_pipeline(), path, scheduler=scheduler, priority_roi="C05", parallel=1)
     assert [u.image.label for u, _ in result.results][:2] == ["C05/0", "C05/1"]
     records = {k: list_runs(path / k)[-1] for k in KEYS}

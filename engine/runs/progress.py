@@ -6,6 +6,7 @@ often still writes those."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 
@@ -48,8 +49,6 @@ class OverallProgress:
     UNITS = "units done"
 
     def __init__(self, progress: ProgressFn, label: str, tasks: int, units: int) -> None:
-        import threading
-
         self._lock = threading.Lock()
         self._tasks = progress(label, tasks)
         self._units = progress(self.UNITS, units)
@@ -71,3 +70,24 @@ class OverallProgress:
             if tasks_left:
                 self._tasks(tasks_left)
             self._units(1)
+
+
+def stoppable(
+    progress: Callable[[str, int], Callable[[int], None]] | None, stopping: threading.Event
+) -> Callable[[str, int], Callable[[int], None]]:
+    """A unit's progress callback that also stops the unit (KeyboardInterrupt in its
+    thread, so its run records itself `killed`) once the collection run is stopping:
+    signals reach the main thread only."""
+
+    def start(stage: str, total: int) -> Callable[[int], None]:
+        advance = progress(stage, total) if progress is not None else None
+
+        def step(n: int) -> None:
+            if stopping.is_set():
+                raise KeyboardInterrupt("the collection run stopped")
+            if advance is not None:
+                advance(n)
+
+        return step
+
+    return start

@@ -20,11 +20,19 @@ is nothing to continue (run without --resume).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from engine.core.errors import ConfigError, EngineError
+from engine.core.pipeline import Pipeline
+from engine.plan.fingerprint import layout_hash
 from engine.plan.types import Plan
+from engine.runs.bookkeeping import check_resumable
+from engine.runs.planning import make_plan
+from engine.runs.result import RunResult
+from engine.runs.unit_plans import UnitPlan, check_outputs
 from engine.runs.work_unit import Unit
 from engine.state.records import list_runs
 
@@ -95,3 +103,72 @@ def check_resume_supported(units: list[Unit]) -> None:
             "--resume with a masking ROI table is not supported: a masked unit keeps the "
             "outputs' earlier voxels in memory while it runs; run it again with --overwrite"
         )
+
+
+def resumptions(
+    plans: list[UnitPlan],
+    pipeline_for: Callable[[Unit], Pipeline],
+    resume: bool,
+    overwrite: bool,
+    update: bool,
+    source: Any,
+) -> tuple[list[Resumption], bool, bool]:
+    """What each unit does (all "fresh" unless `resume`: engine/runs/unit_resume.py), and
+    the collection's (overwrite, update); refused before any unit runs."""
+    if not resume:
+        return [Resumption("fresh")] * len(plans), overwrite, update
+    decisions = [decide(p.unit, p.plan, pipeline_for(p.unit).to_dict()) for p in plans]
+    units = [p.unit for p in plans]
+    overwrite, update = collection_flags(list(zip(units, decisions, strict=True)), source)
+    fresh = {k for k, d in enumerate(decisions) if d.action == "fresh"}
+    check_outputs(plans, overwrite, update, only=fresh)
+    for p, d in zip(plans, decisions, strict=True):
+        if d.action == "resume":
+            check_resume(pipeline_for(p.unit), p, d)
+    return decisions, overwrite, update
+
+
+def check_resume(pipeline: Pipeline, unit_plan: UnitPlan, decision: Resumption) -> None:
+    """The interrupted run of a unit still means the same (config, ROI, layout): refused
+    here, before any unit runs, naming the unit."""
+    record = decision.record or {}
+    try:
+        _, plan = make_plan(
+            pipeline, unit_plan.unit.image.path, unit_plan.unit.roi, record["run_id"],
+            bool(record.get("overwrite")),
+        )  # fmt: skip
+        check_resumable(record, pipeline.to_dict(), plan, layout_hash(plan))
+    except EngineError as exc:
+        raise type(exc)(f"{unit_plan.unit.label}: {exc}") from None
+
+
+def done_result(unit_plan: UnitPlan, decision: Resumption) -> RunResult:
+    """A unit found complete on --resume: its outputs as its run left them."""
+    plan, record = unit_plan.plan, decision.record or {}
+    every = (*plan.outputs, *plan.reused)
+    outputs = {o.name: str(Path(unit_plan.unit.image.path) / o.path) for o in every}
+    return RunResult(
+        str(record.get("run_id", "")), unit_plan.unit.image.path, plan.roi, outputs, [], 0.0,
+        reused=list(outputs),
+    )  # fmt: skip
+
+
+def id_range(k: int, units: list[Unit], decisions: list[Resumption]) -> tuple[int, float] | None:
+    """The label ids unit `k` (found done on --resume) wrote: from the id offset its run
+    record kept (engine/runs/outputs.py) to the next offset of its image's other units'
+    records; an ROI's objects are numbered after those of the ROIs before it."""
+    record = decisions[k].record
+    if record is None or not record.get("offsets"):
+        return None
+    step = next(iter(record["offsets"]))  # the (first) label step
+    low = int(record["offsets"][step])
+    later = [
+        int(d.record["offsets"][step])
+        for j, d in enumerate(decisions)
+        if j != k
+        and units[j].image.path == units[k].image.path
+        and d.record is not None
+        and step in d.record.get("offsets", {})
+        and int(d.record["offsets"][step]) > low
+    ]
+    return low, float(min(later, default=float("inf")))

@@ -54,13 +54,11 @@ from engine.io.plates import FieldImage, collection_images, is_collection, write
 from engine.io.roi_tables import read_rois, roi_table_names
 from engine.io.rois import UserRoi
 from engine.io.tables import read_table, read_table_column, set_row_names, table_path
-from engine.plan.fingerprint import layout_hash
 from engine.plan.versions import version_number
 from engine.runs import runner
-from engine.runs.bookkeeping import check_resumable
 from engine.runs.outputs import check_flags
 from engine.runs.planning import make_plan
-from engine.runs.progress import OverallProgress
+from engine.runs.progress import OverallProgress, stoppable
 from engine.runs.reduce_over import shared_values
 from engine.runs.result import RunResult
 from engine.runs.unit_plans import (
@@ -71,7 +69,7 @@ from engine.runs.unit_plans import (
     plan_units,
     priority_first,
 )
-from engine.runs.unit_resume import Resumption, check_resume_supported, collection_flags, decide
+from engine.runs.unit_resume import check_resume_supported, done_result, id_range, resumptions
 from engine.runs.work_unit import Unit
 
 __all__ = ["UnitsFailed", "UnitsResult", "check_units", "plan_units", "run"]
@@ -222,6 +220,11 @@ def run(
     plans = compile_units(pipeline, units, overwrite)
     if not resume:
         check_outputs(plans, overwrite, update)
+    decisions = None
+    if not any(s.reduce_over for s in pipeline.steps):  # before any cluster starts
+        decisions, overwrite, update = resumptions(
+            plans, lambda unit: pipeline, resume, overwrite, update, source
+        )
     if warm is None and pipeline.user_code():
         warm = False  # as for one image (runner.py): warm workers keep the first import
     started, cpu = time.perf_counter(), time.process_time()
@@ -249,15 +252,10 @@ def run(
                                                    p.unit.roi, overwrite=overwrite)[1])
                 for p in plans
             ]  # fmt: skip
-        decisions = [Resumption("fresh")] * len(units)
-        if resume:
-            decisions = [decide(p.unit, p.plan, pipeline_for(p.unit).to_dict()) for p in plans]
-            overwrite, update = collection_flags(list(zip(units, decisions, strict=True)), source)
-            fresh = {k for k, d in enumerate(decisions) if d.action == "fresh"}
-            check_outputs(plans, overwrite, update, only=fresh)
-            for p, d in zip(plans, decisions, strict=True):
-                if d.action == "resume":
-                    _check_resume(pipeline_for(p.unit), p, d)
+        if decisions is None:  # reduce_over: the units' configs are known only now
+            decisions, overwrite, update = resumptions(
+                plans, pipeline_for, resume, overwrite, update, source
+            )
         stopping = threading.Event()
         overall = None
         if progress is not None:
@@ -268,14 +266,14 @@ def run(
         def run_one(k: int, first: bool) -> RunResult:
             unit, decision = units[k], decisions[k]
             if decision.action == "done":
-                return _done_result(plans[k], decision)
+                return done_result(plans[k], decision)
             flags = {"overwrite": overwrite and first, "update": update or not first}
             if decision.action == "resume":
                 flags = {"resume": True}
             return runner.run(
                 pipeline_for(unit), unit.image.path, unit.roi,
                 scheduler=address, retries=retries, priority_roi=unit_priority,
-                progress=_stoppable(overall.unit() if overall else None, stopping), **flags,
+                progress=stoppable(overall.unit() if overall else None, stopping), **flags,
             )  # fmt: skip
 
         def run_image(group: list[int]) -> list[tuple[Unit, RunResult | str]]:
@@ -303,7 +301,7 @@ def run(
                 if unit.roi_name is None:
                     continue
                 if decisions[k].action == "done":  # found done on --resume
-                    ids = _id_range(k, units, decisions)
+                    ids = id_range(k, units, decisions)
                     _note_rows(unit, _written(tables, one), seen_rows, ids)
                 else:
                     _note_rows(unit, _written(tables, one), seen_rows)
@@ -343,52 +341,6 @@ def run(
             result,
         )
     return result
-
-
-def _stoppable(
-    progress: Callable[[str, int], Callable[[int], None]] | None, stopping: threading.Event
-) -> Callable[[str, int], Callable[[int], None]]:
-    """A unit's progress callback that also stops the unit (KeyboardInterrupt in its
-    thread, so its run records itself `killed`) once the collection run is stopping:
-    signals reach the main thread only."""
-
-    def start(stage: str, total: int) -> Callable[[int], None]:
-        advance = progress(stage, total) if progress is not None else None
-
-        def step(n: int) -> None:
-            if stopping.is_set():
-                raise KeyboardInterrupt("the collection run stopped")
-            if advance is not None:
-                advance(n)
-
-        return step
-
-    return start
-
-
-def _check_resume(pipeline: Pipeline, unit_plan: UnitPlan, decision: Resumption) -> None:
-    """The interrupted run of a unit still means the same (config, ROI, layout): refused
-    here, before any unit runs, naming the unit."""
-    record = decision.record or {}
-    try:
-        _, plan = make_plan(
-            pipeline, unit_plan.unit.image.path, unit_plan.unit.roi, record["run_id"],
-            bool(record.get("overwrite")),
-        )  # fmt: skip
-        check_resumable(record, pipeline.to_dict(), plan, layout_hash(plan))
-    except EngineError as exc:
-        raise type(exc)(f"{unit_plan.unit.label}: {exc}") from None
-
-
-def _done_result(unit_plan: UnitPlan, decision: Resumption) -> RunResult:
-    """A unit found complete on --resume: its outputs as its run left them."""
-    plan, record = unit_plan.plan, decision.record or {}
-    every = (*plan.outputs, *plan.reused)
-    outputs = {o.name: str(Path(unit_plan.unit.image.path) / o.path) for o in every}
-    return RunResult(
-        str(record.get("run_id", "")), unit_plan.unit.image.path, plan.roi, outputs, [], 0.0,
-        reused=list(outputs),
-    )  # fmt: skip
 
 
 def is_units_run(
@@ -447,27 +399,6 @@ def _note_rows(
         for label in labels:
             if ids is None or ids[0] < int(label) <= ids[1]:
                 rows.setdefault(str(int(label)), str(unit.roi_name))
-
-
-def _id_range(k: int, units: list[Unit], decisions: list[Resumption]) -> tuple[int, float] | None:
-    """The label ids unit `k` (found done on --resume) wrote: from the id offset its run
-    record kept (engine/runs/outputs.py) to the next offset of its image's other units'
-    records; an ROI's objects are numbered after those of the ROIs before it."""
-    record = decisions[k].record
-    if record is None or not record.get("offsets"):
-        return None
-    step = next(iter(record["offsets"]))  # the (first) label step
-    low = int(record["offsets"][step])
-    later = [
-        int(d.record["offsets"][step])
-        for j, d in enumerate(decisions)
-        if j != k
-        and units[j].image.path == units[k].image.path
-        and d.record is not None
-        and step in d.record.get("offsets", {})
-        and int(d.record["offsets"][step]) > low
-    ]
-    return low, float(min(later, default=float("inf")))
 
 
 def _written(tables: list[str], result: RunResult) -> list[str]:
