@@ -9,16 +9,19 @@ keep exercising worker processes; these tests set it themselves."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import zarr
 from conftest import NUCLEI, engine_command, engine_environment, same_partition, tree_hash
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+import engine
 from engine.core.pipeline import Pipeline
 
 
@@ -110,3 +113,24 @@ def test_in_process_outputs_equal_scipy(tmp_path: Path, sample_image, shape) -> 
     labels = zarr.open_array(str(image / "labels/nuclei/s0"), mode="r")[...]
     assert same_partition(labels, _expected(image))
     assert result["objects"]["nuclei"] == int(labels.max())
+
+
+def test_nothing_listens_beyond_loopback_during_an_in_process_run(
+    tmp_path: Path, sample_image, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dask's LocalCluster with the inproc transport binds its HTTP servers to every
+    interface; the engine's in-process cluster binds them to 127.0.0.1."""
+    monkeypatch.setenv("NGFF_ENGINE_IN_PROCESS_MAX", "32MiB")
+    image = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "a.zarr")
+    seen: list[str] = []
+
+    def progress(stage: str, total: int):
+        me = psutil.Process(os.getpid())
+        seen.extend(c.laddr.ip for c in me.net_connections("inet") if c.status == "LISTEN")
+        return lambda n: None
+
+    announced: list[str] = []
+    result = engine.run(NUCLEI, image, warm=False, progress=progress, announce=announced.append)
+    assert [w.split("://")[0] for w in result.peak_worker_bytes] == ["inproc"]
+    assert seen and set(seen) <= {"127.0.0.1", "::1"}, seen
+    assert not any("dashboard" in line for line in announced)  # there is none to look at

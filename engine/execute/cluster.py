@@ -16,7 +16,7 @@ from typing import Any
 
 import dask
 from dask.utils import parse_bytes
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, Scheduler, SpecCluster, Worker
 from distributed.security import Security
 
 from engine.core.errors import ConfigError, EngineError
@@ -134,7 +134,7 @@ def connect(
             yield client
         return
     if in_process and not resources:
-        with in_process_client(n, spec) as client:
+        with in_process_client(n) as client:
             yield client
         return
     security = Security.temporary() if spec.tls else None
@@ -162,7 +162,7 @@ def small_enough(spec: ClusterSpec, reads: int) -> bool:
     process (`in_process_client`): at most NGFF_ENGINE_IN_PROCESS_MAX when set, else the
     config's `cluster.in_process_max`. Asked before the run writes anything, so that a
     bad setting is refused with nothing changed."""
-    if spec.kind != "local":
+    if spec.kind != "local" or spec.dashboard != DEFAULT_DASHBOARD:
         return False
     text = os.environ.get("NGFF_ENGINE_IN_PROCESS_MAX", spec.in_process_max)
     try:
@@ -174,23 +174,47 @@ def small_enough(spec: ClusterSpec, reads: int) -> bool:
 
 
 @contextmanager
-def in_process_client(threads: int, spec: ClusterSpec) -> Iterator[Client]:
+def in_process_client(threads: int) -> Iterator[Client]:
     """A dask scheduler and one worker of `threads` threads inside this process, for a
     run too small to pay for worker processes: starting two local worker processes
     takes 1.5 to 2.5 s (forked from the command's server, their modules imported), this
-    takes 0.05 s. On 64x256x256 (the standard pipeline, 0.35 s of CPU) the command took
-    3.6 s from start to exit with worker processes. Scheduler, worker and client talk
-    through in-process queues (dask's inproc://): nothing listens on a port, so there
-    is nothing to secure with TLS; no dashboard unless `cluster.dashboard` asks for one.
-    The GIL is shared by the threads, which small runs do not feel."""
-    dashboard = None if spec.dashboard == DEFAULT_DASHBOARD else dashboard_address(spec.dashboard)
+    takes 0.05 to 0.1 s. On 64x256x256 (the standard pipeline, 0.35 s of CPU) the
+    command took 3.6 s from start to exit with worker processes.
+
+    Scheduler, worker and client talk through in-process queues (dask's inproc://), so
+    there is no scheduler port to secure with TLS. dask still starts an HTTP server in
+    the scheduler and in the worker (LocalCluster binds both to every interface when the
+    transport is inproc); here they listen on 127.0.0.1 and serve nothing. A run asking
+    for a dashboard (`cluster.dashboard`) is not run here (`small_enough`)."""
+    loopback = "127.0.0.1:0"
     with (
-        dask.config.set(WORKER_DASK_SETTINGS),
-        LocalCluster(
-            n_workers=1,
-            threads_per_worker=threads,
-            processes=False,
-            dashboard_address=dashboard,
+        dask.config.set(
+            {
+                **WORKER_DASK_SETTINGS,
+                "distributed.scheduler.http.routes": [],
+                "distributed.worker.http.routes": [],
+            }
+        ),
+        SpecCluster(
+            scheduler={
+                "cls": Scheduler,
+                "options": {
+                    "protocol": "inproc://",
+                    "dashboard": False,
+                    "dashboard_address": loopback,
+                },
+            },
+            workers={
+                0: {
+                    "cls": Worker,
+                    "options": {
+                        "protocol": "inproc://",
+                        "nthreads": threads,
+                        "dashboard": False,
+                        "dashboard_address": loopback,
+                    },
+                }
+            },
             silence_logs=logging.CRITICAL,
         ) as cluster_,
         Client(cluster_, set_as_default=False) as client,

@@ -261,7 +261,7 @@ def run(
                     limit, threads = worker_memory(client)
                     projected = check_fits(plan, limit, threads)
                     record.update(projected_worker_bytes=projected, worker_memory_limit=limit)
-                    if announce is not None and client.dashboard_link:
+                    if announce is not None and client.dashboard_link and not in_process:
                         announce(f"dask dashboard: {client.dashboard_link}")
                     markers = Markers(ws.output, plan, layout)
                     executor = Executor(
