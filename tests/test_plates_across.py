@@ -250,3 +250,23 @@ def test_submit_a_plate_in_a_thread(tmp_path: Path, scheduler: str) -> None:
     assert handle.status() == "done"
     _check_plate(path, fields, result)
     assert handle.progress()["units done"] == (8, 8)
+
+
+def _most_at_once(path: Path) -> int:
+    """The most fields whose runs overlapped in time (from their run records)."""
+    spans = [(r["started"], r["ended"]) for k in KEYS for r in list_runs(path / k)]
+    return max(sum(a <= t < b for a, b in spans) for t, _ in spans)
+
+
+def test_images_side_by_side_follow_the_cluster_size(tmp_path: Path, scheduler: str) -> None:
+    from distributed import LocalCluster
+
+    small, _ = ngio_plate(tmp_path / "small", (1, 48, 64))
+    engine.run(_pipeline(), small, scheduler=scheduler)  # 2 worker threads: 2 at a time
+    assert _most_at_once(small) <= 2
+    big, fields = ngio_plate(tmp_path / "big", (1, 48, 64))
+    with LocalCluster(n_workers=1, threads_per_worker=8, processes=False) as cluster:
+        result = engine.run(_pipeline(), big, scheduler=cluster.scheduler_address)
+    assert result.occupancy.threads == 8
+    assert _most_at_once(big) >= 3  # 8 threads: 4 fields at a time
+    _check_plate(big, fields, result)

@@ -73,13 +73,14 @@ def measured(client: Client, into: Occupancy | None) -> Iterator[None]:
         yield
         return
     started = time.time()
-    try:
+    try:  # the threads at the start, for the caller (set again at the end)
+        into.threads = sum(int(w.get("nthreads", 1)) for w in _workers(client).values())
         yield
     finally:
         ended = time.time()
         try:
             stream = client.get_task_stream(start=started)
-            workers = client.scheduler_info().get("workers", {})
+            workers = _workers(client)
         except Exception:  # noqa: BLE001
             stream, workers = [], {}
         by_worker: dict[str, list[tuple[float, float]]] = {}
@@ -98,3 +99,10 @@ def measured(client: Client, into: Occupancy | None) -> Iterator[None]:
             busy = _union(spans) if threads.get(worker, 1) == 1 else sum(b - a for a, b in spans)
             into.per_worker[worker] = min(busy, into.seconds * threads.get(worker, 1))
         into.busy = sum(into.per_worker.values())
+
+
+def _workers(client: Client) -> dict[str, Any]:
+    try:
+        return dict(client.scheduler_info().get("workers", {}))
+    except Exception:  # noqa: BLE001 (a measurement must never stop a run)
+        return {}

@@ -79,7 +79,16 @@ ROI_COLUMN = "roi"
 # A unit's stages wait on each other (a 256x256 field: 8 stages, 3 to 5 s, mostly
 # waiting), so two images at once keep the workers busier: 8 such fields on 2 workers
 # took 29.3 s one at a time, 19.7 s two at a time, 19.1 s four at a time (load ~12).
+# Measured again (plates2, engine/execute/occupancy.py) on 8 fields of 2048x2048, the
+# standard pipeline with measurement, 2 workers, load 5: one at a time 11.3 s (workers
+# busy 33% of the time), two 11.2 s (51%), three 13.3 s (45%); 8 fields of 1024x1024:
+# 10.8, 9.2, 9.8, 7.6 s for 1 to 4 (busy 18 to 24%). The driver's own work per image
+# (0.5 to 0.8 CPU s: zarr metadata, run records, tables, dask messages) shares the 2
+# cores with the workers, so more images at once do not help there. On a larger cluster
+# an image does not keep many workers busy, so the default is one image per
+# PER_IMAGE_THREADS worker threads, at least PARALLEL.
 PARALLEL = 2
+PER_IMAGE_THREADS = 2
 
 
 @dataclass
@@ -176,7 +185,7 @@ def run(
     wells: Sequence[str] | None = None,
     fields: Sequence[str] | None = None,
     roi_overlap: str = "refuse",
-    parallel: int = PARALLEL,
+    parallel: int | None = None,
     warm: bool | None = None,
     idle_timeout: float | None = None,
     output: str | Path | None = None,
@@ -310,6 +319,8 @@ def run(
         groups: dict[str, list[int]] = {}
         for k, unit in enumerate(units):
             groups.setdefault(unit.image.path, []).append(k)
+        if parallel is None:  # enough images side by side to keep every worker busy
+            parallel = max(PARALLEL, result.occupancy.threads // PER_IMAGE_THREADS)
         pool = ThreadPoolExecutor(max(1, min(parallel, len(groups))))
         try:
             for future in [pool.submit(run_image, group) for group in groups.values()]:
