@@ -239,6 +239,7 @@ def run(
     started, cpu = time.perf_counter(), time.process_time()
     result = UnitsResult([])
     seen_rows: dict[tuple[str, str], dict[str, str]] = {}  # (image, table) -> row -> roi
+    field_rows: dict[tuple[str, str], tuple] = {}  # (image, table read) -> its rows
     tables = [s.output.name for s in pipeline.steps if s.output and s.output.kind == "table"]
     with shared_scheduler(
         workers, scheduler, cluster, pipeline.cluster, warm, idle_timeout, result.occupancy
@@ -308,6 +309,8 @@ def run(
                         overall.unit_done()
                 done.append((unit, one))
                 if unit.roi_name is None:
+                    if unit.image.plate is not None:  # read now, beside the other units' work
+                        _read_field_tables(unit, one, tables, field_rows)
                     continue
                 if decisions[k].action == "done":  # found done on --resume
                     ids = id_range(k, units, decisions)
@@ -341,7 +344,7 @@ def run(
         pool.shutdown()
     for (image, name), rows in seen_rows.items():
         set_row_names(image, name, ROI_COLUMN, rows)
-    result.plate_tables = _plate_tables(result, tables)
+    result.plate_tables = _plate_tables(result, tables, field_rows)
     result.seconds = time.perf_counter() - started
     result.driver_cpu = time.process_time() - cpu
     if result.failed:
@@ -420,10 +423,25 @@ def _written(tables: list[str], result: RunResult) -> list[str]:
     ] or list(tables)
 
 
-def _plate_tables(result: UnitsResult, tables: list[str]) -> dict[str, str]:
+def _read_field_tables(
+    unit: Unit, one: RunResult, tables: list[str], into: dict[tuple[str, str], tuple]
+) -> None:
+    """A plate field's tables, read as soon as its run ends (in its thread, while other
+    fields compute) rather than all at the end with the workers idle: one anndata read
+    is ~50 ms, 2.4 s for 48 fields."""
+    for name in _written(tables, one):
+        if table_path(unit.image.path, name).exists():
+            into[(unit.image.path, name)] = read_table_column(unit.image.path, name, ROI_COLUMN)
+
+
+def _plate_tables(
+    result: UnitsResult, tables: list[str], read: dict[tuple[str, str], tuple] | None = None
+) -> dict[str, str]:
     """Each table of a plate's fields, gathered at the plate root: from each field the
     version its run wrote (or reused); the plate table has that version's name when the
-    fields agree (`stats.v2`), else the step's output name."""
+    fields agree (`stats.v2`), else the step's output name. `read`: tables already read
+    (not those of ROI-table units: their `roi` column is written at the end)."""
+    read = read or {}
     plates = {u.image.plate for u, _ in result.results}
     if not tables or len(plates) != 1 or None in plates:
         return {}
@@ -436,9 +454,10 @@ def _plate_tables(result: UnitsResult, tables: list[str]) -> dict[str, str]:
             sources.setdefault(unit.image, names[0] if names else base)
         rows = []
         for image, name in sources.items():
-            if not table_path(image.path, name).exists():
-                continue
-            rows.append((image, *read_table_column(image.path, name, ROI_COLUMN)))
+            if (image.path, name) in read:
+                rows.append((image, *read[(image.path, name)]))
+            elif table_path(image.path, name).exists():
+                rows.append((image, *read_table_column(image.path, name, ROI_COLUMN)))
         if rows:
             names = set(sources.values())
             name = names.pop() if len(names) == 1 else base
