@@ -67,6 +67,29 @@ def test_batches_hold_each_task_once_shards_whole_priority_first(
     assert marked == list(range(batches.preview))
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 70), st.integers(1, 4), st.booleans())
+def test_batches_shrink_towards_the_end_of_a_stage(
+    count: int, size: int, workers: int, sharded: bool
+) -> None:
+    """With the workers given, no batch holds more than the tasks left (itself
+    included) over twice the workers, or a whole shard: the stage ends in batches of
+    one task (or shard), spread over the workers."""
+    g = grid((count,), (1,))
+    shards = (3,) if sharded else ()
+    batches = batch(g, np.arange(count), size, shards, None, workers)
+    sizes = [len(batches.members(k)) for k in range(len(batches))]
+    assert sum(sizes) == count and sorted(
+        np.concatenate([batches.members(k) for k in range(len(batches))]).tolist()
+    ) == list(range(count))
+    left = count
+    unit = 3 if sharded else 1
+    for n in sizes:
+        assert n <= max(unit, min(size, -(-left // (2 * workers))) + unit - 1)
+        left -= n
+    assert sizes[-1] <= unit
+
+
 def test_records_are_read_whole_and_a_torn_last_one_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "markers").mkdir()
     for first in (0, 64):

@@ -211,7 +211,10 @@ class Executor:
         self.models: dict[str, Any] = {}  # train step -> fitted model, for the run to save
         self.evaluations: dict[str, Counts] = {}
         self.merge_stats: dict[str, dict[str, float]] = {}
-        self.workers = max(1, len(client.scheduler_info().get("workers", {})))
+        # task slots: workers times their threads (the in-process cluster is one worker
+        # with a thread per core)
+        workers = client.scheduler_info().get("workers", {}).values()
+        self.workers = max(1, sum(int(w.get("nthreads", 1)) for w in workers))
         self.max_in_flight = self.workers * IN_FLIGHT_PER_WORKER
         self.runs: dict[str, _StageRun] = {}
         self.stats: dict[str, StageStats] = {}
@@ -295,6 +298,7 @@ class Executor:
             batch_size(len(todo), self.workers, stage.batch_size),
             stage.shards,
             tasks.touching(preview) if preview is not None and count else None,
+            self.workers,
         )
         advance = self.progress(stage.name, count) if self.progress and count else None
         run = _StageRun(

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,42 +157,23 @@ class Location:
         return self.url if self.is_local else self.store()
 
     def read_attrs(self, relpath: str = "") -> dict[str, Any] | None:
-        """The attributes of the zarr group at `relpath`, or None when there is none.
-
-        Remote: the metadata object read directly (one GET; zarr's open tries several
-        keys of both formats, 0.15 s per group on the local moto server)."""
-        import zarr
-
-        if not self.is_local:
-            return self._read_attrs_remote(relpath)
-        try:
-            group = zarr.open_group(self.child(relpath).zarr_url(), mode="r")
-        except (FileNotFoundError, zarr.errors.BaseZarrError):
-            return None
-        return group.attrs.asdict()
+        """The attributes of the zarr group at `relpath`, or None when there is none: its
+        metadata document read directly (zarr's open tries several keys of both formats:
+        0.15 s per group on the local moto server, 10 ms on a local disk)."""
+        return self._read_attrs_direct(relpath)
 
     def write_attrs(self, relpath: str, attrs: dict[str, Any]) -> None:
         """Set keys of the attributes of the zarr group at `relpath` (created, with its
-        parents, in this location's zarr format when absent): one metadata document
-        written whole, so a kill never leaves it half written.
+        parents, in this location's zarr format when absent): its metadata document read,
+        and written whole (`write_bytes`: renamed into place locally, one PUT on S3), so a
+        kill never leaves it half written; its other keys are kept.
 
-        Remote: the metadata object read and PUT whole (two requests; through zarr it
-        took 0.64 s per update on the local moto server, run records are updated every
-        second)."""
-        import zarr
+        Through zarr this took two group opens and a write: 0.64 s per update on the
+        local moto server, and on a local disk 12% of the command's time in a run of
+        the standard pipeline on 64x256x256 (the run record is updated at each stage)."""
+        self._write_attrs_direct(relpath, attrs)
 
-        if not self.is_local:
-            self._write_attrs_remote(relpath, attrs)
-            return
-        root = zarr.open_group(self.zarr_url(), mode="r+")
-        try:
-            group = zarr.open_group(self.child(relpath).zarr_url(), mode="r+")
-        except (FileNotFoundError, zarr.errors.BaseZarrError):
-            root.create_group(relpath, attributes=attrs)
-            return
-        group.attrs.update(attrs)
-
-    def _read_attrs_remote(self, relpath: str) -> dict[str, Any] | None:
+    def _read_attrs_direct(self, relpath: str) -> dict[str, Any] | None:
         base = f"{relpath.strip('/')}/" if relpath.strip("/") else ""
         try:
             meta = json.loads(self.read_bytes(f"{base}zarr.json"))
@@ -203,26 +185,30 @@ class Location:
         except FileNotFoundError:
             return {} if self.exists(f"{base}.zgroup") else None
 
-    def _write_attrs_remote(self, relpath: str, attrs: dict[str, Any]) -> None:
+    def _write_attrs_direct(self, relpath: str, attrs: dict[str, Any]) -> None:
         relpath = relpath.strip("/")
-        old = self._read_attrs_remote(relpath)
+        base = f"{relpath}/" if relpath else ""
         if self._zarr_format() == 3:
-            if old is None:
+            try:
+                meta = json.loads(self.read_bytes(f"{base}zarr.json"))
+            except FileNotFoundError:
                 self._create_parents(relpath)
-            meta = {"attributes": {**(old or {}), **attrs}, "zarr_format": 3, "node_type": "group"}
-            self.write_bytes(f"{relpath}/zarr.json", json.dumps(meta, indent=2).encode())
+                meta = {"zarr_format": 3, "node_type": "group"}
+            meta["attributes"] = {**meta.get("attributes", {}), **attrs}
+            self.write_bytes(f"{base}zarr.json", json.dumps(meta, indent=2).encode())
             return
+        old = self._read_attrs_direct(relpath)
         if old is None:
             self._create_parents(relpath)
-            self.write_bytes(f"{relpath}/.zgroup", b'{"zarr_format": 2}')
-        self.write_bytes(f"{relpath}/.zattrs", json.dumps({**(old or {}), **attrs}).encode())
+            self.write_bytes(f"{base}.zgroup", b'{"zarr_format": 2}')
+        self.write_bytes(f"{base}.zattrs", json.dumps({**(old or {}), **attrs}).encode())
 
     def _create_parents(self, relpath: str) -> None:
         parts = relpath.split("/")[:-1]
         for i in range(1, len(parts) + 1):
             parent = "/".join(parts[:i])
-            if self._read_attrs_remote(parent) is None:
-                self._write_attrs_remote(parent, {})
+            if self._read_attrs_direct(parent) is None:
+                self._write_attrs_direct(parent, {})
 
     def _zarr_format(self) -> int:
         return _zarr_format(self)
@@ -309,7 +295,7 @@ class Location:
         if self.is_local:
             path = Path(self.url) / relpath
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_bytes(data)
             os.replace(tmp, path)
             return
