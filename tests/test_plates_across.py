@@ -270,3 +270,23 @@ def test_images_side_by_side_follow_the_cluster_size(tmp_path: Path, scheduler: 
     assert result.occupancy.threads == 8
     assert _most_at_once(big) >= 3  # 8 threads: 4 fields at a time
     _check_plate(big, fields, result)
+
+
+def test_a_plate_on_the_warm_engine(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The default local run: the fields' runs reach the warm engine's TLS scheduler
+    with its certificate (they failed with `TLS expects a ssl_context` before)."""
+    from engine.execute import warm
+
+    monkeypatch.setenv("NGFF_ENGINE_WARM_DIR", str(tmp_path / "engine"))
+    monkeypatch.setenv("NGFF_ENGINE_WARM", "1")
+    path, fields = ngio_plate(tmp_path, (1, 48, 64))
+    config = tmp_path / "p.yaml"
+    config.write_text(_pipeline().to_yaml())
+    try:
+        assert main(["run", str(config), "--input", str(path), "--wells", "B03"]) == 0
+        assert warm.find().address.startswith("tls://")
+    finally:
+        warm.stop()
+    assert "2 units in" in capsys.readouterr().out
+    for key in ("B/03/0", "B/03/1"):
+        assert (path / key / "labels/nuclei").exists()
