@@ -250,6 +250,12 @@ def test_submit_a_plate_in_a_thread(tmp_path: Path, scheduler: str) -> None:
     assert handle.status() == "done"
     _check_plate(path, fields, result)
     assert handle.progress()["units done"] == (8, 8)
+    # a well of it, again: reused (same config and ROI)
+    again = engine.submit(_pipeline(), path, scheduler=scheduler, wells=["C05"], update=True)
+    assert again.outputs == {}  # nothing to write: both fields' outputs are reused
+    done = again.wait(timeout=300)
+    assert [u.image.label for u, _ in done.results] == ["C05/0", "C05/1"]
+    assert done.tasks_done == 0
 
 
 def _most_at_once(path: Path) -> int:

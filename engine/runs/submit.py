@@ -428,6 +428,10 @@ def submit(
     overwrite: bool = False,
     update: bool = False,
     resume: bool = False,
+    roi_table: str | None = None,
+    wells: list[str] | None = None,
+    fields: list[str] | None = None,
+    roi_overlap: str = "refuse",
 ) -> RunHandle:
     """Start a run and return at once.
 
@@ -436,7 +440,11 @@ def submit(
     `batch=True` submits the whole run as one SLURM batch job (see slurm/run.sbatch.template);
     otherwise the run goes on in a thread of this process, its workers local or in SLURM jobs.
     `resume=True` continues the latest killed or failed run of the same outputs.
+    `input` may be a plate, a well or a list of images, with `wells`/`fields`, and
+    `roi_table` runs once per ROI of that table (as `run`; engine/runs/units.py); the
+    handle's `wait()` then returns the UnitsResult.
     """
+    units = {"roi_table": roi_table, "wells": wells, "fields": fields, "roi_overlap": roi_overlap}
     config = None
     if not isinstance(pipeline, Pipeline):
         config = str(pipeline)
@@ -454,10 +462,11 @@ def submit(
             update=update,
             resume=resume,
             config=config,
+            units=units,
         )
         assert isinstance(result, BatchRun)
         return result
-    outputs = check_outputs(pipeline, input, roi, overwrite, update, resume)
+    outputs = check_outputs(pipeline, input, roi, overwrite, update, resume, units)
     spec = resolve_cluster(pipeline.cluster, cluster)
     if spec.kind == "slurm" and scheduler is None:
         import engine.execute.slurm  # noqa: F401  (imports dask_jobqueue in the main thread)
@@ -472,7 +481,9 @@ def submit(
         update=update,
         resume=resume,
         cluster=cluster,
-    )
+        **({k: v for k, v in units.items() if v is not None} if is_units_run(
+            pipeline, input, roi, roi_table, wells, fields) else {}),
+    )  # fmt: skip
 
 
 def find_run(run: str | Path, shared_directory: str | None = None) -> BatchRun:
