@@ -40,8 +40,17 @@ DASK_WORKER_ENVIRONMENT = {
     "OPENBLAS_NUM_THREADS": "1",
 }
 # what the fork server imports: first its own settings (engine/execute/fork_server.py: exit
-# with the command, even during these imports; workers ignore Ctrl-C), then a worker's
-WORKER_MODULES = ["engine.execute.fork_server", "distributed", "engine.execute.executor"]
+# with the command, even during these imports; workers ignore Ctrl-C), then a worker's,
+# with the scipy and scikit-image modules of the common ops (tasks/ loads them on first
+# use, so that the command itself does not wait for them)
+WORKER_MODULES = [
+    "engine.execute.fork_server",
+    "distributed",
+    "engine.execute.executor",
+    "scipy.ndimage",
+    "scipy.sparse.csgraph",
+    "skimage.filters",
+]
 
 _server_environment: dict[str, str] | None = None
 

@@ -4,6 +4,7 @@ all after an idle time or on SIGTERM (`ngff-engine stop`)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -14,15 +15,16 @@ import threading
 import time
 from pathlib import Path
 
+from engine.core.worker_env import WORKER_MODULES
 from engine.execute import warm
 
 
 def preload() -> int:
-    """On each worker, once: import what chunk tasks run (1.4 s cold), so the first run
-    on a new engine does not pay it either."""
-    import engine.execute.executor  # noqa: F401
-    import engine.plan.kinds  # noqa: F401
-
+    """On each worker, once: import what chunk tasks run (1.4 s cold; the modules local
+    workers get from the fork server), so the first run on a new engine does not pay it
+    either."""
+    for module in WORKER_MODULES[1:]:
+        importlib.import_module(module)
     return os.getpid()
 
 
