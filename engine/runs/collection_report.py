@@ -26,7 +26,7 @@ from engine.io.plates import collection_images, is_collection
 from engine.io.rois import UserRoi
 from engine.plan.report import summarize
 from engine.runs.outputs import check_output
-from engine.runs.unit_plans import UnitPlan, compile_units, plan_units
+from engine.runs.unit_plans import UnitPlan, check_outputs, compile_units, plan_units
 from engine.runs.units import names_a_table
 from engine.state.records import list_runs
 
@@ -137,4 +137,29 @@ def collection_status(
         "states": states,
         "done": sum(r["done"] for r in rows),
         "tasks": sum(r["tasks"] for r in rows),
+    }
+
+
+def collection_outputs(
+    pipeline: Pipeline,
+    input: Any,
+    roi: Any,
+    overwrite: bool,
+    update: bool,
+    resume: bool,
+    units: dict[str, Any],
+) -> dict[str, str]:
+    """What `submit` checks before it starts a collection run: every unit planned (bad
+    input refused naming the unit), outputs checked unless resuming (then
+    engine/runs/unit_resume.py decides). Returns `<unit> <output name>` -> path."""
+    found = plan_collection(
+        pipeline, input, roi, units.get("roi_table"), units.get("wells"), units.get("fields"),
+        units.get("roi_overlap") or "refuse",
+    )  # fmt: skip
+    if not resume:
+        check_outputs(found.plans, overwrite, update)
+    return {
+        f"{p.unit.label} {o.name}": str(Path(p.unit.image.path) / o.path)
+        for p in found.plans
+        for o in p.plan.outputs
     }

@@ -34,6 +34,7 @@ from engine.execute.cluster import ClusterArg, resolve_cluster
 from engine.execute.tls import write_certificates
 from engine.plan.fingerprint import layout_hash
 from engine.runs.bookkeeping import check_resumable
+from engine.runs.collection_report import collection_outputs
 from engine.runs.outputs import check_flags, check_output
 from engine.runs.planning import make_plan, resolve_input, resolve_workspace
 from engine.runs.progress import StageCounts
@@ -279,7 +280,7 @@ def check_outputs(
     wells, fields, roi_overlap) of a run over a plate, a well, a list or an ROI table."""
     check_flags(overwrite, update, resume)
     if is_units_run(pipeline, input, roi, **_selection(units)):
-        return _check_units(pipeline, input, roi, overwrite, update, resume, units or {})
+        return collection_outputs(pipeline, input, roi, overwrite, update, resume, units or {})
     meta, plan = make_plan(pipeline, input, roi)
     ws = resolve_workspace(pipeline, meta, None)  # the config's output_store, if any
     if resume:  # the outputs are the interrupted run's own
@@ -294,33 +295,6 @@ def check_outputs(
 def _selection(units: dict[str, Any] | None) -> dict[str, Any]:
     keys = ("roi_table", "wells", "fields")
     return {k: (units or {}).get(k) for k in keys}
-
-
-def _check_units(
-    pipeline: Pipeline,
-    input: Any,
-    roi: Any,
-    overwrite: bool,
-    update: bool,
-    resume: bool,
-    units: dict[str, Any],
-) -> dict[str, str]:
-    """`check_outputs` of a collection run: every unit planned (bad input refused naming
-    the unit), outputs checked unless resuming (engine/runs/unit_resume.py decides then)."""
-    from engine.runs.collection_report import plan_collection
-    from engine.runs.unit_plans import check_outputs as check_unit_outputs
-
-    found = plan_collection(
-        pipeline, input, roi, units.get("roi_table"), units.get("wells"), units.get("fields"),
-        units.get("roi_overlap") or "refuse",
-    )  # fmt: skip
-    if not resume:
-        check_unit_outputs(found.plans, overwrite, update)
-    return {
-        f"{p.unit.label} {o.name}": str(Path(p.unit.image.path) / o.path)
-        for p in found.plans
-        for o in p.plan.outputs
-    }
 
 
 def submit_batch(
