@@ -1,4 +1,10 @@
-"""The op library: pure numpy functions with specs. Imports nothing from the engine."""
+"""The op library: pure numpy functions with specs. Imports nothing from the engine.
+
+Ops call scipy and scikit-image as `scipy.ndimage.gaussian_filter(...)`,
+`skimage.filters.threshold_otsu(...)`: both packages load such submodules on first use.
+The command imports every op for its spec (planning), and `from scipy import ndimage`
+there cost it about 0.4 s of its start; whoever runs ops loads them ahead through
+tasks/backends.py."""
 
 from tasks.classifier import PREDICT, TRAIN
 from tasks.evaluate import EVALUATE

@@ -50,13 +50,23 @@ def slow_config(folder: Path, function: str = "user.slow:slow", name: str = "slo
 
 
 def start_run(
-    config: Path, image: Path, *extra: str, slow_seconds: float = 1.0, workers: int = 1
+    config: Path,
+    image: Path,
+    *extra: str,
+    slow_seconds: float = 1.0,
+    workers: int = 1,
+    in_process: bool = False,
 ) -> subprocess.Popen:
+    """The command on `image`, in a process group of its own; `in_process`: as a small run
+    goes by default, in the command's process (tests/conftest.py turns that off)."""
     argv = [executable(), "run", str(config), "--input", str(image), "--workers", str(workers)]
+    env = environment(slow_seconds)
+    if in_process:
+        env["NGFF_ENGINE_IN_PROCESS_MAX"] = "32MiB"
     return subprocess.Popen(
         [*argv, *extra],
         cwd=image.parent,
-        env=environment(slow_seconds),
+        env=env,
         start_new_session=True,  # its own process group: driver, fork server, workers
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -122,15 +122,20 @@ def test_nothing_listens_beyond_loopback_during_an_in_process_run(
     interface; the engine's in-process cluster binds them to 127.0.0.1."""
     monkeypatch.setenv("NGFF_ENGINE_IN_PROCESS_MAX", "32MiB")
     image = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "a.zarr")
-    seen: list[str] = []
+
+    def listening() -> set[tuple[str, int]]:
+        connections = psutil.Process(os.getpid()).net_connections("inet")
+        return {(c.laddr.ip, c.laddr.port) for c in connections if c.status == "LISTEN"}
+
+    before = listening()  # other tests' servers in this process (the session's cluster)
+    seen: set[tuple[str, int]] = set()
 
     def progress(stage: str, total: int):
-        me = psutil.Process(os.getpid())
-        seen.extend(c.laddr.ip for c in me.net_connections("inet") if c.status == "LISTEN")
+        seen.update(listening() - before)
         return lambda n: None
 
     announced: list[str] = []
     result = engine.run(NUCLEI, image, warm=False, progress=progress, announce=announced.append)
     assert [w.split("://")[0] for w in result.peak_worker_bytes] == ["inproc"]
-    assert seen and set(seen) <= {"127.0.0.1", "::1"}, seen
+    assert seen and {ip for ip, _ in seen} <= {"127.0.0.1", "::1"}, seen
     assert not any("dashboard" in line for line in announced)  # there is none to look at

@@ -32,9 +32,12 @@ def reference(tmp_path_factory: pytest.TempPathFactory, scheduler: str) -> dict[
 
 
 STOPS = {
-    # name: (signal, to the whole process group (a terminal's Ctrl-C) or the command only)
-    "SIGTERM to the command": (signal.SIGTERM, False),
-    "Ctrl-C to the process group": (signal.SIGINT, True),
+    # name: (signal, to the whole process group (a terminal's Ctrl-C) or the command only,
+    # the run in the command's process (a small run's default) or in worker processes)
+    "SIGTERM to the command": (signal.SIGTERM, False, False),
+    "Ctrl-C to the process group": (signal.SIGINT, True, False),
+    "SIGTERM to an in-process run": (signal.SIGTERM, False, True),
+    "Ctrl-C to an in-process run": (signal.SIGINT, True, True),
 }
 
 
@@ -46,10 +49,10 @@ def test_a_stop_signal_gives_one_line_and_a_resumable_killed_run(
     scheduler: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    signum, group = STOPS[stop]
+    signum, group, in_process = STOPS[stop]
     image = Path(write_sample(tmp_path / "image.zarr", SHAPE, CHUNKS, "0.5"))
     config = slow_config(tmp_path)
-    proc = start_run(config, image, "--quiet", slow_seconds=0.3, workers=2)
+    proc = start_run(config, image, "--quiet", slow_seconds=0.3, workers=2, in_process=in_process)
     wait_for(proc, lambda: marked_chunks(image) >= 2)
     if group:
         os.killpg(proc.pid, signum)

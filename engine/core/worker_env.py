@@ -41,15 +41,12 @@ DASK_WORKER_ENVIRONMENT = {
 }
 # what the fork server imports: first its own settings (engine/execute/fork_server.py: exit
 # with the command, even during these imports; workers ignore Ctrl-C), then a worker's,
-# with the scipy and scikit-image modules of the common ops (tasks/ loads them on first
-# use, so that the command itself does not wait for them)
+# with the scipy and scikit-image code of the common ops (tasks/backends.py)
 WORKER_MODULES = [
     "engine.execute.fork_server",
     "distributed",
     "engine.execute.executor",
-    "scipy.ndimage",
-    "scipy.sparse.csgraph",
-    "skimage.filters",
+    "tasks.backends",
 ]
 
 _server_environment: dict[str, str] | None = None

@@ -159,7 +159,7 @@ class Location:
     def read_attrs(self, relpath: str = "") -> dict[str, Any] | None:
         """The attributes of the zarr group at `relpath`, or None when there is none: its
         metadata document read directly (zarr's open tries several keys of both formats:
-        0.15 s per group on the local moto server, 10 ms on a local disk)."""
+        0.15 s per group on the local moto server; on a local disk 1.0 ms against 0.09 ms)."""
         return self._read_attrs_direct(relpath)
 
     def write_attrs(self, relpath: str, attrs: dict[str, Any]) -> None:
@@ -169,8 +169,8 @@ class Location:
         kill never leaves it half written; its other keys are kept.
 
         Through zarr this took two group opens and a write: 0.64 s per update on the
-        local moto server, and on a local disk 12% of the command's time in a run of
-        the standard pipeline on 64x256x256 (the run record is updated at each stage)."""
+        local moto server; on a local disk 3.4 ms against 0.55 ms (the run record is
+        updated at each stage, and in-process runs share the interpreter with it)."""
         self._write_attrs_direct(relpath, attrs)
 
     def _read_attrs_direct(self, relpath: str) -> dict[str, Any] | None:
@@ -395,7 +395,7 @@ class Location:
 
 @functools.lru_cache(maxsize=64)
 def _zarr_format(where: Location) -> int:
-    """The zarr format of the group at a remote root (it never changes)."""
+    """The zarr format of the group at a root (it never changes)."""
     return 3 if where.exists("zarr.json") else 2
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,19 +44,6 @@ def table_attrs(label: str) -> dict[str, Any]:
         "index_key": "label",
         "index_type": "int",
     }
-
-
-def import_in_background() -> threading.Thread:
-    """Import anndata and pandas (0.4 to 0.7 s) in a thread, so a run writing a table has
-    them by the time its chunks are done instead of importing them after."""
-
-    def load() -> None:
-        import anndata.io  # noqa: F401
-        import pandas  # noqa: F401
-
-    thread = threading.Thread(target=load, name="import-anndata", daemon=True)
-    thread.start()
-    return thread
 
 
 def write_table(

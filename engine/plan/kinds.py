@@ -14,7 +14,7 @@ plan, what earlier stages combined, and the few effects a kind needs; never dask
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,12 @@ class StageKind:
     keeps_results: bool = False
     # the target is an array written chunk by chunk (not a table or a model)
     writes_chunks: bool = True
+    # what the driver's finish (or the table it leads to) imports: loaded in the
+    # background when a run starts (engine/core/preload.py)
+    driver_modules: tuple[str, ...] = ()
+
+
+TABLE_MODULES = ("anndata.io", "pandas")
 
 
 KINDS: dict[str, StageKind] = {
@@ -49,22 +55,40 @@ KINDS: dict[str, StageKind] = {
         finish=chain.finish_reduce,
         fold=chain.fold_reduction,
         keeps_results=True,
+        driver_modules=("tasks.backends",),
     ),
     "label": StageKind(labels.run_label, prepare=labels.prepare_local, keeps_results=True),
     "segment": StageKind(labels.run_segment, prepare=labels.prepare_local, keeps_results=True),
     "faces": StageKind(labels.run_faces, extra=labels.face_bases, keeps_results=True),
     "match": StageKind(labels.run_match, extra=labels.face_bases, keeps_results=True),
-    "merge": StageKind(None, finish=labels.merge),
+    "merge": StageKind(None, finish=labels.merge, driver_modules=("tasks.backends",)),
     "relabel": StageKind(labels.run_relabel, extra=labels.relabel_tables),
     "pyramid": StageKind(pyramid.run_pyramid),
     "import": StageKind(importing.run_import, extra=importing.source_of),
     "measure": StageKind(
-        tables.run_measure, finish=tables.combine_measure, keeps_results=True, writes_chunks=False
+        tables.run_measure,
+        finish=tables.combine_measure,
+        keeps_results=True,
+        writes_chunks=False,
+        driver_modules=TABLE_MODULES,
     ),
     "evaluate": StageKind(
-        tables.run_evaluate, finish=tables.combine_evaluate, keeps_results=True, writes_chunks=False
+        tables.run_evaluate,
+        finish=tables.combine_evaluate,
+        keeps_results=True,
+        writes_chunks=False,
+        driver_modules=TABLE_MODULES,
     ),
     "train": StageKind(
-        tables.run_train, finish=tables.combine_train, keeps_results=True, writes_chunks=False
+        tables.run_train,
+        finish=tables.combine_train,
+        keeps_results=True,
+        writes_chunks=False,
+        driver_modules=TABLE_MODULES,
     ),
 }
+
+
+def driver_modules(stages: Iterable[Any]) -> list[str]:
+    """The modules the driver will import for these stages, each once, in stage order."""
+    return list(dict.fromkeys(m for stage in stages for m in KINDS[stage.kind].driver_modules))

@@ -16,6 +16,7 @@ from typing import Any
 
 from engine.core.errors import OutputConflict, in_python_terms
 from engine.core.pipeline import Pipeline, RoiSpec
+from engine.core.preload import import_in_background
 from engine.execute.cluster import (
     ClusterArg,
     check_resources,
@@ -30,8 +31,8 @@ from engine.io.existing import ids_left_by_earlier_runs
 from engine.io.location import Location
 from engine.io.output_store import prepare_store
 from engine.io.rois import save_config_roi
-from engine.io.tables import import_in_background
 from engine.plan.fingerprint import layout_hash
+from engine.plan.kinds import driver_modules
 from engine.plan.memory import check_fits, largest_read
 from engine.plan.types import Plan
 from engine.runs.bookkeeping import (
@@ -239,8 +240,7 @@ def run(
             record.update(stages=stage_rows, **totals(stage_rows))
 
         stages: list[StageStats] = []
-        if any(out.kind == "table" for out in plan.outputs):
-            import_in_background()
+        import_in_background(driver_modules(plan.stages))
         try:
             projected = 0
             if plan.stages:  # else every output is reused: no cluster to start
