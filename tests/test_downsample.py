@@ -43,3 +43,18 @@ def test_halves_round_to_even_and_edges_average_what_they_have() -> None:
     np.testing.assert_array_equal(block_mean(data, (2, 2)), [[-2]])
     data = np.full((4, 4), 65535, np.uint16)  # no overflow
     np.testing.assert_array_equal(block_mean(data, (2, 2)), np.full((2, 2), 65535))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_whole_blocks_round_in_integers_as_the_general_way(dtype: str) -> None:
+    """Every block whole (even sizes along the halved axes): integer sums rounded half to
+    even in integers, equal to the general way, extremes of the dtype included."""
+    rng = np.random.default_rng(1)
+    for shape in [(6,), (4, 8), (2, 6, 4), (2, 2, 4, 2)]:
+        for factors in itertools.product((1, 2), repeat=len(shape)):
+            data = sample(shape, dtype, rng)
+            if data.dtype.kind in "iu":
+                data.flat[:2] = np.iinfo(data.dtype).max
+                data.flat[-2:] = np.iinfo(data.dtype).min
+            fast, general = block_mean(data, factors), _block_mean_general(data, factors)
+            np.testing.assert_array_equal(fast, general, err_msg=f"{shape} {factors}")

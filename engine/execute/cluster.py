@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import dask
@@ -220,6 +221,81 @@ def in_process_client(threads: int) -> Iterator[Client]:
         Client(cluster_, set_as_default=False) as client,
     ):
         yield client
+
+
+class Connecting:
+    """`connect(...)` in a thread of its own, started at once, so the cluster starts (the
+    scheduler, its workers' start and handshakes, their TLS certificate: about a second
+    here, most of it waiting) while the driver goes on with what does not need it (an
+    import checks its source's files); `with` it for the client, which waits for the
+    start. The thread that entered `connect` leaves it too (dask's client keeps a
+    context variable that only its own thread may reset): `close()`, or the end of the
+    `with`, tells it to and waits. An error from the start is raised where the client is
+    asked for.
+
+    SLURM workers are asked for in the caller's thread, when the client is asked for, as
+    `connect` does (dask-jobqueue sets signal handlers, which only the main thread may)."""
+
+    def __init__(
+        self, workers: int | None = None, scheduler: str | None = None, cluster: ClusterArg = None
+    ) -> None:
+        self._args = (workers, scheduler, cluster)
+        self._client: Client | None = None
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+        self._leave = threading.Event()
+        self._stack = ExitStack()
+        self._thread: threading.Thread | None = None
+        if scheduler is None and resolve_cluster(None, cluster).kind == "slurm":
+            return
+        self._thread = threading.Thread(
+            target=self._hold, args=self._args, name="connecting", daemon=True
+        )
+        self._thread.start()
+
+    def _hold(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            with connect(*args, **kwargs) as client:
+                self._client = client
+                self._ready.set()
+                self._leave.wait()
+        except BaseException as exc:  # raised by client() or close()
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    def client(self) -> Client:
+        if self._thread is None:
+            if self._client is None:
+                self._client = self._stack.enter_context(connect(*self._args))
+            return self._client
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._client is not None
+        return self._client
+
+    def close(self) -> None:
+        if self._thread is None:
+            self._stack.close()
+            return
+        self._leave.set()
+        self._thread.join()
+
+    def __enter__(self) -> Client:
+        try:
+            return self.client()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        if self._thread is None:
+            self._stack.__exit__(kind, *exc)
+            return
+        self.close()
+        if kind is None and self._error is not None:
+            raise self._error
 
 
 @contextmanager

@@ -14,6 +14,7 @@ chunks is fetched by zarr's async pipeline concurrently.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from collections.abc import Sequence
 
@@ -141,6 +142,40 @@ def write_target(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
             files.write(index, data.astype(files.dtype, copy=False))
         else:
             array[slices] = data.astype(array.dtype, copy=False)
+    except OSError as exc:
+        if disk_full(exc, f"{root}/{path}/"):
+            raise NoSpace(f"{root}/{path} (box {box})") from None
+        raise
+    finally:
+        cpu.switch(before)
+
+
+def write_chunks(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
+    """Write a box made of whole chunks (those at the array's end clipped to it), each
+    straight to its chunk file when the array allows, else the box through zarr. A task
+    writing many chunks (an import's block) skips zarr's general path (engine/io/
+    chunk_files.py: a chunk written in 3 ms against 16 ms through zarr)."""
+    files = direct_files(root, path)
+    if files is None:
+        write_target(root, path, box, data)
+        return
+    slices = box.to_slices()
+    ranges = [
+        range(s.start // c, -(-s.stop // c)) for s, c in zip(slices, files.chunks, strict=True)
+    ]
+    grid = list(zip(slices, files.chunks, files.shape, strict=True))
+    if any(s.start % c or (s.stop % c and s.stop != n) for s, c, n in grid):
+        write_target(root, path, box, data)  # not whole chunks: zarr merges what is there
+        return
+    before = cpu.switch(cpu.ENCODE)
+    try:
+        for index in itertools.product(*ranges):
+            part = files.chunk_box(index)
+            local = tuple(
+                slice(p.start - s.start, p.stop - s.start)
+                for p, s in zip(part, slices, strict=True)
+            )
+            files.write(index, data[local])
     except OSError as exc:
         if disk_full(exc, f"{root}/{path}/"):
             raise NoSpace(f"{root}/{path} (box {box})") from None

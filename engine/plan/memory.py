@@ -23,6 +23,7 @@ from engine.io.chunk_cache import DEFAULT_BUDGET_BYTES
 from engine.plan.kinds import KINDS
 from engine.plan.report import human_bytes
 from engine.plan.types import Plan, Stage
+from engine.worker.importing import SLAB_BYTES
 
 PROCESS_BYTES = 200 * 1024**2  # a dask worker with numpy, scipy, zarr imported (~130 MiB measured)
 WORKING_ITEMSIZE = 8  # ops may compute in float64
@@ -75,6 +76,10 @@ def _task_bytes(stage: Stage, read, write) -> int:
         total += worst
     if stage.target is not None and KINDS[stage.kind].writes_chunks:
         total += write.size * np.dtype(stage.target_dtype or "uint64").itemsize
+    if stage.kind == "import" and stage.tasks.factors and stage.source is not None:
+        # levels fused into the import (engine/worker/importing.py): each at most half
+        # the block below it, and a slab's temporaries (sums, a float copy)
+        total += read.size * np.dtype(stage.source.dtype).itemsize // 2 + 3 * SLAB_BYTES
     return int(total)
 
 

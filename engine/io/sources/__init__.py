@@ -22,6 +22,8 @@ import functools
 import os
 from dataclasses import replace
 
+import numpy as np
+
 from engine.io.sources.base import (
     AxisMap,
     Channel,
@@ -48,8 +50,19 @@ __all__ = [
     "ngff_unit",
     "open_source",
     "parse_scale",
+    "read_into",
     "resolve_spec",
 ]
+
+
+def read_into(source: Source, box: tuple[slice, ...], out: np.ndarray) -> None:
+    """`source.read(box)` into `out` (the box's shape, native byte order): straight from
+    the file where the reader can (TIFF memory maps, planes), else through a copy."""
+    method = getattr(source, "read_into", None)
+    if method is not None:
+        method(box, out)
+    else:
+        out[...] = source.read(box)
 
 
 def detect_kind(path: str, dataset: str | None, pattern: str | None) -> str:

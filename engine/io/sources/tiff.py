@@ -38,6 +38,7 @@ from engine.io.sources.base import (
 )
 
 RESOLUTION_UNIT_UM = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit inch, centimeter
+MAP_WINDOW_BYTES = 16 * 1024**2  # most of the file one memory map shows at a time
 
 
 def open_tiff(path: str) -> tifffile.TiffFile:
@@ -117,20 +118,50 @@ class SeriesReader:
         except Exception as exc:  # a damaged tile or strip: zlib, codec or I/O errors
             raise SourceError(f"{self.path}: unreadable ({type(exc).__name__}: {exc})") from None
 
-    def _mapped(self, box: Sequence[slice]) -> np.ndarray:
+    def read_into(self, box: Sequence[slice], out: np.ndarray) -> None:
+        """`read(box)` into `out` (native byte order), without an array of its own: an
+        import task reuses one buffer for its blocks (engine/worker/importing.py)."""
+        if self.array is not None:
+            out[...] = self.read(box)
+            return
+        try:
+            self._mapped(box, out)
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"{self.path}: unreadable ({type(exc).__name__}: {exc})") from None
+
+    def _mapped(self, box: Sequence[slice], into: np.ndarray | None = None) -> np.ndarray:
+        """The box from memory maps of the series' bytes, at most MAP_WINDOW_BYTES of its
+        first axis at a time: a page mapped and read counts in the process's resident
+        memory until it is unmapped (a 128 MiB block read through one map showed as
+        128 MiB more peak RSS of the worker)."""
         assert self.offset is not None
-        nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
-        start = self.offset - self.offset % mmap.ALLOCATIONGRANULARITY
-        with (
-            open(self.path, "rb") as f,
-            mmap.mmap(
-                f.fileno(), self.offset - start + nbytes, access=mmap.ACCESS_READ, offset=start
-            ) as mapped,
-        ):
-            data = np.frombuffer(mapped, self.dtype, int(np.prod(self.shape)), self.offset - start)
-            out = np.array(data.reshape(self.shape)[tuple(box)])
-            del data
-        return out.astype(self.dtype.newbyteorder("="), copy=False)
+        box = (*box, *(slice(None),) * (len(self.shape) - len(box)))
+        lo, hi, step = box[0].indices(self.shape[0])
+        if step != 1:  # not what tasks read: the first axis whole, then the box
+            lo, hi = 0, self.shape[0]
+        take = (slice(None) if step == 1 else box[0], *box[1:])
+        if into is None:
+            shape = [len(range(*b.indices(n))) for b, n in zip(box, self.shape, strict=True)]
+            into = np.empty(shape, self.dtype.newbyteorder("="))
+        per = int(np.prod(self.shape[1:])) * self.dtype.itemsize  # bytes per first index
+        window = hi - lo if step != 1 else max(1, MAP_WINDOW_BYTES // max(1, per))
+        with open(self.path, "rb") as f:
+            for at in range(lo, hi, max(1, window)):
+                n = min(window, hi - at)
+                offset = self.offset + at * per
+                start = offset - offset % mmap.ALLOCATIONGRANULARITY
+                with mmap.mmap(
+                    f.fileno(), offset - start + n * per, access=mmap.ACCESS_READ, offset=start
+                ) as mapped:
+                    data = np.frombuffer(
+                        mapped, self.dtype, n * per // self.dtype.itemsize, offset - start
+                    ).reshape((n, *self.shape[1:]))
+                    part = into[at - lo : at - lo + n] if step == 1 else into
+                    np.copyto(part, data[take])
+                    del data
+        return into
 
 
 class TiffSource:
@@ -163,6 +194,12 @@ class TiffSource:
 
     def read(self, box: Sequence[slice]) -> np.ndarray:
         return self.map.to_ngff(self.reader.read(self.map.native_box(box)))
+
+    def read_into(self, box: Sequence[slice], out: np.ndarray) -> None:
+        if self.map.order != tuple(range(len(self.map.order))):
+            out[...] = self.read(box)
+            return
+        self.reader.read_into(self.map.native_box(box), out)
 
 
 def tiff_metadata(
