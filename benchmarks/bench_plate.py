@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import string
 import subprocess
@@ -38,6 +39,9 @@ import zarr
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "nuclei-measure.yaml"
+# the runs use a warm engine of their own (NGFF_ENGINE_WARM_DIR, set in main), stopped at
+# the end: not one another user of the machine may be using
+ENV = dict(os.environ)
 PROPS = ("label", "area", "centroid", "bbox", "intensity_mean", "intensity_min", "intensity_max")
 
 
@@ -80,12 +84,25 @@ def engine_cmd(target: Path, workers: int) -> list[str]:
     ]  # fmt: skip
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str], keep: dict | None = None) -> float:
+    """Seconds the command took; `keep` gets its JSON output (`--json`)."""
     started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    if keep is not None:
+        try:
+            keep.update(json.loads(done.stdout))
+        except ValueError:
+            pass
+    return seconds
+
+
+def load() -> str:
+    """The machine's load averages (1, 5, 15 min): the machine is shared."""
+    with open("/proc/loadavg") as handle:
+        return " ".join(handle.read().split()[:3])
 
 
 def scipy_fields(plate: Path, fields: list[str]) -> tuple[float, dict[str, np.ndarray]]:
@@ -137,6 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     shape = tuple(int(s) for s in args.shape.split(","))
     tmp = Path(tempfile.mkdtemp(prefix="bench-plate-", dir=args.tmp))
+    ENV["NGFF_ENGINE_WARM_DIR"] = str(tmp / "warm-engine")
     try:
         plate = tmp / "plate.zarr"
         started = time.perf_counter()
@@ -145,7 +163,9 @@ def main() -> None:
         loop_plate = tmp / "loop.zarr"
         shutil.copytree(plate, loop_plate)
 
-        plate_s = timed(engine_cmd(plate, args.workers))
+        load_before = load()
+        plate_json: dict = {}
+        plate_s = timed(engine_cmd(plate, args.workers), plate_json)
         print(f"plate run: {plate_s:.1f} s", flush=True)
         loop_s = sum(timed(engine_cmd(loop_plate / key, args.workers)) for key in fields)
         print(f"loop of {len(fields)} runs: {loop_s:.1f} s", flush=True)
@@ -165,11 +185,18 @@ def main() -> None:
             "plate_over_scipy": round(plate_s / scipy_s, 2),
             "loop_over_plate": round(loop_s / plate_s, 2),
             "labels_equal": equal,
+            # the plate run's workers: thread-seconds busy in chunk tasks of those they had
+            "plate_run_workers": plate_json.get("workers"),
+            "plate_run_driver_cpu_s": plate_json.get("driver_cpu_seconds"),
+            "load_before": load_before,
+            "load_after": load(),
             "plate_table_rows": len(table),
             "objects": objects,
             "workers": args.workers,
         }
     finally:
+        stop = [sys.executable, "-m", "engine", "stop"]
+        subprocess.run(stop, capture_output=True, cwd=REPO, env=ENV, timeout=120)
         shutil.rmtree(tmp, ignore_errors=True)
     width = max(len(k) for k in results)
     for key, value in results.items():

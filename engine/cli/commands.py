@@ -20,6 +20,8 @@ from engine.cli.parser import LOCAL_OVERRIDES, build_parser, cluster_overrides
 from engine.cli.render import (
     console,
     out,
+    print_collection_plan,
+    print_collection_status,
     print_image_runs,
     print_info,
     print_plan,
@@ -43,7 +45,7 @@ from engine.io.location import Location
 from engine.plan.report import summarize
 from engine.runs.outputs import check_output
 from engine.runs.planning import make_plan, resolve_input, resolve_workspace
-from engine.runs.units import UnitsResult, run
+from engine.runs.units import UnitsResult, is_units_run, run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,6 +147,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     pipeline = _load(args)
     if resolve_cluster(pipeline.cluster).kind == "local":
         start_in_background(args)
+    units = (args.input, args.roi, args.roi_table, args.wells, args.fields)
+    if is_units_run(pipeline, *units):
+        return _plan_collection(args, pipeline)
     started = time.perf_counter()
     meta, plan = make_plan(pipeline, args.input, args.roi, output=args.output)
     seconds = time.perf_counter() - started
@@ -172,6 +177,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
         out.print(f"run would refuse: {refusal}", highlight=False, markup=False)
     if refusals:
         out.print("(outputs exist: add --update or --overwrite)", highlight=False, markup=False)
+    return 0
+
+
+def _plan_collection(args: argparse.Namespace, pipeline: Pipeline) -> int:
+    """`plan` over a plate, a well, a list of images or an ROI table: per unit and totals."""
+    from engine.runs.collection_report import plan_collection
+
+    if args.output is not None:
+        raise ConfigError("--output is for a run on one image")
+    found = plan_collection(
+        pipeline, args.input, args.roi, args.roi_table, args.wells, args.fields, args.roi_overlap
+    )
+    if args.json:
+        out.print_json(json.dumps(found.to_json()))
+        return 0
+    print_collection_plan(found)
     return 0
 
 
@@ -276,6 +297,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         resume=args.resume,
         dry_run=args.dry_run,
         config=args.config,
+        units={
+            "roi_table": args.roi_table,
+            "wells": args.wells,
+            "fields": args.fields,
+            "roi_overlap": args.roi_overlap,
+        },
     )
     if isinstance(handle, str):
         out.print(handle, end="", highlight=False, markup=False, soft_wrap=True)
@@ -299,6 +326,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(json.dumps({"job_id": handle.job_id, **result.to_json()}))
         return 0
+    if isinstance(result, UnitsResult):
+        print_units(result)
+        return 0
     print_result(result)
     return 0
 
@@ -316,6 +346,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     if args.run is None:
         return engine_status(args)
+    from engine.runs.collection_report import collection_status, is_collection_path
+
+    if args.wells or args.fields or is_collection_path(args.run):
+        found = collection_status(args.run, args.wells, args.fields)
+        if args.json:
+            out.print_json(json.dumps(found))
+            return 0
+        print_collection_status(found)
+        return 0
     if _is_zarr(args.run):
         return _image_status(args)
 

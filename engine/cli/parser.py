@@ -66,21 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--roi", default=None, help=ROI_HELP)
         p.add_argument("--json", action="store_true", help="machine-readable output")
         _warm_flags(p)
+        _unit_flags(p)
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
     p.add_argument("--scheduler", default=None, help="address of an existing dask scheduler")
-    p.add_argument(
-        "--roi-table",
-        default=None,
-        help="run once per ROI of this ROI table of each image (e.g. FOV_ROI_table)",
-    )
-    p.add_argument(
-        "--roi-overlap",
-        choices=["refuse", "first", "last"],
-        default="refuse",
-        help="which ROI of --roi-table wins where ROIs overlap (default: refuse overlaps)",
-    )
-    p.add_argument("--wells", type=_names, default=None, help="wells of a plate input: B03,C05")
-    p.add_argument("--fields", type=_names, default=None, help="fields of each well: 0,1")
     _output_mode(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
@@ -105,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--priority-roi",
         default=None,
         help="ROI (name or z0:z1,y0:y1,x0:x1) every stage computes first, to look at early "
-        "(default: a config ROI with preview: true)",
+        "(default: a config ROI with preview: true); on a plate, a well (B03), a field "
+        "(B03/1), an image or an ROI of --roi-table: those units run first",
     )
     _cluster_flags(p)
 
@@ -123,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--template", default=None, help="sbatch template (default slurm/)")
+    _unit_flags(p)
     _cluster_flags(p)
 
     p = sub.add_parser(
@@ -194,12 +184,31 @@ def build_parser() -> argparse.ArgumentParser:
         "(none: the warm engine)",
     )
     p.add_argument("--shared-dir", default=None, help="where runs are (default ~/.ngff-engine)")
+    p.add_argument("--wells", type=_names, default=None, help="wells of a plate: B03,C05")
+    p.add_argument("--fields", type=_names, default=None, help="fields of each well: 0,1")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("stop", help="stop the warm engine (local scheduler and workers)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     transfer.add_parsers(sub, _cluster_flags, cluster_overrides)
     return parser
+
+
+def _unit_flags(p: argparse.ArgumentParser) -> None:
+    """The units of a collection run: a plate's wells and fields, an ROI table's ROIs."""
+    p.add_argument(
+        "--roi-table",
+        default=None,
+        help="run once per ROI of this ROI table of each image (e.g. FOV_ROI_table)",
+    )
+    p.add_argument(
+        "--roi-overlap",
+        choices=["refuse", "first", "last"],
+        default="refuse",
+        help="which ROI of --roi-table wins where ROIs overlap (default: refuse overlaps)",
+    )
+    p.add_argument("--wells", type=_names, default=None, help="wells of a plate input: B03,C05")
+    p.add_argument("--fields", type=_names, default=None, help="fields of each well: 0,1")
 
 
 def _warm_flags(p: argparse.ArgumentParser) -> None:

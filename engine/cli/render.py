@@ -96,6 +96,64 @@ def print_units(result: Any) -> None:
         f"tasks{'; ' + total if total else ''}",
         highlight=False,
     )
+    busy = result.occupancy
+    if busy.threads and busy.tasks:
+        out.print(
+            f"  workers busy {100 * busy.busy_fraction:.0f}% of {busy.threads} threads x "
+            f"{busy.seconds:.1f} s; driver CPU {result.driver_cpu:.1f} s",
+            highlight=False,
+        )
+
+
+def print_collection_plan(found: Any) -> None:
+    """`plan` over a collection: one line per unit (tasks, stages, projected worker
+    memory, what a run would refuse), then the totals."""
+    for k, unit_plan in enumerate(found.plans):
+        plan = unit_plan.plan
+        reused = f"; reused: {', '.join(o.path for o in plan.reused)}" if plan.reused else ""
+        out.print(
+            f"{unit_plan.unit.label}: ROI {plan.roi}, {plan.task_count} chunk tasks in "
+            f"{len(plan.stages)} stages, projected worker memory "
+            f"{human_bytes(unit_plan.projected_bytes)}{reused}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        for refusal in found.refusals.get(k, []):
+            out.print(f"  run would refuse: {refusal}", highlight=False, markup=False)
+    images = len({p.unit.image.path for p in found.plans})
+    out.print(
+        f"total: {len(found.plans)} units ({images} image{'s' if images != 1 else ''}), "
+        f"{found.tasks} chunk tasks, "
+        f"projected worker memory {human_bytes(found.projected_bytes)} (the largest unit's), "
+        f"planned in {found.seconds:.2f} s",
+        highlight=False,
+        markup=False,
+    )
+    if found.refusals:
+        out.print("(outputs exist: add --update or --overwrite)", highlight=False, markup=False)
+
+
+def print_collection_status(found: dict[str, Any]) -> None:
+    """`status` of a plate (a well, a glob): each unit's latest run, then the totals."""
+    width = max((len(r["unit"]) for r in found["units"]), default=4)
+    for row in found["units"]:
+        run = f"  run {row['run_id']}" if row["run_id"] else ""
+        out.print(
+            f"{row['unit']:<{width}}  {row['state']:<11}  {row['done']}/{row['tasks']} "
+            f"chunk tasks{run}",
+            highlight=False,
+            markup=False,
+        )
+        if row.get("error") and row["state"] != "completed":
+            out.print(f"  error: {row['error']}", highlight=False, markup=False, soft_wrap=True)
+    states = ", ".join(f"{n} {state}" for state, n in found["states"].items())
+    out.print(
+        f"total: {len(found['units'])} units ({states}); {found['done']}/{found['tasks']} "
+        "chunk tasks",
+        highlight=False,
+        markup=False,
+    )
 
 
 class RateColumn(ProgressColumn):

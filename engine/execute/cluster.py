@@ -23,6 +23,7 @@ from distributed.security import Security
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import ClusterSpec, _first_error
 from engine.core.worker_env import WORKER_DASK_SETTINGS
+from engine.execute.occupancy import Occupancy, measured
 from engine.execute.worker_config import start_method, worker_config
 from engine.plan.types import Plan
 
@@ -109,7 +110,8 @@ def connect(
             # threads (engine/runs/units.py), and a default client set from a thread stays
             # in dask's global config after it closes ("no Client active" for the
             # caller's own dask code, e.g. ngio's)
-            client = Client(scheduler, timeout="10s", set_as_default=False)
+            security = _SHARED.get(scheduler)  # a shared_scheduler's TLS certificate
+            client = Client(scheduler, timeout="10s", set_as_default=False, security=security)
         except OSError as exc:
             raise EngineError(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
         with client:
@@ -304,16 +306,34 @@ def shared_scheduler(
     config: ClusterSpec | None = None,
     warm: bool | None = None,
     idle_timeout: float | None = None,
+    occupancy: Occupancy | None = None,
 ) -> Iterator[str]:
     """The address of one cluster for several runs (the images of a plate, the ROIs of a
     table): `scheduler` itself when given, else workers started once, as `connect` starts
     them, for as long as the block lasts. Each run then connects to it (a client costs
-    tens of milliseconds; starting 2 local workers takes seconds)."""
+    tens of milliseconds; starting 2 local workers takes seconds). `occupancy` is filled
+    with how busy the workers were while the block ran (engine/execute/occupancy.py)."""
     if scheduler is not None:
-        yield scheduler
+        if occupancy is None:
+            yield scheduler
+            return
+        with connect(None, scheduler) as client, measured(client, occupancy):
+            yield scheduler
         return
     with connect(workers, None, cluster, config, None, warm, idle_timeout) as client:
-        yield client.scheduler.address
+        address = client.scheduler.address
+        # the runs connect by address: with TLS (a LocalCluster's temporary certificate,
+        # the warm engine's) they need the certificate this client has
+        _SHARED[address] = client.security
+        try:
+            with measured(client, occupancy):
+                yield address
+        finally:
+            _SHARED.pop(address, None)
+
+
+# address -> Security of the clusters `shared_scheduler` holds open in this process
+_SHARED: dict[str, Security] = {}
 
 
 def uses_warm(

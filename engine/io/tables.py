@@ -191,3 +191,16 @@ def obs_column(image: str | Path, name: str, column: str) -> list[str] | None:
     if column not in data.obs:
         return None
     return [str(v) for v in data.obs[column]]
+
+
+def read_table_column(
+    image: str | Path, name: str, column: str
+) -> tuple[np.ndarray, list[str], np.ndarray, list[str] | None]:
+    """`read_table` and `obs_column` of `tables/<name>` from one read: a plate table
+    gathers every field's, and each anndata read costs ~50 ms (a 48-field plate: 2.4 s
+    saved)."""
+    data = read_anndata(table_path(image, name))
+    labels = np.asarray([int(str(v)) for v in data.obs_names], dtype=np.uint64)
+    values = np.asarray(data.X, dtype=np.float64)
+    found = [str(v) for v in data.obs[column]] if column in data.obs else None
+    return labels, [str(v) for v in data.var_names], values, found

@@ -1,7 +1,8 @@
 """Inside a batch allocation: `python -m engine.runs.batch RUN_DIR`, once per srun task.
 
 dask-jobqueue's SLURMRunner gives each task its role: task 0 the dask scheduler,
-task 1 the driver (this module's `drive`: the same `run()` as `ngff-engine run`),
+task 1 the driver (this module's `drive`: the same `run()` as `ngff-engine run`, on
+one image or on a plate, a well, a list of images or an ROI table),
 tasks 2.. the workers (engine/execute/batch_runner.py); TLS comes from the run's
 certificate in RUN_DIR.
 
@@ -49,7 +50,7 @@ def progress_file(path: Path) -> StageCounts:
 def drive(run_dir: Path, spec: dict[str, Any], scheduler: str) -> int:
     from engine.core.errors import EngineError
     from engine.core.pipeline import Pipeline
-    from engine.runs.runner import run
+    from engine.runs.units import UnitsFailed, run
 
     try:
         pipeline = Pipeline.build(spec["pipeline"], source=spec.get("config", "pipeline"))
@@ -62,7 +63,12 @@ def drive(run_dir: Path, spec: dict[str, Any], scheduler: str) -> int:
             resume=spec.get("resume", False),
             scheduler=scheduler,
             progress=progress_file(run_dir / "progress.json"),
+            **spec.get("units", {}),  # a plate, a well, a list, an ROI table
         )
+    except UnitsFailed as exc:  # the other units' results, and the failed units named
+        write_json(run_dir / "result.json", exc.result.to_json())
+        (run_dir / "error.txt").write_text(f"{exc}\n")
+        return 2
     except EngineError as exc:
         (run_dir / "error.txt").write_text(f"{exc}\n")
         return 2

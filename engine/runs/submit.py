@@ -34,11 +34,12 @@ from engine.execute.cluster import ClusterArg, resolve_cluster
 from engine.execute.tls import write_certificates
 from engine.plan.fingerprint import layout_hash
 from engine.runs.bookkeeping import check_resumable
+from engine.runs.collection_report import collection_outputs
 from engine.runs.outputs import check_flags, check_output
 from engine.runs.planning import make_plan, resolve_input, resolve_workspace
 from engine.runs.progress import StageCounts
 from engine.runs.result import RunResult
-from engine.runs.runner import run
+from engine.runs.units import UnitsResult, is_units_run, run
 from engine.state.records import find_resumable
 
 TEMPLATE = Path(__file__).with_name("run.sbatch.template")  # slurm/ links to it
@@ -190,7 +191,10 @@ class BatchRun(RunHandle):
             time.sleep(poll)
         if state != "done":
             raise EngineError(f"batch job {self.job_id} {state}: {self.error()} (log: {self.log})")
-        return RunResult.from_json(json.loads(self._file("result.json") or "{}"))
+        data = json.loads(self._file("result.json") or "{}")
+        if "units" in data:  # a collection run (engine/runs/units.py)
+            return UnitsResult.from_json(data)  # type: ignore[return-value]
+        return RunResult.from_json(data)
 
     def cancel(self) -> None:
         subprocess.run(["scancel", self.job_id], capture_output=True, text=True, timeout=60)
@@ -247,6 +251,14 @@ def _read_template(spec: ClusterSpec) -> tuple[str, str]:
         raise ConfigError(f"cluster.template: cannot read {path} ({exc.strerror})") from None
 
 
+def _input_json(pipeline: Pipeline, input: Any) -> Any:
+    """The input as the job gets it: an image's location, or a list of images as given."""
+    source = input if input is not None else pipeline.input
+    if source is not None and not isinstance(source, str | Path):
+        return [str(item) for item in source]
+    return str(resolve_input(pipeline, input))
+
+
 def _roi_json(roi: Any) -> Any:
     if isinstance(roi, RoiSpec):
         return roi.model_dump(mode="json", exclude_none=True)
@@ -260,10 +272,15 @@ def check_outputs(
     overwrite: bool,
     update: bool,
     resume: bool,
+    units: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """What `run()` would refuse about the outputs, refused here before anything starts:
-    a started run cannot report it until it runs. Returns name -> path of each output."""
+    a started run cannot report it until it runs. Returns name -> path of each output
+    (on a plate: `<unit> <name>` -> path). `units`: the collection selection (roi_table,
+    wells, fields, roi_overlap) of a run over a plate, a well, a list or an ROI table."""
     check_flags(overwrite, update, resume)
+    if is_units_run(pipeline, input, roi, **_selection(units)):
+        return collection_outputs(pipeline, input, roi, overwrite, update, resume, units or {})
     meta, plan = make_plan(pipeline, input, roi)
     ws = resolve_workspace(pipeline, meta, None)  # the config's output_store, if any
     if resume:  # the outputs are the interrupted run's own
@@ -273,6 +290,11 @@ def check_outputs(
         for out in plan.outputs:
             check_output(ws, out, overwrite, update)
     return {out.name: str(ws.output.child(out.path)) for out in plan.outputs}
+
+
+def _selection(units: dict[str, Any] | None) -> dict[str, Any]:
+    keys = ("roi_table", "wells", "fields")
+    return {k: (units or {}).get(k) for k in keys}
 
 
 def submit_batch(
@@ -285,10 +307,13 @@ def submit_batch(
     resume: bool = False,
     dry_run: bool = False,
     config: str | None = None,
+    units: dict[str, Any] | None = None,
 ) -> BatchRun | str:
     """Submit the run as one batch job; with `dry_run`, return the job script instead.
     `resume` makes the job continue the latest killed or failed run of the same outputs
-    (`run(..., resume=True)`), e.g. after the previous job hit its walltime."""
+    (`run(..., resume=True)`), e.g. after the previous job hit its walltime. `units`
+    (roi_table, wells, fields, roi_overlap): the job runs a plate, a well, a list of
+    images or an ROI table as `ngff-engine run` does, in one allocation."""
     from engine.execute.slurm import (
         base_directory,
         log_directory,
@@ -298,7 +323,7 @@ def submit_batch(
         slurm_message,
     )
 
-    outputs = check_outputs(pipeline, input, roi, overwrite, update, resume)
+    outputs = check_outputs(pipeline, input, roi, overwrite, update, resume, units)
     template, source = _read_template(spec)
     logs = log_directory(spec)
     log_pattern = str(logs / f"{spec.job_name}-%j.out")
@@ -327,7 +352,8 @@ def submit_batch(
     run_spec = {
         "config": config or "pipeline",
         "pipeline": pipeline.to_dict(),
-        "input": str(resolve_input(pipeline, input)),  # as given: the job runs in workdir
+        "input": _input_json(pipeline, input),  # as given: the job runs in workdir
+        "units": {k: v for k, v in (units or {}).items() if v is not None},
         "roi": _roi_json(roi),
         "overwrite": overwrite,
         "update": update,
@@ -376,6 +402,10 @@ def submit(
     overwrite: bool = False,
     update: bool = False,
     resume: bool = False,
+    roi_table: str | None = None,
+    wells: list[str] | None = None,
+    fields: list[str] | None = None,
+    roi_overlap: str = "refuse",
 ) -> RunHandle:
     """Start a run and return at once.
 
@@ -384,7 +414,11 @@ def submit(
     `batch=True` submits the whole run as one SLURM batch job (see slurm/run.sbatch.template);
     otherwise the run goes on in a thread of this process, its workers local or in SLURM jobs.
     `resume=True` continues the latest killed or failed run of the same outputs.
+    `input` may be a plate, a well or a list of images, with `wells`/`fields`, and
+    `roi_table` runs once per ROI of that table (as `run`; engine/runs/units.py); the
+    handle's `wait()` then returns the UnitsResult.
     """
+    units = {"roi_table": roi_table, "wells": wells, "fields": fields, "roi_overlap": roi_overlap}
     config = None
     if not isinstance(pipeline, Pipeline):
         config = str(pipeline)
@@ -402,10 +436,11 @@ def submit(
             update=update,
             resume=resume,
             config=config,
+            units=units,
         )
         assert isinstance(result, BatchRun)
         return result
-    outputs = check_outputs(pipeline, input, roi, overwrite, update, resume)
+    outputs = check_outputs(pipeline, input, roi, overwrite, update, resume, units)
     spec = resolve_cluster(pipeline.cluster, cluster)
     if spec.kind == "slurm" and scheduler is None:
         import engine.execute.slurm  # noqa: F401  (imports dask_jobqueue in the main thread)
@@ -420,7 +455,9 @@ def submit(
         update=update,
         resume=resume,
         cluster=cluster,
-    )
+        **({k: v for k, v in units.items() if v is not None} if is_units_run(
+            pipeline, input, roi, roi_table, wells, fields) else {}),
+    )  # fmt: skip
 
 
 def find_run(run: str | Path, shared_directory: str | None = None) -> BatchRun:
