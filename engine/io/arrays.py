@@ -13,10 +13,11 @@ chunks is fetched by zarr's async pipeline concurrently.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import zarr
@@ -129,11 +130,24 @@ def read_array(root: Where, path: str, box: Roi | Sequence[slice]) -> np.ndarray
         cpu.switch(before)
 
 
-def write_target(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
-    """Write a box; a box that is exactly one chunk goes straight to its chunk file. Its
-    CPU time counts as encoding (engine/core/cpu.py)."""
+@contextlib.contextmanager
+def _writing(root: Where, path: str, box: Roi) -> Iterator[None]:
+    """A write of `box` into the array at `path`: its CPU time counts as encoding
+    (engine/core/cpu.py), a full disk is one error naming the array and the box."""
     before = cpu.switch(cpu.ENCODE)
     try:
+        yield
+    except OSError as exc:
+        if disk_full(exc, f"{root}/{path}/"):
+            raise NoSpace(f"{root}/{path} (box {box})") from None
+        raise
+    finally:
+        cpu.switch(before)
+
+
+def write_target(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
+    """Write a box; a box that is exactly one chunk goes straight to its chunk file."""
+    with _writing(root, path, box):
         array = open_array(root, path, "r+")
         files = direct_files(root, path)
         slices = box.to_slices()
@@ -142,12 +156,6 @@ def write_target(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
             files.write(index, data.astype(files.dtype, copy=False))
         else:
             array[slices] = data.astype(array.dtype, copy=False)
-    except OSError as exc:
-        if disk_full(exc, f"{root}/{path}/"):
-            raise NoSpace(f"{root}/{path} (box {box})") from None
-        raise
-    finally:
-        cpu.switch(before)
 
 
 def write_chunks(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
@@ -167,8 +175,7 @@ def write_chunks(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
     if any(s.start % c or (s.stop % c and s.stop != n) for s, c, n in grid):
         write_target(root, path, box, data)  # not whole chunks: zarr merges what is there
         return
-    before = cpu.switch(cpu.ENCODE)
-    try:
+    with _writing(root, path, box):
         for index in itertools.product(*ranges):
             part = files.chunk_box(index)
             local = tuple(
@@ -176,9 +183,3 @@ def write_chunks(root: Where, path: str, box: Roi, data: np.ndarray) -> None:
                 for p, s in zip(part, slices, strict=True)
             )
             files.write(index, data[local])
-    except OSError as exc:
-        if disk_full(exc, f"{root}/{path}/"):
-            raise NoSpace(f"{root}/{path} (box {box})") from None
-        raise
-    finally:
-        cpu.switch(before)

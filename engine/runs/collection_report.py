@@ -27,7 +27,7 @@ from engine.io.rois import UserRoi
 from engine.plan.report import summarize
 from engine.runs.outputs import check_output
 from engine.runs.unit_plans import UnitPlan, check_outputs, compile_units, plan_units
-from engine.runs.units import names_a_table
+from engine.runs.units import resolve_units
 from engine.state.records import list_runs
 
 
@@ -79,10 +79,7 @@ def plan_collection(
 ) -> CollectionPlan:
     """The plan of a collection run, made as `run` makes it (nothing is written)."""
     started = time.perf_counter()
-    source = input if input is not None else pipeline.input
-    table = roi_table if roi_table is not None else pipeline.roi_table
-    if table is None and names_a_table(pipeline, roi, source):
-        table, roi = str(roi), None
+    source, table, roi = resolve_units(pipeline, input, roi, roi_table)
     if source is None:
         raise ConfigError("no input image: set 'input' in the config or pass --input")
     pipeline.check_complete()

@@ -201,10 +201,7 @@ def run(
     `progress` gets one overall count (engine/runs/progress.py `OverallProgress`);
     `priority_roi` naming units (a well, a field, an image, an ROI of the table) runs
     them first, else each unit computes that ROI first (engine/runs/unit_plans.py)."""
-    source = input if input is not None else pipeline.input
-    table = roi_table if roi_table is not None else pipeline.roi_table
-    if table is None and names_a_table(pipeline, roi, source):
-        table, roi = str(roi), None  # `roi="FOV_ROI_table"`: every ROI of that table
+    source, table, roi = resolve_units(pipeline, input, roi, roi_table)
     if not is_collection(source) and table is None and not wells and not fields:
         return runner.run(
             pipeline, source, roi, workers, overwrite, update, scheduler, progress,
@@ -367,11 +364,21 @@ def is_units_run(
 ) -> bool:
     """Whether `run` with these arguments is a collection run (several images, or the
     ROIs of an ROI table), not one image's."""
+    source, table, _ = resolve_units(pipeline, input, roi, roi_table)
+    return is_collection(source) or table is not None or bool(wells) or bool(fields)
+
+
+def resolve_units(
+    pipeline: Pipeline, input: Any, roi: UserRoi, roi_table: str | None
+) -> tuple[Any, str | None, UserRoi]:
+    """(the input, the ROI table run over, the ROI) of a run: the arguments, else the
+    config's; an `roi` naming an ROI table of the (first) image, not an ROI
+    (`roi="FOV_ROI_table"`), is that table, every ROI of it."""
     source = input if input is not None else pipeline.input
     table = roi_table if roi_table is not None else pipeline.roi_table
     if table is None and names_a_table(pipeline, roi, source):
-        return True
-    return is_collection(source) or table is not None or bool(wells) or bool(fields)
+        return source, str(roi), None
+    return source, table, roi
 
 
 def names_a_table(pipeline: Pipeline, roi: UserRoi, source: Any) -> bool:
