@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+from bench_pipeline import partition_equal  # the benchmarks' one partition check
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "nuclei-measure.yaml"
@@ -128,18 +129,6 @@ def engine_labels(field: Path) -> np.ndarray:
     level = read_image(field / "labels/nuclei", validate=False).levels[0].path
     labels = np.asarray(zarr.open_array(str(field / "labels/nuclei" / level), mode="r"))
     return labels.reshape(labels.shape[-2:])  # (y, x): the label image may keep a c axis
-
-
-def partition_equal(a: np.ndarray, b: np.ndarray) -> bool:
-    if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
-        return False
-    fg = a != 0
-    x, y = a[fg].astype(np.int64), b[fg].astype(np.int64)
-    forward = np.zeros(x.max(initial=0) + 1, dtype=np.int64)
-    forward[x] = y
-    backward = np.zeros(y.max(initial=0) + 1, dtype=np.int64)
-    backward[y] = x
-    return bool((forward[x] == y).all() and (backward[y] == x).all())
 
 
 def main() -> None:

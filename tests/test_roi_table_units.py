@@ -14,6 +14,7 @@ import zarr
 from conftest import blobs, same_partition
 from scipy import ndimage
 from skimage.filters import threshold_otsu
+from test_plates import _pipeline
 
 import engine
 from engine.cli.commands import main
@@ -29,16 +30,6 @@ FOVS = {
     "FOV_2": ((0, 12), (0, 30), (50, 96)),
     "FOV_3": ((2, 10), (34, 64), (5, 90)),
 }
-
-
-def _pipeline() -> Pipeline:
-    return (
-        Pipeline()
-        .add("g", "gaussian", sigma=1.5)
-        .add("mask", "threshold", "g", method="otsu")
-        .add("nuclei", "label", "mask", {"kind": "label", "name": "nuclei"})
-        .add("stats", "measure", "nuclei", {"kind": "table", "name": "stats"})
-    )
 
 
 def _ngio_image(tmp_path: Path, fovs: dict) -> tuple[Path, np.ndarray]:
