@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import Cli
 
 from engine.io.sample_zarr import write_sample
 
@@ -104,22 +105,17 @@ def test_the_readme_snippet_in_a_jupyter_kernel(base: Path, tmp_path: Path) -> N
         manager.shutdown_kernel(now=True)
 
 
-def test_errors_in_python_name_python_arguments(base: Path, tmp_path: Path) -> None:
+def test_errors_in_python_name_python_arguments(
+    base: Path, tmp_path: Path, scheduler: str, cli: Cli
+) -> None:
     """After the README's main command (labels/nuclei for the whole image), the snippet
-    on its ROI is refused, telling a Python user `update=True`, not `--update`."""
+    on its ROI is refused, telling a Python user `update=True`, not `--update`. The
+    command runs in this process on the session's cluster (as a process of its own with
+    a cluster of its own it took 5 s more)."""
     cwd = workdir(base, tmp_path)
-    command = [
-        "-m",
-        "engine.cli",
-        "run",
-        "configs/nuclei.yaml",
-        "--input",
-        "api.zarr",
-        "--quiet",
-        "--workers",
-        "1",
-    ]
-    assert python(cwd, *command).returncode == 0
+    command = ["run", str(cwd / "configs/nuclei.yaml"), "--input", str(cwd / "api.zarr")]
+    done = cli([*command, "--quiet", "--scheduler", scheduler])
+    assert done.code == 0, done.output
     proc = python(cwd, "-c", readme_snippet())
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
@@ -127,6 +123,6 @@ def test_errors_in_python_name_python_arguments(base: Path, tmp_path: Path) -> N
     assert "use update=True to add this ROI to it or overwrite=True to replace it" in last
     assert "--" not in last
     # the command keeps its flags
-    again = python(cwd, *command[:-3], "--roi", "test")
-    assert again.returncode == 2
-    assert "use --update to add this ROI to it or --overwrite" in again.stderr
+    again = cli([*command, "--roi", "test"])
+    assert again.code == 2
+    assert "use --update to add this ROI to it or --overwrite" in again.err

@@ -33,25 +33,30 @@ SHAPE, CHUNKS = (16, 64, 64), (4, 32, 32)  # 16 chunks at s0, 4 per pyramid leve
 OUTPUT = "results/slow"
 
 
+# The two fixtures run on the session's cluster, in this process (the command as a process
+# with a cluster of its own, as the tests' runs are, took 9.3 s for both at a load of 6);
+# its workers pause 0 s in `slow` (NGFF_TEST_SLOW_SECONDS is not set for them).
 @pytest.fixture(scope="module")
-def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def written(tmp_path_factory: pytest.TempPathFactory, scheduler: str) -> Path:
     """An image whose `results/slow` holds the image + 1 (from `slow`)."""
     folder = tmp_path_factory.mktemp("overwrite")
     image = Path(write_sample(folder / "image.zarr", SHAPE, CHUNKS, "0.5"))
-    proc = start_run(slow_config(folder), image, "--quiet", slow_seconds=0, workers=2)
-    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    argv = ["run", str(slow_config(folder)), "--input", str(image), "--quiet"]
+    assert main([*argv, "--scheduler", scheduler]) == 0
     return image
 
 
 @pytest.fixture(scope="module")
-def overwritten(written: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def overwritten(
+    written: Path, tmp_path_factory: pytest.TempPathFactory, scheduler: str
+) -> dict[str, str]:
     """Chunk files of an uninterrupted overwrite with `slower`."""
     folder = tmp_path_factory.mktemp("reference")
     image = folder / "image.zarr"
     shutil.copytree(written, image)
     config = slow_config(folder, "user.slow:slower")
-    proc = start_run(config, image, "--quiet", "--overwrite", slow_seconds=0, workers=2)
-    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    argv = ["run", str(config), "--input", str(image), "--quiet", "--overwrite"]
+    assert main([*argv, "--scheduler", scheduler]) == 0
     return file_sums(image / OUTPUT, metadata=False)
 
 
