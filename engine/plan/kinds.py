@@ -58,6 +58,14 @@ KINDS: dict[str, StageKind] = {
         driver_modules=("tasks.backends",),
     ),
     "label": StageKind(labels.run_label, prepare=labels.prepare_local, keeps_results=True),
+    # the whole ROI in one task, final ids straight into the output (engine/plan/stitching.py)
+    "label-block": StageKind(
+        labels.run_label_block,
+        prepare=labels.prepare_block,
+        extra=labels.block_offset,
+        finish=labels.finish_block,
+        keeps_results=True,
+    ),
     "segment": StageKind(labels.run_segment, prepare=labels.prepare_local, keeps_results=True),
     "faces": StageKind(labels.run_faces, extra=labels.face_bases, keeps_results=True),
     "match": StageKind(labels.run_match, extra=labels.face_bases, keeps_results=True),

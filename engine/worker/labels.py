@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from engine.core.errors import OutputConflict
 from engine.core.geometry import Roi, chunk_roi, chunks_touching
 from engine.core.grid import ChunkTask
-from engine.io.arrays import read_array, write_target
+from engine.io.arrays import open_array, read_array, write_chunks, write_target
 from engine.io.location import Where
 from engine.worker.chain import (
     StepFailed,
@@ -69,7 +70,8 @@ def run_label(root: Where, stage: Stage, task: ChunkTask, extra: Any, common: di
     """Local labels 1..n of one chunk (unique across its time points); returns n.
 
     Besides the labels, the chunk's first and last plane along each spatial axis go to
-    the face arrays, where the face pass finds them cheaply.
+    the face arrays, where the face pass finds them cheaply: those at a border inside
+    the ROI (`stage.region`), the only ones it pairs.
     """
     read, write = task.read, task.write
     spatial, ctx, values = common["spatial"], common["context"], common["values"]
@@ -82,11 +84,42 @@ def run_label(root: Where, stage: Stage, task: ChunkTask, extra: Any, common: di
         write,
     )
     assert stage.target is not None
-    write_target(root, stage.target, write, block)
+    write_chunks(root, stage.target, write, block)  # a whole block: its chunks one by one
+    region = stage.region
     for axis in spatial:
         path = face_array_path(stage.target, axis)
-        write_target(root, path, face_box(write, task.index, axis, 0), block.take([0], axis))
-        write_target(root, path, face_box(write, task.index, axis, 1), block.take([-1], axis))
+        if region is None or write.start[axis] > region.start[axis]:
+            write_target(root, path, face_box(write, task.index, axis, 0), block.take([0], axis))
+        if region is None or write.stop[axis] < region.stop[axis]:
+            write_target(root, path, face_box(write, task.index, axis, 1), block.take([-1], axis))
+    return count
+
+
+def run_label_block(root: Where, stage: Stage, task: ChunkTask, offset: int, common: dict) -> int:
+    """Final ids of the whole ROI in one task: 1..n (consecutive across time points),
+    after `offset` (the output's largest id on --update), written straight into the
+    target; returns n. Refuses, before writing, ids the target's dtype cannot hold."""
+    read, write = task.read, task.write
+    spatial, ctx, values = common["spatial"], common["context"], common["values"]
+    block, count = number_time_points(
+        (
+            (labels, int(labels.max(initial=0)))
+            for _, labels in chain_output(root, stage, read, write, spatial, ctx, values)
+        ),
+        spatial,
+        write,
+    )
+    assert stage.target is not None
+    dtype = np.dtype(open_array(root, stage.target, "r").dtype)
+    if count + offset > np.iinfo(dtype).max:
+        raise OutputConflict(
+            f"step '{stage.step}': {stage.target} holds {dtype} ids; {count + offset} objects "
+            f"need {label_dtype(count + offset)}: use --overwrite"
+        )
+    if offset:
+        block = block.astype(dtype, copy=False)
+        block[block > 0] += dtype.type(offset)
+    write_chunks(root, stage.target, write, block)
     return count
 
 
@@ -216,7 +249,7 @@ def run_relabel(
     assert stage.source is not None and stage.target is not None
     write, table = task.write, table.table()
     local = read_source(root, stage.source, write)
-    write_target(root, stage.target, write, table[local])
+    write_chunks(root, stage.target, write, table[local])
     return write.size
 
 
@@ -229,6 +262,40 @@ def prepare_local(driver: Driver, stage: Stage) -> None:
     driver.prepare_output(f"{stage.step}/local", "uint32", None)
 
 
+def prepare_block(driver: Driver, stage: Stage) -> None:
+    """Create the output before the one label task writes it, and learn the id offset
+    (an --update continues after the output's largest id; a resumed run keeps its own):
+    uint32, as ids of at most LABEL_BLOCK_VOXELS voxels need (engine/plan/stitching.py)."""
+    offset = driver.prepare_output(stage.step, "uint32", 0)
+    driver.labels[stage.step] = LabelResult(0, label_dtype(offset), offset)
+
+
+def block_offset(driver: Driver, stage: Stage) -> Callable[[int], int]:
+    offset = driver.labels[stage.step].offset
+    return lambda position: offset
+
+
+def finish_block(driver: Driver, stage: Stage) -> None:
+    """The object count, as a merge records it (the run's result and record are the
+    same whichever way the labels were made)."""
+    (counts,) = driver.collect(stage.name)
+    started = time.perf_counter()
+    count = int(sum(counts))
+    offset = driver.labels[stage.step].offset
+    if any(out.step == stage.step for out in driver.plan.outputs):  # its largest id, kept
+        offset = driver.prepare_output(stage.step, label_dtype(count), count)
+    driver.labels[stage.step] = LabelResult(
+        count, label_dtype(count + offset), offset, tuple(int(c) for c in counts)
+    )
+    driver.merge_stats[stage.step] = {
+        "objects": count,
+        "face_ids": 0,
+        "pairs": 0,
+        "seconds": time.perf_counter() - started,
+        "bytes": 0,
+    }
+
+
 def face_bases(driver: Driver, stage: Stage) -> Callable[[int], dict[tuple[int, ...], int]]:
     """Face pairs in ids (chunk position << 32 | local id): known before any chunk
     is labelled, so a chunk's faces go as soon as it and its neighbours are done."""
@@ -237,7 +304,7 @@ def face_bases(driver: Driver, stage: Stage) -> Callable[[int], dict[tuple[int, 
 
     def bases(position: int) -> dict[tuple[int, ...], int]:
         found = {}
-        for idx, _ in chunks_touching(grid[position].read, driver.plan.chunks, bounds):
+        for idx, _ in chunks_touching(grid[position].read, grid.chunks, bounds):
             neighbour = grid.position(idx)
             if neighbour is not None:
                 found[idx] = neighbour << 32
@@ -253,10 +320,11 @@ def merge(driver: Driver, stage: Stage) -> None:
         for s in driver.plan.stages
         if s.step == stage.step and s.kind in ("label", "segment")
     )
-    counts, found = driver.collect(local, *stage.after)
+    counts, *found_per_stage = driver.collect(local, *(a for a in stage.after if a != local))
+    found = [pairs for stage_found in found_per_stage for pairs in stage_found]
     waited = time.perf_counter() - started
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint64)
-    pairs = np.concatenate([np.zeros((0, 2), np.uint64), *found])
+    pairs = np.concatenate([np.zeros((0, 2), np.uint64), *found])  # none without borders
     # chunk position << 32 | local id  ->  provisional id, consecutive over chunks
     pairs = offsets[(pairs >> np.uint64(32)).astype(np.int64)] + (pairs & np.uint64(2**32 - 1))
     components = resolve_face_components(pairs)
