@@ -117,8 +117,9 @@ EXPECTED = {
             "nuclei/segment": [OTSU, ("instance", (12, 12, 12), WATERSHED)],
             "nuclei/match": [("instance", (12, 12, 12), WATERSHED)],
         },
-        {None: box(*WHOLE, 44), "preview": box(*PREVIEW, 6)},
-        roi_stages={"preview": [*OTSU_PASSES, ("nuclei/segment", "segment"), *STITCHED, *PYRAMID]},
+        {None: box(*WHOLE, 44), "preview": box(*PREVIEW, 5)},
+        # the preview ROI is inside one chunk: one task segments it, final ids
+        roi_stages={"preview": [*OTSU_PASSES, ("nuclei/segment", "segment-block"), *PYRAMID]},
     ),
     "nuclei-train.yaml": Expected(
         [("train/train", "train")],

@@ -239,6 +239,29 @@ def test_failed_run_resumes_without_labelling_again(tmp_path, scheduler):
     assert check_labels(zarr.open_array(str(image / "labels/cc/s0"))[...], img, (), 1, False)
 
 
+def test_instance_in_one_chunk_writes_final_ids(tmp_path, scheduler, monkeypatch):
+    """An instance step on an ROI inside one chunk: one segment-block task writes the ids
+    the four stages would (no border to match: the same ids, not just the same objects)."""
+    from test_labels_instance import instance_pipeline, spheres
+
+    mask, _ = spheres((16, 40, 40), 5, 4, 1.6, seed=2)
+    roi = {"z": (1, 15), "y": (2, 38), "x": (3, 37)}
+    pipeline = instance_pipeline(overlap=4)
+    results, arrays = [], []
+    for blocks in ("", "0"):
+        monkeypatch.setenv(BLOCKS_ENV, blocks)
+        path = write_image(tmp_path / f"m{blocks}.zarr", mask, (16, 40, 40))
+        _, plan = make_plan(pipeline, path, roi)
+        stages = [s.kind for s in plan.stages if s.step == "nuc"]
+        assert stages[0] == ("segment" if blocks else "segment-block")
+        assert ("merge" in stages) == bool(blocks)
+        results.append(run(pipeline, input=path, roi=roi, scheduler=scheduler))
+        arrays.append([zarr.open_array(str(path / f"labels/nuc/s{k}"))[...] for k in (0, 1)])
+    assert results[0].labels == results[1].labels and results[0].labels["nuc"] >= 3
+    for block, chunked in zip(*arrays, strict=True):
+        np.testing.assert_array_equal(block, chunked)
+
+
 def test_what_stays_per_chunk(tmp_path, monkeypatch):
     """A chain with a halo (a filter before the label) keeps a task per chunk: one block
     would run the filter on one core; a ROI over the budget keeps them too."""

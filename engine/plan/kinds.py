@@ -67,6 +67,13 @@ KINDS: dict[str, StageKind] = {
         keeps_results=True,
     ),
     "segment": StageKind(labels.run_segment, prepare=labels.prepare_local, keeps_results=True),
+    "segment-block": StageKind(
+        labels.run_segment_block,
+        prepare=labels.prepare_block,
+        extra=labels.block_offset,
+        finish=labels.finish_block,
+        keeps_results=True,
+    ),
     "faces": StageKind(labels.run_faces, extra=labels.face_bases, keeps_results=True),
     "match": StageKind(labels.run_match, extra=labels.face_bases, keeps_results=True),
     "merge": StageKind(None, finish=labels.merge, driver_modules=("tasks.backends",)),

@@ -7,6 +7,9 @@ chunks, holds at most `LABEL_BLOCK_VOXELS`, "label" runs one task per time point
 chunk along time) over the whole ROI: it has no interior border, so no "faces" stage. When
 that is one task in all (no time axis, or one time point), it writes final ids 1..n
 straight into the output ("label-block"): no scratch array, merge or relabel either.
+Instance segmentation does the same ("segment-block") when its ROI is inside one chunk;
+over several chunks it stays per chunk (the segmenter is costly: one block would run it
+on one core).
 Measured (gaussian -> Otsu -> label, 2 workers): on 4x64x512x512 in 1x32x256x256 chunks
 the faces stage cost 0.2 CPU s plus 0.29 s of scheduling and relabel 0.47 CPU s (decoding
 and encoding the whole label image again); on 64x256x256 in one chunk, faces and merge
@@ -67,7 +70,7 @@ class StitchRules:
         n = step.name
         tasks, blocks = self._label_tasks(chain, source.bounds)
         if blocks and len(tasks) == 1:
-            self._label_block(step, source, chain, tasks, after, params.connectivity)
+            self._block(step, "label", source, chain, tasks, after, params.connectivity)
             return
         self.stages[f"{n}/label"] = Stage(
             f"{n}/label",
@@ -95,6 +98,18 @@ class StitchRules:
         A chain that needs a halo (a filter before the label) stays per chunk when that
         gives more tasks: one block would run the filter on one core instead of all."""
         per_chunk = self._tasks(chain, bounds, self.roi)
+        block, voxels = self._roi_block()
+        if voxels > label_block_voxels():
+            return per_chunk, False
+        halo = tuple(sum(link.halo[a] for link in chain) for a in range(len(self.axes)))
+        blocks = ChunkGrid(tuple(block), self.bounds, self.roi, bounds, halo)
+        if any(halo) and len(blocks) < len(per_chunk):
+            return per_chunk, False
+        return blocks, True
+
+    def _roi_block(self) -> tuple[tuple[int, ...], int]:
+        """The block of a time point (a chunk along time): per spatial axis [0, the ROI's
+        stop rounded up to a chunk); and its voxels from the ROI's start rounded down."""
         roi = self.roi.intersect(self.bounds)
         block, voxels = [], 1
         for a, c in enumerate(self.chunks):
@@ -106,37 +121,33 @@ class StitchRules:
             high = min(-(-roi.stop[a] // c) * c, self.shape[a])
             block.append(max(high, 1))
             voxels *= high - low
-        if voxels > label_block_voxels():
-            return per_chunk, False
-        halo = tuple(sum(link.halo[a] for link in chain) for a in range(len(self.axes)))
-        blocks = ChunkGrid(tuple(block), self.bounds, self.roi, bounds, halo)
-        if any(halo) and len(blocks) < len(per_chunk):
-            return per_chunk, False
-        return blocks, True
+        return tuple(block), voxels
 
-    def _label_block(
+    def _block(
         self,
         step: Step,
+        first: Literal["label", "segment"],
         source: Source,
         chain: tuple[Link, ...],
         tasks: ChunkGrid,
         after: list[str],
-        connectivity: int,
+        connectivity: int = 1,
+        region: Roi | None = None,
     ) -> None:
-        """One task labels the whole ROI and writes final ids 1..n (after the output's
-        largest id on --update) straight into the output, or the step's final array; the
-        pyramid follows it."""
+        """One task labels (or segments) the whole ROI and writes final ids 1..n (after
+        the output's largest id on --update) straight into the output, or the step's final
+        array; the pyramid follows it. The stage keeps the name of the pass it replaces."""
         n = step.name
         if step.output is not None:
             out = self._output(step, None)
             target, shards = f"{out.path}/{out.levels[0].path}", out.levels[0].shards or ()
         else:
             out, target, shards = None, f"{self.scratch}/{n}/final", ()
-        name = f"{n}/label"
+        name = f"{n}/{first}"
         self.stages[name] = Stage(
             name,
             n,
-            "label-block",
+            f"{first}-block",
             source,
             chain,
             tasks,
@@ -145,6 +156,7 @@ class StitchRules:
             "uint32",
             connectivity=connectivity,
             shards=shards,
+            region=region,
         )
         self.materialised[step.name] = (Source(target, "uint64", self.roi), name, False)
         if out is not None:
@@ -158,6 +170,11 @@ class StitchRules:
         overlap = self._halo(step)
         segment_link = Link(n, step.op, step.params, overlap, "uint32")
         tasks = self._tasks(links, source.bounds, self.roi, overlap)
+        if len(tasks) == 1 and self._roi_block()[1] <= label_block_voxels():
+            # the ROI in one chunk: its one task writes final ids, as one label block does
+            chain = (*links, segment_link)
+            self._block(step, "segment", source, chain, tasks, after, region=self.roi)
+            return
         self.stages[f"{n}/segment"] = Stage(
             f"{n}/segment",
             n,

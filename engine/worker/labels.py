@@ -109,6 +109,14 @@ def run_label_block(root: Where, stage: Stage, task: ChunkTask, offset: int, com
         spatial,
         write,
     )
+    return write_final(root, stage, write, block, count, offset)
+
+
+def write_final(
+    root: Where, stage: Stage, write: Roi, block: np.ndarray, count: int, offset: int
+) -> int:
+    """Write ids 1..count of a whole-ROI block after `offset` into the stage's target;
+    returns count. Refuses, before writing, ids the target's dtype cannot hold."""
     assert stage.target is not None
     dtype = np.dtype(open_array(root, stage.target, "r").dtype)
     if count + offset > np.iinfo(dtype).max:
@@ -187,6 +195,33 @@ def run_segment(root: Where, stage: Stage, task: ChunkTask, extra: Any, common: 
     face arrays (zero where the band leaves the ROI), for the match pass.
     """
     assert stage.target is not None and stage.region is not None
+    spatial, write = common["spatial"], task.write
+    link = stage.chain[-1]
+    labels, count, seen = segmented(root, stage, task, common)
+    write_target(root, stage.target, write, labels[write.relative_to(seen)])
+    for axis in spatial:
+        overlap = link.halo[axis]
+        for side, border in enumerate((write.start[axis], write.stop[axis])):
+            if not stage.region.start[axis] < border < stage.region.stop[axis]:
+                continue
+            start, stop = list(write.start), list(write.stop)
+            start[axis], stop[axis] = border - overlap, border + overlap
+            band = Roi(tuple(start), tuple(stop), write.level)
+            part = band.intersect(seen)
+            face = np.zeros(band.shape, dtype=np.uint32)
+            face[part.relative_to(band)] = labels[part.relative_to(seen)]
+            path = face_array_path(stage.target, axis)
+            planes = face_planes(stage, axis)
+            write_target(root, path, face_box(write, task.index, axis, side, planes=planes), face)
+    return count
+
+
+def segmented(
+    root: Where, stage: Stage, task: ChunkTask, common: dict
+) -> tuple[np.ndarray, int, Roi]:
+    """The segmenter's objects of the chunk's own voxels as ids 1..n (unique across its
+    time points) over the chunk grown by the overlap (within the ROI), n, and that box."""
+    assert stage.region is not None
     spatial, ctx, values = common["spatial"], common["context"], common["values"]
     *links, link = stage.chain
     params = OPS[link.op].params.model_validate(link.params)
@@ -204,22 +239,15 @@ def run_segment(root: Where, stage: Stage, task: ChunkTask, extra: Any, common: 
             yield number_core(labels, own)
 
     labels, count = number_time_points(numbered(), spatial, seen)
-    write_target(root, stage.target, write, labels[write.relative_to(seen)])
-    for axis in spatial:
-        overlap = link.halo[axis]
-        for side, border in enumerate((write.start[axis], write.stop[axis])):
-            if not stage.region.start[axis] < border < stage.region.stop[axis]:
-                continue
-            start, stop = list(write.start), list(write.stop)
-            start[axis], stop[axis] = border - overlap, border + overlap
-            band = Roi(tuple(start), tuple(stop), write.level)
-            part = band.intersect(seen)
-            face = np.zeros(band.shape, dtype=np.uint32)
-            face[part.relative_to(band)] = labels[part.relative_to(seen)]
-            path = face_array_path(stage.target, axis)
-            planes = face_planes(stage, axis)
-            write_target(root, path, face_box(write, task.index, axis, side, planes=planes), face)
-    return count
+    return labels, count, seen
+
+
+def run_segment_block(root: Where, stage: Stage, task: ChunkTask, offset: int, common: dict) -> int:
+    """The segmenter on the whole ROI in one task (the ROI is its overlap's limit, as for
+    a chunk): final ids 1..n after `offset` straight into the target; returns n."""
+    labels, count, seen = segmented(root, stage, task, common)
+    assert seen == task.write, f"one block sees the whole ROI {task.write}, not {seen}"
+    return write_final(root, stage, task.write, labels, count, offset)
 
 
 def run_match(root: Where, stage: Stage, task: ChunkTask, bases: dict, common: dict) -> np.ndarray:
