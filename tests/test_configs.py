@@ -17,7 +17,7 @@ from conftest import CONFIGS, SampleImages
 
 from engine import Pipeline
 from engine.core.geometry import Roi
-from engine.execute.cluster import resolve_cluster
+from engine.execute.placement import resolve_cluster
 from engine.runs.planning import make_plan
 from engine.runs.runner import run
 

@@ -40,7 +40,7 @@ from engine.core.errors import (
     os_error_message,
 )
 from engine.core.pipeline import Pipeline
-from engine.execute.cluster import resolve_cluster
+from engine.execute.placement import resolve_cluster
 from engine.io.location import Location
 from engine.plan.memory import project_stage, projected_peak
 from engine.plan.report import summarize

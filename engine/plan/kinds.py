@@ -44,7 +44,7 @@ class StageKind:
     driver_modules: tuple[str, ...] = ()
 
 
-TABLE_MODULES = ("anndata.io", "pandas")
+TABLE_MODULES = ("anndata.io", "pandas")  # evaluations and models read earlier tables
 
 
 KINDS: dict[str, StageKind] = {
@@ -84,8 +84,7 @@ KINDS: dict[str, StageKind] = {
         tables.run_measure,
         finish=tables.combine_measure,
         keeps_results=True,
-        writes_chunks=False,
-        driver_modules=TABLE_MODULES,
+        writes_chunks=False,  # written without anndata (engine/io/anndata_zarr.py)
     ),
     "evaluate": StageKind(
         tables.run_evaluate,
