@@ -37,7 +37,7 @@ class Expected:
     # ROI name (None: the whole image) -> (start, stop) at level 0, tasks
     rois: dict[str | None, tuple[tuple[int, ...], tuple[int, ...], int]]
     reused: dict[str, list[str]] = field(default_factory=dict)  # ROI -> outputs read as they are
-    # ROI -> its stages, where not `stages` (an ROI inside one chunk has no border to match)
+    # ROI -> its stages where not `stages`: a small ROI is labelled as one block
     roi_stages: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
@@ -51,14 +51,16 @@ TEST = ((0, 256, 256), (128, 512, 512))
 PREVIEW = ((0, 64, 64), (64, 192, 192))  # pixels, as in the config
 ORGANOID = ((5, 100, 40), (30, 240, 180))  # micrometers / the sample's spacing (1, 0.5, 0.5)
 
-# gaussian -> Otsu (two passes over the ROI) -> connected components: the sample (32 Mi
-# voxels) is small enough to label as one block, final ids straight into the output
-# (engine/plan/stitching.py); instance segmentation is stitched across chunks
+# gaussian -> Otsu (two passes over the ROI) -> connected components stitched across chunks;
+# an ROI of at most 16 Mi voxels is labelled as one block, final ids straight into the
+# output (engine/plan/stitching.py): the whole sample (32 Mi) is not, its ROIs are
 OTSU_PASSES = [("mask/reduce-0", "reduce"), ("mask/reduce-1", "reduce")]
 STITCHED = [("nuclei/merge", "merge"), ("nuclei/relabel", "relabel")]
 PYRAMID = [("nuclei/pyramid-1", "pyramid"), ("nuclei/pyramid-2", "pyramid")]
-LABELS = [("nuclei/label", "label-block"), *PYRAMID]
+LABELS = [("nuclei/label", "label"), ("nuclei/faces", "faces"), *STITCHED, *PYRAMID]
 STANDARD = [*OTSU_PASSES, *LABELS]
+BLOCK = [("nuclei/label", "label-block"), *PYRAMID]
+STANDARD_BLOCK = [*OTSU_PASSES, *BLOCK]
 OTSU = ("threshold", (0, 0, 0), {"method": "otsu"})
 STANDARD_CHAINS = {
     # sigma 2 -> halo int(4 * 2 + 0.5) = 8
@@ -86,27 +88,34 @@ EXPECTED = {
         [NUCLEI_LABELS],
         STANDARD_CHAINS,
         {
-            None: box(*WHOLE, 21),
+            None: box(*WHOLE, 44),
             "preview": box(*PREVIEW, 5),
             "organoid": box(*ORGANOID, 5),
             "train": box(*TRAIN, 9),
             "test": box(*TEST, 9),
         },
+        roi_stages=dict.fromkeys(["preview", "organoid", "train", "test"], STANDARD_BLOCK),
     ),
     "nuclei-slurm.yaml": Expected(
-        STANDARD, [NUCLEI_LABELS], STANDARD_CHAINS, {None: box(*WHOLE, 21), "test": box(*TEST, 9)}
+        STANDARD,
+        [NUCLEI_LABELS],
+        STANDARD_CHAINS,
+        {None: box(*WHOLE, 44), "test": box(*TEST, 9)},
+        roi_stages={"test": STANDARD_BLOCK},
     ),
     "nuclei-measure.yaml": Expected(
         [*STANDARD, ("stats/measure", "measure")],
         [NUCLEI_LABELS, ("tables/nuclei_stats", "table", None, 3)],
         STANDARD_CHAINS,
-        {None: box(*WHOLE, 29), "test": box(*TEST, 11)},
+        {None: box(*WHOLE, 52), "test": box(*TEST, 11)},
+        roi_stages={"test": [*STANDARD_BLOCK, ("stats/measure", "measure")]},
     ),
     "nuclei-evaluate.yaml": Expected(
         [*STANDARD, ("eval/evaluate", "evaluate")],
         [NUCLEI_LABELS, ("tables/nuclei_eval", "table", None, 3)],
         STANDARD_CHAINS,
-        {None: box(*WHOLE, 29), "train": box(*TRAIN, 11)},
+        {None: box(*WHOLE, 52), "train": box(*TRAIN, 11)},
+        roi_stages={"train": [*STANDARD_BLOCK, ("eval/evaluate", "evaluate")]},
     ),
     "nuclei-instance.yaml": Expected(
         [*OTSU_PASSES, ("nuclei/segment", "segment"), ("nuclei/match", "match")]
@@ -149,7 +158,16 @@ EXPECTED = {
                 ("label", (0, 0, 0), {}),
             ],
         },
-        {None: box(*WHOLE, 25), "test": box(*TEST, 13)},
+        {None: box(*WHOLE, 48), "test": box(*TEST, 13)},
+        roi_stages={
+            "test": [
+                ("prob", "blockwise"),
+                ("prob/pyramid-1", "pyramid"),
+                ("prob/pyramid-2", "pyramid"),
+                *BLOCK,
+                ("eval/evaluate", "evaluate"),
+            ]
+        },
     ),
 }
 
