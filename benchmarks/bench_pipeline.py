@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -280,6 +281,7 @@ def main() -> None:
         small_shape = tuple(int(s) for s in args.small.split(","))
         small_sample = str(tmp / "small.zarr")
         write_sample(small_sample, small_shape)
+        os.sync()  # the samples' writeback is not the runs' to wait for
         small = run_engine(small_sample, args.workers)
         engines, scipys = [], []
         for _ in range(args.repeat):  # in turn, so both see the machine as it is then

@@ -27,6 +27,7 @@ Every engine run is cold (`--no-warm`): its own cluster, started by the command.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -248,6 +249,7 @@ def run_workload(work: Workload, tmp: Path, workers: int, repeat: int, tiny: boo
     shape, chunks = work.sizes(tiny)
     sample = tmp / f"{work.name}.zarr"
     write_workload_image(work, sample, tiny)
+    os.sync()  # the sample's own writeback is not the runs' to wait for
     config = tmp / f"{work.name}.yaml"
     config.write_text(yaml.safe_dump(work.config))
     engines, scipys = [], []

@@ -116,23 +116,27 @@ def test_in_process_outputs_equal_scipy(tmp_path: Path, sample_image, shape) -> 
 def test_an_in_process_run_opens_no_port_and_imports_no_dask(tmp_path: Path, sample_image) -> None:
     """Threads of the command's process: no scheduler, no worker, no dashboard, so
     nothing listens and dask.distributed is not even imported (0.23 s of a small run's
-    imports, plus 0.7 to 1.0 s of starting a scheduler and worker)."""
+    imports, plus 0.7 to 1.0 s of starting a scheduler and worker); the workers' fork
+    server the API started on first use is stopped before the tasks run, so that it does
+    not take a core from them."""
     image = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "a.zarr")
     script = f"""
 import json, os, sys, psutil, engine
-seen = set()
+seen, children = set(), set()
 def progress(stage, total):
     seen.update(
         (c.laddr.ip, c.laddr.port)
         for c in psutil.Process(os.getpid()).net_connections("inet")
         if c.status == "LISTEN"
     )
+    children.update(" ".join(c.cmdline()) for c in psutil.Process().children(recursive=True))
     return lambda n: None
 announced = []
 result = engine.run({str(_pipeline(tmp_path))!r}, {str(image)!r}, warm=False,
                     progress=progress, announce=announced.append)
 print(json.dumps({{"workers": sorted(result.peak_worker_bytes), "listening": sorted(seen),
                   "announced": announced, "objects": result.labels,
+                  "children": sorted(children),
                   "imported": sorted(m for m in ("distributed", "dask", "tornado")
                                      if m in sys.modules)}}))
 """
@@ -146,4 +150,5 @@ print(json.dumps({{"workers": sorted(result.peak_worker_bytes), "listening": sor
     assert found["workers"] == ["in-process"]
     assert found["objects"]["nuclei"] > 0
     assert found["listening"] == [] and found["imported"] == [], found
+    assert not any("forkserver" in child for child in found["children"]), found["children"]
     assert not any("dashboard" in line for line in found["announced"])

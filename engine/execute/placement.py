@@ -18,6 +18,7 @@ from typing import Any
 
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import ClusterSpec, _first_error
+from engine.core.worker_env import stop_worker_server
 from engine.execute.pools import TaskPool, thread_pool
 from engine.plan.types import Plan
 
@@ -119,6 +120,7 @@ def task_pool(
         threads = workers or os.cpu_count() or 1
         if threads < 1:
             raise EngineError(f"--workers must be at least 1, got {threads}")
+        stop_worker_server()
         with thread_pool(threads) as pool:
             yield pool
         return

@@ -3,12 +3,13 @@ of dask.distributed's client (submit after other tasks, with a priority; wait fo
 next one done; run a function on every worker), so that a run too small to pay for a
 cluster runs on a `ThreadPool` of the command's own process, without dask.
 
-Measured on the standard pipeline on 64x256x256 (0.3 s of compute; a quiet 2-core
-machine): the command took 2.95 s from start to exit on an in-process dask cluster
-(importing distributed 0.23 s after numpy, zarr and scipy; the scheduler and worker start
-0.7 to 1.0 s), against ... on this pool. scipy.ndimage, numpy and the codecs release the
-GIL for most of their work: two threads ran 1.3x to 1.5x the work of one on gaussian,
-label and histogram blocks of 64x256x256.
+Measured on 64x256x256 (gaussian -> Otsu -> label, 0.3 s of compute), three runs each
+in turn on a loaded machine: the whole command used 1.2 to 1.4 s of user CPU on this
+pool against 1.5 to 1.8 s on an in-process dask cluster (importing distributed: 0.23 s
+after numpy, zarr and scipy, quiet; starting its scheduler and worker: 0.7 to 1.0 s of
+wall time, mostly waiting). scipy.ndimage, numpy and the codecs
+release the GIL for most of their work: two threads ran 1.3x to 1.5x the work of one on
+gaussian, label and histogram blocks of 64x256x256.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def check_fits(plan: Plan, limit: int, threads: int = 1) -> int:
 def largest_read(plan: Plan) -> int:
     """Bytes of the largest array a stage of the plan reads (its region of the image or
     of a scratch array the run writes): what decides whether worker processes are worth
-    starting for it (engine/execute/cluster.py, `in_process_max`)."""
+    starting for it (engine/execute/placement.py, `in_process_max`)."""
     return max(
         (
             stage.tasks.bounds.size * np.dtype(stage.source.dtype).itemsize
