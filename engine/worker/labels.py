@@ -63,7 +63,55 @@ def number_time_points(
             labels[labels > 0] += np.uint32(count)
         parts.append(labels)
         count += n
+    if len(parts) == 1 and len(spatial) < box.ndim:  # one time point: a view, not a copy
+        return parts[0][np.newaxis], count  # (a 16 Mi frame's copy is a fresh 64 MiB mmap)
     return stack_time_points(parts, spatial, box), count
+
+
+def chunk_boxes(box: Roi, chunks: Sequence[int]) -> list[Roi]:
+    """The parts of `box` in each chunk of the grid `chunks` it touches, in C order."""
+    return [part.intersect(box) for _, part in chunks_touching(box, chunks, box)]
+
+
+def labelled(root: Where, stage: Stage, task: ChunkTask, common: dict) -> tuple[np.ndarray, int]:
+    """Labels 1..n of a task's box, unique across its time points, and n.
+
+    A block of several chunks whose chain needs no halo runs the chain up to the label
+    chunk by chunk (each read straight from its chunk file) and labels the mask those
+    make: reading the 64x512x512 float32 frame as one block took 0.19 s of CPU against
+    0.06 s chunk by chunk (a fresh 64 MiB array filled, against chunks read in place).
+    """
+    read, write = task.read, task.write
+    spatial, ctx, values = common["spatial"], common["context"], common["values"]
+    *links, link = stage.chain
+    parts = chunk_boxes(write, common["chunks"])
+    if read != write or not links or len(parts) == 1:
+        return number_time_points(
+            (
+                (labels, int(labels.max(initial=0)))
+                for _, labels in chain_output(root, stage, read, write, spatial, ctx, values)
+            ),
+            spatial,
+            write,
+        )
+    prefix = dataclasses.replace(stage, chain=tuple(links))
+    shape = tuple(write.shape[a] for a in spatial)
+    masks: dict[int | None, np.ndarray] = {}
+    for part in parts:
+        where = spatial_part(part.relative_to(write), spatial)
+        for t, block in chain_output(root, prefix, part, part, spatial, ctx, values):
+            masks.setdefault(t, np.empty(shape, np.dtype(links[-1].dtype)))[where] = block
+    params = OPS[link.op].params.model_validate(link.params)
+
+    def numbered() -> Iterator[tuple[np.ndarray, int]]:
+        for mask in masks.values():  # in time order: every part holds every time point
+            try:
+                labels = OPS[link.op].apply(mask, params, ctx)
+            except Exception as exc:
+                raise StepFailed(link.step, exc) from exc
+            yield labels, int(labels.max(initial=0))
+
+    return number_time_points(numbered(), spatial, write)
 
 
 def run_label(root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> int:
@@ -73,16 +121,8 @@ def run_label(root: Where, stage: Stage, task: ChunkTask, extra: Any, common: di
     the face arrays, where the face pass finds them cheaply: those at a border inside
     the ROI (`stage.region`), the only ones it pairs.
     """
-    read, write = task.read, task.write
-    spatial, ctx, values = common["spatial"], common["context"], common["values"]
-    block, count = number_time_points(
-        (
-            (labels, int(labels.max(initial=0)))
-            for _, labels in chain_output(root, stage, read, write, spatial, ctx, values)
-        ),
-        spatial,
-        write,
-    )
+    write, spatial = task.write, common["spatial"]
+    block, count = labelled(root, stage, task, common)
     assert stage.target is not None
     write_chunks(root, stage.target, write, block)  # a whole block: its chunks one by one
     region = stage.region
@@ -99,17 +139,8 @@ def run_label_block(root: Where, stage: Stage, task: ChunkTask, offset: int, com
     """Final ids of the whole ROI in one task: 1..n (consecutive across time points),
     after `offset` (the output's largest id on --update), written straight into the
     target; returns n. Refuses, before writing, ids the target's dtype cannot hold."""
-    read, write = task.read, task.write
-    spatial, ctx, values = common["spatial"], common["context"], common["values"]
-    block, count = number_time_points(
-        (
-            (labels, int(labels.max(initial=0)))
-            for _, labels in chain_output(root, stage, read, write, spatial, ctx, values)
-        ),
-        spatial,
-        write,
-    )
-    return write_final(root, stage, write, block, count, offset)
+    block, count = labelled(root, stage, task, common)
+    return write_final(root, stage, task.write, block, count, offset)
 
 
 def write_final(
@@ -276,8 +307,9 @@ def run_relabel(
 ) -> int:
     assert stage.source is not None and stage.target is not None
     write, table = task.write, table.table()
-    local = read_source(root, stage.source, write)
-    write_chunks(root, stage.target, write, table[local])
+    for part in chunk_boxes(write, common["chunks"]):  # a block: chunk by chunk, in place
+        local = read_source(root, stage.source, part)
+        write_target(root, stage.target, part, table[local])
     return write.size
 
 
