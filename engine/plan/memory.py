@@ -11,7 +11,7 @@ the Python process itself. After a run, the measured peak is reported next to it
 
 A task is whatever its stage's grid makes it: a whole-ROI label block (engine/plan/
 stitching.py) holds the ROI's input, mask and labels, and is projected as one task of
-that size (a 64x512x512 frame: 0.4 GiB a task, 1.0 GiB a worker projected; 0.50 GiB
+that size (a 64x512x512 frame: 0.4 GiB a task, 1.0 GiB a worker projected; 0.33 GiB
 measured). `ngff-engine plan` shows each stage's task and the worker's projection.
 """
 

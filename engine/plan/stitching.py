@@ -13,7 +13,13 @@ on one core).
 Measured (gaussian -> Otsu -> label, 2 workers): on 4x64x512x512 in 1x32x256x256 chunks
 the faces stage cost 0.2 CPU s plus 0.29 s of scheduling and relabel 0.47 CPU s (decoding
 and encoding the whole label image again); on 64x256x256 in one chunk, faces and merge
-still took about 0.2 s of wall time each although there is no border at all.
+still took about 0.2 s of wall time each although there is no border at all. With
+blocks (same machine, under load 5-7, NGFF_ENGINE_LABEL_BLOCK_VOXELS=0 against the
+default, two runs each): on 64x256x256 the label stages take 0.05 s of wall time instead
+of 0.26-0.39 s (CPU 0.04 s instead of 0.09-0.14 s), the run 2.4-2.5 s instead of
+3.3-3.7 s; on the time series, 8 label and relabel tasks instead of 96 and no faces stage,
+for about the same CPU (1.46-1.56 s in both: ndimage.label of a whole frame costs what
+the faces pass saves).
 
 A mixin of the compiler (engine/plan/compiler.py).
 """
@@ -33,7 +39,7 @@ from engine.plan.types import Link, Source, Stage
 # block. 16 Mi: a 64x512x512 frame fits. Such a task holds its input (the smoothed frame
 # Otsu stored, float32: 64 MiB), the mask, the labels and the ids it writes: 0.4 GiB by the
 # memory projection (engine/plan/memory.py, 25 bytes a voxel); measured on the 4x64x512x512
-# time series, 0.50 GiB peak per worker process in all. 32 Mi (the 128x512x512 sample in
+# time series, 0.33 GiB peak per worker process in all (0.27 GiB labelling per chunk). 32 Mi (the 128x512x512 sample in
 # one block) projected 0.8 GiB a task, 1.4 GiB a worker: refused by workers of 1 GiB that
 # label it per chunk, for no faster run (12.4 s per chunk, 12.7 s as one block, end to
 # end on a loaded machine).
