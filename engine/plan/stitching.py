@@ -39,10 +39,10 @@ from engine.plan.types import Link, Source, Stage
 # block. 16 Mi: a 64x512x512 frame fits. Such a task holds its input (the smoothed frame
 # Otsu stored, float32: 64 MiB), the mask, the labels and the ids it writes: 0.4 GiB by the
 # memory projection (engine/plan/memory.py, 25 bytes a voxel); measured on the 4x64x512x512
-# time series, 0.33 GiB peak per worker process in all (0.27 GiB labelling per chunk). 32 Mi (the 128x512x512 sample in
-# one block) projected 0.8 GiB a task, 1.4 GiB a worker: refused by workers of 1 GiB that
-# label it per chunk, for no faster run (12.4 s per chunk, 12.7 s as one block, end to
-# end on a loaded machine).
+# time series, 0.33 GiB peak per worker process in all (0.27 GiB labelling per chunk).
+# 32 Mi (the 128x512x512 sample in one block) projected 0.8 GiB a task, 1.4 GiB a worker:
+# refused by workers of 1 GiB that label it per chunk, for no faster run (12.4 s per
+# chunk, 12.7 s as one block, end to end on a loaded machine).
 LABEL_BLOCK_VOXELS = 16 * 2**20
 BLOCK_VOXELS_ENV = "NGFF_ENGINE_LABEL_BLOCK_VOXELS"
 
