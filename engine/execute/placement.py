@@ -1,7 +1,7 @@
 """Which workers a run's tasks go to, decided without importing dask: the cluster a
 config and the command ask for (`resolve_cluster`), whether the run is small enough for
 threads of the command's own process (`small_enough`), whether a local run goes to the
-warm engine (`uses_warm`); `task_pool` hands the executor its pool.
+warm engine (`uses_warm`); engine/execute/run_pool.py hands the executor its pool.
 
 Importing dask.distributed costs 0.23 s after numpy, zarr and scipy (0.49 s alone), and
 starting even an in-process scheduler and worker 0.7 to 1.0 s: more than the whole
@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import ClusterSpec, _first_error
-from engine.core.worker_env import stop_worker_server
-from engine.execute.pools import TaskPool, thread_pool
+from engine.execute.pools import TaskPool
 from engine.plan.types import Plan
 
 ClusterArg = ClusterSpec | dict[str, Any] | str | None
@@ -97,38 +94,6 @@ def uses_warm(
     wanted = warm_engine.enabled() if warm is None else warm
     same_size = workers is None or workers == warm_engine.default_workers()
     return wanted and same_size and not resources
-
-
-@contextmanager
-def task_pool(
-    workers: int | None = None,
-    scheduler: str | None = None,
-    cluster: ClusterArg = None,
-    config: ClusterSpec | None = None,
-    resources: dict[str, float] | None = None,
-    warm: bool | None = None,
-    idle_timeout: float | None = None,
-    in_process: bool = False,
-) -> Iterator[TaskPool]:
-    """The pool a run's tasks go to: threads of this process for a small local run
-    (`in_process`, from `small_enough`) that goes neither to a given scheduler nor to
-    the warm engine nor needs worker resources; else a dask client from
-    `engine.execute.cluster.connect` (same arguments)."""
-    spec = resolve_cluster(config, cluster)
-    local = scheduler is None and spec.kind == "local"
-    if in_process and local and not resources and not uses_warm(warm, workers, resources):
-        threads = workers or os.cpu_count() or 1
-        if threads < 1:
-            raise EngineError(f"--workers must be at least 1, got {threads}")
-        stop_worker_server()
-        with thread_pool(threads) as pool:
-            yield pool
-        return
-    from engine.execute.cluster import connect
-    from engine.execute.dask_pool import DaskPool
-
-    with connect(workers, scheduler, cluster, config, resources, warm, idle_timeout) as client:
-        yield DaskPool(client)
 
 
 def plan_resources(plan: Plan) -> dict[str, float]:

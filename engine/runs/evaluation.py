@@ -17,7 +17,7 @@ from typing import Any
 from engine.core.errors import NgffError
 from engine.core.geometry import Roi
 from engine.execute.executor import Executor
-from engine.execute.placement import task_pool
+from engine.execute.run_pool import task_pool
 from engine.io.existing import read_label_image
 from engine.io.location import Location, Workspace
 from engine.io.metadata import ImageMeta, open_group, read_image

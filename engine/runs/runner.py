@@ -24,8 +24,8 @@ from engine.execute.placement import (
     plan_resources,
     resolve_cluster,
     small_enough,
-    task_pool,
 )
+from engine.execute.run_pool import task_pool
 from engine.io.existing import ids_left_by_earlier_runs
 from engine.io.location import Location
 from engine.io.output_store import prepare_store
