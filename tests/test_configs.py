@@ -17,7 +17,7 @@ from conftest import CONFIGS, SampleImages
 
 from engine import Pipeline
 from engine.core.geometry import Roi
-from engine.execute.cluster import resolve_cluster
+from engine.execute.placement import resolve_cluster
 from engine.runs.planning import make_plan
 from engine.runs.runner import run
 
@@ -37,6 +37,8 @@ class Expected:
     # ROI name (None: the whole image) -> (start, stop) at level 0, tasks
     rois: dict[str | None, tuple[tuple[int, ...], tuple[int, ...], int]]
     reused: dict[str, list[str]] = field(default_factory=dict)  # ROI -> outputs read as they are
+    # ROI -> its stages where not `stages`: a small ROI is labelled as one block
+    roi_stages: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 def box(start: tuple[int, ...], stop: tuple[int, ...], tasks: int) -> tuple:
@@ -49,12 +51,16 @@ TEST = ((0, 256, 256), (128, 512, 512))
 PREVIEW = ((0, 64, 64), (64, 192, 192))  # pixels, as in the config
 ORGANOID = ((5, 100, 40), (30, 240, 180))  # micrometers / the sample's spacing (1, 0.5, 0.5)
 
-# gaussian -> Otsu (two passes over the ROI) -> connected components stitched across chunks
+# gaussian -> Otsu (two passes over the ROI) -> connected components stitched across chunks;
+# an ROI of at most 16 Mi voxels is labelled as one block, final ids straight into the
+# output (engine/plan/stitching.py): the whole sample (32 Mi) is not, its ROIs are
 OTSU_PASSES = [("mask/reduce-0", "reduce"), ("mask/reduce-1", "reduce")]
 STITCHED = [("nuclei/merge", "merge"), ("nuclei/relabel", "relabel")]
 PYRAMID = [("nuclei/pyramid-1", "pyramid"), ("nuclei/pyramid-2", "pyramid")]
 LABELS = [("nuclei/label", "label"), ("nuclei/faces", "faces"), *STITCHED, *PYRAMID]
 STANDARD = [*OTSU_PASSES, *LABELS]
+BLOCK = [("nuclei/label", "label-block"), *PYRAMID]
+STANDARD_BLOCK = [*OTSU_PASSES, *BLOCK]
 OTSU = ("threshold", (0, 0, 0), {"method": "otsu"})
 STANDARD_CHAINS = {
     # sigma 2 -> halo int(4 * 2 + 0.5) = 8
@@ -83,26 +89,33 @@ EXPECTED = {
         STANDARD_CHAINS,
         {
             None: box(*WHOLE, 44),
-            "preview": box(*PREVIEW, 7),
-            "organoid": box(*ORGANOID, 7),
-            "train": box(*TRAIN, 14),
-            "test": box(*TEST, 14),
+            "preview": box(*PREVIEW, 5),
+            "organoid": box(*ORGANOID, 5),
+            "train": box(*TRAIN, 9),
+            "test": box(*TEST, 9),
         },
+        roi_stages=dict.fromkeys(["preview", "organoid", "train", "test"], STANDARD_BLOCK),
     ),
     "nuclei-slurm.yaml": Expected(
-        STANDARD, [NUCLEI_LABELS], STANDARD_CHAINS, {None: box(*WHOLE, 44), "test": box(*TEST, 14)}
+        STANDARD,
+        [NUCLEI_LABELS],
+        STANDARD_CHAINS,
+        {None: box(*WHOLE, 44), "test": box(*TEST, 9)},
+        roi_stages={"test": STANDARD_BLOCK},
     ),
     "nuclei-measure.yaml": Expected(
         [*STANDARD, ("stats/measure", "measure")],
         [NUCLEI_LABELS, ("tables/nuclei_stats", "table", None, 3)],
         STANDARD_CHAINS,
-        {None: box(*WHOLE, 52), "test": box(*TEST, 16)},
+        {None: box(*WHOLE, 52), "test": box(*TEST, 11)},
+        roi_stages={"test": [*STANDARD_BLOCK, ("stats/measure", "measure")]},
     ),
     "nuclei-evaluate.yaml": Expected(
         [*STANDARD, ("eval/evaluate", "evaluate")],
         [NUCLEI_LABELS, ("tables/nuclei_eval", "table", None, 3)],
         STANDARD_CHAINS,
-        {None: box(*WHOLE, 52), "train": box(*TRAIN, 16)},
+        {None: box(*WHOLE, 52), "train": box(*TRAIN, 11)},
+        roi_stages={"train": [*STANDARD_BLOCK, ("eval/evaluate", "evaluate")]},
     ),
     "nuclei-instance.yaml": Expected(
         [*OTSU_PASSES, ("nuclei/segment", "segment"), ("nuclei/match", "match")]
@@ -113,7 +126,9 @@ EXPECTED = {
             "nuclei/segment": [OTSU, ("instance", (12, 12, 12), WATERSHED)],
             "nuclei/match": [("instance", (12, 12, 12), WATERSHED)],
         },
-        {None: box(*WHOLE, 44), "preview": box(*PREVIEW, 7)},
+        {None: box(*WHOLE, 44), "preview": box(*PREVIEW, 5)},
+        # the preview ROI is inside one chunk: one task segments it, final ids
+        roi_stages={"preview": [*OTSU_PASSES, ("nuclei/segment", "segment-block"), *PYRAMID]},
     ),
     "nuclei-train.yaml": Expected(
         [("train/train", "train")],
@@ -143,7 +158,16 @@ EXPECTED = {
                 ("label", (0, 0, 0), {}),
             ],
         },
-        {None: box(*WHOLE, 48), "test": box(*TEST, 18)},
+        {None: box(*WHOLE, 48), "test": box(*TEST, 13)},
+        roi_stages={
+            "test": [
+                ("prob", "blockwise"),
+                ("prob/pyramid-1", "pyramid"),
+                ("prob/pyramid-2", "pyramid"),
+                *BLOCK,
+                ("eval/evaluate", "evaluate"),
+            ]
+        },
     ),
 }
 
@@ -192,7 +216,8 @@ def test_config_makes_what_it_says(config, sample):
         if roi in want.reused:
             assert plan.stages == () and plan.outputs == (), roi
             continue
-        assert [(s.name, s.kind) for s in plan.stages] == want.stages, roi
+        stages = want.roi_stages.get(roi, want.stages) if roi else want.stages
+        assert [(s.name, s.kind) for s in plan.stages] == stages, roi
         outputs = [(o.path, o.kind, o.dtype, len(o.levels)) for o in plan.outputs]
         assert outputs == want.outputs, roi
 

@@ -9,19 +9,17 @@ keep exercising worker processes; these tests set it themselves."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import zarr
 from conftest import NUCLEI, Cli, engine_command, engine_environment, same_partition, tree_hash
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-import engine
 from engine.core.pipeline import Pipeline
 
 
@@ -63,8 +61,8 @@ def test_a_small_run_stays_in_the_process_and_equals_scipy_and_worker_processes(
     outside = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "out.zarr")
     code, result, err = _run(config, inside, None)  # the default: 32MiB
     assert code == 0, err
-    # one worker in this process, reached through dask's in-process transport: no port
-    assert [w.split("://")[0] for w in _workers(result)] == ["inproc"]
+    # one worker: threads of the command's process, no dask scheduler or port
+    assert _workers(result) == ["in-process"]
     labels = zarr.open_array(str(inside / "labels/nuclei/s0"), mode="r")[...]
     assert same_partition(labels, _expected(inside))
     code, other, err = _run(config, outside, "0")
@@ -117,33 +115,48 @@ def test_in_process_outputs_equal_scipy(tmp_path: Path, sample_image, shape) -> 
     image = sample_image(shape, copy_to=tmp_path / "i.zarr")
     code, result, err = _run(_pipeline(tmp_path), image, "1MiB")
     assert code == 0, err
-    assert _workers(result)[0].startswith("inproc://")
+    assert _workers(result) == ["in-process"]
     labels = zarr.open_array(str(image / "labels/nuclei/s0"), mode="r")[...]
     assert same_partition(labels, _expected(image))
     assert result["objects"]["nuclei"] == int(labels.max())
 
 
-def test_nothing_listens_beyond_loopback_during_an_in_process_run(
-    tmp_path: Path, sample_image, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """dask's LocalCluster with the inproc transport binds its HTTP servers to every
-    interface; the engine's in-process cluster binds them to 127.0.0.1."""
-    monkeypatch.setenv("NGFF_ENGINE_IN_PROCESS_MAX", "32MiB")
+def test_an_in_process_run_opens_no_port_and_imports_no_dask(tmp_path: Path, sample_image) -> None:
+    """Threads of the command's process: no scheduler, no worker, no dashboard, so
+    nothing listens and dask.distributed is not even imported (0.23 s of a small run's
+    imports, plus 0.7 to 1.0 s of starting a scheduler and worker); the workers' fork
+    server the API started on first use is stopped before the tasks run, so that it does
+    not take a core from them."""
     image = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "a.zarr")
-
-    def listening() -> set[tuple[str, int]]:
-        connections = psutil.Process(os.getpid()).net_connections("inet")
-        return {(c.laddr.ip, c.laddr.port) for c in connections if c.status == "LISTEN"}
-
-    before = listening()  # other tests' servers in this process (the session's cluster)
-    seen: set[tuple[str, int]] = set()
-
-    def progress(stage: str, total: int):
-        seen.update(listening() - before)
-        return lambda n: None
-
-    announced: list[str] = []
-    result = engine.run(NUCLEI, image, warm=False, progress=progress, announce=announced.append)
-    assert [w.split("://")[0] for w in result.peak_worker_bytes] == ["inproc"]
-    assert seen and {ip for ip, _ in seen} <= {"127.0.0.1", "::1"}, seen
-    assert not any("dashboard" in line for line in announced)  # there is none to look at
+    script = f"""
+import json, os, sys, psutil, engine
+seen, children = set(), set()
+def progress(stage, total):
+    seen.update(
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.Process(os.getpid()).net_connections("inet")
+        if c.status == "LISTEN"
+    )
+    children.update(" ".join(c.cmdline()) for c in psutil.Process().children(recursive=True))
+    return lambda n: None
+announced = []
+result = engine.run({str(_pipeline(tmp_path))!r}, {str(image)!r}, warm=False,
+                    progress=progress, announce=announced.append)
+print(json.dumps({{"workers": sorted(result.peak_worker_bytes), "listening": sorted(seen),
+                  "announced": announced, "objects": result.labels,
+                  "children": sorted(children),
+                  "imported": sorted(m for m in ("distributed", "dask", "tornado")
+                                     if m in sys.modules)}}))
+"""
+    env = engine_environment()
+    env["NGFF_ENGINE_IN_PROCESS_MAX"] = "32MiB"
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert found["workers"] == ["in-process"]
+    assert found["objects"]["nuclei"] > 0
+    assert found["listening"] == [] and found["imported"] == [], found
+    assert not any("forkserver" in child for child in found["children"]), found["children"]
+    assert not any("dashboard" in line for line in found["announced"])

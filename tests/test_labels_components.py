@@ -1,8 +1,13 @@
-"""Connected components across chunks equal scipy's on the whole ROI, for random cases."""
+"""Connected components across chunks equal scipy's on the whole ROI, for random cases.
+
+Stitched per chunk (label, faces, merge, relabel): these images are small enough to be
+labelled as one block (engine/plan/stitching.py), which tests/test_label_blocks.py checks.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import zarr
 from conftest import same_partition, write_image
 from hypothesis import HealthCheck, given, settings
@@ -10,6 +15,14 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from engine import Pipeline, run
+
+
+@pytest.fixture(autouse=True, scope="module")
+def per_chunk_labels():
+    """Label per chunk, whatever the image's size: the stitching is what is tested."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NGFF_ENGINE_LABEL_BLOCK_VOXELS", "0")
+        yield
 
 
 @st.composite

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 import tracemalloc
 
+import pytest
 import zarr
 from conftest import NUCLEI
 from hypothesis import given, settings
@@ -107,10 +108,13 @@ def test_positions_and_touching_agree_with_the_boxes(grid: ChunkGrid, box: Roi) 
     ]
 
 
-def test_representatives_hold_the_largest_projected_task(tmp_path) -> None:
+@pytest.mark.parametrize("blocks", ["0", ""], ids=["per-chunk-labels", "label-block"])
+def test_representatives_hold_the_largest_projected_task(tmp_path, monkeypatch, blocks) -> None:
+    monkeypatch.setenv("NGFF_ENGINE_LABEL_BLOCK_VOXELS", blocks)  # "0": faces and relabel
     image = metadata_image(str(tmp_path / "m.zarr"), (40, 70, 90), (16, 16, 16))
     plan = compile_plan(NUCLEI, read_image(image), Roi((3, 0, 5), (40, 61, 90)))
-    assert len(plan.stages) > 4
+    assert len(plan.stages) > (4 if blocks else 2)
+    assert len(plan.stage("nuclei/label").tasks) == (1 if not blocks else 3 * 4 * 6)
     for stage in plan.stages:
         every = max((_task_bytes(stage, t.read, t.write) for t in stage.tasks), default=0)
         assert project_stage(stage).task_bytes == every, stage.name

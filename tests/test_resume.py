@@ -64,6 +64,15 @@ def run_ids(image: Path) -> list[str]:
     return sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.exists() else []
 
 
+@pytest.fixture(autouse=True, scope="module")
+def per_chunk_labels():
+    """Label per chunk (this image is small enough for one block, engine/plan/stitching.py):
+    the kill points are in the stitching stages. tests/test_label_blocks.py kills a block."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NGFF_ENGINE_LABEL_BLOCK_VOXELS", "0")
+        yield
+
+
 @pytest.fixture(scope="module")
 def fresh(sample_image: SampleImages) -> Path:
     return sample_image(SHAPE, CHUNKS)

@@ -54,7 +54,7 @@ def test_submit_resume_with_nothing_to_resume_is_refused_at_once(image, tmp_path
 
 
 def test_cluster_section_and_flags(tmp_path, cli: Cli):
-    from engine.execute.cluster import resolve_cluster
+    from engine.execute.placement import resolve_cluster
 
     yaml_spec = {"kind": "slurm", "queue": "batch", "jobs": 3, "memory": "4GiB"}
     pipeline = Pipeline.build({**Pipeline.from_yaml(CONFIG).to_dict(), "cluster": yaml_spec})

@@ -20,7 +20,7 @@ from engine import Pipeline
 from engine.cli.commands import main
 from engine.cli.entry import goes_to_warm_engine
 from engine.execute import warm
-from engine.execute.cluster import uses_warm
+from engine.execute.placement import uses_warm
 from engine.runs.runner import run
 from tests.conftest import blobs, write_image
 

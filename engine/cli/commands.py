@@ -40,8 +40,9 @@ from engine.core.errors import (
     os_error_message,
 )
 from engine.core.pipeline import Pipeline
-from engine.execute.cluster import resolve_cluster
+from engine.execute.placement import resolve_cluster
 from engine.io.location import Location
+from engine.plan.memory import project_stage, projected_peak
 from engine.plan.report import summarize
 from engine.runs.outputs import check_output
 from engine.runs.planning import make_plan, resolve_input, resolve_workspace
@@ -154,6 +155,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     meta, plan = make_plan(pipeline, args.input, args.roi, output=args.output)
     seconds = time.perf_counter() - started
     rows = summarize(plan)
+    for row, stage in zip(rows, plan.stages, strict=True):  # a task's projected peak
+        row["task_bytes"] = project_stage(stage).task_bytes
+    projected = projected_peak(plan)[0] if plan.stages else 0
     reused = [o.path for o in plan.reused]
     refusals = []
     ws = resolve_workspace(pipeline, meta, args.output, writing=False)
@@ -167,12 +171,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "roi": str(plan.roi),
             "plan_seconds": seconds,
             "stages": rows,
+            "projected_worker_bytes": projected,
             "reused": reused,
             "run_refuses": refusals,
         }
         out.print_json(json.dumps(data))
         return 0
-    print_plan(plan, rows, reused, seconds)
+    print_plan(plan, rows, reused, seconds, projected)
     for refusal in refusals:
         out.print(f"run would refuse: {refusal}", highlight=False, markup=False)
     if refusals:

@@ -242,7 +242,9 @@ def print_info(path: str, info: dict[str, Any]) -> None:
     return 0
 
 
-def print_plan(plan: Any, rows: list[dict[str, Any]], reused: list[str], seconds: float) -> None:
+def print_plan(
+    plan: Any, rows: list[dict[str, Any]], reused: list[str], seconds: float, projected: int = 0
+) -> None:
     table = Table(title=f"plan for ROI {plan.roi} ({plan.task_count} tasks, {seconds:.3f} s)")
     for col in (
         "stage",
@@ -253,6 +255,7 @@ def print_plan(plan: Any, rows: list[dict[str, Any]], reused: list[str], seconds
         "read",
         "written",
         "halo",
+        "task memory",
     ):
         table.add_column(col)
     for r in rows:
@@ -266,8 +269,15 @@ def print_plan(plan: Any, rows: list[dict[str, Any]], reused: list[str], seconds
             human_bytes(r["bytes_read"]),
             human_bytes(r["bytes_written"]),
             halo,
+            human_bytes(r["task_bytes"]) if "task_bytes" in r else "-",
         )
     Console(width=max(out.width, _table_width(table))).print(table)
+    if projected:
+        out.print(
+            f"projected worker memory (one thread): {human_bytes(projected)}; a task: its "
+            "largest box through its op chain (task memory)",
+            highlight=False,
+        )
     if reused:
         out.print(f"reused as stored (same config and ROI): {', '.join(reused)}")
 

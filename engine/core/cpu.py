@@ -7,10 +7,12 @@ its input, writing its output, its done marker: in and out of each). Measured on
 machine (a VM, where the CPU clock is a system call): 0.9 us of CPU per read, 5.0 to
 5.4 us of CPU per chunk for the six switches; a chunk task takes milliseconds.
 
-Process CPU, not thread CPU: the engine's workers run one task thread each, and zarr
-decodes and encodes in its own thread pool when a chunk is not read or written
+Process CPU, not thread CPU, on worker processes: they run one task thread each, and
+zarr decodes and encodes in its own thread pool when a chunk is not read or written
 through its file (sharded or remote arrays); the thread clock would miss that time.
-On a worker with several task threads the parts of concurrent batches overlap.
+On a worker with several task threads the parts of concurrent batches overlap. The task
+threads of a run in the command's own process count their thread's CPU (`start`).
+Each thread keeps its own stopwatch.
 
 Standard library only: the io layer (engine/io/arrays.py) and the workers
 (engine/worker/chain.py, engine/execute/executor.py) switch parts, the driver adds its
@@ -20,6 +22,7 @@ own scheduling time per stage.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,34 +30,52 @@ from contextlib import contextmanager
 PARTS = ("compute", "decode", "encode", "io", "scheduling")
 COMPUTE, DECODE, ENCODE, IO, SCHEDULING = range(len(PARTS))
 
-clock = time.process_time
 
-_spent = [0.0] * len(PARTS)
-_running = [SCHEDULING, 0.0]  # the running part, and the clock when it started
+class _Stopwatch:
+    """One task thread's parts: the running part, since when, and the time per part."""
+
+    __slots__ = ("clock", "running", "since", "spent")
+
+    def __init__(self, clock=time.process_time) -> None:  # noqa: B008
+        self.clock = clock
+        self.spent = [0.0] * len(PARTS)
+        self.running = SCHEDULING
+        self.since = clock()
 
 
-def switch(part: int, _clock=clock, _spent=_spent, _running=_running) -> int:  # noqa: B008
+_local = threading.local()
+
+
+def _stopwatch() -> _Stopwatch:
+    try:
+        return _local.stopwatch
+    except AttributeError:
+        _local.stopwatch = _Stopwatch()
+        return _local.stopwatch
+
+
+def switch(part: int) -> int:
     """Charge the CPU time since the last switch to the running part; `part` runs now.
     Returns the part that was running, to switch back to."""
-    now = _clock()
-    before, since = _running
-    _spent[before] += now - since
-    _running[0] = part
-    _running[1] = now
+    watch = _stopwatch()
+    now = watch.clock()
+    before = watch.running
+    watch.spent[before] += now - watch.since
+    watch.running, watch.since = part, now
     return before
 
 
-def start() -> None:
-    """Start counting afresh (a batch begins), in the scheduling part."""
-    for i in range(len(PARTS)):
-        _spent[i] = 0.0
-    _running[0], _running[1] = SCHEDULING, clock()
+def start(shared_process: bool = False) -> None:
+    """Start counting afresh (a batch begins), in the scheduling part. `shared_process`:
+    the task threads of the run's own process (engine/execute/pools.py) count their own
+    thread's CPU, not the process's, which they share."""
+    _local.stopwatch = _Stopwatch(time.thread_time if shared_process else time.process_time)
 
 
 def stop() -> tuple[float, ...]:
     """The CPU seconds per part since `start` (the running part charged up to now)."""
     switch(SCHEDULING)
-    return tuple(_spent)
+    return tuple(_stopwatch().spent)
 
 
 @contextmanager

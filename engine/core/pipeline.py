@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import networkx as nx
 import yaml
 from pydantic import (
     AliasChoices,
@@ -26,6 +25,7 @@ from pydantic import (
 )
 
 from engine.core.errors import ConfigError
+from engine.core.step_graph import StepGraph
 from tasks import OPS
 
 IMAGE = "image"
@@ -334,10 +334,9 @@ class Pipeline(_Model):
                     raise ValueError(
                         f"step '{step.name}': channel and level apply to 'image' inputs only"
                     )
-        graph = self.graph()
-        if not nx.is_directed_acyclic_graph(graph):
-            cycle = " -> ".join(a for a, _ in nx.find_cycle(graph))
-            raise ValueError(f"steps form a cycle: {cycle}")
+        cycle = self.graph().cycle()
+        if cycle is not None:
+            raise ValueError(f"steps form a cycle: {' -> '.join(cycle)}")
         outputs = [(s.output.kind, s.output.name) for s in self.steps if s.output]
         repeated = sorted({f"{k}/{n}" for k, n in outputs if outputs.count((k, n)) > 1})
         if repeated:
@@ -365,20 +364,15 @@ class Pipeline(_Model):
             raise ConfigError("the pipeline has no steps")
         graph = self.graph()
         for step in self.steps:
-            if step.writes() is None and graph.out_degree(step.name) == 0:
+            if step.writes() is None and graph.readers(step.name) == 0:
                 raise ConfigError(f"step '{step.name}': has no output and no step uses it")
 
-    def graph(self) -> nx.DiGraph:
-        graph = nx.DiGraph()
-        graph.add_node(IMAGE)
+    def graph(self) -> StepGraph:
+        nodes = [IMAGE, *(step.name for step in self.steps)]
+        edges = [(step.source, step.name) for step in self.steps]
         for step in self.steps:
-            graph.add_node(step.name)
-        for step in self.steps:
-            graph.add_edge(step.source, step.name)
-            for name in step.extra_inputs().values():
-                if name in graph:
-                    graph.add_edge(name, step.name)
-        return graph
+            edges += [(n, step.name) for n in step.extra_inputs().values() if n in nodes]
+        return StepGraph(nodes, edges)
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -387,12 +381,12 @@ class Pipeline(_Model):
         raise KeyError(name)
 
     def ordered_steps(self) -> list[Step]:
-        order = [n for n in nx.topological_sort(self.graph()) if n != IMAGE]
+        order = [n for n in self.graph().order() if n != IMAGE]
         return [self.step(n) for n in order]
 
     def upstream(self, name: str) -> list[Step]:
         """The step and every step it depends on, in execution order."""
-        needed = nx.ancestors(self.graph(), name) | {name}
+        needed = self.graph().ancestors(name) | {name}
         return [s for s in self.ordered_steps() if s.name in needed]
 
     def add(

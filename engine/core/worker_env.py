@@ -14,9 +14,11 @@ environment spawns its workers as before.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import signal
 
 # glibc keeps this much free at the top of each heap of a worker (MALLOC_TOP_PAD_), so
 # the next task reuses memory instead of faulting it in; see worker_config() in
@@ -97,3 +99,20 @@ def ensure_worker_server() -> bool:
 def worker_server_environment() -> dict[str, str] | None:
     """The environment the fork server was started with; None: no server."""
     return _server_environment
+
+
+def stop_worker_server() -> None:
+    """Stop the fork server when the run turned out not to need worker processes (a
+    small run on threads of this process, engine/execute/pools.py): it imports the
+    workers' modules (1.3 s of CPU) on the other core, free while the command imports
+    its own, but then it would take that core from the run's second thread. Killed, not
+    asked: it reads its pipe only once its imports are done."""
+    global _server_environment
+    server = multiprocessing.forkserver._forkserver
+    pid = getattr(server, "_forkserver_pid", None)
+    if _server_environment is None or pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    server._stop()  # reaps it and forgets it: a later cluster starts another
+    _server_environment = None

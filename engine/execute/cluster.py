@@ -16,52 +16,14 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import dask
-from dask.utils import parse_bytes
-from distributed import Client, LocalCluster, Scheduler, SpecCluster, Worker
+from distributed import Client, LocalCluster
 from distributed.security import Security
 
 from engine.core.errors import ConfigError, EngineError
-from engine.core.pipeline import ClusterSpec, _first_error
-from engine.core.worker_env import WORKER_DASK_SETTINGS
+from engine.core.pipeline import ClusterSpec
 from engine.execute.occupancy import Occupancy, measured
+from engine.execute.placement import ClusterArg, resolve_cluster, uses_warm
 from engine.execute.worker_config import start_method, worker_config
-from engine.plan.types import Plan
-
-ClusterArg = ClusterSpec | dict[str, Any] | str | None
-DEFAULT_DASHBOARD = ClusterSpec.model_fields["dashboard"].default
-
-
-def resolve_cluster(config: ClusterSpec | None, cluster: ClusterArg = None) -> ClusterSpec:
-    """The cluster a run uses: the config's `cluster:` section, overridden by `cluster`.
-
-    `cluster` may be a kind ("local" or "slurm"), a dict of ClusterSpec fields that
-    replace the config's (CLI flags), or a whole ClusterSpec.
-    """
-    if isinstance(cluster, ClusterSpec):
-        return cluster
-    base = config.model_dump(exclude_unset=True) if config is not None else {}
-    if cluster is None:
-        update: dict[str, Any] = {}
-    elif isinstance(cluster, str):
-        update = {"kind": cluster}
-    elif isinstance(cluster, dict):
-        update = {k: v for k, v in cluster.items() if v is not None}
-    else:
-        raise ConfigError(
-            f"cluster: expected 'local', 'slurm', a dict or a ClusterSpec, got {cluster!r}"
-        )
-    if "queue" in update:
-        update["partition"] = update.pop("queue")
-    if {"jobs"} & update.keys():
-        base.pop("min_jobs", None)
-        base.pop("max_jobs", None)
-        base.pop("lifetime", None)  # adaptive only
-    if {"min_jobs", "max_jobs"} & update.keys():
-        base.pop("jobs", None)
-    try:
-        return ClusterSpec.model_validate({**base, **update})
-    except ValueError as exc:
-        raise ConfigError(f"cluster: {_first_error(exc)}") from None
 
 
 def dashboard_address(address: str) -> str:
@@ -84,7 +46,6 @@ def connect(
     resources: dict[str, float] | None = None,
     warm: bool | None = None,
     idle_timeout: float | None = None,
-    in_process: bool = False,
 ) -> Iterator[Client]:
     """A client for one run. `config` is the pipeline's `cluster:` section; `cluster`
     overrides it (see `resolve_cluster`). Workers the engine starts offer `resources`.
@@ -99,8 +60,9 @@ def connect(
 
     A local run uses the warm engine (engine/execute/warm.py; started on first use) when
     `warm` is True, or None and NGFF_ENGINE_WARM is not 0, unless it asks for another
-    number of workers or for worker resources; else a LocalCluster of its own, or with
-    `in_process` (`small_enough`) one inside this process (`in_process_client`)."""
+    number of workers or for worker resources; else a LocalCluster of its own. (A run
+    small enough for threads of the command's process never comes here:
+    engine/execute/placement.py.)"""
     spec = resolve_cluster(config, cluster)
     if scheduler is not None:
         if cluster is not None and spec.kind == "slurm":
@@ -134,10 +96,6 @@ def connect(
         with warm_client(n, idle_timeout) as client:
             yield client
         return
-    if in_process and not resources:
-        with in_process_client(n) as client:
-            yield client
-        return
     security = Security.temporary() if spec.tls else None
     with (
         dask.config.set(worker_config()),
@@ -154,71 +112,6 @@ def connect(
             resources=resources or None,
         ) as cluster_,
         Client(cluster_) as client,
-    ):
-        yield client
-
-
-def small_enough(spec: ClusterSpec, reads: int) -> bool:
-    """Whether a run whose largest stage reads `reads` bytes runs in the command's
-    process (`in_process_client`): at most NGFF_ENGINE_IN_PROCESS_MAX when set, else the
-    config's `cluster.in_process_max`. Asked before the run writes anything, so that a
-    bad setting is refused with nothing changed."""
-    if spec.kind != "local" or spec.dashboard != DEFAULT_DASHBOARD:
-        return False
-    text = os.environ.get("NGFF_ENGINE_IN_PROCESS_MAX", spec.in_process_max)
-    try:
-        return reads <= parse_bytes(text.replace(" ", ""))
-    except ValueError:
-        raise ConfigError(
-            f"NGFF_ENGINE_IN_PROCESS_MAX: '{text}' is not a size such as 32MiB or 0"
-        ) from None
-
-
-@contextmanager
-def in_process_client(threads: int) -> Iterator[Client]:
-    """A dask scheduler and one worker of `threads` threads inside this process, for a
-    run too small to pay for worker processes: starting two local worker processes
-    takes 1.5 to 2.5 s (forked from the command's server, their modules imported), this
-    takes 0.05 to 0.1 s. On 64x256x256 (the standard pipeline, 0.35 s of CPU) the
-    command took 3.6 s from start to exit with worker processes.
-
-    Scheduler, worker and client talk through in-process queues (dask's inproc://), so
-    there is no scheduler port to secure with TLS. dask still starts an HTTP server in
-    the scheduler and in the worker (LocalCluster binds both to every interface when the
-    transport is inproc); here they listen on 127.0.0.1 and serve nothing. A run asking
-    for a dashboard (`cluster.dashboard`) is not run here (`small_enough`)."""
-    loopback = "127.0.0.1:0"
-    with (
-        dask.config.set(
-            {
-                **WORKER_DASK_SETTINGS,
-                "distributed.scheduler.http.routes": [],
-                "distributed.worker.http.routes": [],
-            }
-        ),
-        SpecCluster(
-            scheduler={
-                "cls": Scheduler,
-                "options": {
-                    "protocol": "inproc://",
-                    "dashboard": False,
-                    "dashboard_address": loopback,
-                },
-            },
-            workers={
-                0: {
-                    "cls": Worker,
-                    "options": {
-                        "protocol": "inproc://",
-                        "nthreads": threads,
-                        "dashboard": False,
-                        "dashboard_address": loopback,
-                    },
-                }
-            },
-            silence_logs=logging.CRITICAL,
-        ) as cluster_,
-        Client(cluster_, set_as_default=False) as client,
     ):
         yield client
 
@@ -334,48 +227,3 @@ def shared_scheduler(
 
 # address -> Security of the clusters `shared_scheduler` holds open in this process
 _SHARED: dict[str, Security] = {}
-
-
-def uses_warm(
-    warm: bool | None, workers: int | None, resources: dict[str, float] | None = None
-) -> bool:
-    """Whether a local run goes to the warm engine (see `connect`)."""
-    from engine.execute import warm as warm_engine
-
-    wanted = warm_engine.enabled() if warm is None else warm
-    same_size = workers is None or workers == warm_engine.default_workers()
-    return wanted and same_size and not resources
-
-
-def worker_memory(client: Client) -> tuple[int, int]:
-    """The smallest worker memory limit (0: none) and the most threads on one worker."""
-    workers = client.scheduler_info().get("workers", {}).values()
-    limits = [int(w.get("memory_limit") or 0) for w in workers]
-    threads = max((int(w.get("nthreads", 1)) for w in workers), default=1)
-    return min((m for m in limits if m), default=0), threads
-
-
-def plan_resources(plan: Plan) -> dict[str, float]:
-    """The worker resources a plan's stages need: the largest amount of each."""
-    needed: dict[str, float] = {}
-    for stage in plan.stages:
-        for name, amount in stage.resources:
-            needed[name] = max(needed.get(name, 0.0), amount)
-    return needed
-
-
-def check_resources(client: Client, plan: Plan) -> None:
-    """Refuse a plan whose stages need worker resources no connected worker offers."""
-    offered = [w.get("resources", {}) for w in client.scheduler_info()["workers"].values()]
-    for stage in plan.stages:
-        needed = dict(stage.resources)
-        if not needed or not offered:  # no workers yet (adaptive): they come as configured
-            continue
-        if not any(all(r.get(k, 0) >= v for k, v in needed.items()) for r in offered):
-            have = sorted({f"{k}={v:g}" for r in offered for k, v in r.items()})
-            raise EngineError(
-                f"step '{stage.step}': needs worker resources "
-                f"{', '.join(f'{k}={v:g}' for k, v in needed.items())} but no dask worker offers "
-                f"them (workers offer: {', '.join(have) or 'none'}); start workers with "
-                '`dask worker ... --resources "gpu=1"`, or let the engine start them'
-            )

@@ -1,4 +1,5 @@
-"""Driving a Plan on dask.distributed through futures, chunk by chunk.
+"""Driving a Plan on a task pool (dask.distributed's, or threads of this process:
+engine/execute/pools.py) through futures, chunk by chunk.
 
 Chunk tasks are grouped into batches (neighbouring chunks together, in Z order)
 so the scheduler's per-task cost is paid per batch, not per chunk; each chunk is
@@ -24,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from distributed import Client, Future, as_completed
 
 from engine.core import cpu
 from engine.core.errors import EngineError
 from engine.core.geometry import Roi
 from engine.core.grid import ChunkTask
 from engine.execute.batching import Batches, batch, batch_size
+from engine.execute.pools import TaskPool
 from engine.io.downsample import downsample_factors
 from engine.io.location import Where, for_workers
 from engine.plan.kinds import KINDS
@@ -86,7 +87,7 @@ def _run_batch(
     task is tried `retries` more times after a failure (with backoff); each is marked
     done (markers.py) right after it succeeds. Returns the results and the batch's CPU
     seconds by part (engine/core/cpu.py)."""
-    cpu.start()
+    cpu.start(common.get("shared_process", False))
     marker = ChunkMarker(root, common["marker"]) if common.get("marker") else None
     tasks = stage.tasks.tasks_at(positions)
     items = zip(positions.tolist(), tasks, extras or [None] * len(positions), strict=True)
@@ -181,7 +182,7 @@ class Executor:
 
     def __init__(
         self,
-        client: Client,
+        pool: TaskPool,
         root: Where,
         plan: Plan,
         prepare_output: Callable[[str, str | None, int | None], int],
@@ -192,7 +193,7 @@ class Executor:
         on_stage: Callable[[StageStats], None] | None = None,
         priority: Roi | None = None,
     ) -> None:
-        self.client = client
+        self.pool = pool
         self.markers = markers
         self.retries = retries
         self.backoff = backoff
@@ -211,27 +212,22 @@ class Executor:
         self.models: dict[str, Any] = {}  # train step -> fitted model, for the run to save
         self.evaluations: dict[str, Counts] = {}
         self.merge_stats: dict[str, dict[str, float]] = {}
-        # task slots: workers times their threads (the in-process cluster is one worker
-        # with a thread per core)
-        workers = client.scheduler_info().get("workers", {}).values()
-        self.workers = max(1, sum(int(w.get("nthreads", 1)) for w in workers))
+        self.workers = pool.slots  # workers times their threads
         self.max_in_flight = self.workers * IN_FLIGHT_PER_WORKER
         self.runs: dict[str, _StageRun] = {}
         self.stats: dict[str, StageStats] = {}
-        self.live: dict[tuple[int, int], Future] = {}  # (stage order, batch) -> in flight
-        self.completed = as_completed(loop=client.loop)  # this client's, not a default one
-        self.owner: dict[Future, tuple[_StageRun, int]] = {}
+        self.live: dict[tuple[int, int], Any] = {}  # (stage order, batch) -> in flight
+        self.completed = pool.completions()
+        self.owner: dict[Any, tuple[_StageRun, int]] = {}
         self.peak_memory: dict[str, int] = {}
         self.clock = cpu.DriverClock()
 
     def run(self) -> list[StageStats]:
-        # on_error="ignore": a worker may leave meanwhile (an adaptive SLURM worker
-        # retiring before its walltime); the peaks are those of the workers still there.
-        self.client.run(reset_peak_memory, on_error="ignore")
+        self.pool.on_each_worker(reset_peak_memory)
         for stage in self.plan.stages:
             self._start(stage)
         self._drain(lambda: not self.live and all(r.remaining == 0 for r in self.runs.values()))
-        self.peak_memory = self.client.run(peak_memory, on_error="ignore")
+        self.peak_memory = self.pool.on_each_worker(peak_memory)
         for name, stat in self.stats.items():  # with the driver's time after completion
             self.stats[name] = dataclasses.replace(stat, cpu=self.stage_cpu(name))
         return [self.stats[s.name] for s in self.plan.stages]
@@ -270,6 +266,7 @@ class Executor:
             "context": self.plan.context,
             "values": values,
             "chunks": self.plan.chunks,
+            "shared_process": self.pool.shares_process,
             **extra,
         }
 
@@ -383,7 +380,7 @@ class Executor:
             for d in found.tolist()
             if (up.order, d) in self.live
         ]
-        future = self.client.submit(
+        future = self.pool.submit(
             _run_batch,
             stage.kind,
             self.root,
@@ -391,8 +388,7 @@ class Executor:
             members,
             extras,
             run.shared,
-            *waits,
-            pure=False,
+            after=waits,
             priority=run.order + (PREVIEW_PRIORITY if k < run.batches.preview else 0),
             resources=dict(stage.resources) or None,
         )
@@ -413,7 +409,7 @@ class Executor:
                 self._finished(run, k, future)
             self._pump()
 
-    def _finished(self, run: _StageRun, k: int, future: Future) -> None:
+    def _finished(self, run: _StageRun, k: int, future: Any) -> None:
         """A batch is done: keep its results and CPU times, advance its stage."""
         try:
             batch_results, batch_cpu = future.result()
@@ -460,7 +456,7 @@ class Executor:
         return [r.results for r in runs]
 
     def on_worker(self, function: Callable[..., Any], *args: Any) -> Any:
-        return self.client.submit(function, *args, pure=False).result()
+        return self.pool.call(function, *args)
 
 
 def reset_peak_memory() -> None:

@@ -15,9 +15,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from distributed import Client
+if TYPE_CHECKING:  # the dataclass goes in results that commands import without dask
+    from distributed import Client
 
 
 @dataclass

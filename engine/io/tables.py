@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,6 +28,7 @@ import numpy as np
 import zarr
 
 from engine.core.errors import NgffError
+from engine.io.anndata_zarr import write_feature_table
 from engine.io.location import Location
 
 TABLES = "tables"
@@ -57,30 +58,38 @@ def write_table(
 ) -> zarr.Group:
     """Write (replacing) `tables/<name>` and list it in `tables/` attributes. Rows are
     named by `labels`: integer ids, or strings (an evaluation table's ROIs)."""
-    import anndata
-    import pandas as pd
-
     names = [v if isinstance(v, str) else str(int(v)) for v in labels]
-    obs = pd.DataFrame(index=pd.Index(names, name=index_name))
-    var = pd.DataFrame(index=pd.Index(list(columns)))
-    table = anndata.AnnData(X=np.asarray(values, dtype=np.float64), obs=obs, var=var)
-    return write_anndata(root, name, table, attrs)
+
+    def write(tables: zarr.Group, at: str) -> None:
+        write_feature_table(tables, at, values, names, list(columns), index_name)
+
+    return _write_group(root, name, attrs, write)
 
 
 def write_anndata(root: zarr.Group, name: str, data: Any, attrs: dict[str, Any]) -> zarr.Group:
     """Write an AnnData as `tables/<name>` (replacing it whole: written beside, then renamed
     into place) and list it in `tables/` attributes."""
     from anndata.io import write_elem
+
+    def write(tables: zarr.Group, at: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zarr's note on future sharding defaults
+            write_elem(tables, at, data)
+
+    return _write_group(root, name, attrs, write)
+
+
+def _write_group(
+    root: zarr.Group, name: str, attrs: dict[str, Any], write: Callable[[zarr.Group, str], None]
+) -> zarr.Group:
     from zarr.storage import LocalStore
 
     tables = root.require_group(TABLES)
     local = isinstance(root.store, LocalStore)
     temporary = f"_writing-{name}" if local else name
-    if not local and name in tables:
-        del tables[name]  # an object store has no rename: replace in place
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zarr's note on future sharding defaults
-        write_elem(tables, temporary, data)
+    if temporary in tables:
+        del tables[temporary]  # a killed run's, or (object store, no rename) the old one
+    write(tables, temporary)
     tables[temporary].attrs.update(attrs)
     if local:
         folder = Path(str(root.store.root)) / root.path / TABLES

@@ -44,7 +44,7 @@ class StageKind:
     driver_modules: tuple[str, ...] = ()
 
 
-TABLE_MODULES = ("anndata.io", "pandas")
+TABLE_MODULES = ("anndata.io", "pandas")  # evaluations and models read earlier tables
 
 
 KINDS: dict[str, StageKind] = {
@@ -58,7 +58,22 @@ KINDS: dict[str, StageKind] = {
         driver_modules=("tasks.backends",),
     ),
     "label": StageKind(labels.run_label, prepare=labels.prepare_local, keeps_results=True),
+    # the whole ROI in one task, final ids straight into the output (engine/plan/stitching.py)
+    "label-block": StageKind(
+        labels.run_label_block,
+        prepare=labels.prepare_block,
+        extra=labels.block_offset,
+        finish=labels.finish_block,
+        keeps_results=True,
+    ),
     "segment": StageKind(labels.run_segment, prepare=labels.prepare_local, keeps_results=True),
+    "segment-block": StageKind(
+        labels.run_segment_block,
+        prepare=labels.prepare_block,
+        extra=labels.block_offset,
+        finish=labels.finish_block,
+        keeps_results=True,
+    ),
     "faces": StageKind(labels.run_faces, extra=labels.face_bases, keeps_results=True),
     "match": StageKind(labels.run_match, extra=labels.face_bases, keeps_results=True),
     "merge": StageKind(None, finish=labels.merge, driver_modules=("tasks.backends",)),
@@ -69,8 +84,7 @@ KINDS: dict[str, StageKind] = {
         tables.run_measure,
         finish=tables.combine_measure,
         keeps_results=True,
-        writes_chunks=False,
-        driver_modules=TABLE_MODULES,
+        writes_chunks=False,  # written without anndata (engine/io/anndata_zarr.py)
     ),
     "evaluate": StageKind(
         tables.run_evaluate,

@@ -8,6 +8,11 @@ working copy of it and the op's output; plus what it writes. A worker holds that
 each thread, plus the decoded-chunk cache, the free memory glibc keeps for reuse and
 the Python process itself. After a run, the measured peak is reported next to it
 (RunResult.peak_worker_bytes).
+
+A task is whatever its stage's grid makes it: a whole-ROI label block (engine/plan/
+stitching.py) holds the ROI's input, mask and labels, and is projected as one task of
+that size (a 64x512x512 frame: 0.4 GiB a task, 1.0 GiB a worker projected; 0.33 GiB
+measured). `ngff-engine plan` shows each stage's task and the worker's projection.
 """
 
 from __future__ import annotations
@@ -122,7 +127,7 @@ def check_fits(plan: Plan, limit: int, threads: int = 1) -> int:
 def largest_read(plan: Plan) -> int:
     """Bytes of the largest array a stage of the plan reads (its region of the image or
     of a scratch array the run writes): what decides whether worker processes are worth
-    starting for it (engine/execute/cluster.py, `in_process_max`)."""
+    starting for it (engine/execute/placement.py, `in_process_max`)."""
     return max(
         (
             stage.tasks.bounds.size * np.dtype(stage.source.dtype).itemsize

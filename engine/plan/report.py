@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from engine.plan.kinds import KINDS
-from engine.plan.types import Plan
+from engine.plan.types import Plan, Stage
 
 
 def summarize(plan: Plan) -> list[dict[str, Any]]:
@@ -34,13 +34,21 @@ def summarize(plan: Plan) -> list[dict[str, Any]]:
                 "kind": stage.kind,
                 "tasks": len(stage.tasks),
                 "chunks_read": read_chunks,
-                "chunks_written": len(stage.tasks) if write_bytes else 0,
+                "chunks_written": _chunks_written(plan, stage) if write_bytes else 0,
                 "bytes_read": read_bytes,
                 "bytes_written": write_bytes,
                 "halo": dict(zip(plan.axes, halo, strict=True)),
             }
         )
     return rows
+
+
+def _chunks_written(plan: Plan, stage: Stage) -> int:
+    """A task writes one chunk of the plan's grid, or several (a whole-ROI label block);
+    a pyramid level's task writes one chunk of its own grid."""
+    if stage.grid:
+        return len(stage.tasks)
+    return stage.tasks.volume("write", plan.chunks, stage.tasks.bounds)
 
 
 def human_bytes(n: float) -> str:

@@ -16,8 +16,8 @@ from typing import Any
 
 from engine.core.errors import NgffError
 from engine.core.geometry import Roi
-from engine.execute.cluster import connect
 from engine.execute.executor import Executor
+from engine.execute.run_pool import task_pool
 from engine.io.existing import read_label_image
 from engine.io.location import Location, Workspace
 from engine.io.metadata import ImageMeta, open_group, read_image
@@ -74,8 +74,8 @@ def diff(
     ws = Workspace.of(meta.location, Location.parse(output) if output is not None else None)
     found_a, found_b = output_path("label", labels), output_path("label", reference)
     plan = comparison_plan(meta.path, (found_a, a), (found_b, b), box)
-    with connect(workers, scheduler, warm=warm, idle_timeout=idle_timeout) as client:
-        executor = Executor(client, ws, plan, lambda *_: 0)
+    with task_pool(workers, scheduler, warm=warm, idle_timeout=idle_timeout) as pool:
+        executor = Executor(pool, ws, plan, lambda *_: 0)
         executor.run()
     return scores(executor.evaluations["diff"])
 

@@ -39,8 +39,10 @@ from typing import Any
 
 from engine.core.errors import ConfigError, EngineError, OutputConflict
 from engine.core.version import __version__
-from engine.execute.cluster import ClusterArg, Connecting, worker_memory
+from engine.execute.cluster import Connecting
+from engine.execute.dask_pool import DaskPool
 from engine.execute.executor import Executor, StageStats
+from engine.execute.placement import ClusterArg
 from engine.io.imported import create_imported, record_import
 from engine.io.metadata import Version
 from engine.io.sources import (
@@ -194,7 +196,8 @@ def import_image(
     hasher = _Checksum(info.files) if checksum else None
     executor = None
     with pending as client:
-        limit, threads = worker_memory(client)
+        pool = DaskPool(client)
+        limit, threads = pool.memory()
         projected = check_fits(plan, limit, threads)  # refused before anything is written
         if announce is not None and client.dashboard_link:
             announce(f"dask dashboard: {client.dashboard_link}")
@@ -206,7 +209,7 @@ def import_image(
             )
             _write_record(partial, {"run_id": run_id, "config_hash": digest, "layout": layout})
         executor = Executor(
-            client,
+            pool,
             str(partial),
             plan,
             lambda *_: 0,

@@ -154,7 +154,10 @@ class OutputWriter:
         self._scratch_array(path, dtype, shape, self.plan.chunks)
         if path.endswith("/local"):
             stage = next(s for s in self.plan.stages if s.target == path)
-            for axis in self.plan.spatial:
+            paired = any(
+                s.kind in ("faces", "match") and s.step == stage.step for s in self.plan.stages
+            )
+            for axis in self.plan.spatial if paired else ():  # no pairs: no interior border
                 face_shape, face_chunks = face_array_layout(
                     shape, self.plan.chunks, axis, face_planes(stage, axis)
                 )

@@ -17,16 +17,15 @@ from typing import Any
 from engine.core.errors import OutputConflict, in_python_terms
 from engine.core.pipeline import Pipeline, RoiSpec
 from engine.core.preload import import_in_background
-from engine.execute.cluster import (
+from engine.execute.executor import Executor, StageStats
+from engine.execute.placement import (
     ClusterArg,
     check_resources,
-    connect,
     plan_resources,
     resolve_cluster,
     small_enough,
-    worker_memory,
 )
-from engine.execute.executor import Executor, StageStats
+from engine.execute.run_pool import task_pool
 from engine.io.existing import ids_left_by_earlier_runs
 from engine.io.location import Location
 from engine.io.output_store import prepare_store
@@ -247,7 +246,7 @@ def run(
                 resources = plan_resources(plan)
                 if warm is None and uses_user_code(plan):
                     warm = False
-                with connect(
+                with task_pool(
                     workers,
                     scheduler,
                     cluster,
@@ -256,16 +255,16 @@ def run(
                     warm,
                     idle_timeout,
                     in_process,
-                ) as client:
-                    check_resources(client, plan)
-                    limit, threads = worker_memory(client)
+                ) as pool:
+                    check_resources(pool, plan)
+                    limit, threads = pool.memory()
                     projected = check_fits(plan, limit, threads)
                     record.update(projected_worker_bytes=projected, worker_memory_limit=limit)
-                    if announce is not None and client.dashboard_link and not in_process:
-                        announce(f"dask dashboard: {client.dashboard_link}")
+                    if announce is not None and pool.dashboard_link:
+                        announce(f"dask dashboard: {pool.dashboard_link}")
                     markers = Markers(ws.output, plan, layout)
                     executor = Executor(
-                        client,
+                        pool,
                         ws,
                         plan,
                         writer.prepare,

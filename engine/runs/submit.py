@@ -30,7 +30,7 @@ from typing import Any
 
 from engine.core.errors import ConfigError, EngineError, in_python_terms
 from engine.core.pipeline import ClusterSpec, Pipeline, RoiSpec
-from engine.execute.cluster import ClusterArg, resolve_cluster
+from engine.execute.placement import ClusterArg, resolve_cluster
 from engine.execute.tls import write_certificates
 from engine.plan.fingerprint import layout_hash
 from engine.runs.bookkeeping import check_resumable

@@ -47,8 +47,8 @@ from typing import Any
 
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import Pipeline, RoiSpec
-from engine.execute.cluster import ClusterArg, shared_scheduler
 from engine.execute.occupancy import Occupancy
+from engine.execute.placement import ClusterArg
 from engine.io.masking import MaskedWrite
 from engine.io.plates import FieldImage, collection_images, is_collection, write_plate_table
 from engine.io.roi_tables import read_rois, roi_table_names
@@ -168,7 +168,7 @@ class UnitsFailed(EngineError):
 
 
 def run(
-    pipeline: Pipeline,
+    pipeline: Pipeline | str | Path,
     input: str | Path | Sequence[str] | None = None,
     roi: UserRoi = None,
     workers: int | None = None,
@@ -200,7 +200,10 @@ def run(
     On a collection: `resume=True` continues every unit (engine/runs/unit_resume.py);
     `progress` gets one overall count (engine/runs/progress.py `OverallProgress`);
     `priority_roi` naming units (a well, a field, an image, an ROI of the table) runs
-    them first, else each unit computes that ROI first (engine/runs/unit_plans.py)."""
+    them first, else each unit computes that ROI first (engine/runs/unit_plans.py).
+    `pipeline` may be the path of a YAML config, as the command takes it."""
+    if not isinstance(pipeline, Pipeline):
+        pipeline = Pipeline.from_yaml(pipeline)
     source, table, roi = resolve_units(pipeline, input, roi, roi_table)
     if not is_collection(source) and table is None and not wells and not fields:
         return runner.run(
@@ -238,6 +241,8 @@ def run(
     seen_rows: dict[tuple[str, str], dict[str, str]] = {}  # (image, table) -> row -> roi
     field_rows: dict[tuple[str, str], tuple] = {}  # (image, table read) -> its rows
     tables = [s.output.name for s in pipeline.steps if s.output and s.output.kind == "table"]
+    from engine.execute.cluster import shared_scheduler  # dask: imported once a run needs it
+
     with shared_scheduler(
         workers, scheduler, cluster, pipeline.cluster, warm, idle_timeout, result.occupancy
     ) as address:
