@@ -59,7 +59,7 @@ def test_a_small_run_stays_in_the_process_and_equals_scipy_and_worker_processes(
     config = _pipeline(tmp_path)
     inside = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "in.zarr")
     outside = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "out.zarr")
-    code, result, err = _run(config, inside, None)  # the default: 32MiB
+    code, result, err = _run(config, inside, None)  # the default: 256MiB
     assert code == 0, err
     # one worker: threads of the command's process, no dask scheduler or port
     assert _workers(result) == ["in-process"]

@@ -233,8 +233,13 @@ class ClusterSpec(_Model):
     template: str | None = None
     lifetime: str | None = None  # adaptive mode: a worker retires after this; see slurm.py
     # a local run whose plan reads at most this much runs on threads of the command's own
-    # process, no worker processes started (engine/execute/cluster.py); "0": never
-    in_process_max: str = "32MiB"
+    # process, no worker processes started (engine/execute/placement.py); "0": never.
+    # Measured on 2 cores, three pairs in turn under other load: the 4x64x512x512 time
+    # series (256 MiB of float32 read) took 8.5-9.0 s in process against 10.2-10.8 s
+    # with two worker processes; threads ran 1.3-1.5x the work of one, processes ~1.9x,
+    # so processes win once their 1-2 s start is less than that difference: from about
+    # 512 MiB read (the 256x1024x1024 standard volume reads 1 GiB)
+    in_process_max: str = "256MiB"
 
     @field_validator("memory", "in_process_max")
     @classmethod
