@@ -73,8 +73,8 @@ def test_every_readme_command_runs(tmp_path: Path) -> None:
     # as a new user's shell has it: the warm engine and the in-process path for small runs
     # on (tests/conftest.py turns both off for the other tests), the engine in a folder of
     # this test's own (not the user's ~/.ngff-engine, which another checkout's engine may
-    # hold). The README's own `status` and `stop` then act on it, and the README's runs
-    # take 172 s instead of 198 s (measured at a load of 7 on 2 cores).
+    # hold). The README's own `status` and `stop` then act on it, and its commands take
+    # 81 s instead of 102 s (2 cores at a load of 1.5; 172 s against 198 s at a load of 7).
     env.pop("NGFF_ENGINE_WARM", None)
     env.pop("NGFF_ENGINE_IN_PROCESS_MAX", None)
     env["NGFF_ENGINE_WARM_DIR"] = str(tmp_path / "warm-engine")
