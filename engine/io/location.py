@@ -53,6 +53,9 @@ OUTPUT_GROUPS = ("labels", "results", "tables", "_engine")
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
+METADATA_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs")  # a zarr node's own files
+
+
 class LocationError(NgffError):
     """A location cannot be read or written: unreachable, refused, missing."""
 
@@ -234,7 +237,7 @@ class Location:
 
     def is_group(self, relpath: str = "") -> bool:
         """A zarr group (either format) or array is stored at `relpath`."""
-        names = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
+        names = METADATA_FILES
         if self.is_local:
             return (Path(self.url) / relpath).is_dir()
         return any(self.exists(f"{relpath}/{n}".lstrip("/")) for n in names)

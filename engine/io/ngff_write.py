@@ -154,6 +154,11 @@ def listed(root: zarr.Group, group: str, version: Version) -> list[str]:
     return [str(n) for n in names] if isinstance(names, list) else []
 
 
+def attributes_document(version: Version) -> str:
+    """The file of a group holding its attributes: `.zattrs` (0.4, zarr v2), `zarr.json`."""
+    return ".zattrs" if version == "0.4" else "zarr.json"
+
+
 def list_in_parent(root: zarr.Group, kind: OutputKind, name: str, version: Version) -> None:
     """Add `name` to the listing in `labels/` or `results/` attributes (idempotent)."""
     key = GROUP_OF_KIND[kind]

@@ -5,6 +5,7 @@ the run's scratch arrays; tables and evaluation scores; previews."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,10 +15,12 @@ from engine.core.layout import preview_file
 from engine.core.version import __version__
 from engine.execute.executor import Executor
 from engine.io.existing import stored_attrs
-from engine.io.location import Workspace
+from engine.io.location import METADATA_FILES, Workspace
 from engine.io.metadata import ImageMeta, open_group
 from engine.io.models import write_model
 from engine.io.ngff_write import (
+    GROUP_OF_KIND,
+    attributes_document,
     chunk_key_encoding,
     create_image,
     engine_attrs,
@@ -110,6 +113,9 @@ class OutputWriter:
         self.evaluations: dict[str, Scores] = {}
         self.previews: dict[str, str] = {}  # evaluation table -> PNG of its ROI
         self.root = open_group(self.ws.output, mode="r+")
+        # per output this run created: its parent group's metadata document, and the
+        # bytes it held before the output was listed there (None: there was none)
+        self.listings: dict[str, tuple[str, bytes | None]] = {}
 
     def prepare(self, key: str, dtype: str | None, count: int | None) -> int:
         """Create the array a stage writes; for label outputs return the id offset."""
@@ -191,6 +197,11 @@ class OutputWriter:
         return self.staged.get(out.path, out.path)
 
     def _create(self, out: OutputPlan, dtype: str) -> None:
+        document = f"{GROUP_OF_KIND[out.kind]}/{attributes_document(self.meta.version)}"
+        try:
+            self.listings[out.step] = (document, self.ws.output.read_bytes(document))
+        except FileNotFoundError:
+            self.listings[out.step] = (document, None)
         version = self.meta.version
         extra = {}
         if out.kind == "label":
@@ -207,6 +218,27 @@ class OutputWriter:
             extra_ome=extra,
         )
         list_in_parent(self.root, out.kind, out.name, version)
+
+    def undo_unwritten(self) -> None:
+        """After a failed run: an output this run created but wrote no chunk of (its one
+        label-block task failed, say: engine/worker/labels.py creates the output before
+        it) goes again, and its parent's listing gets back the bytes it had, so that bad
+        input leaves the image as it was. One with chunks stays, for --resume."""
+        where = self.ws.output
+        for step, (document, before) in self.listings.items():
+            out = self.by_step[step]
+            path = self.where(out)
+            files = where.walk_files(f"{path}/{out.levels[0].path}")
+            if not where.is_local or any(Path(f).name not in METADATA_FILES for f in files):
+                continue
+            where.delete_tree(path)
+            if before is not None:
+                where.write_bytes(document, before)
+            elif where.list(GROUP_OF_KIND[out.kind]) == [Path(document).name]:
+                where.delete_tree(GROUP_OF_KIND[out.kind])  # the run made the group too
+            self.created.discard(step)
+            if self.record is not None:
+                self.record.update(created=sorted(self.created))
 
     def finish(self, executor: Executor) -> None:
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -7,6 +7,7 @@ a refused run leaves the input image and every existing output as they were.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 import uuid
@@ -288,6 +289,9 @@ def run(
                 swap_in(ws.output, staged, run_id)
         except BaseException as exc:
             fail_record(record, plan, ws.output, layout, stage_rows, executor, exc)
+            if not isinstance(exc, KeyboardInterrupt):  # a killed run resumes as it stands
+                with contextlib.suppress(OSError):  # never hide the run's own error
+                    writer.undo_unwritten()
             if isinstance(exc, KeyboardInterrupt):
                 exc.run_id = run_id  # type: ignore[attr-defined]  # for the CLI's one line
             raise
