@@ -306,10 +306,3 @@ def slurm_client(spec: ClusterSpec, resources: dict[str, float] | None = None) -
                 value.close()
         if tls_dir is not None:
             shutil.rmtree(tls_dir, ignore_errors=True)
-
-
-def memory_bytes(text: str) -> int:
-    """Bytes in a SLURM-style memory size ("4GiB", "500 MB"), as dask reads them."""
-    from dask.utils import parse_bytes
-
-    return parse_bytes(text.replace(" ", ""))

@@ -30,7 +30,7 @@ from typing import Any
 
 from engine.core.errors import ConfigError, EngineError, in_python_terms
 from engine.core.pipeline import ClusterSpec, Pipeline, RoiSpec
-from engine.execute.placement import ClusterArg, resolve_cluster
+from engine.execute.placement import ClusterArg, resolve_cluster, size_bytes
 from engine.execute.tls import write_certificates
 from engine.plan.fingerprint import layout_hash
 from engine.runs.bookkeeping import check_resumable
@@ -212,9 +212,7 @@ def directives(spec: ClusterSpec, log: str) -> list[str]:
     """The #SBATCH lines of a batch job: one task each for the scheduler and the driver,
     and one per worker, each with `cores` CPUs and `memory`."""
     workers = spec.jobs or spec.max_jobs or 1
-    from engine.execute.slurm import memory_bytes  # imports dask-jobqueue: not at import
-
-    mem_per_cpu = math.ceil(memory_bytes(spec.memory) / spec.cores / 2**20)
+    mem_per_cpu = math.ceil(size_bytes(spec.memory) / spec.cores / 2**20)
     lines = [
         f"--job-name={spec.job_name}",
         f"--output={log}",
@@ -317,7 +315,6 @@ def submit_batch(
     from engine.execute.slurm import (
         base_directory,
         log_directory,
-        memory_bytes,
         private_directory,
         require_slurm,
         slurm_message,
@@ -359,7 +356,7 @@ def submit_batch(
         "update": update,
         "resume": resume,
         "threads": spec.cores,
-        "memory_limit": memory_bytes(spec.memory),
+        "memory_limit": size_bytes(spec.memory),
         "tls": spec.tls,
     }
     (run_dir / "run.json").write_text(json.dumps(run_spec, indent=1))
