@@ -43,7 +43,7 @@ import psutil
 import zarr
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # conftest: NUCLEI, huge_image, as the plan tests
+sys.path.insert(0, str(REPO / "tests"))  # ome_images: the tests' image writers, not conftest
 
 from bench_workloads import (  # noqa: E402
     WORKLOADS,
@@ -56,18 +56,20 @@ from bench_workloads import (  # noqa: E402
 
 
 def plan_time_huge(tmp: Path) -> dict:
-    from conftest import NUCLEI, huge_image
+    from ome_images import huge_image
 
     from engine.core.geometry import Roi
+    from engine.core.pipeline import Pipeline
     from engine.io.metadata import read_image
     from engine.plan.compiler import compile_plan
 
     meta = read_image(huge_image(tmp / "huge.zarr"))
     roi = Roi((1000, 30000, 40000), (1064, 30064, 40064))
+    nuclei = Pipeline.from_yaml(REPO / "configs/nuclei.yaml")
     times = []
     for _ in range(5):
         started = time.perf_counter()
-        plan = compile_plan(NUCLEI, meta, roi)
+        plan = compile_plan(nuclei, meta, roi)
         times.append(time.perf_counter() - started)
     return {"plan_seconds_min": min(times), "plan_tasks": plan.task_count}
 
@@ -197,6 +199,8 @@ def run_engine(
         "wall_s": wall,
         "engine_reported_s": result["seconds"],
         "objects": result["objects"]["nuclei"],
+        # threads of the command's process, or a dask cluster (engine/execute/placement.py)
+        "pool": "threads" if "in-process" in result["peak_worker_bytes"] else "dask",
         "stages": result["stages"],
         "cpu": cpu_breakdown(result["stages"]),
         "merge": result.get("merge", {}),

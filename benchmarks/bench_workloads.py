@@ -121,7 +121,7 @@ def write_workload_image(work: Workload, path: Path, tiny: bool) -> None:
     if work.kind in ("volume", "slide"):
         write_sample(path, shape, chunks)
         return
-    from conftest import write_image
+    from ome_images import write_image
 
     from engine.io.sample_image import make_nuclei
 
@@ -284,7 +284,7 @@ def print_workload(report: dict) -> None:
     shape = "x".join(map(str, report["shape"]))
     print(f"{report['workload']} ({shape}, {' -> '.join(report['pipeline'])})")
     print(
-        f"  engine {engine['wall_s']:.2f} s (worker peak "
+        f"  engine {engine['wall_s']:.2f} s on {engine['pool']} (worker peak "
         f"{engine['max_worker_peak_rss_bytes'] / gib:.2f} GiB); scipy {scipy['total_s']:.2f} s "
         f"read+compute+write ({scipy['write_s']:.2f} s writing), {scipy['compute_s']:.2f} s "
         f"compute; ratio {report['ratio_engine_over_scipy_total']:.2f}x (read+compute+write), "

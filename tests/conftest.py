@@ -35,11 +35,10 @@ import numpy as np
 import pytest
 import zarr
 from distributed import LocalCluster
+from ome_images import huge_image, write_image  # noqa: F401 (tests import them from here)
 
 from engine import Pipeline, run
 from engine.cli.commands import main
-from engine.io.metadata import Axis
-from engine.io.ngff_write import LevelSpec, create_image, zarr_format
 from engine.io.sample_zarr import write_sample
 
 TESTS = Path(__file__).resolve().parent
@@ -167,47 +166,6 @@ def image2d(sample_image: SampleImages) -> Path:
     return sample_image((64, 64), (32, 32), "0.4", seed=2)
 
 
-def write_image(
-    path: Path,
-    data: np.ndarray,
-    chunks: tuple[int, ...],
-    version: str = "0.5",
-    names: tuple[str, ...] | None = None,
-    scale: tuple[float, ...] | None = None,
-    levels: int = 2,
-) -> Path:
-    """An OME-Zarr image of `data` with `levels` levels, downsampled by 2 in y and x."""
-    names = names or ("z", "y", "x")[-data.ndim :]
-    types = {"t": "time", "c": "channel"}
-    axes = tuple(
-        Axis(
-            n, types.get(n, "space"), None if n == "c" else ("second" if n == "t" else "micrometer")
-        )
-        for n in names
-    )
-    scale = scale or tuple(1.0 for _ in names)
-    specs, arrays, current = [], [], data
-    for k in range(levels):
-        factors = tuple(2**k if n in ("y", "x") else 1 for n in names)
-        specs.append(
-            LevelSpec(
-                f"s{k}",
-                current.shape,
-                tuple(min(c, s) for c, s in zip(chunks, current.shape, strict=True)),
-                tuple(s * f for s, f in zip(scale, factors, strict=True)),
-                (0.0,) * data.ndim,
-            )
-        )
-        arrays.append(current)
-        step = tuple(2 if n in ("y", "x") else 1 for n in names)
-        current = current[tuple(slice(None, None, s) for s in step)]
-    root = zarr.open_group(str(path), mode="w", zarr_format=zarr_format(version))
-    create_image(root, "", version=version, axes=axes, levels=specs, dtype=data.dtype, name="img")
-    for spec, array in zip(specs, arrays, strict=True):
-        root[spec.path][...] = array
-    return path
-
-
 def blobs(shape: tuple[int, ...], seed: int = 0, sigma: float = 2.0) -> np.ndarray:
     """Smooth random uint16 data whose Otsu mask has many objects of varied shapes."""
     from scipy import ndimage
@@ -217,24 +175,6 @@ def blobs(shape: tuple[int, ...], seed: int = 0, sigma: float = 2.0) -> np.ndarr
     field = (field - field.min()) / (field.max() - field.min() + 1e-12)
     noise = rng.normal(0, 0.03, shape)
     return np.clip((field + noise) * 4000 + 100, 0, 65535).astype(np.uint16)
-
-
-def huge_image(path: Path) -> str:
-    """Metadata only: 2048 x 65536 x 65536 uint16 (16 TiB), no chunk ever written."""
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    axes = tuple(Axis(n, "space", "micrometer") for n in "zyx")
-    levels = [
-        LevelSpec(
-            f"s{k}",
-            (2048, 65536 // 2**k, 65536 // 2**k),
-            (64, 256, 256),
-            (1.0, 2.0**k, 2.0**k),
-            (0, 0, 0),
-        )
-        for k in range(3)
-    ]
-    create_image(root, "", version="0.5", axes=axes, levels=levels, dtype="uint16", name="huge")
-    return str(path)
 
 
 # a voxel value the sample never has: `user.ops:fail_on_value` fails on the chunk holding it
