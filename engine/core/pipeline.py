@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from engine.core.errors import ConfigError
+from engine.core.sizes import IN_PROCESS_MAX
 from engine.core.step_graph import StepGraph
 from tasks import OPS
 
@@ -239,7 +240,7 @@ class ClusterSpec(_Model):
     # with two worker processes; threads ran 1.3-1.5x the work of one, processes ~1.9x,
     # so processes win once their 1-2 s start is less than that difference: from about
     # 512 MiB read (the 256x1024x1024 standard volume reads 1 GiB)
-    in_process_max: str = "256MiB"
+    in_process_max: str = IN_PROCESS_MAX
 
     @field_validator("memory", "in_process_max")
     @classmethod

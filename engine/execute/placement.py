@@ -11,18 +11,16 @@ until a run needs a cluster (engine/execute/cluster.py)."""
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from engine.core.errors import ConfigError, EngineError
 from engine.core.pipeline import ClusterSpec, _first_error
+from engine.core.sizes import size_bytes
 from engine.execute.pools import TaskPool
 from engine.plan.types import Plan
 
 ClusterArg = ClusterSpec | dict[str, Any] | str | None
 DEFAULT_DASHBOARD = ClusterSpec.model_fields["dashboard"].default
-
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmgtp]i?)?b?$", re.IGNORECASE)
 
 
 def resolve_cluster(config: ClusterSpec | None, cluster: ClusterArg = None) -> ClusterSpec:
@@ -56,17 +54,6 @@ def resolve_cluster(config: ClusterSpec | None, cluster: ClusterArg = None) -> C
         return ClusterSpec.model_validate({**base, **update})
     except ValueError as exc:
         raise ConfigError(f"cluster: {_first_error(exc)}") from None
-
-
-def size_bytes(text: str) -> int:
-    """A size as dask writes them (`32MiB`, `500MB`, `4G`, `0`): k, M, G... are powers of
-    1000, Ki, Mi, Gi... of 1024."""
-    found = _SIZE.match(text.replace(" ", ""))
-    if found is None:
-        raise ValueError(f"'{text}' is not a size such as 32MiB or 0")
-    number, unit = float(found[1]), (found[2] or "").lower()
-    power = " kmgtp".index(unit[0]) if unit else 0
-    return int(number * (1024 if unit.endswith("i") else 1000) ** power)
 
 
 def small_enough(spec: ClusterSpec, reads: int) -> bool:

@@ -1,0 +1,103 @@
+"""A small run from a cold command (issue 18): the command starts no worker server it
+will not use (engine/cli/entry.py, `runs_on_threads`) and imports only what a run on
+threads needs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import NUCLEI, REPO, engine_environment
+
+from engine.cli.entry import runs_on_threads
+
+
+def _config(tmp_path: Path, cluster: dict | None = None) -> Path:
+    data = NUCLEI.to_dict()
+    if cluster is not None:
+        data["cluster"] = cluster
+    config = tmp_path / "p.yaml"
+    config.write_text(NUCLEI.build(data).to_yaml())
+    return config
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_the_entry_point_tells_a_small_run_from_the_input_metadata(
+    tmp_path: Path, sample_image, monkeypatch: pytest.MonkeyPatch, version: str
+) -> None:
+    image = str(sample_image((16, 64, 64), (8, 32, 32), version))
+    config = str(_config(tmp_path))
+    monkeypatch.delenv("NGFF_ENGINE_IN_PROCESS_MAX")  # the default, 256MiB
+    assert runs_on_threads(["run", config, "--input", image, "--workers", "2"])
+    assert runs_on_threads(["--debug", "run", config, f"--input={image}", "--no-warm"])
+    # 16x64x64 voxels of 8 bytes: 512 KiB
+    monkeypatch.setenv("NGFF_ENGINE_IN_PROCESS_MAX", "512KiB")
+    assert runs_on_threads(["run", config, "--input", image])
+    for limit in ("511KiB", "0", "lots"):
+        monkeypatch.setenv("NGFF_ENGINE_IN_PROCESS_MAX", limit)
+        assert not runs_on_threads(["run", config, "--input", image])
+    monkeypatch.delenv("NGFF_ENGINE_IN_PROCESS_MAX")
+    # in doubt, the worker server starts as before
+    assert not runs_on_threads(["run", config])  # the config's input: not read here
+    assert not runs_on_threads(["run", config, "--input", image, "--dashboard", ":8787"])
+    assert not runs_on_threads(["run", config, "--input", f"http://127.0.0.1:1/{image}"])
+    assert not runs_on_threads(["run", config, "--input", str(tmp_path / "missing.zarr")])
+    assert not runs_on_threads(["run", config, "--input", f"{image}/s0"])  # an array
+    assert not runs_on_threads(["run", str(tmp_path / "missing.yaml"), "--input", image])
+    slurm = str(_config(tmp_path, {"kind": "slurm"}))
+    assert not runs_on_threads(["run", slurm, "--input", image])
+    never = str(_config(tmp_path, {"in_process_max": "0"}))
+    assert not runs_on_threads(["run", never, "--input", image])
+
+
+SPY = """
+import json, multiprocessing.forkserver, os, sys
+started = []
+ensure_running = multiprocessing.forkserver.ensure_running
+def spy():
+    started.append(1)
+    ensure_running()
+multiprocessing.forkserver.ensure_running = spy
+exit_now = os._exit
+def report(code):
+    sys.stdout.write("\\n" + json.dumps({"code": code, "servers": len(started)}) + "\\n")
+    sys.stdout.flush()
+    exit_now(code)
+os._exit = report
+from engine.cli.entry import main
+sys.argv = ["ngff-engine", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_small_run_starts_no_worker_server_and_a_large_one_does(
+    tmp_path: Path, sample_image
+) -> None:
+    """The command's own entry point, as `--workers 2 --no-warm` runs it: on the small
+    image the run goes to threads and no fork server was started; with a limit below
+    the image, the server starts as before and the run goes to worker processes."""
+    image = sample_image((16, 64, 64), (8, 32, 32), "0.5", copy_to=tmp_path / "i.zarr")
+    script = tmp_path / "spy.py"
+    script.write_text(SPY)
+    found = {}
+    for limit in ("256MiB", "0"):
+        env = {**engine_environment(), "NGFF_ENGINE_IN_PROCESS_MAX": limit}
+        args = ["run", str(_config(tmp_path)), "--input", str(image), "--workers", "2"]
+        args += ["--no-warm", "--json", "--overwrite"]
+        done = subprocess.run(
+            [sys.executable, str(script), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        output, _, last = done.stdout.rstrip().rpartition("\n")
+        found[limit] = (json.loads(last), sorted(json.loads(output)["peak_worker_bytes"]))
+    assert found["256MiB"] == ({"code": 0, "servers": 0}, ["in-process"])
+    assert found["0"][0] == {"code": 0, "servers": 1}
+    assert len(found["0"][1]) == 2 and all(w.startswith("tls://") for w in found["0"][1])
