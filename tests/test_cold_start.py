@@ -4,6 +4,8 @@ threads needs."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -11,8 +13,10 @@ from pathlib import Path
 
 import pytest
 from conftest import NUCLEI, REPO, engine_environment
+from rich.console import Console
 
 from engine.cli.entry import runs_on_threads
+from engine.cli.render import LazyConsole
 
 
 def _config(tmp_path: Path, cluster: dict | None = None) -> Path:
@@ -63,7 +67,8 @@ def spy():
 multiprocessing.forkserver.ensure_running = spy
 exit_now = os._exit
 def report(code):
-    sys.stdout.write("\\n" + json.dumps({"code": code, "servers": len(started)}) + "\\n")
+    found = {"code": code, "servers": len(started), "rich": "rich" in sys.modules}
+    sys.stdout.write("\\n" + json.dumps(found) + "\\n")
     sys.stdout.flush()
     exit_now(code)
 os._exit = report
@@ -78,7 +83,8 @@ def test_a_small_run_starts_no_worker_server_and_a_large_one_does(
 ) -> None:
     """The command's own entry point, as `--workers 2 --no-warm` runs it: on the small
     image the run goes to threads and no fork server was started; with a limit below
-    the image, the server starts as before and the run goes to worker processes."""
+    the image, the server starts as before and the run goes to worker processes. A
+    `--json` run into a pipe never imports rich."""
     image = sample_image((16, 64, 64), (8, 32, 32), "0.5", copy_to=tmp_path / "i.zarr")
     script = tmp_path / "spy.py"
     script.write_text(SPY)
@@ -98,6 +104,31 @@ def test_a_small_run_starts_no_worker_server_and_a_large_one_does(
         assert done.returncode == 0, done.stderr
         output, _, last = done.stdout.rstrip().rpartition("\n")
         found[limit] = (json.loads(last), sorted(json.loads(output)["peak_worker_bytes"]))
-    assert found["256MiB"] == ({"code": 0, "servers": 0}, ["in-process"])
-    assert found["0"][0] == {"code": 0, "servers": 1}
+    assert found["256MiB"] == ({"code": 0, "servers": 0, "rich": False}, ["in-process"])
+    assert found["0"][0] == {"code": 0, "servers": 1, "rich": False}
     assert len(found["0"][1]) == 2 and all(w.startswith("tls://") for w in found["0"][1])
+
+
+def test_json_printed_without_rich_is_what_rich_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """engine/cli/render.py: into a pipe or a file, `--json` output is rich's, byte for
+    byte (indent 2, no ASCII escapes, long lines whole), without importing rich."""
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+    data = {
+        "run_id": "20261201T232000-596659",
+        "outputs": {"nuclei": "/a/long/" + "path/" * 40 + "labels/nuclei"},
+        "roi": {"start": [0, 0], "stop": [64, 256]},
+        "note": 'zoné µm \\ "quoted" [bold]not markup[/]',
+        "empty": {},
+        "none": None,
+        "seconds": 0.733,
+        "flags": [True, False],
+    }
+    text = json.dumps(data)
+    for settings in ({"soft_wrap": True}, {}):
+        rich_out = io.StringIO()
+        Console(file=rich_out, **settings).print_json(text)
+        plain = io.StringIO()
+        with contextlib.redirect_stdout(plain):
+            LazyConsole(**settings).print_json(text)
+        assert plain.getvalue() == rich_out.getvalue()

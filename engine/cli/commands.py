@@ -12,8 +12,6 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from rich.markup import escape
-
 from engine.cli import transfer
 from engine.cli.engine_commands import cmd_stop, engine_status, start_in_background, warm_flag
 from engine.cli.parser import LOCAL_OVERRIDES, build_parser, cluster_overrides
@@ -73,6 +71,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _internal(args, exc)
     finally:
         COMMAND_LINE.reset(token)
+
+
+def escape(text: str) -> str:
+    """rich's markup escape, imported with rich when an error is printed."""
+    from rich.markup import escape as escape_markup
+
+    return escape_markup(text)
 
 
 def _internal(args: argparse.Namespace, exc: Exception) -> int:

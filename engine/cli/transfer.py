@@ -10,23 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from typing import TYPE_CHECKING, Any
 
 from engine.cli.arguments import ints
+from engine.cli.render import LazyConsole
 from engine.core.errors import ConfigError
 
-console = Console(stderr=True)
-out = Console()
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+console = LazyConsole(stderr=True)
+out = LazyConsole()
 
 
 def add_parsers(
@@ -136,6 +130,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.quiet or args.json:
         result = import_image(args.source, args.out, **kwargs)
     else:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         columns = (
             TextColumn("{task.description:<24}"),
             BarColumn(),
@@ -143,7 +146,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             TimeElapsedColumn(),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=console, transient=False) as progress:
+        with Progress(*columns, console=console.rich, transient=False) as progress:
             result = import_image(args.source, args.out, progress=_progress(progress), **kwargs)
     if args.json:
         out.print_json(json.dumps(result.to_json()))
