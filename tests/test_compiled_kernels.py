@@ -1,7 +1,8 @@
-"""The gaussian's compiled passes (tasks/_correlate.c) give scipy's bits: every pass against
-`scipy.ndimage.gaussian_filter1d` on shapes, sigmas, truncations and crops that vary,
-lines shorter than the kernel included (reflected more than once), and the whole op
-against `gaussian_filter` on the whole array."""
+"""The compiled kernels give scipy's and numpy's results: the gaussian's passes
+(tasks/_correlate.c) against `scipy.ndimage.gaussian_filter1d` bit for bit, on shapes,
+sigmas, truncations and crops that vary, lines shorter than the kernel included
+(reflected more than once), and the whole op against `gaussian_filter` on the whole
+array; the float histogram (tasks/_histogram.c) against `np.histogram`."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from tasks import filters
+from tasks import filters, threshold
 from tasks.filters import GaussianParams, gaussian, gaussian_cropped, gaussian_pass
 from tasks.spec import Context
+from tasks.threshold import float_histogram
 
 
 def test_the_compiled_pass_is_built():
@@ -72,3 +74,30 @@ def test_nan_and_infinity_spread_as_in_scipy():
     want = ndimage.gaussian_filter(block, 1.5, mode="reflect")
     got = gaussian(block, GaussianParams(sigma=1.5), Context(spacing=(1.0, 1.0)))
     assert np.array_equal(bits(got), bits(want))
+
+
+def test_the_compiled_histogram_is_built():
+    assert threshold._histogram_c is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 3000),
+    st.integers(1, 300),
+    st.integers(0, 2**16),
+    st.sampled_from(["normal", "few values", "with nan and inf"]),
+)
+def test_the_float_histogram_equals_numpy(size, bins, seed, kind):
+    """Values on the edges themselves, repeated values and values outside the range
+    (NaN, infinities) count as numpy counts them."""
+    rng = np.random.default_rng(seed)
+    values = rng.normal(0, 100, size).astype(np.float32)
+    if kind == "few values":
+        values = rng.choice(values[:5], size)
+    lo, hi = values.min(), values.max()
+    if kind == "with nan and inf":
+        values[rng.integers(0, size, 3)] = [np.nan, np.inf, -np.inf]
+    edges = np.histogram_bin_edges(values, bins=bins, range=(lo, hi))
+    values[: min(size, bins + 1)] = edges[: min(size, bins + 1)]  # exactly on the edges
+    want = np.histogram(values, bins=bins, range=(lo, hi))[0]
+    assert np.array_equal(float_histogram(values, bins, lo, hi), want)
