@@ -27,6 +27,11 @@ from pydantic import Field, model_validator
 
 from tasks.spec import Context, OpSpec, Params, Reduction
 
+try:
+    from tasks import _histogram as _histogram_c  # tasks/_histogram.c, when compiled
+except ImportError:  # an install without a C compiler: numpy, the same counts
+    _histogram_c = None
+
 MAX_INTEGER_BINS = 1 << 24
 
 
@@ -66,7 +71,22 @@ def _histogram(block: np.ndarray, params: ThresholdParams, pass_no: int, prev: A
     if np.issubdtype(block.dtype, np.integer):
         shifted = (block.astype(np.int64, copy=False) - int(lo)).ravel()
         return np.bincount(shifted, minlength=int(hi) - int(lo) + 1)
-    return np.histogram(block, bins=params.nbins, range=(lo, hi))[0]
+    return float_histogram(block, params.nbins, lo, hi)
+
+
+def float_histogram(block: np.ndarray, bins: int, lo: Any, hi: Any) -> np.ndarray:
+    """`np.histogram(block, bins, range=(lo, hi))[0]`, the same counts. For float32 data
+    and range (a smoothed image's) the compiled count (tasks/_histogram.c) takes 6 ms
+    where numpy takes 16 ms on a smoothed 32x256x256 block (median of 7): numpy
+    estimates each bin, corrects it against the edges, and makes five temporaries on the
+    way."""
+    float32 = all(np.asarray(x).dtype == np.float32 for x in (block, lo, hi))
+    if _histogram_c is None or not float32 or not lo < hi:
+        return np.histogram(block, bins=bins, range=(lo, hi))[0]
+    edges = np.histogram_bin_edges(block, bins=bins, range=(lo, hi))
+    counts = np.zeros(bins, np.int64)
+    _histogram_c.histogram(np.ascontiguousarray(block), edges, counts)
+    return counts
 
 
 def _map(block: np.ndarray, params: ThresholdParams, pass_no: int, prev: Any):
