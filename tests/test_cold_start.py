@@ -132,3 +132,57 @@ def test_json_printed_without_rich_is_what_rich_prints(monkeypatch: pytest.Monke
         with contextlib.redirect_stdout(plain):
             LazyConsole(**settings).print_json(text)
         assert plain.getvalue() == rich_out.getvalue()
+
+
+VALIDATE = """
+import json, sys
+from engine.core.errors import NgffError
+from engine.io.metadata import read_image
+try:
+    read_image(sys.argv[1])
+    error = None
+except NgffError as exc:
+    error = str(exc)
+print(json.dumps({"imported": "ome_zarr_models" in sys.modules, "error": error}))
+"""
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_attributes_ome_zarr_models_accepted_are_remembered_by_content(
+    tmp_path: Path, sample_image, version: str
+) -> None:
+    """engine/io/validated.py: a second read of the same metadata in a new process does
+    not import ome-zarr-models; invalid metadata is refused every time with the
+    models' message; NGFF_ENGINE_CACHE_DIR=off validates every time."""
+    image = sample_image((8, 32, 32), (4, 16, 16), version, copy_to=tmp_path / "i.zarr")
+
+    def validate(cache: Path | str) -> dict:
+        env = {**engine_environment(), "NGFF_ENGINE_CACHE_DIR": str(cache)}
+        done = subprocess.run(
+            [sys.executable, "-c", VALIDATE, str(image)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    cache = tmp_path / "cache"
+    assert validate(cache) == {"imported": True, "error": None}  # unseen: validated
+    assert validate(cache) == {"imported": False, "error": None}  # remembered
+    assert validate("off") == {"imported": True, "error": None}
+    metadata = image / (".zattrs" if version == "0.4" else "zarr.json")
+    data = json.loads(metadata.read_text())
+    attrs = data if version == "0.4" else data["attributes"]["ome"]
+    axes = attrs["multiscales"][0]["axes"]
+    axes[1] = dict(axes[2])  # two axes named x
+    metadata.write_text(json.dumps(data))
+    for _ in range(2):
+        found = validate(cache)
+        assert found["imported"]
+        assert found["error"] == (
+            f"{image}: invalid OME-Zarr {version} metadata at multiscales.0.axes: "
+            "Value error, Axis names must be unique. Got ['z', 'x', 'x']"
+        )
+    assert len(list((cache / "validated").iterdir())) == 1

@@ -15,13 +15,10 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import pydantic
 import zarr
-from ome_zarr_models.v04.image import ImageAttrs as ImageAttrsV04
-from ome_zarr_models.v04.labels import LabelsAttrs as LabelsAttrsV04
-from ome_zarr_models.v05.image import ImageAttrs as ImageAttrsV05
-from ome_zarr_models.v05.labels import LabelsAttrs as LabelsAttrsV05
 
 from engine.core.errors import NgffError
 from engine.io.location import Location
+from engine.io.validated import accepted_before, content_key, remember
 from tasks.spec import LENGTH_UNITS_IN_MICROMETER
 
 T = TypeVar("T")
@@ -260,18 +257,21 @@ def _validate(path: str | Path, group: zarr.Group, version: Version) -> None:
     What the group models add, that each listed level is an array with one dimension
     per axis, `_level` checks above. The error locations are the same as before (the
     group models validate the attributes first, with these very classes)."""
-    image_model = ImageAttrsV05 if version == "0.5" else ImageAttrsV04
-    labels_model = LabelsAttrsV05 if version == "0.5" else LabelsAttrsV04
     attrs = group.attrs.asdict()
-    checks: list[tuple[str, Any, dict[str, Any]]] = [
-        ("", image_model, attrs.get("ome", {}) if version == "0.5" else attrs)
+    checks: list[tuple[str, str, dict[str, Any]]] = [
+        ("", "image", attrs.get("ome", {}) if version == "0.5" else attrs)
     ]
     labels = group.get("labels")
     if isinstance(labels, zarr.Group):
         listing = labels.attrs.asdict()
         listing = listing.get("ome", {}) if version == "0.5" else listing
-        checks.append(("labels.", labels_model, listing))
-    for prefix, model, values in checks:
+        checks.append(("labels.", "labels", listing))
+    key = content_key(version, checks)
+    if accepted_before(key):  # engine/io/validated.py
+        return
+    models = _models(version)
+    for prefix, name, values in checks:
+        model = models[name]
         try:
             model.model_validate(values)
         except pydantic.ValidationError as exc:
@@ -282,3 +282,16 @@ def _validate(path: str | Path, group: zarr.Group, version: Version) -> None:
             ) from exc
         except (ValueError, RuntimeError, KeyError) as exc:
             raise NgffError(f"{path}: invalid OME-Zarr {version} image: {exc}") from exc
+    remember(key)
+
+
+def _models(version: Version) -> dict[str, Any]:
+    """ome-zarr-models' attribute models of an NGFF version, imported when first needed
+    (engine/io/validated.py)."""
+    if version == "0.5":
+        from ome_zarr_models.v05.image import ImageAttrs
+        from ome_zarr_models.v05.labels import LabelsAttrs
+    else:
+        from ome_zarr_models.v04.image import ImageAttrs
+        from ome_zarr_models.v04.labels import LabelsAttrs
+    return {"image": ImageAttrs, "labels": LabelsAttrs}
