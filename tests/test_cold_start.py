@@ -28,6 +28,22 @@ def _config(tmp_path: Path, cluster: dict | None = None) -> Path:
     return config
 
 
+# what the command does not import before a run needs it: rich prints (a --json run
+# into a pipe never does), ome-zarr-models validates unseen metadata only, dask runs
+# clusters
+LAZY = ("rich", "ome_zarr_models", "pydantic_zarr", "dask", "distributed")
+
+
+def test_the_command_imports_what_a_run_on_threads_needs_only() -> None:
+    script = "import engine.cli.commands, json, sys; "
+    script += f"print(json.dumps([m for m in {LAZY!r} if m in sys.modules]))"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+
+
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 def test_the_entry_point_tells_a_small_run_from_the_input_metadata(
     tmp_path: Path, sample_image, monkeypatch: pytest.MonkeyPatch, version: str
@@ -67,7 +83,8 @@ def spy():
 multiprocessing.forkserver.ensure_running = spy
 exit_now = os._exit
 def report(code):
-    found = {"code": code, "servers": len(started), "rich": "rich" in sys.modules}
+    found = {"code": code, "servers": len(started), "rich": "rich" in sys.modules,
+             "models": "ome_zarr_models" in sys.modules}
     sys.stdout.write("\\n" + json.dumps(found) + "\\n")
     sys.stdout.flush()
     exit_now(code)
@@ -84,13 +101,15 @@ def test_a_small_run_starts_no_worker_server_and_a_large_one_does(
     """The command's own entry point, as `--workers 2 --no-warm` runs it: on the small
     image the run goes to threads and no fork server was started; with a limit below
     the image, the server starts as before and the run goes to worker processes. A
-    `--json` run into a pipe never imports rich."""
+    `--json` run into a pipe never imports rich, and ome-zarr-models only the first
+    time it sees the image's metadata."""
     image = sample_image((16, 64, 64), (8, 32, 32), "0.5", copy_to=tmp_path / "i.zarr")
     script = tmp_path / "spy.py"
     script.write_text(SPY)
-    found = {}
-    for limit in ("256MiB", "0"):
+    found = []
+    for limit in ("256MiB", "0", "256MiB"):
         env = {**engine_environment(), "NGFF_ENGINE_IN_PROCESS_MAX": limit}
+        env["NGFF_ENGINE_CACHE_DIR"] = str(tmp_path / "cache")
         args = ["run", str(_config(tmp_path)), "--input", str(image), "--workers", "2"]
         args += ["--no-warm", "--json", "--overwrite"]
         done = subprocess.run(
@@ -103,10 +122,13 @@ def test_a_small_run_starts_no_worker_server_and_a_large_one_does(
         )
         assert done.returncode == 0, done.stderr
         output, _, last = done.stdout.rstrip().rpartition("\n")
-        found[limit] = (json.loads(last), sorted(json.loads(output)["peak_worker_bytes"]))
-    assert found["256MiB"] == ({"code": 0, "servers": 0, "rich": False}, ["in-process"])
-    assert found["0"][0] == {"code": 0, "servers": 1, "rich": False}
-    assert len(found["0"][1]) == 2 and all(w.startswith("tls://") for w in found["0"][1])
+        found.append((json.loads(last), sorted(json.loads(output)["peak_worker_bytes"])))
+    small, large, again = found
+    assert small == ({"code": 0, "servers": 0, "rich": False, "models": True}, ["in-process"])
+    # the image's label listing now names the run's labels: validated, the first time
+    assert large[0] == {"code": 0, "servers": 1, "rich": False, "models": True}
+    assert len(large[1]) == 2 and all(w.startswith("tls://") for w in large[1])
+    assert again == ({"code": 0, "servers": 0, "rich": False, "models": False}, ["in-process"])
 
 
 def test_json_printed_without_rich_is_what_rich_prints(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -176,6 +176,11 @@ def run(
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     where = (output, storage_options)
     meta, plan = make_plan(pipeline, input, roi, run_id, overwrite, *where)
+    # the ops' scipy and scikit-image load while this thread checks outputs and writes
+    # its locks and record (file operations, GIL released): 64x256x256 sample, seven
+    # runs each in turn, median 0.88 s from start to exit against 0.93 s when started
+    # just before the pool
+    import_in_background(driver_modules(plan.stages))
     ws = resolve_workspace(pipeline, meta, *where, run_id=run_id)
     old: dict[str, Any] | None = None
     if resume:
@@ -240,7 +245,6 @@ def run(
             record.update(stages=stage_rows, **totals(stage_rows))
 
         stages: list[StageStats] = []
-        import_in_background(driver_modules(plan.stages))
         try:
             projected = 0
             if plan.stages:  # else every output is reused: no cluster to start
