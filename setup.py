@@ -1,5 +1,6 @@
-"""The compiled parts: scipy's gaussian passes (tasks/_correlate.c) and numpy's float
-histogram (tasks/_histogram.c), the same results, faster. Optional: without a C compiler
+"""The compiled parts: scipy's gaussian passes (tasks/_correlate.c) and median filter
+(tasks/_median.c) and numpy's float histogram (tasks/_histogram.c), the same results,
+faster. Optional: without a C compiler
 the install goes on and the ops use scipy and numpy themselves. Everything else is in
 pyproject.toml."""
 
@@ -13,6 +14,6 @@ setup(
             extra_compile_args=["-O3", "-ffp-contract=off"],  # no fused multiply-add
             optional=True,
         )
-        for name in ("correlate", "histogram")
+        for name in ("correlate", "histogram", "median")
     ]
 )

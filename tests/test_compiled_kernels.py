@@ -2,7 +2,8 @@
 (tasks/_correlate.c) against `scipy.ndimage.gaussian_filter1d` bit for bit, on shapes,
 sigmas, truncations and crops that vary, lines shorter than the kernel included
 (reflected more than once), and the whole op against `gaussian_filter` on the whole
-array; the float histogram (tasks/_histogram.c) against `np.histogram`."""
+array; the float histogram (tasks/_histogram.c) against `np.histogram`; the median
+(tasks/_median.c) against `scipy.ndimage.median_filter`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,14 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from tasks import filters, threshold
-from tasks.filters import GaussianParams, gaussian, gaussian_cropped, gaussian_pass
+from tasks.filters import (
+    GaussianParams,
+    MedianParams,
+    gaussian,
+    gaussian_cropped,
+    gaussian_pass,
+    median_cropped,
+)
 from tasks.spec import Context
 from tasks.threshold import float_histogram
 
@@ -101,3 +109,35 @@ def test_the_float_histogram_equals_numpy(size, bins, seed, kind):
     values[: min(size, bins + 1)] = edges[: min(size, bins + 1)]  # exactly on the edges
     want = np.histogram(values, bins=bins, range=(lo, hi))[0]
     assert np.array_equal(float_histogram(values, bins, lo, hi), want)
+
+
+def test_the_compiled_median_is_built():
+    assert filters._median_c is not None
+
+
+@st.composite
+def median_cases(draw):
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.lists(st.integers(1, 20), min_size=ndim, max_size=ndim)))
+    size = tuple(draw(st.lists(st.integers(1, 5), min_size=ndim, max_size=ndim)))
+    keep = []
+    for n in shape:
+        start = draw(st.integers(0, n))
+        keep.append(slice(start, draw(st.integers(start, n))))
+    dtype = draw(st.sampled_from(["uint8", "int8", "uint16", ">u2", "int16", "uint32", "int32"]))
+    return shape, size, tuple(keep), dtype, draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=300, deadline=None)
+@given(median_cases())
+def test_the_median_equals_scipy(case):
+    """Odd and even windows (scipy takes the upper median of an even one), windows wider
+    than the block (reflected more than once), crops, signed and big-endian types."""
+    shape, size, keep, dtype, seed = case
+    info = np.iinfo(np.dtype(dtype))
+    rng = np.random.default_rng(seed)
+    block = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    want = ndimage.median_filter(block, size=size, mode="reflect")[keep]
+    params, ctx = MedianParams(size=list(size)), Context((1.0,) * len(shape))
+    got = median_cropped(block, params, ctx, None, keep)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
