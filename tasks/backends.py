@@ -6,8 +6,11 @@ instead: a worker before its first task (engine/core/worker_env.py), the driver,
 computes Otsu's threshold and the label merge itself, in the background when a run
 starts (engine/plan/kinds.py, engine/core/preload.py). `import skimage.filters` alone
 loads nothing (2 ms): scikit-image loads a function's module when it is first asked for.
+
+Not scipy.sparse.csgraph (and the scipy.sparse.linalg and scipy.linalg it loads: 0.12 to
+0.15 s): only the driver's label merge uses it, and a run that has one preloads it for
+that stage (engine/plan/kinds.py); a run of one chunk per label has none.
 """
 
 import scipy.ndimage  # noqa: F401
-import scipy.sparse.csgraph  # noqa: F401
 from skimage.filters import threshold_otsu  # noqa: F401

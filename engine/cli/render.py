@@ -287,6 +287,7 @@ def print_info(path: str, info: dict[str, Any]) -> None:
 def print_plan(
     plan: Any, rows: list[dict[str, Any]], reused: list[str], seconds: float, projected: int = 0
 ) -> None:
+    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"plan for ROI {plan.roi} ({plan.task_count} tasks, {seconds:.3f} s)")

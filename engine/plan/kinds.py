@@ -76,7 +76,9 @@ KINDS: dict[str, StageKind] = {
     ),
     "faces": StageKind(labels.run_faces, extra=labels.face_bases, keeps_results=True),
     "match": StageKind(labels.run_match, extra=labels.face_bases, keeps_results=True),
-    "merge": StageKind(None, finish=labels.merge, driver_modules=("tasks.backends",)),
+    "merge": StageKind(
+        None, finish=labels.merge, driver_modules=("tasks.backends", "scipy.sparse.csgraph")
+    ),
     "relabel": StageKind(labels.run_relabel, extra=labels.relabel_tables),
     "pyramid": StageKind(pyramid.run_pyramid),
     "import": StageKind(importing.run_import, extra=importing.source_of),
