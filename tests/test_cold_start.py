@@ -30,8 +30,8 @@ def _config(tmp_path: Path, cluster: dict | None = None) -> Path:
 
 # what the command does not import before a run needs it: rich prints (a --json run
 # into a pipe never does), ome-zarr-models validates unseen metadata only, dask runs
-# clusters
-LAZY = ("rich", "ome_zarr_models", "pydantic_zarr", "dask", "distributed")
+# clusters, the pixel classifier's ops come with a pipeline that names them
+LAZY = ("rich", "ome_zarr_models", "pydantic_zarr", "dask", "distributed", "tasks.classifier")
 
 
 def test_the_command_imports_what_a_run_on_threads_needs_only() -> None:
@@ -42,6 +42,23 @@ def test_the_command_imports_what_a_run_on_threads_needs_only() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
+
+
+def test_ops_load_by_name_on_first_use() -> None:
+    script = """
+import json, sys
+from tasks import OPS
+before = "tasks.classifier" in sys.modules
+names = {name: OPS[name].name for name in OPS}
+print(json.dumps([before, "tasks.classifier" in sys.modules, names, len(OPS), "x" in OPS]))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    before, after, names, count, unknown = json.loads(done.stdout)
+    assert (before, after, count, unknown) == (False, True, 12, False)
+    assert all(spec == name for name, spec in names.items()), names
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])

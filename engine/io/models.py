@@ -14,7 +14,7 @@ the same interface as any user model and the plan records which model version it
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zarr
 
@@ -22,7 +22,9 @@ from engine.core.errors import ConfigError
 from engine.core.pipeline import Pipeline, Step
 from engine.io.location import Location
 from engine.io.ngff_write import GROUP_OF_KIND, engine_attrs, output_path
-from tasks.classifier import MODEL_FILE, TrainedClassifier, model_op_params, save_classifier
+
+if TYPE_CHECKING:
+    from tasks.classifier import TrainedClassifier
 
 MODELS = GROUP_OF_KIND["model"]
 
@@ -67,6 +69,8 @@ def model_steps(pipeline: Pipeline, image: str | Location) -> dict[str, Step]:
                 f"output store; {where} is remote"
             )
         file = str(where.local_path.absolute() / model_path(params.model) / info["file"])
+        from tasks.classifier import model_op_params  # with the classifier's ops
+
         try:
             op_params = model_op_params(params, file, info)
         except ValueError as exc:
@@ -86,6 +90,8 @@ def write_model(
 ) -> dict[str, Any]:
     """Replace the artifact group at `path` with this model; return its `model` record.
     The model file is written locally only (workers load it by path)."""
+    from tasks.classifier import MODEL_FILE, save_classifier
+
     where = Location.parse(image)
     if not where.is_local:
         raise ConfigError(f"{where}: a trained model is written to a local image or output store")

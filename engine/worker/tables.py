@@ -17,20 +17,13 @@ from engine.core.grid import ChunkTask
 from engine.io.location import Where
 from engine.worker.chain import chain_output, read_source, time_slices
 from tasks import OPS
-from tasks.classifier import (
-    Samples,
-    TrainedClassifier,
-    block_samples,
-    check_samples,
-    combine_samples,
-    fit_classifier,
-)
 from tasks.evaluate import Counts, combine_counts, pair_counts
 from tasks.measure import combine_partials, measure_block
 
 if TYPE_CHECKING:
     from engine.plan.types import Stage
     from engine.worker.driver import Driver
+    from tasks.classifier import Samples, TrainedClassifier
 
 
 def run_measure(root: Where, stage: Stage, task: ChunkTask, extra: Any, common: dict) -> dict:
@@ -63,6 +56,8 @@ def run_train(
     """Training samples of one chunk: the features of its annotated voxels (the chain's
     last link maps a block to features, with their halo), their classes and global voxel
     indices, capped per class (tasks/classifier.py)."""
+    from tasks.classifier import block_samples, combine_samples
+
     assert stage.labels is not None
     spatial, ctx, values = common["spatial"], common["context"], common["values"]
     write = task.write
@@ -83,6 +78,8 @@ def run_train(
 
 def combine_training(stage: Stage, parts: Sequence[Samples | None]) -> Samples:
     """The chunks' samples as one capped set, checked to be able to train a classifier."""
+    from tasks.classifier import check_samples, combine_samples
+
     params = _train_params(stage)
     try:
         return check_samples(combine_samples(parts, params), params)
@@ -91,6 +88,8 @@ def combine_training(stage: Stage, parts: Sequence[Samples | None]) -> Samples:
 
 
 def fit_model(stage: Stage, samples: Samples) -> TrainedClassifier:
+    from tasks.classifier import fit_classifier
+
     return fit_classifier(samples, _train_params(stage))
 
 
