@@ -44,6 +44,20 @@ def test_the_command_imports_what_a_run_on_threads_needs_only() -> None:
     assert json.loads(done.stdout) == []
 
 
+def test_the_entry_points_op_sizes_are_the_ops_own() -> None:
+    """engine/cli/entry.py tells a run's largest read from the ops its config names:
+    what it assumes each writes per voxel is what the op says (0: the input's)."""
+    import numpy as np
+
+    from engine.cli.entry import OP_OUTPUT_BYTES
+    from tasks import OPS
+
+    for dtype in (np.uint8, np.uint16, np.float32, np.float64):
+        for name, size in OP_OUTPUT_BYTES.items():
+            written = OPS[name].dtype(None, np.dtype(dtype)).itemsize
+            assert written == (size or np.dtype(dtype).itemsize), name
+
+
 def test_ops_load_by_name_on_first_use() -> None:
     script = """
 import json, sys
@@ -70,10 +84,16 @@ def test_the_entry_point_tells_a_small_run_from_the_input_metadata(
     monkeypatch.delenv("NGFF_ENGINE_IN_PROCESS_MAX")  # the default, 256MiB
     assert runs_on_threads(["run", config, "--input", image, "--workers", "2"])
     assert runs_on_threads(["--debug", "run", config, f"--input={image}", "--no-warm"])
-    # 16x64x64 voxels of 8 bytes: 512 KiB
-    monkeypatch.setenv("NGFF_ENGINE_IN_PROCESS_MAX", "512KiB")
+    # 16x64x64 voxels of 4 bytes (gaussian's float32, label's uint32): 256 KiB
+    monkeypatch.setenv("NGFF_ENGINE_IN_PROCESS_MAX", "256KiB")
     assert runs_on_threads(["run", config, "--input", image])
-    for limit in ("511KiB", "0", "lots"):
+    # an op the entry point does not know counts 8 bytes per voxel
+    other = tmp_path / "other.yaml"
+    other.write_text(Path(config).read_text().replace("op: label", "op: instance"))
+    assert not runs_on_threads(["run", str(other), "--input", image])
+    monkeypatch.setenv("NGFF_ENGINE_IN_PROCESS_MAX", "512KiB")
+    assert runs_on_threads(["run", str(other), "--input", image])
+    for limit in ("255KiB", "0", "lots"):
         monkeypatch.setenv("NGFF_ENGINE_IN_PROCESS_MAX", limit)
         assert not runs_on_threads(["run", config, "--input", image])
     monkeypatch.delenv("NGFF_ENGINE_IN_PROCESS_MAX")

@@ -29,12 +29,16 @@ from collections.abc import Sequence
 
 from engine.core.sizes import IN_PROCESS_MAX, size_bytes
 from engine.core.worker_env import start_worker_server, worker_environment
-from engine.io.image_size import local_image_voxels
+from engine.io.image_size import local_image_size
 
-# bytes a run's largest read takes per voxel of its input's full level, at most, for ops
-# with one value per voxel: a float64 or uint64 scratch array of the whole image
-# (gaussian writes float32, label uint32); an op with more per voxel may be misjudged
+# bytes per voxel of what the common ops write (their `dtype` in tasks/; 0: the input's),
+# so that a run's largest read is told from the input and the ops its config names
+# (tests/test_cold_start.py checks them against tasks.OPS); any other op counts as
+# READ_BYTES_PER_VOXEL, a float64 or uint64 array of the whole image (an op with more
+# per voxel may be misjudged: its run then starts its workers without the server)
+OP_OUTPUT_BYTES = {"gaussian": 4, "median": 0, "threshold": 1, "normalize": 4, "label": 4}
 READ_BYTES_PER_VOXEL = 8
+_OPS = re.compile(r"^[\s-]*op\s*:\s*['\"]?([^\s'\"#]+)", re.MULTILINE)
 # a config that sets any of these may send a small run to worker processes: assume so
 _CLUSTER_SETTINGS = re.compile(r"^\s*(cluster|in_process_max|dashboard)\s*:", re.MULTILINE)
 
@@ -55,11 +59,13 @@ def starts_local_workers(argv: Sequence[str]) -> bool:
 def runs_on_threads(argv: Sequence[str]) -> bool:
     """Whether a run surely goes to threads of this process (engine/execute/placement.py,
     `small_enough`), told from the command line, the config's text and the input's
-    metadata files alone: then no worker server is started. That server imports the
-    workers' modules (1.2 s of CPU) on the other core while this process imports its
-    own, and is killed unused once the run picks its threads: measured on the
-    64x256x256 sample with other load on the machine, the whole command took 2.9 s of
-    CPU and 2.7 s of wall time with it against 1.7 s and 1.8 s without.
+    metadata files alone: its largest read is at most the input's voxels times the most
+    bytes per voxel of the input and of what its ops write. Then no worker server is
+    started. That server imports the workers' modules (1.2 s of CPU) on the other core
+    while this process imports its own, and is killed unused once the run picks its
+    threads: measured on the 64x256x256 sample with other load on the machine, the
+    whole command took 2.9 s of CPU and 2.7 s of wall time with it against 1.7 s and
+    1.8 s without.
 
     False whenever in doubt (no `--input`, a URL, a plate, a config with a `cluster:`
     section, --dashboard): the server starts as before. A run this wrongly calls small
@@ -75,14 +81,18 @@ def runs_on_threads(argv: Sequence[str]) -> bool:
     if not image or not config or config.startswith("-"):
         return False
     try:
-        with open(config, encoding="utf-8") as text:
-            if _CLUSTER_SETTINGS.search(text.read()):
-                return False
+        with open(config, encoding="utf-8") as file:
+            text = file.read()
         limit = size_bytes(os.environ.get("NGFF_ENGINE_IN_PROCESS_MAX", IN_PROCESS_MAX))
     except (OSError, ValueError):  # the command itself says what is wrong
         return False
-    voxels = local_image_voxels(image)
-    return voxels is not None and voxels * READ_BYTES_PER_VOXEL <= limit
+    found = local_image_size(image)
+    if _CLUSTER_SETTINGS.search(text) or found is None:
+        return False
+    voxels, itemsize = found
+    ops = _OPS.findall(text) or ["?"]
+    per_voxel = max(itemsize, *(OP_OUTPUT_BYTES.get(op, READ_BYTES_PER_VOXEL) for op in ops))
+    return voxels * per_voxel <= limit
 
 
 def goes_to_warm_engine(words: Sequence[str]) -> bool:

@@ -12,8 +12,26 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
+
+# zarr v3 `data_type` names and their bytes; zarr v2 `dtype` strings are read by rule
+_V3_BYTES = {
+    "bool": 1,
+    "int8": 1,
+    "uint8": 1,
+    "int16": 2,
+    "uint16": 2,
+    "float16": 2,
+    "int32": 4,
+    "uint32": 4,
+    "float32": 4,
+    "int64": 8,
+    "uint64": 8,
+    "float64": 8,
+}
+_V2_DTYPE = re.compile(r"^[<>|=]?[biuf](\d+)$")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -24,9 +42,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return found if isinstance(found, dict) else None
 
 
-def local_image_voxels(path: str) -> int | None:
-    """Voxels of the full-resolution level of the local OME-Zarr image at `path`, or
-    None when `path` is not plainly one (see the module docstring)."""
+def local_image_size(path: str) -> tuple[int, int] | None:
+    """Voxels and bytes per voxel of the full-resolution level of the local OME-Zarr
+    image at `path`, or None when `path` is not plainly one (see the module docstring)."""
     if "://" in path:
         return None
     root = Path(path)
@@ -47,7 +65,14 @@ def local_image_voxels(path: str) -> int | None:
     if not isinstance(level, str) or not level or ".." in level:
         return None
     array = _read_json(root / level / array_file)
-    shape = array.get("shape") if array is not None else None
+    if array is None:
+        return None
+    shape = array.get("shape")
     if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
         return None
-    return math.prod(shape)
+    dtype = array.get("data_type", array.get("dtype"))
+    found = _V2_DTYPE.match(dtype) if isinstance(dtype, str) else None
+    itemsize = int(found[1]) if found else _V3_BYTES.get(dtype) if isinstance(dtype, str) else None
+    if itemsize is None:
+        return None
+    return math.prod(shape), itemsize
