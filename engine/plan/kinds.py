@@ -74,11 +74,21 @@ KINDS: dict[str, StageKind] = {
         finish=labels.finish_block,
         keeps_results=True,
     ),
-    "faces": StageKind(labels.run_faces, extra=labels.face_bases, keeps_results=True),
-    "match": StageKind(labels.run_match, extra=labels.face_bases, keeps_results=True),
-    "merge": StageKind(
-        None, finish=labels.merge, driver_modules=("tasks.backends", "scipy.sparse.csgraph")
+    # the merge resolves the pairs these find with scipy.sparse.csgraph (0.12 to 0.15 s to
+    # import, holding the GIL the task threads need): a merge of whole blocks has none
+    "faces": StageKind(
+        labels.run_faces,
+        extra=labels.face_bases,
+        keeps_results=True,
+        driver_modules=("scipy.sparse.csgraph",),
     ),
+    "match": StageKind(
+        labels.run_match,
+        extra=labels.face_bases,
+        keeps_results=True,
+        driver_modules=("scipy.sparse.csgraph",),
+    ),
+    "merge": StageKind(None, finish=labels.merge, driver_modules=("tasks.backends",)),
     "relabel": StageKind(labels.run_relabel, extra=labels.relabel_tables),
     "pyramid": StageKind(pyramid.run_pyramid),
     "import": StageKind(importing.run_import, extra=importing.source_of),
