@@ -160,3 +160,31 @@ print(json.dumps({{"workers": sorted(result.peak_worker_bytes), "listening": sor
     assert found["listening"] == [] and found["imported"] == [], found
     assert not any("forkserver" in child for child in found["children"]), found["children"]
     assert not any("dashboard" in line for line in found["announced"])
+
+
+HEAP_PROBE = """
+import sys
+import numpy as np
+from engine.core.worker_env import use_worker_heap
+if sys.argv[1] == "worker heap":
+    use_worker_heap()
+array = np.ones(4 * 2**20, np.float32)  # 16 MiB
+address = array.ctypes.data
+for line in open("/proc/self/maps"):
+    if line.rstrip().endswith("[heap]"):
+        start, stop = (int(a, 16) for a in line.split()[0].split("-"))
+        print(start <= address < stop)
+        break
+else:
+    print(False)
+"""
+
+
+@pytest.mark.parametrize("heap", ["worker heap", "default"])
+def test_the_workers_heap_serves_arrays_from_the_heap(heap: str) -> None:
+    """What a run on threads sets (engine/execute/run_pool.py): arrays up to 32 MiB come
+    from the heap, as in a worker (engine/core/worker_env.py), where glibc's default maps
+    a new 16 MiB array on pages of its own."""
+    probe = [sys.executable, "-c", HEAP_PROBE, heap]
+    found = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+    assert found == str(heap == "worker heap")

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from engine.core.errors import EngineError
 from engine.core.pipeline import ClusterSpec
-from engine.core.worker_env import stop_worker_server
+from engine.core.worker_env import stop_worker_server, use_worker_heap
 from engine.execute.placement import ClusterArg, resolve_cluster, uses_warm
 from engine.execute.pools import TaskPool, thread_pool
 
@@ -37,6 +37,7 @@ def task_pool(
         if threads < 1:
             raise EngineError(f"--workers must be at least 1, got {threads}")
         stop_worker_server()
+        use_worker_heap()
         with thread_pool(threads) as pool:
             yield pool
         return
