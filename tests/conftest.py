@@ -166,6 +166,16 @@ def image2d(sample_image: SampleImages) -> Path:
     return sample_image((64, 64), (32, 32), "0.4", seed=2)
 
 
+def nuclei_config(tmp_path: Path, cluster: dict | None = None) -> Path:
+    """The standard pipeline as a config file in `tmp_path`, with `cluster` settings."""
+    data = NUCLEI.to_dict()
+    if cluster is not None:
+        data["cluster"] = cluster
+    config = tmp_path / "p.yaml"
+    config.write_text(Pipeline.build(data).to_yaml())
+    return config
+
+
 def blobs(shape: tuple[int, ...], seed: int = 0, sigma: float = 2.0) -> np.ndarray:
     """Smooth random uint16 data whose Otsu mask has many objects of varied shapes."""
     from scipy import ndimage

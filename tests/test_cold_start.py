@@ -12,21 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import NUCLEI, REPO, engine_environment
+from conftest import REPO, engine_environment, nuclei_config
 from rich.console import Console
 
 from engine.cli.entry import runs_on_threads
 from engine.cli.render import LazyConsole
-
-
-def _config(tmp_path: Path, cluster: dict | None = None) -> Path:
-    data = NUCLEI.to_dict()
-    if cluster is not None:
-        data["cluster"] = cluster
-    config = tmp_path / "p.yaml"
-    config.write_text(NUCLEI.build(data).to_yaml())
-    return config
-
 
 # what the command does not import before a run needs it: rich prints (a --json run
 # into a pipe never does), ome-zarr-models validates unseen metadata only, dask runs
@@ -80,7 +70,7 @@ def test_the_entry_point_tells_a_small_run_from_the_input_metadata(
     tmp_path: Path, sample_image, monkeypatch: pytest.MonkeyPatch, version: str
 ) -> None:
     image = str(sample_image((16, 64, 64), (8, 32, 32), version))
-    config = str(_config(tmp_path))
+    config = str(nuclei_config(tmp_path))
     monkeypatch.delenv("NGFF_ENGINE_IN_PROCESS_MAX")  # the default, 256MiB
     assert runs_on_threads(["run", config, "--input", image, "--workers", "2"])
     assert runs_on_threads(["--debug", "run", config, f"--input={image}", "--no-warm"])
@@ -104,9 +94,9 @@ def test_the_entry_point_tells_a_small_run_from_the_input_metadata(
     assert not runs_on_threads(["run", config, "--input", str(tmp_path / "missing.zarr")])
     assert not runs_on_threads(["run", config, "--input", f"{image}/s0"])  # an array
     assert not runs_on_threads(["run", str(tmp_path / "missing.yaml"), "--input", image])
-    slurm = str(_config(tmp_path, {"kind": "slurm"}))
+    slurm = str(nuclei_config(tmp_path, {"kind": "slurm"}))
     assert not runs_on_threads(["run", slurm, "--input", image])
-    never = str(_config(tmp_path, {"in_process_max": "0"}))
+    never = str(nuclei_config(tmp_path, {"in_process_max": "0"}))
     assert not runs_on_threads(["run", never, "--input", image])
 
 
@@ -147,7 +137,7 @@ def test_a_small_run_starts_no_worker_server_and_a_large_one_does(
     for limit in ("256MiB", "0", "256MiB"):
         env = {**engine_environment(), "NGFF_ENGINE_IN_PROCESS_MAX": limit}
         env["NGFF_ENGINE_CACHE_DIR"] = str(tmp_path / "cache")
-        args = ["run", str(_config(tmp_path)), "--input", str(image), "--workers", "2"]
+        args = ["run", str(nuclei_config(tmp_path)), "--input", str(image), "--workers", "2"]
         args += ["--no-warm", "--json", "--overwrite"]
         done = subprocess.run(
             [sys.executable, str(script), *args],
@@ -256,7 +246,7 @@ def test_read_only_commands_end_without_the_interpreters_teardown(
     image = str(sample_image((16, 64, 64), (8, 32, 32), "0.5"))
     script = tmp_path / "spy.py"
     script.write_text(SPY)
-    args = [command, image] if command == "info" else [command, str(_config(tmp_path))]
+    args = [command, image] if command == "info" else [command, str(nuclei_config(tmp_path))]
     args += ["--input", image] if command == "validate" else ["--json"]
     done = subprocess.run(
         [sys.executable, str(script), *args],

@@ -16,11 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import NUCLEI, Cli, engine_command, engine_environment, same_partition, tree_hash
+from conftest import (
+    Cli,
+    engine_command,
+    engine_environment,
+    nuclei_config,
+    same_partition,
+    tree_hash,
+)
 from scipy import ndimage
 from skimage.filters import threshold_otsu
-
-from engine.core.pipeline import Pipeline
 
 
 def _run(config: Path, image: Path, limit: str | None, *extra: str) -> tuple[int, dict, str]:
@@ -38,15 +43,6 @@ def _workers(result: dict) -> list[str]:
     return sorted(result["peak_worker_bytes"])
 
 
-def _pipeline(tmp_path: Path, cluster: dict | None = None) -> Path:
-    data = NUCLEI.to_dict()
-    if cluster is not None:
-        data["cluster"] = cluster
-    config = tmp_path / "p.yaml"
-    config.write_text(Pipeline.build(data).to_yaml())
-    return config
-
-
 def _expected(image: Path) -> np.ndarray:
     data = zarr.open_array(str(image / "s0"), mode="r")[...].astype(np.float32)
     smooth = ndimage.gaussian_filter(data, 2.0)
@@ -56,7 +52,7 @@ def _expected(image: Path) -> np.ndarray:
 def test_a_small_run_stays_in_the_process_and_equals_scipy_and_worker_processes(
     tmp_path: Path, sample_image
 ) -> None:
-    config = _pipeline(tmp_path)
+    config = nuclei_config(tmp_path)
     inside = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "in.zarr")
     outside = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "out.zarr")
     code, result, err = _run(config, inside, None)  # the default: 256MiB
@@ -77,11 +73,11 @@ def test_a_small_run_stays_in_the_process_and_equals_scipy_and_worker_processes(
 def test_larger_runs_and_a_zero_limit_start_worker_processes(tmp_path: Path, sample_image) -> None:
     image = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "a.zarr")
     # 16x96x80 float32 scratch is 480 KiB: above 100KiB, worker processes
-    code, result, err = _run(_pipeline(tmp_path), image, "100KiB", "--overwrite")
+    code, result, err = _run(nuclei_config(tmp_path), image, "100KiB", "--overwrite")
     assert code == 0, err
     assert all(w.startswith("tls://") for w in _workers(result))
     # the config's own limit, when the environment does not set one
-    never = _pipeline(tmp_path, {"in_process_max": "0"})
+    never = nuclei_config(tmp_path, {"in_process_max": "0"})
     code, result, err = _run(never, image, None, "--overwrite")
     assert code == 0, err
     assert all(w.startswith("tls://") for w in _workers(result))
@@ -96,13 +92,13 @@ def test_a_bad_limit_is_refused_in_one_line(
     before = tree_hash(image)
     args = ["--input", str(image), "--json", "--no-warm"]
     monkeypatch.setenv("NGFF_ENGINE_IN_PROCESS_MAX", "lots")
-    code, _, err = cli(["run", str(_pipeline(tmp_path)), *args])
+    code, _, err = cli(["run", str(nuclei_config(tmp_path)), *args])
     assert code == 2
     assert err.strip() == (
         "error: NGFF_ENGINE_IN_PROCESS_MAX: 'lots' is not a size such as 32MiB or 0"
     ), err
     bad = tmp_path / "bad.yaml"
-    bad.write_text(_pipeline(tmp_path).read_text() + "cluster:\n  in_process_max: lots\n")
+    bad.write_text(nuclei_config(tmp_path).read_text() + "cluster:\n  in_process_max: lots\n")
     monkeypatch.delenv("NGFF_ENGINE_IN_PROCESS_MAX")  # the config's value
     code, _, err = cli(["run", str(bad), *args])
     assert code == 2 and "in_process_max" in err and len(err.strip().splitlines()) == 1, err
@@ -113,7 +109,7 @@ def test_a_bad_limit_is_refused_in_one_line(
 @pytest.mark.parametrize("shape", [(64, 64), (12, 40, 52)])
 def test_in_process_outputs_equal_scipy(tmp_path: Path, sample_image, shape) -> None:
     image = sample_image(shape, copy_to=tmp_path / "i.zarr")
-    code, result, err = _run(_pipeline(tmp_path), image, "1MiB")
+    code, result, err = _run(nuclei_config(tmp_path), image, "1MiB")
     assert code == 0, err
     assert _workers(result) == ["in-process"]
     labels = zarr.open_array(str(image / "labels/nuclei/s0"), mode="r")[...]
@@ -140,7 +136,7 @@ def progress(stage, total):
     children.update(" ".join(c.cmdline()) for c in psutil.Process().children(recursive=True))
     return lambda n: None
 announced = []
-result = engine.run({str(_pipeline(tmp_path))!r}, {str(image)!r}, warm=False,
+result = engine.run({str(nuclei_config(tmp_path))!r}, {str(image)!r}, warm=False,
                     progress=progress, announce=announced.append)
 print(json.dumps({{"workers": sorted(result.peak_worker_bytes), "listening": sorted(seen),
                   "announced": announced, "objects": result.labels,
