@@ -122,6 +122,23 @@ main()
 """
 
 
+def spied(tmp_path: Path, args: list[str], env: dict[str, str], timeout: float):
+    """The command run through SPY: (its output before the report, the report)."""
+    script = tmp_path / "spy.py"
+    script.write_text(SPY)
+    done = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    output, _, last = done.stdout.rstrip().rpartition("\n")
+    return output, json.loads(last)
+
+
 def test_a_small_run_starts_no_worker_server_and_a_large_one_does(
     tmp_path: Path, sample_image
 ) -> None:
@@ -131,25 +148,14 @@ def test_a_small_run_starts_no_worker_server_and_a_large_one_does(
     `--json` run into a pipe never imports rich, and ome-zarr-models only the first
     time it sees the image's metadata."""
     image = sample_image((16, 64, 64), (8, 32, 32), "0.5", copy_to=tmp_path / "i.zarr")
-    script = tmp_path / "spy.py"
-    script.write_text(SPY)
     found = []
     for limit in ("256MiB", "0", "256MiB"):
         env = {**engine_environment(), "NGFF_ENGINE_IN_PROCESS_MAX": limit}
         env["NGFF_ENGINE_CACHE_DIR"] = str(tmp_path / "cache")
         args = ["run", str(nuclei_config(tmp_path)), "--input", str(image), "--workers", "2"]
         args += ["--no-warm", "--json", "--overwrite"]
-        done = subprocess.run(
-            [sys.executable, str(script), *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=REPO,
-            env=env,
-        )
-        assert done.returncode == 0, done.stderr
-        output, _, last = done.stdout.rstrip().rpartition("\n")
-        found.append((json.loads(last), sorted(json.loads(output)["peak_worker_bytes"])))
+        output, report = spied(tmp_path, args, env, 300)
+        found.append((report, sorted(json.loads(output)["peak_worker_bytes"])))
     small, large, again = found
     assert small == ({"code": 0, "servers": 0, "rich": False, "models": True}, ["in-process"])
     # the image's label listing now names the run's labels: validated, the first time
@@ -244,21 +250,10 @@ def test_read_only_commands_end_without_the_interpreters_teardown(
     """engine/cli/entry.py: `info` and `validate` print, then end through os._exit (the
     teardown of their modules took 0.33 s after `info`); output and exit code as before."""
     image = str(sample_image((16, 64, 64), (8, 32, 32), "0.5"))
-    script = tmp_path / "spy.py"
-    script.write_text(SPY)
     args = [command, image] if command == "info" else [command, str(nuclei_config(tmp_path))]
     args += ["--input", image] if command == "validate" else ["--json"]
-    done = subprocess.run(
-        [sys.executable, str(script), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env=engine_environment(),
-    )
-    assert done.returncode == 0, done.stderr
-    output, _, last = done.stdout.rstrip().rpartition("\n")
-    assert json.loads(last)["code"] == 0
+    output, report = spied(tmp_path, args, engine_environment(), 120)
+    assert report["code"] == 0
     if command == "info":
         assert json.loads(output)["image"]["version"] == "0.5"
     else:

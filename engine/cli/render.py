@@ -61,8 +61,9 @@ console = LazyConsole(stderr=True)
 out = LazyConsole(soft_wrap=True)  # lines are not cut at 80 columns in a pipe or a log
 
 
-def progress_bars() -> Progress:
-    """One bar per stage: chunks done of all, rate, time so far and left."""
+def progress_bars(rate: bool = True) -> Progress:
+    """One bar per stage: chunks done of all, rate (unless not `rate`: an import's), time
+    so far and left."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -78,7 +79,7 @@ def progress_bars() -> Progress:
         TextColumn("{task.description:<24}"),
         BarColumn(),
         MofNCompleteColumn(),
-        RateColumn(),
+        *([RateColumn()] if rate else []),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )

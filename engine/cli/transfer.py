@@ -10,14 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.cli.arguments import ints
-from engine.cli.render import LazyConsole
+from engine.cli.render import LazyConsole, progress_bars, progress_callback
 from engine.core.errors import ConfigError
-
-if TYPE_CHECKING:
-    from rich.progress import Progress
 
 console = LazyConsole(stderr=True)
 out = LazyConsole()
@@ -84,14 +81,6 @@ def add_parsers(
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def _progress(progress: Progress) -> Callable[[str, int], Callable[[int], None]]:
-    def start(stage: str, total: int) -> Callable[[int], None]:
-        task = progress.add_task(stage, total=total)
-        return lambda n: progress.advance(task, n)
-
-    return start
-
-
 def _cluster(args: argparse.Namespace) -> dict[str, Any] | None:
     overrides = args.cluster_overrides(args)
     if overrides.get("kind") != "slurm" and set(overrides) - {"kind"}:
@@ -130,24 +119,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.quiet or args.json:
         result = import_image(args.source, args.out, **kwargs)
     else:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (
-            TextColumn("{task.description:<24}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=console.rich, transient=False) as progress:
-            result = import_image(args.source, args.out, progress=_progress(progress), **kwargs)
+        with progress_bars(rate=False) as progress:
+            started = progress_callback(progress)
+            result = import_image(args.source, args.out, progress=started, **kwargs)
     if args.json:
         out.print_json(json.dumps(result.to_json()))
         return 0
