@@ -17,7 +17,10 @@ from skimage.filters import threshold_otsu
 from user.ops import local_range
 
 from engine import Pipeline, run
+from engine.core.geometry import Roi
+from engine.io.metadata import read_image
 from engine.io.ngff_write import read_ome
+from engine.plan.compiler import compile_plan
 
 FIXED = 2000.0
 
@@ -154,3 +157,40 @@ def test_outputs_are_valid_listed_ngff_with_pyramids(tmp_path, scheduler, versio
                 ["zarr.json"],
                 [".zattrs", ".zgroup"],
             )
+
+
+@pytest.mark.parametrize(
+    ("shape", "roi", "tasks"),
+    [
+        ((64, 256, 256), None, 4),
+        ((64, 256, 256), {"z": (3, 61), "y": (5, 250), "x": (7, 201)}, 2),
+        ((2048, 2048), None, 4),
+    ],
+)
+def test_a_reduction_over_one_chunk_splits_into_tasks_with_the_same_result(
+    tmp_path, scheduler, shape, roi, tasks
+):
+    """An image of one chunk: Otsu's passes (and the smoothed input the first stores)
+    run in smaller blocks (engine/plan/chains.py, `_reduction_chunks`), four where the
+    ROI holds a million voxels for each, blocks that are not the image's chunks and not
+    aligned with the ROI; the labels are still scipy's on the whole array."""
+    img = blobs(shape, seed=7)
+    path = write_image(tmp_path / "img.zarr", img, shape, "0.5")
+    names = ("z", "y", "x")[-len(shape) :]
+    roi_slices = tuple(
+        slice(*roi[n]) if roi and n in roi else slice(0, s) for n, s in zip(names, shape)
+    )
+    steps = Pipeline().add("g2", "gaussian", "image", sigma=2.0)
+    steps = steps.add("mask", "threshold", "g2", method="otsu")
+    steps = steps.add("nuclei", "label", "mask", {"kind": "label", "name": "nuclei"})
+    box = Roi(tuple(s.start for s in roi_slices), tuple(s.stop for s in roi_slices))
+    plan = compile_plan(steps, read_image(str(path)), box)
+    passes = [plan.stage(f"mask/reduce-{k}").tasks for k in range(2)]
+    assert [len(p) for p in passes] == [tasks, tasks] and passes[0].chunks == passes[1].chunks
+    assert passes[0].chunks != shape
+
+    run(steps, input=path, roi=roi, scheduler=scheduler)
+    smooth = ndimage.gaussian_filter(img.astype(np.float32), 2.0)[roi_slices]
+    want, count = ndimage.label(smooth > threshold_otsu(smooth))
+    got = zarr.open_group(str(path), mode="r")["labels/nuclei/s0"][...]
+    assert np.array_equal(got[roi_slices], want) and got.max() == count
