@@ -3,9 +3,14 @@
 sigmas, truncations and crops that vary, lines shorter than the kernel included
 (reflected more than once), and the whole op against `gaussian_filter` on the whole
 array; the float histogram (tasks/_histogram.c) against `np.histogram`; the median
-(tasks/_median.c) against `scipy.ndimage.median_filter`."""
+(tasks/_median.c) against `scipy.ndimage.median_filter`; connected components
+(tasks/_label.c) against `scipy.ndimage.label`, the same ids."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from tasks import filters, threshold
+from tasks import filters, label, threshold
 from tasks.filters import (
     GaussianParams,
     MedianParams,
@@ -22,6 +27,7 @@ from tasks.filters import (
     gaussian_pass,
     median_cropped,
 )
+from tasks.label import LabelParams, label_block
 from tasks.spec import Context
 from tasks.threshold import float_histogram
 
@@ -141,3 +147,97 @@ def test_the_median_equals_scipy(case):
     params, ctx = MedianParams(size=list(size)), Context((1.0,) * len(shape))
     got = median_cropped(block, params, ctx, None, keep)
     assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_the_compiled_label_is_built():
+    assert label._label_c is not None
+
+
+def scipy_label(mask: np.ndarray, connectivity: int) -> np.ndarray:
+    structure = ndimage.generate_binary_structure(mask.ndim, connectivity)
+    return ndimage.label(mask, structure=structure)[0]
+
+
+def compiled_label(mask: np.ndarray, connectivity: int) -> np.ndarray:
+    ctx = Context((1.0,) * mask.ndim)
+    return label_block(mask, LabelParams(connectivity=connectivity), ctx)
+
+
+@st.composite
+def label_cases(draw):
+    ndim = draw(st.integers(1, 3))
+    shape = tuple(draw(st.lists(st.integers(1, 20), min_size=ndim, max_size=ndim)))
+    density = draw(st.sampled_from([0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.98]))
+    connectivity = draw(st.integers(1, ndim))
+    dtype = draw(st.sampled_from(["bool", "uint8", "int16", ">u2", "int64", "float32"]))
+    return shape, density, connectivity, dtype, draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=400, deadline=None)
+@given(label_cases())
+def test_the_label_equals_scipy(case):
+    """The same ids as scipy, not only the same components: numbered in the order of
+    their first voxel in a C-order scan, however they merge (U shapes, diagonals). Masks
+    from sparse to dense, of bool, integer (any byte order) and float voxels."""
+    shape, density, connectivity, dtype, seed = case
+    rng = np.random.default_rng(seed)
+    values = rng.integers(1, 100, shape) * (rng.random(shape) < density)
+    mask = values.astype(dtype)
+    got = compiled_label(mask, connectivity)
+    native = mask.astype(mask.dtype.newbyteorder("="))  # scipy takes no other byte order
+    assert got.dtype == np.uint32 and np.array_equal(got, scipy_label(native, connectivity))
+
+
+@pytest.mark.parametrize(
+    "shape", [(0,), (5, 0), (0, 7), (3, 0, 4), (0, 0, 0), (1,), (1, 1, 1), (7,), (4, 9), (3, 5, 6)]
+)
+@pytest.mark.parametrize("fill", ["empty", "full", "one voxel", "checkerboard"])
+def test_the_label_edge_cases_equal_scipy(shape, fill):
+    mask = np.zeros(shape, bool)
+    if fill == "full":
+        mask[...] = True
+    elif fill == "one voxel" and mask.size:
+        mask[tuple(n // 2 for n in shape)] = True
+    elif fill == "checkerboard":
+        mask = np.indices(shape).sum(axis=0) % 2 == 0
+    for connectivity in range(1, len(shape) + 1):
+        got = compiled_label(mask, connectivity)
+        assert got.shape == shape
+        assert np.array_equal(got, scipy_label(mask, connectivity))
+
+
+def test_a_strided_mask_and_four_axes_equal_scipy():
+    """A view (copied for the kernel) and a mask of four axes (scipy's)."""
+    mask = np.random.default_rng(3).random((6, 8, 10, 12)) < 0.4
+    view = mask[1, ::2, 1:, ::-3]
+    assert np.array_equal(compiled_label(view, 2), scipy_label(view, 2))
+    assert np.array_equal(compiled_label(mask, 3), scipy_label(mask, 3))
+    with pytest.raises(ValueError, match="connectivity 3 is more than the 2 spatial axes"):
+        compiled_label(view[0], 3)
+
+
+def test_the_structure_is_scipys():
+    for ndim in (1, 2, 3, 4):
+        for connectivity in range(1, ndim + 1):
+            want = ndimage.generate_binary_structure(ndim, connectivity)
+            got = label.structure(ndim, connectivity)
+            assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_labelling_imports_no_scipy():
+    """scipy.ndimage takes 0.25 s to import, holding the GIL: a run whose ops have compiled
+    kernels needs none of it."""
+    script = (
+        "import sys, numpy as np, tasks.label as L\n"
+        "from tasks.spec import Context\n"
+        "mask = np.random.default_rng(0).random((8, 16, 16)) < 0.5\n"
+        "labels = L.label_block(mask, L.LabelParams(connectivity=3), Context((1.0,) * 3))\n"
+        "assert labels.max() > 0, labels.max()\n"
+        "assert L._label_c is not None\n"
+        "assert 'scipy' not in sys.modules, sorted(m for m in sys.modules if 'scipy' in m)\n"
+    )
+    root = Path(label.__file__).parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
