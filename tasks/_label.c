@@ -152,19 +152,15 @@ SCAN_FOR(uint64_t, u8)
         Py_ssize_t i = i0, j = j0;                                                            \
         while (i < i1 && j < j1) {                                                            \
             Py_ssize_t a = start[i], b = end[i], c = start[j], e = end[j];                    \
-            if (e + k <= a) {                                                                 \
-                j++;                                                                          \
-                continue;                                                                     \
+            if (e + k > a && b + k > c) {                                                     \
+                R ri = find_##R(parent, (R)i), rj = find_##R(parent, (R)j);                   \
+                if (ri < rj) parent[rj] = ri;                                                 \
+                else if (rj < ri) parent[ri] = rj;                                            \
             }                                                                                 \
-            if (b + k <= c) {                                                                 \
-                i++;                                                                          \
-                continue;                                                                     \
-            }                                                                                 \
-            R ri = find_##R(parent, (R)i), rj = find_##R(parent, (R)j);                       \
-            if (ri < rj) parent[rj] = ri;                                                     \
-            else if (rj < ri) parent[ri] = rj;                                                \
-            if (e <= b) j++;                                                                  \
-            else i++;                                                                         \
+            /* the run that ends first touches nothing further on the other line */           \
+            Py_ssize_t next = e <= b;                                                         \
+            j += next;                                                                        \
+            i += 1 - next;                                                                    \
         }                                                                                     \
     }                                                                                         \
     /* Pass 2: every run's id (roots numbered in run order, parent[i] <= i makes one pass    \
