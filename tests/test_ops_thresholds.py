@@ -186,3 +186,40 @@ def test_engine_thresholds_equal_the_whole_roi(tmp_path, scheduler, shape, chunk
     assert np.count_nonzero(got["li_float"] != (g > threshold_li(g))) <= 1
     lo, hi = np.percentile(raw, 1), np.percentile(raw, 99.8)
     np.testing.assert_array_equal(got["norm"], ((raw - lo) / (hi - lo)).astype(np.float32))
+
+
+@st.composite
+def histograms(draw):
+    """Counts with empty bins (at the ends too) over integer or float bin centres, as the
+    Otsu reduction combines them: two bins at least hold values (a range of one value
+    has no histogram: tasks/threshold.py `_finish`)."""
+    bins = draw(st.integers(2, 300))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    counts = rng.integers(0, 10 ** draw(st.integers(1, 7)), bins)
+    counts[rng.random(bins) < draw(st.floats(0, 0.9))] = 0  # empty bins, at the ends too
+    while np.count_nonzero(counts) < 2:  # the minimum and the maximum are in different bins
+        counts[rng.integers(0, bins)] = rng.integers(1, 1000)
+    if draw(st.booleans()):
+        centers = np.arange(bins) + draw(st.integers(-(2**15), 2**15))
+    else:
+        lo = np.float32(draw(st.floats(-1e4, 1e4)))
+        hi = lo + np.float32(draw(st.floats(1.0, 1e6)))
+        edges = np.histogram_bin_edges(np.asarray([lo, hi]), bins=bins, range=(lo, hi))
+        centers = (edges[:-1] + edges[1:]) / 2.0
+    return counts, centers
+
+
+@settings(max_examples=400, deadline=None)
+@given(histograms())
+def test_otsu_from_a_histogram_is_scikit_images_value(histogram):
+    """The driver computes Otsu's value without importing scikit-image's filters (which
+    import scipy.ndimage): the same arithmetic, so the same value, bit for bit."""
+    from skimage.filters import threshold_otsu
+
+    from tasks.threshold import otsu_from_histogram
+
+    counts, centers = histogram
+    want = threshold_otsu(hist=(counts, centers))
+    got = otsu_from_histogram(counts, centers)
+    assert type(got) is type(want)
+    assert np.array_equal(got, want)
