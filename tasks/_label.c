@@ -52,47 +52,76 @@ static int grow(Runs *runs, size_t parent_size) {
     return 0;
 }
 
-/* Runs of one line of 1-byte voxels, eight at a time where a word is all zero or all
- * non-zero */
-#define ONES 0x0101010101010101ULL
-#define HIGHS 0x8080808080808080ULL
-#define HAS_ZERO(w) (((w) - ONES) & ~(w) & HIGHS)
-
-static inline Py_ssize_t next_start_u1(const uint8_t *line, Py_ssize_t x, Py_ssize_t n) {
-    while (x + 8 <= n) {
-        uint64_t w;
-        memcpy(&w, line + x, 8);
-        if (w) break;
-        x += 8;
-    }
-    while (x < n && !line[x]) x++;
-    return x;
+static inline int add_run(Runs *runs, Py_ssize_t from, Py_ssize_t to, size_t parent_size) {
+    if (runs->count == runs->capacity && grow(runs, parent_size)) return FAILED_MEMORY;
+    runs->start[runs->count] = (uint32_t)from;
+    runs->end[runs->count] = (uint32_t)to;
+    runs->count++;
+    return 0;
 }
 
-static inline Py_ssize_t next_end_u1(const uint8_t *line, Py_ssize_t x, Py_ssize_t n) {
-    while (x + 8 <= n) {
-        uint64_t w;
-        memcpy(&w, line + x, 8);
-        if (HAS_ZERO(w)) break;
-        x += 8;
+/* The runs of one line, appended to the tables */
+#define CUT_FOR(T, NAME)                                                                     \
+    static int cut_##NAME(const T *line, Py_ssize_t n, Runs *runs, size_t parent_size) {     \
+        Py_ssize_t x = 0;                                                                    \
+        for (;;) {                                                                           \
+            while (x < n && !line[x]) x++;                                                   \
+            if (x == n) return 0;                                                            \
+            Py_ssize_t from = x;                                                             \
+            while (x < n && line[x]) x++;                                                    \
+            if (add_run(runs, from, x, parent_size)) return FAILED_MEMORY;                   \
+        }                                                                                    \
     }
-    while (x < n && line[x]) x++;
-    return x;
+
+CUT_FOR(uint16_t, u2)
+CUT_FOR(uint32_t, u4)
+CUT_FOR(uint64_t, u8)
+
+#if defined(__GNUC__)
+/* 1-byte voxels, 64 at a time: a bit per voxel, the set bits of bits ^ (bits << 1) are
+ * where runs start and end, so a line costs a step per run rather than a branch per voxel
+ * (a noisy mask's runs are a voxel or two long) */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+static inline uint64_t nonzero_bits(const uint8_t *voxels, Py_ssize_t count) {
+    uint64_t bits = 0;
+#if defined(__SSE2__)
+    if (count == 64) {
+        const __m128i zero = _mm_setzero_si128();
+        for (int q = 0; q < 4; q++) {
+            __m128i v = _mm_loadu_si128((const __m128i *)(voxels + 16 * q));
+            uint64_t zeros = (uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v, zero));
+            bits |= (~zeros & 0xFFFF) << (16 * q);
+        }
+        return bits;
+    }
+#endif
+    for (Py_ssize_t t = 0; t < count; t++) bits |= (uint64_t)(voxels[t] != 0) << t;
+    return bits;
 }
 
-#define SCAN_FOR(T, NAME)                                                                    \
-    static inline Py_ssize_t next_start_##NAME(const T *line, Py_ssize_t x, Py_ssize_t n) { \
-        while (x < n && !line[x]) x++;                                                       \
-        return x;                                                                            \
-    }                                                                                        \
-    static inline Py_ssize_t next_end_##NAME(const T *line, Py_ssize_t x, Py_ssize_t n) {   \
-        while (x < n && line[x]) x++;                                                        \
-        return x;                                                                            \
+static int cut_u1(const uint8_t *line, Py_ssize_t n, Runs *runs, size_t parent_size) {
+    uint64_t inside = 0; /* whether the voxel before the word is foreground */
+    Py_ssize_t from = 0;
+    for (Py_ssize_t base = 0; base < n; base += 64) {
+        Py_ssize_t count = n - base < 64 ? n - base : 64;
+        uint64_t bits = nonzero_bits(line + base, count);
+        uint64_t edges = bits ^ ((bits << 1) | inside);
+        while (edges) {
+            Py_ssize_t x = base + __builtin_ctzll(edges);
+            edges &= edges - 1;
+            if (!inside) from = x;
+            else if (add_run(runs, from, x, parent_size)) return FAILED_MEMORY;
+            inside ^= 1;
+        }
     }
-
-SCAN_FOR(uint16_t, u2)
-SCAN_FOR(uint32_t, u4)
-SCAN_FOR(uint64_t, u8)
+    if (inside && add_run(runs, from, n, parent_size)) return FAILED_MEMORY;
+    return 0;
+}
+#else
+CUT_FOR(uint8_t, u1)
+#endif
 
 /* Pass 1 for voxels of type T (non-zero is foreground whatever the byte order) and run
  * indices of type R: cut runs, join them to the earlier lines' runs. */
@@ -105,17 +134,8 @@ SCAN_FOR(uint64_t, u8)
                 Py_ssize_t l = z * rows + y, first = runs->count;                             \
                 const T *line = mask + l * n;                                                 \
                 runs->line_first[l] = first;                                                  \
-                for (Py_ssize_t x = next_start_##NAME(line, 0, n); x < n;                     \
-                     x = next_start_##NAME(line, x, n)) {                                     \
-                    Py_ssize_t e = next_end_##NAME(line, x + 1, n);                           \
-                    if (runs->count == runs->capacity && grow(runs, sizeof(R)))               \
-                        return FAILED_MEMORY;                                                 \
-                    runs->start[runs->count] = (uint32_t)x;                                   \
-                    runs->end[runs->count] = (uint32_t)e;                                     \
-                    ((R *)runs->parent)[runs->count] = (R)runs->count;                        \
-                    runs->count++;                                                            \
-                    x = e;                                                                    \
-                }                                                                             \
+                if (cut_##NAME(line, n, runs, sizeof(R))) return FAILED_MEMORY;               \
+                for (Py_ssize_t i = first; i < runs->count; i++) ((R *)runs->parent)[i] = (R)i; \
                 runs->line_first[l + 1] = runs->count;                                        \
                 if (runs->count == first) continue;                                           \
                 /* the earlier neighbouring lines: (dz, dy) before (0, 0) */                  \
