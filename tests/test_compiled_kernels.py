@@ -243,3 +243,28 @@ def test_labelling_imports_no_scipy():
         [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_label_kernel_raises_memory_error_when_its_run_tables_do_not_fit():
+    """In a process whose address space is capped 1 MiB above what it holds: a
+    MemoryError, and labelling works again once memory is there."""
+    script = (
+        "import resource, numpy as np, tasks.label as L\n"
+        "mask = np.random.default_rng(0).random((32, 256, 256)) < 0.5\n"
+        "out = np.zeros(mask.shape, np.uint32)\n"
+        "flat = mask.reshape(-1).view(np.uint8)\n"
+        "held = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (held + (1 << 20), resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    L._label_c.label(flat, out, 1, mask.shape, 1)\n"
+        "    raise SystemExit('no MemoryError')\n"
+        "except MemoryError:\n"
+        "    pass\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY,) * 2)\n"
+        "assert L._label_c.label(flat, out, 1, mask.shape, 1) == out.max() > 1000\n"
+    )
+    root = Path(label.__file__).parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
