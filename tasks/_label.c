@@ -170,17 +170,17 @@ CUT_FOR(uint8_t, u1)
         const uint32_t *start = runs->start, *end = runs->end;                                \
         R *parent = runs->parent;                                                             \
         Py_ssize_t i = i0, j = j0;                                                            \
+        R ri = find_##R(parent, (R)i); /* the root of run i while i is the current run */     \
         while (i < i1 && j < j1) {                                                            \
             Py_ssize_t a = start[i], b = end[i], c = start[j], e = end[j];                    \
             if (e + k > a && b + k > c) {                                                     \
-                R ri = find_##R(parent, (R)i), rj = find_##R(parent, (R)j);                   \
+                R rj = find_##R(parent, (R)j);                                                \
                 if (ri < rj) parent[rj] = ri;                                                 \
-                else if (rj < ri) parent[ri] = rj;                                            \
+                else if (rj < ri) parent[ri] = rj, ri = rj;                                   \
             }                                                                                 \
             /* the run that ends first touches nothing further on the other line */           \
-            Py_ssize_t next = e <= b;                                                         \
-            j += next;                                                                        \
-            i += 1 - next;                                                                    \
+            if (e <= b) j++;                                                                  \
+            else if (++i < i1) ri = find_##R(parent, (R)i);                                   \
         }                                                                                     \
     }                                                                                         \
     /* Pass 2: every run's id (roots numbered in run order, parent[i] <= i makes one pass    \
