@@ -232,10 +232,10 @@ FIND_RUNS_FOR(uint32_t, u4, r64)
 FIND_RUNS_FOR(uint64_t, u8, r64)
 
 static int run_label(const void *mask, Py_ssize_t itemsize, const Py_ssize_t *shape,
-                     int connectivity, uint32_t *out, Runs *runs, uint64_t *ids) {
+                     int connectivity, int wide, uint32_t *out, Runs *runs, uint64_t *ids) {
     Py_ssize_t lines = shape[0] * shape[1], n = shape[2];
     /* at most one run in two voxels of a line: the indices fit 32 bits below that */
-    int wide = (double)lines * (double)((n + 1) / 2) >= (double)UINT32_MAX;
+    wide = wide || (double)lines * (double)((n + 1) / 2) >= (double)UINT32_MAX;
     int failed;
 #define PASS1(R)                                                                              \
     (itemsize == 1   ? find_runs_u1_##R(mask, shape, connectivity, runs)                \
@@ -256,9 +256,9 @@ static int run_label(const void *mask, Py_ssize_t itemsize, const Py_ssize_t *sh
 static PyObject *label(PyObject *self, PyObject *args) {
     Py_buffer mask, out;
     Py_ssize_t itemsize, shape[3];
-    int connectivity;
-    if (!PyArg_ParseTuple(args, "y*w*n(nnn)i", &mask, &out, &itemsize, &shape[0], &shape[1],
-                          &shape[2], &connectivity))
+    int connectivity, wide = 0;
+    if (!PyArg_ParseTuple(args, "y*w*n(nnn)i|p", &mask, &out, &itemsize, &shape[0], &shape[1],
+                          &shape[2], &connectivity, &wide))
         return NULL;
     PyObject *result = NULL;
     Runs runs = {NULL, NULL, NULL, NULL, 0, 0};
@@ -279,7 +279,7 @@ static PyObject *label(PyObject *self, PyObject *args) {
     runs.line_first[0] = 0;
     int failed;
     Py_BEGIN_ALLOW_THREADS
-    failed = run_label(mask.buf, itemsize, shape, connectivity, out.buf, &runs, &ids);
+    failed = run_label(mask.buf, itemsize, shape, connectivity, wide, out.buf, &runs, &ids);
     Py_END_ALLOW_THREADS
     if (failed == FAILED_MEMORY) {
         PyErr_NoMemory();
@@ -303,10 +303,11 @@ done:
 
 static PyMethodDef methods[] = {
     {"label", label, METH_VARARGS,
-     "label(mask, out, itemsize, shape, connectivity): scipy.ndimage.label's ids of the "
-     "non-zero voxels of a C-contiguous mask of shape (planes, rows, n) with items of 1, 2, "
-     "4 or 8 bytes, into uint32 out of the same shape; connectivity 1..3 counts only the "
-     "axes of length > 1 as the caller pads a mask of fewer axes with leading 1s."},
+     "label(mask, out, itemsize, shape, connectivity, wide=False): scipy.ndimage.label's "
+     "ids of the non-zero voxels of a C-contiguous mask of shape (planes, rows, n) with "
+     "items of 1, 2, 4 or 8 bytes (fewer axes: leading 1s) into uint32 out of that shape; "
+     "returns the number of components. wide: 64-bit run indices, which blocks of 2**32 "
+     "runs take, on any block (the tests)."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_label", NULL, -1, methods};

@@ -180,14 +180,22 @@ def test_the_label_equals_scipy(case):
     """The same ids as scipy, not only the same components: numbered in the order of
     their first voxel in a C-order scan, however they merge (U shapes, diagonals). Masks
     from sparse to dense, of bool, integer (any byte order) and float voxels; lines
-    longer than the 64 voxels the kernel reads at a time."""
+    longer than the 64 voxels the kernel reads at a time; the kernel's 64-bit run indices
+    too, which only blocks of 2**32 runs would otherwise reach."""
     shape, density, connectivity, dtype, seed = case
     rng = np.random.default_rng(seed)
     values = rng.integers(1, 100, shape) * (rng.random(shape) < density)
     mask = values.astype(dtype)
     got = compiled_label(mask, connectivity)
     native = mask.astype(mask.dtype.newbyteorder("="))  # scipy takes no other byte order
-    assert got.dtype == np.uint32 and np.array_equal(got, scipy_label(native, connectivity))
+    want = scipy_label(native, connectivity)
+    assert got.dtype == np.uint32 and np.array_equal(got, want)
+    if mask.dtype.kind != "f":  # the 64-bit run indices of blocks of 2**32 runs
+        wide = np.empty(shape, np.uint32)
+        flat = np.ascontiguousarray(mask).reshape(-1).view(np.uint8)
+        padded = (1,) * (3 - len(shape)) + shape
+        n = label._label_c.label(flat, wide, mask.itemsize, padded, connectivity, True)
+        assert n == want.max() and np.array_equal(wide, want)
 
 
 @pytest.mark.parametrize(
