@@ -276,3 +276,13 @@ def test_the_label_kernel_raises_memory_error_when_its_run_tables_do_not_fit():
         [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_without_the_compiled_label_scipy_gives_the_same_ids(monkeypatch):
+    """An install without a C compiler labels with scipy (imported there, not before)."""
+    mask = np.random.default_rng(5).random((6, 30, 40)) < 0.45
+    want = compiled_label(mask, 2)
+    monkeypatch.setattr(label, "_label_c", None)
+    got = compiled_label(mask, 2)
+    assert got.dtype == np.uint32 and np.array_equal(got, want)
+    assert np.array_equal(got, scipy_label(mask, 2))
