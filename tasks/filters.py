@@ -122,6 +122,7 @@ GAUSSIAN = OpSpec(
     apply=gaussian,
     apply_cropped=gaussian_cropped,
     doc="Gaussian smoothing in float32; sigma in pixels or in a length unit.",
+    loads=lambda p: () if _correlate is not None else ("scipy.ndimage",),
 )
 
 
@@ -192,4 +193,5 @@ MEDIAN = OpSpec(
     apply=median,
     apply_cropped=median_cropped,
     doc="Median filter over a box of `size` voxels per axis.",
+    loads=lambda p: ("scipy.ndimage",),  # float images: scipy's filter
 )

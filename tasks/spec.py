@@ -73,6 +73,10 @@ class OpSpec:
     # apply_cropped(block, params, ctx, value, keep) == apply(block, params, ctx, value)[keep],
     # for ops that can skip work outside `keep` (the block minus its halo)
     apply_cropped: Callable[..., np.ndarray] | None = None
+    # modules `apply` (and the reduction) load on first use, for whoever runs the op to
+    # load ahead, in the background (the default: scipy.ndimage and scikit-image's
+    # filters, tasks/backends.py); () for an op of numpy and compiled kernels alone
+    loads: Callable[[Any], tuple[str, ...]] = field(default=lambda params: ("tasks.backends",))
     # "model": the step writes a model artifact (`_engine/models/<params.model>`), not an
     # image; `apply` is its per-block map (the features of the annotated voxels)
     artifact: Literal["model"] | None = None

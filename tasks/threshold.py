@@ -462,6 +462,7 @@ THRESHOLD = OpSpec(
     reduction=lambda p: REDUCTIONS.get(p.method),
     doc="Foreground mask: voxels strictly above a value, or above Otsu's or Li's threshold "
     "or a percentile over the ROI.",
+    loads=lambda p: (),  # numpy and tasks/_histogram.c
 )
 
 
@@ -499,4 +500,5 @@ NORMALIZE = OpSpec(
     reduction=lambda p: PERCENTILE,
     doc="Percentile normalisation: (x - p_low) / (p_high - p_low) with the ROI's percentiles "
     "(numpy.percentile, linear), optionally clipped to [0, 1].",
+    loads=lambda p: (),  # numpy and tasks/_histogram.c
 )

@@ -111,7 +111,8 @@ multiprocessing.forkserver.ensure_running = spy
 exit_now = os._exit
 def report(code):
     found = {"code": code, "servers": len(started), "rich": "rich" in sys.modules,
-             "models": "ome_zarr_models" in sys.modules}
+             "models": "ome_zarr_models" in sys.modules,
+             "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
     sys.stdout.write("\\n" + json.dumps(found) + "\\n")
     sys.stdout.flush()
     exit_now(code)
@@ -146,22 +147,26 @@ def test_a_small_run_starts_no_worker_server_and_a_large_one_does(
     image the run goes to threads and no fork server was started; with a limit below
     the image, the server starts as before and the run goes to worker processes. A
     `--json` run into a pipe never imports rich, and ome-zarr-models only the first
-    time it sees the image's metadata."""
+    time it sees the image's metadata. A run on threads turns OpenBLAS's own threads
+    off, as for a worker (engine/core/worker_env.py, `use_one_thread_libraries`)."""
     image = sample_image((16, 64, 64), (8, 32, 32), "0.5", copy_to=tmp_path / "i.zarr")
     found = []
     for limit in ("256MiB", "0", "256MiB"):
         env = {**engine_environment(), "NGFF_ENGINE_IN_PROCESS_MAX": limit}
+        env.pop("OPENBLAS_NUM_THREADS", None)
         env["NGFF_ENGINE_CACHE_DIR"] = str(tmp_path / "cache")
         args = ["run", str(nuclei_config(tmp_path)), "--input", str(image), "--workers", "2"]
         args += ["--no-warm", "--json", "--overwrite"]
         output, report = spied(tmp_path, args, env, 300)
         found.append((report, sorted(json.loads(output)["peak_worker_bytes"])))
     small, large, again = found
-    assert small == ({"code": 0, "servers": 0, "rich": False, "models": True}, ["in-process"])
+    threads = {"code": 0, "servers": 0, "rich": False, "blas_threads": "1"}
+    assert small == ({**threads, "models": True}, ["in-process"])
     # the image's label listing now names the run's labels: validated, the first time
+    large[0].pop("blas_threads")  # dask's to set as it spawns workers, not the engine's
     assert large[0] == {"code": 0, "servers": 1, "rich": False, "models": True}
     assert len(large[1]) == 2 and all(w.startswith("tls://") for w in large[1])
-    assert again == ({"code": 0, "servers": 0, "rich": False, "models": False}, ["in-process"])
+    assert again == ({**threads, "models": False}, ["in-process"])
 
 
 def test_json_printed_without_rich_is_what_rich_prints(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,7 +28,11 @@ import sys
 from collections.abc import Sequence
 
 from engine.core.sizes import IN_PROCESS_MAX, size_bytes
-from engine.core.worker_env import start_worker_server, worker_environment
+from engine.core.worker_env import (
+    start_worker_server,
+    use_one_thread_libraries,
+    worker_environment,
+)
 from engine.io.image_size import local_image_size
 
 # bytes per voxel of what the common ops write (their `dtype` in tasks/; 0: the input's),
@@ -129,6 +133,8 @@ def main() -> int:
     server = starts_local_workers(words) and not threads
     if server:
         start_worker_server(worker_environment())
+    if threads:
+        use_one_thread_libraries()
     command = next((w for w in words if not w.startswith("-")), None)
     warm = command == "run" and goes_to_warm_engine(words)
     try:

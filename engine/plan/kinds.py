@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.worker import chain, importing, labels, pyramid, tables
+from tasks import OPS
 
 Work = Callable[..., Any]  # work(root, stage, task, extra, common) -> per-chunk result
 DriverStep = Callable[..., Any]  # step(driver, stage)
@@ -55,7 +56,6 @@ KINDS: dict[str, StageKind] = {
         finish=chain.finish_reduce,
         fold=chain.fold_reduction,
         keeps_results=True,
-        driver_modules=("tasks.backends",),
     ),
     "label": StageKind(labels.run_label, prepare=labels.prepare_local, keeps_results=True),
     # the whole ROI in one task, final ids straight into the output (engine/plan/stitching.py)
@@ -88,7 +88,7 @@ KINDS: dict[str, StageKind] = {
         keeps_results=True,
         driver_modules=("scipy.sparse.csgraph",),
     ),
-    "merge": StageKind(None, finish=labels.merge, driver_modules=("tasks.backends",)),
+    "merge": StageKind(None, finish=labels.merge),
     "relabel": StageKind(labels.run_relabel, extra=labels.relabel_tables),
     "pyramid": StageKind(pyramid.run_pyramid),
     "import": StageKind(importing.run_import, extra=importing.source_of),
@@ -118,3 +118,16 @@ KINDS: dict[str, StageKind] = {
 def driver_modules(stages: Iterable[Any]) -> list[str]:
     """The modules the driver will import for these stages, each once, in stage order."""
     return list(dict.fromkeys(m for stage in stages for m in KINDS[stage.kind].driver_modules))
+
+
+def op_modules(stages: Iterable[Any]) -> list[str]:
+    """The modules the ops of these stages' chains load on first use (`OpSpec.loads`),
+    each once: what a run on threads of this process loads ahead for its tasks. None
+    for the standard pipeline with the compiled kernels, where scipy.ndimage alone was
+    0.25 s of imports holding the GIL beside the first tasks."""
+    found = (
+        OPS[link.op].loads(OPS[link.op].params.model_validate(link.params))
+        for stage in stages
+        for link in stage.chain
+    )
+    return list(dict.fromkeys(m for modules in found for m in modules))

@@ -32,7 +32,7 @@ from engine.io.location import Location
 from engine.io.output_store import prepare_store
 from engine.io.rois import save_config_roi
 from engine.plan.fingerprint import layout_hash
-from engine.plan.kinds import driver_modules
+from engine.plan.kinds import driver_modules, op_modules
 from engine.plan.memory import check_fits, largest_read
 from engine.plan.types import Plan
 from engine.runs.bookkeeping import (
@@ -176,11 +176,16 @@ def run(
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     where = (output, storage_options)
     meta, plan = make_plan(pipeline, input, roi, run_id, overwrite, *where)
-    # the ops' scipy and scikit-image load while this thread checks outputs and writes
-    # its locks and record (file operations, GIL released): 64x256x256 sample, seven
-    # runs each in turn, median 0.88 s from start to exit against 0.93 s when started
-    # just before the pool
-    import_in_background(driver_modules(plan.stages))
+
+    def on_threads(plan: Plan) -> bool:  # engine/execute/placement.py
+        return small_enough(resolve_cluster(pipeline.cluster, cluster), largest_read(plan))
+
+    # what the driver (and, on threads of this process, the ops) will import loads while
+    # this thread checks outputs and writes its locks and record (file operations, GIL
+    # released): 64x256x256 sample, seven runs each in turn, median 0.88 s from start to
+    # exit against 0.93 s when started just before the pool
+    ahead = driver_modules(plan.stages) + (op_modules(plan.stages) if on_threads(plan) else [])
+    import_in_background(dict.fromkeys(ahead))
     ws = resolve_workspace(pipeline, meta, *where, run_id=run_id)
     old: dict[str, Any] | None = None
     if resume:
@@ -211,7 +216,7 @@ def run(
                     raise unfinished_run_conflict(ws.output, out.path) or exc from None
         return modes
 
-    in_process = small_enough(resolve_cluster(pipeline.cluster, cluster), largest_read(plan))
+    in_process = on_threads(plan)
     decide()  # refuse before writing anything, even a lock
     ws.output.check_writable()
     prepare_store(ws, meta)
