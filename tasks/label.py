@@ -171,4 +171,6 @@ LABEL = OpSpec(
     dtype=lambda p, dtype: np.dtype(np.uint32),
     apply=label_block,
     doc="Connected components of a mask (connectivity 1..ndim as in scikit-image).",
+    # tasks/_label.c; the merge's scipy.sparse.csgraph is the driver's (engine/plan/kinds.py)
+    loads=lambda p: () if _label_c is not None else ("scipy.ndimage",),
 )
