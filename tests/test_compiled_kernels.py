@@ -4,16 +4,19 @@ sigmas, truncations and crops that vary, lines shorter than the kernel included
 (reflected more than once), and the whole op against `gaussian_filter` on the whole
 array; the float histogram (tasks/_histogram.c) against `np.histogram`; the median
 (tasks/_median.c) against `scipy.ndimage.median_filter`; connected components
-(tasks/_label.c) against `scipy.ndimage.label`, the same ids."""
+(tasks/_label.c) against `scipy.ndimage.label`, the same ids, and a small run of the
+standard pipeline, all compiled, without scipy.ndimage."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import engine_environment, nuclei_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
@@ -288,3 +291,24 @@ def test_without_the_compiled_label_scipy_gives_the_same_ids(monkeypatch):
     got = compiled_label(mask, 2)
     assert got.dtype == np.uint32 and np.array_equal(got, want)
     assert np.array_equal(got, scipy_label(mask, 2))
+
+
+def test_a_small_run_of_the_standard_pipeline_imports_no_scipy_ndimage(tmp_path, sample_image):
+    """gaussian -> Otsu -> label on threads of the command, all compiled: neither the ops
+    nor what the run loads ahead for them (OpSpec.loads) import scipy.ndimage, 0.25 s of
+    imports holding the GIL beside the first tasks."""
+    image = sample_image((16, 96, 80), (8, 48, 40), copy_to=tmp_path / "a.zarr")
+    script = (
+        "import json, sys, engine\n"
+        f"result = engine.run({str(nuclei_config(tmp_path))!r}, {str(image)!r}, warm=False)\n"
+        "print(json.dumps([result.labels['nuclei'], sorted(m for m in sys.modules\n"
+        "                  if m.startswith(('scipy.ndimage', 'skimage.filters')))]))\n"
+    )
+    env = engine_environment()
+    env["NGFF_ENGINE_IN_PROCESS_MAX"] = "32MiB"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    objects, imported = json.loads(done.stdout.splitlines()[-1])
+    assert objects > 0 and imported == []
