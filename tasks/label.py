@@ -48,7 +48,8 @@ def label_block(mask: np.ndarray, params: LabelParams, ctx: Context, value: None
     scipy on the nuclei sample's mask; other masks go to scipy."""
     connectivity = params.connectivity
     labels = np.empty(mask.shape, dtype=np.uint32)  # scipy's int32 would need a copy
-    if _label_c is not None and 1 <= mask.ndim <= 3 and mask.dtype.kind in "biuf":
+    compiled = 1 <= mask.ndim <= 3 and mask.dtype.kind in "biuf" and mask.shape[-1] < 2**32
+    if _label_c is not None and compiled:
         if connectivity > mask.ndim:
             structure(mask.ndim, connectivity)  # the same ValueError as below
         if mask.dtype.kind == "f":  # -0.0 is zero and NaN is not, as scipy has them
