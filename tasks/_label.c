@@ -65,16 +65,16 @@ static inline int add_run(Runs *runs, Py_ssize_t from, Py_ssize_t to, size_t par
 }
 
 /* The runs of one line, appended to the tables */
-#define CUT_FOR(T, NAME)                                                                     \
-    static int cut_##NAME(const T *line, Py_ssize_t n, Runs *runs, size_t parent_size) {     \
-        Py_ssize_t x = 0;                                                                    \
-        for (;;) {                                                                           \
-            while (x < n && !line[x]) x++;                                                   \
-            if (x == n) return 0;                                                            \
-            Py_ssize_t from = x;                                                             \
-            while (x < n && line[x]) x++;                                                    \
-            if (add_run(runs, from, x, parent_size)) return FAILED_MEMORY;                   \
-        }                                                                                    \
+#define CUT_FOR(T, NAME)                                                                      \
+    static int cut_##NAME(const T *line, Py_ssize_t n, Runs *runs, size_t parent_size) {      \
+        Py_ssize_t x = 0;                                                                     \
+        for (;;) {                                                                            \
+            while (x < n && !line[x]) x++;                                                    \
+            if (x == n) return 0;                                                             \
+            Py_ssize_t from = x;                                                              \
+            while (x < n && line[x]) x++;                                                     \
+            if (add_run(runs, from, x, parent_size)) return FAILED_MEMORY;                    \
+        }                                                                                     \
     }
 
 CUT_FOR(uint16_t, u2)
@@ -130,7 +130,7 @@ CUT_FOR(uint8_t, u1)
 /* Pass 1 for voxels of type T (non-zero is foreground whatever the byte order) and run
  * indices of type R: cut runs, join them to the earlier lines' runs. */
 #define FIND_RUNS_FOR(T, NAME, R)                                                             \
-    static int find_runs_##NAME##_##R(const T *mask, const Py_ssize_t *shape,                  \
+    static int find_runs_##NAME##_##R(const T *mask, const Py_ssize_t *shape,                 \
                                       int connectivity, Runs *runs) {                         \
         Py_ssize_t planes = shape[0], rows = shape[1], n = shape[2];                          \
         for (Py_ssize_t z = 0; z < planes; z++)                                               \
@@ -187,8 +187,8 @@ CUT_FOR(uint8_t, u1)
             else if (++i < i1) ri = find_##R(parent, (R)i);                                   \
         }                                                                                     \
     }                                                                                         \
-    /* Pass 2: every run's id (roots numbered in run order, parent[i] <= i makes one pass    \
-     * enough), then the output, line by line */                                             \
+    /* Pass 2: every run's id (roots numbered in run order, parent[i] <= i makes one pass     \
+     * enough), then the output, line by line */                                              \
     static int write_ids_##R(Runs *runs, uint32_t *out, Py_ssize_t lines, Py_ssize_t n,       \
                              uint64_t *ids) {                                                 \
         R *parent = runs->parent;                                                             \
@@ -238,9 +238,9 @@ static int run_label(const void *mask, Py_ssize_t itemsize, const Py_ssize_t *sh
     wide = wide || (double)lines * (double)((n + 1) / 2) >= (double)UINT32_MAX;
     int failed;
 #define PASS1(R)                                                                              \
-    (itemsize == 1   ? find_runs_u1_##R(mask, shape, connectivity, runs)                \
-     : itemsize == 2 ? find_runs_u2_##R(mask, shape, connectivity, runs)                \
-     : itemsize == 4 ? find_runs_u4_##R(mask, shape, connectivity, runs)                \
+    (itemsize == 1   ? find_runs_u1_##R(mask, shape, connectivity, runs)                      \
+     : itemsize == 2 ? find_runs_u2_##R(mask, shape, connectivity, runs)                      \
+     : itemsize == 4 ? find_runs_u4_##R(mask, shape, connectivity, runs)                      \
                      : find_runs_u8_##R(mask, shape, connectivity, runs))
     if (wide) {
         failed = PASS1(r64);
