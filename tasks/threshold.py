@@ -3,10 +3,9 @@
 Methods other than `value` are reductions (map per block, combine, finish); the
 result is the same whatever the chunking:
 
-- `otsu`: two passes. Pass 0 finds the ROI's min and max, pass 1 builds the
-  histogram over that range, binned exactly as scikit-image bins it (256 equal
-  bins over [min, max] for floats, one bin per value for integers), so the
-  threshold equals ``skimage.filters.threshold_otsu`` on the whole ROI.
+- `otsu`: two passes. Pass 0 finds the ROI's min and max, pass 1 builds the histogram
+  over that range, binned as scikit-image bins it (256 equal bins over [min, max] for
+  floats, one per value for integers): ``skimage.filters.threshold_otsu``'s value.
 - `li`: three passes (min/max, histogram, exact window), see the Li section. Integers:
   equal to ``skimage.filters.threshold_li`` on the whole ROI, bit for bit. Floats: the
   exact float64 fixed point of Li's update, within ~1e-6 to 2e-5 of the data range of
@@ -125,16 +124,13 @@ def _finish(combined: Any, params: ThresholdParams, pass_no: int, prev: Any) -> 
     else:
         edges = np.histogram_bin_edges(np.asarray([lo, hi]), bins=params.nbins, range=(lo, hi))
         centers = (edges[:-1] + edges[1:]) / 2.0
-    return otsu_from_histogram(combined, centers)
+    return otsu_from_histogram(combined, centers)  # numpy: no module loaded (OpSpec.loads)
 
 
 def otsu_from_histogram(counts: np.ndarray, centers: np.ndarray) -> Any:
-    """`skimage.filters.threshold_otsu(hist=(counts, centers))`, the same arithmetic
-    (scikit-image 0.26: zero bins trimmed from both ends, counts in float32, class
-    weights and means by cumulative sums, the first maximum of the between-class
-    variance), so the same value. Here rather than a call, because importing
-    `skimage.filters` imports `scipy.ndimage`: 0.25 s holding the GIL in a run whose
-    ops need no scipy (a small sample's whole run is 0.4 s)."""
+    """`skimage.filters.threshold_otsu(hist=(counts, centers))` (0.26), the same steps
+    and value, without its import, which loads scipy.ndimage: 0.25 s holding the GIL
+    in a run whose ops need no scipy (a small sample's whole run is 0.4 s)."""
     if counts[0] == 0 or counts[-1] == 0:
         present = counts > 0
         start = np.argmax(present)
@@ -462,7 +458,7 @@ THRESHOLD = OpSpec(
     reduction=lambda p: REDUCTIONS.get(p.method),
     doc="Foreground mask: voxels strictly above a value, or above Otsu's or Li's threshold "
     "or a percentile over the ROI.",
-    loads=lambda p: (),  # numpy and tasks/_histogram.c
+    loads=lambda p: (),
 )
 
 
@@ -500,5 +496,5 @@ NORMALIZE = OpSpec(
     reduction=lambda p: PERCENTILE,
     doc="Percentile normalisation: (x - p_low) / (p_high - p_low) with the ROI's percentiles "
     "(numpy.percentile, linear), optionally clipped to [0, 1].",
-    loads=lambda p: (),  # numpy and tasks/_histogram.c
+    loads=lambda p: (),
 )
