@@ -41,3 +41,35 @@ def test_neighbouring_reads_hit_the_cache(tmp_path_factory):
     assert cache.misses == misses and cache.hits > 0
     read_cached(arr, [slice(6, 15), slice(7, 17), slice(8, 19)], "another run", cache)
     assert cache.misses == 2 * misses
+
+
+def test_a_run_leaves_no_chunks_in_the_cache(tmp_path, monkeypatch):
+    """Once no stage reads the image again (after the first, here), the run's decoded
+    chunks leave the process's cache (a warm worker kept them until other runs pushed
+    them out); a second run through the same process still reads, and frees, its own."""
+    from conftest import blobs, nuclei_config, write_image
+
+    from engine import Pipeline, run
+    from engine.execute import executor
+    from engine.io.chunk_cache import CACHE
+
+    monkeypatch.delenv("NGFF_ENGINE_IN_PROCESS_MAX")  # on threads of this process
+    image = write_image(tmp_path / "i.zarr", blobs((16, 64, 64), seed=1), (8, 32, 32), "0.5")
+    pipeline = Pipeline.from_yaml(nuclei_config(tmp_path))
+    held: dict[str, int] = {}
+    complete = executor.Executor._complete
+
+    def spy(self, stage_run):
+        complete(self, stage_run)
+        held[stage_run.stage.name] = CACHE.used
+
+    executor.Executor._complete = spy
+    try:
+        for _ in range(2):
+            misses = CACHE.misses
+            run(pipeline, input=image, overwrite=True, warm=False, workers=2)
+            assert CACHE.misses > misses  # the image was read through the cache
+            assert held == {name: 0 for name in held} and "mask/reduce-0" in held
+            assert CACHE.used == 0
+    finally:
+        executor.Executor._complete = complete

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import resource
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +33,7 @@ from engine.core.geometry import Roi
 from engine.core.grid import ChunkTask
 from engine.execute.batching import Batches, batch, batch_size
 from engine.execute.pools import TaskPool
+from engine.io.chunk_cache import drop_cached
 from engine.io.downsample import downsample_factors
 from engine.io.location import Where, for_workers
 from engine.plan.kinds import KINDS
@@ -434,6 +436,17 @@ class Executor:
     def _complete(self, run: _StageRun) -> None:
         run.seconds = time.perf_counter() - run.started
         self.record(run.stage, run.seconds, run.done, run.skipped)
+        source = run.stage.source
+        key = source.cache_key if source is not None else None
+        if key is not None and self._read_for_the_last_time(key):
+            self.pool.on_each_worker(functools.partial(drop_cached, (self.root, key)))
+
+    def _read_for_the_last_time(self, cache_key: str) -> bool:
+        """Whether every stage reading through the chunk cache under `cache_key` is done."""
+        readers = (
+            s for s in self.plan.stages if s.source is not None and s.source.cache_key == cache_key
+        )
+        return all(s.name in self.runs and self.runs[s.name].seconds is not None for s in readers)
 
     def record(self, stage: Stage, seconds: float, done: int = 0, skipped: int = 0) -> None:
         stat = StageStats(

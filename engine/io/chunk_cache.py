@@ -66,6 +66,11 @@ class ChunkCache:
                 _, old = self._items.popitem(last=False)
                 self.used -= old.nbytes
 
+    def drop(self, run_key: Hashable) -> None:
+        """Forget a run's chunks (keys are (run_key, path, index))."""
+        for key in [k for k in self._items if k[0] == run_key]:
+            self.used -= self._items.pop(key).nbytes
+
     def prefetch(
         self, loads: dict[Hashable, Callable[[], np.ndarray]], workers: int = REMOTE_FETCHES
     ) -> None:
@@ -80,6 +85,14 @@ class ChunkCache:
 
 
 CACHE = ChunkCache()
+
+
+def drop_cached(run_key: Hashable) -> None:
+    """Free this process's cached chunks of a run once no stage of it reads them again
+    (engine/execute/executor.py): a warm worker, or the command's own threads, kept them
+    until later runs pushed them out, up to the whole budget (256 MiB) per process; the
+    4x64x512x512 time series left its 128 MiB of input there for its label stages."""
+    CACHE.drop(run_key)
 
 
 def read_cached(
