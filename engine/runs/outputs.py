@@ -157,10 +157,9 @@ class OutputWriter:
     def _scratch(self, path: str, dtype: str) -> None:
         level = self.meta.level(self.plan.level)
         shape = self.meta.drop_channel(level.shape)
-        # in the blocks of the stage that writes it (a reduction's may be smaller: its
-        # tasks then each write whole chunks of it)
-        writer = next((s for s in self.plan.stages if s.target == path), None)
-        chunks = writer.tasks.chunks if writer is not None else self.plan.chunks
+        chunks = self.plan.chunks
+        if path.endswith("/input"):  # a reduction's input, in the blocks of its passes
+            chunks = next(s.tasks.chunks for s in self.plan.stages if s.target == path)
         self._scratch_array(path, dtype, shape, chunks)
         if path.endswith("/local"):
             stage = next(s for s in self.plan.stages if s.target == path)
