@@ -122,7 +122,7 @@ def driver_modules(stages: Iterable[Any]) -> list[str]:
 
 def op_modules(stages: Iterable[Any]) -> list[str]:
     """The modules the ops of these stages' chains load on first use (`OpSpec.loads`),
-    each once: what a run on threads of this process loads ahead for its tasks. None
+    each once: what a run on threads of this process loads ahead for its tasks: none
     for the standard pipeline with the compiled kernels, where scipy.ndimage alone was
     0.25 s of imports holding the GIL beside the first tasks."""
     found = (
