@@ -239,6 +239,15 @@ def test_the_structure_is_scipys():
             assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
+def run_alone(script: str) -> None:
+    """`script` in a fresh interpreter (a clean sys.modules, its own limits): it passes."""
+    root = Path(label.__file__).parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_labelling_imports_no_scipy():
     """scipy.ndimage takes 0.25 s to import, holding the GIL: a run whose ops have compiled
     kernels needs none of it."""
@@ -251,11 +260,7 @@ def test_labelling_imports_no_scipy():
         "assert L._label_c is not None\n"
         "assert 'scipy' not in sys.modules, sorted(m for m in sys.modules if 'scipy' in m)\n"
     )
-    root = Path(label.__file__).parents[1]
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    run_alone(script)
 
 
 def test_the_label_kernel_raises_memory_error_when_its_run_tables_do_not_fit():
@@ -276,11 +281,7 @@ def test_the_label_kernel_raises_memory_error_when_its_run_tables_do_not_fit():
         "resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY,) * 2)\n"
         "assert L._label_c.label(flat, out, 1, mask.shape, 1) == out.max() > 1000\n"
     )
-    root = Path(label.__file__).parents[1]
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    run_alone(script)
 
 
 def test_without_the_compiled_label_scipy_gives_the_same_ids(monkeypatch):
