@@ -53,7 +53,10 @@ ORGANOID = ((5, 100, 40), (30, 240, 180))  # micrometers / the sample's spacing 
 
 # gaussian -> Otsu (two passes over the ROI) -> connected components stitched across chunks;
 # an ROI of at most 16 Mi voxels is labelled as one block, final ids straight into the
-# output (engine/plan/stitching.py): the whole sample (32 Mi) is not, its ROIs are
+# output (engine/plan/stitching.py): the whole sample (32 Mi) is not, its ROIs are;
+# Otsu's passes over the train and test ROIs (two chunks each) run as four tasks each
+# (engine/plan/chains.py, `_reduction_chunks`), the preview and organoid ROIs (under two
+# million voxels) as their chunks
 OTSU_PASSES = [("mask/reduce-0", "reduce"), ("mask/reduce-1", "reduce")]
 STITCHED = [("nuclei/merge", "merge"), ("nuclei/relabel", "relabel")]
 PYRAMID = [("nuclei/pyramid-1", "pyramid"), ("nuclei/pyramid-2", "pyramid")]
@@ -91,8 +94,8 @@ EXPECTED = {
             None: box(*WHOLE, 44),
             "preview": box(*PREVIEW, 5),
             "organoid": box(*ORGANOID, 5),
-            "train": box(*TRAIN, 9),
-            "test": box(*TEST, 9),
+            "train": box(*TRAIN, 13),
+            "test": box(*TEST, 13),
         },
         roi_stages=dict.fromkeys(["preview", "organoid", "train", "test"], STANDARD_BLOCK),
     ),
@@ -100,21 +103,21 @@ EXPECTED = {
         STANDARD,
         [NUCLEI_LABELS],
         STANDARD_CHAINS,
-        {None: box(*WHOLE, 44), "test": box(*TEST, 9)},
+        {None: box(*WHOLE, 44), "test": box(*TEST, 13)},
         roi_stages={"test": STANDARD_BLOCK},
     ),
     "nuclei-measure.yaml": Expected(
         [*STANDARD, ("stats/measure", "measure")],
         [NUCLEI_LABELS, ("tables/nuclei_stats", "table", None, 3)],
         STANDARD_CHAINS,
-        {None: box(*WHOLE, 52), "test": box(*TEST, 11)},
+        {None: box(*WHOLE, 52), "test": box(*TEST, 15)},
         roi_stages={"test": [*STANDARD_BLOCK, ("stats/measure", "measure")]},
     ),
     "nuclei-evaluate.yaml": Expected(
         [*STANDARD, ("eval/evaluate", "evaluate")],
         [NUCLEI_LABELS, ("tables/nuclei_eval", "table", None, 3)],
         STANDARD_CHAINS,
-        {None: box(*WHOLE, 52), "train": box(*TRAIN, 11)},
+        {None: box(*WHOLE, 52), "train": box(*TRAIN, 15)},
         roi_stages={"train": [*STANDARD_BLOCK, ("eval/evaluate", "evaluate")]},
     ),
     "nuclei-instance.yaml": Expected(
