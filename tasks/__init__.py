@@ -1,7 +1,7 @@
 """The op library: pure numpy functions with specs. Imports nothing from the engine.
 
-Ops call scipy and scikit-image as `scipy.ndimage.gaussian_filter(...)`,
-`skimage.filters.threshold_otsu(...)`: both packages load such submodules on first use.
+Ops call scipy and scikit-image as `scipy.ndimage.median_filter(...)`,
+`skimage.filters.sobel(...)`: both packages load such submodules on first use.
 The command imports every op for its spec (planning), and `from scipy import ndimage`
 there cost it about 0.4 s of its start; whoever runs ops loads them ahead through
 tasks/backends.py.

@@ -176,15 +176,13 @@ def run(
     run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     where = (output, storage_options)
     meta, plan = make_plan(pipeline, input, roi, run_id, overwrite, *where)
-
-    def on_threads(plan: Plan) -> bool:  # engine/execute/placement.py
-        return small_enough(resolve_cluster(pipeline.cluster, cluster), largest_read(plan))
-
+    spec = resolve_cluster(pipeline.cluster, cluster)
+    in_process = small_enough(spec, largest_read(plan))  # engine/execute/placement.py
     # what the driver (and, on threads of this process, the ops) will import loads while
     # this thread checks outputs and writes its locks and record (file operations, GIL
     # released): 64x256x256 sample, seven runs each in turn, median 0.88 s from start to
     # exit against 0.93 s when started just before the pool
-    ahead = driver_modules(plan.stages) + (op_modules(plan.stages) if on_threads(plan) else [])
+    ahead = driver_modules(plan.stages) + (op_modules(plan.stages) if in_process else [])
     import_in_background(dict.fromkeys(ahead))
     ws = resolve_workspace(pipeline, meta, *where, run_id=run_id)
     old: dict[str, Any] | None = None
@@ -194,6 +192,7 @@ def run(
         overwrite, update = bool(old.get("overwrite")), bool(old.get("update"))
         meta, plan = make_plan(pipeline, input, roi, run_id, overwrite, *where)
         ws = resolve_workspace(pipeline, meta, *where, run_id=run_id)
+        in_process = small_enough(spec, largest_read(plan))
     layout = layout_hash(plan)
     config = pipeline.to_dict()
     priority = priority_box(pipeline, priority_roi, meta, plan, ws)
@@ -216,7 +215,6 @@ def run(
                     raise unfinished_run_conflict(ws.output, out.path) or exc from None
         return modes
 
-    in_process = on_threads(plan)
     decide()  # refuse before writing anything, even a lock
     ws.output.check_writable()
     prepare_store(ws, meta)
